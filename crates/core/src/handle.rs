@@ -1,0 +1,363 @@
+//! [`Redis`]: the one cheap-to-clone handle that every layer takes.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bb8_redis::RedisConnectionManager;
+use redis::aio::MultiplexedConnection;
+
+use crate::{Error, KeyBuilder, Result, connection::Connection};
+
+/// Default per-command timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default number of multiplexed connections kept checked out of the pool.
+pub const DEFAULT_CONNECTIONS: usize = 2;
+/// Consecutive timeouts after which a connection is replaced (a silent peer).
+const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
+
+/// A handle on Redis (a single server or a cluster), shared by every layer.
+///
+/// Cloning is cheap (one `Arc`). Build it once and hand a clone to each layer.
+///
+/// # How it uses the pool
+///
+/// Redis connections from redis-rs are *multiplexed*: many concurrent commands
+/// pipeline on one socket. So the handle checks a few connections (default
+/// [`DEFAULT_CONNECTIONS`]) out of the bb8 pool once, keeps clones of them, and
+/// hands a clone to each command: no pool round trip, no checkout `PING`, and
+/// concurrent requests share sockets. Only when a connection breaks (I/O error,
+/// dropped, or three timeouts in a row) is it dropped and a fresh one checked
+/// out of the pool, which then runs bb8's `PING` test, so a Redis restart is
+/// recovered from on the next command after Redis is back. Measured on the
+/// project's 2-core machine (see BENCHMARKS.md): this is level with one shared
+/// multiplexed connection and well ahead of checking a connection out per command.
+///
+/// Every command through [`Redis::connection`] is bounded by the handle's
+/// timeout (default 500 ms), so nothing waits on a hung Redis for longer.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), redlayer_core::Error> {
+/// let redis = redlayer_core::Redis::connect("redis://127.0.0.1/").await?;
+/// let mut conn = redis.connection().await?;
+/// let n: i64 = redis::cmd("INCR").arg("hits").query_async(&mut conn).await?;
+/// # let _ = n; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Redis {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    source: Source,
+    pub(crate) slots: Box<[Slot]>,
+    next: AtomicUsize,
+    pub(crate) timeout: Duration,
+    keys: KeyBuilder,
+}
+
+enum Source {
+    Standalone(bb8::Pool<RedisConnectionManager>),
+    #[cfg(feature = "cluster")]
+    Cluster(bb8::Pool<redis::cluster::ClusterClient>),
+}
+
+/// A connection as it comes out of the pool.
+#[derive(Clone)]
+pub(crate) enum RawConnection {
+    Single(MultiplexedConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+pub(crate) struct Slot {
+    current: Mutex<Option<(u64, RawConnection)>>,
+    refill: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    timeouts: AtomicU32,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            current: Mutex::new(None),
+            refill: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+            timeouts: AtomicU32::new(0),
+        }
+    }
+
+    fn cached(&self) -> Option<(u64, RawConnection)> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn succeeded(&self) {
+        if self.timeouts.load(Ordering::Relaxed) != 0 {
+            self.timeouts.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn timed_out(&self, generation: u64) {
+        if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT {
+            self.invalidate(generation, "repeated timeouts");
+        }
+    }
+
+    pub(crate) fn invalidate(&self, generation: u64, why: &str) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(&*current, Some((g, _)) if *g == generation) {
+            *current = None;
+            self.timeouts.store(0, Ordering::Relaxed);
+            tracing::debug!(target: "redlayer", why, "dropping redis connection; the next command reconnects");
+        }
+    }
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis")
+            .field("cluster", &self.is_cluster())
+            .field("connections", &self.inner.slots.len())
+            .field("timeout", &self.inner.timeout)
+            .field("keys", &self.inner.keys)
+            .finish()
+    }
+}
+
+impl Redis {
+    /// A builder to set the timeout, the key prefix and the connection count.
+    pub fn builder() -> RedisBuilder {
+        RedisBuilder::default()
+    }
+
+    /// Connects to one Redis server (`redis://host:port/db`, `rediss://...`)
+    /// and checks that it answers `PING`. See [`RedisBuilder::connect_lazy`]
+    /// to start even while Redis is down.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::builder().connect(url).await
+    }
+
+    /// Wraps a bb8 pool the application already has. Keep bb8's default
+    /// `test_on_check_out(true)`: the handle checks out only to (re)connect, so
+    /// that `PING` costs nothing per request and keeps dead connections out.
+    pub fn from_pool(pool: bb8::Pool<RedisConnectionManager>) -> Self {
+        Self::builder().from_pool(pool)
+    }
+
+    /// Connects to a Redis Cluster given some of its nodes' URLs.
+    #[cfg(feature = "cluster")]
+    pub async fn connect_cluster<I, S>(nodes: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::builder().connect_cluster(nodes).await
+    }
+
+    /// The key builder (prefix) that layers built on this handle use.
+    pub fn keys(&self) -> &KeyBuilder {
+        &self.inner.keys
+    }
+
+    /// The per-command timeout.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// True when this handle talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        match self.inner.source {
+            Source::Standalone(_) => false,
+            #[cfg(feature = "cluster")]
+            Source::Cluster(_) => true,
+        }
+    }
+
+    /// The standalone bb8 pool, for the application's own commands.
+    pub fn pool(&self) -> Option<&bb8::Pool<RedisConnectionManager>> {
+        match &self.inner.source {
+            Source::Standalone(pool) => Some(pool),
+            #[cfg(feature = "cluster")]
+            Source::Cluster(_) => None,
+        }
+    }
+
+    /// A connection for one or more commands. It implements
+    /// [`redis::aio::ConnectionLike`], so `query_async`, pipelines and
+    /// [`redis::Script::invoke_async`] work on it; each command is bounded by
+    /// the handle's timeout. Cheap: a clone of a multiplexed connection.
+    pub async fn connection(&self) -> Result<Connection> {
+        let slots = &self.inner.slots;
+        let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % slots.len();
+        if let Some((generation, raw)) = slots[index].cached() {
+            return Ok(Connection::new(self.inner.clone(), index, generation, raw));
+        }
+        // This slot is empty: use another live one, if any, while it refills.
+        for (other, slot) in slots.iter().enumerate() {
+            if let Some((generation, raw)) = slot.cached() {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(this.inner.timeout, this.refill(index)).await;
+                });
+                return Ok(Connection::new(self.inner.clone(), other, generation, raw));
+            }
+        }
+        match tokio::time::timeout(self.inner.timeout, self.refill(index)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(self.inner.timeout)),
+        }
+    }
+
+    async fn refill(&self, index: usize) -> Result<Connection> {
+        let slot = &self.inner.slots[index];
+        let _refilling = slot.refill.lock().await;
+        if let Some((generation, raw)) = slot.cached() {
+            return Ok(Connection::new(self.inner.clone(), index, generation, raw));
+        }
+        let raw = match &self.inner.source {
+            Source::Standalone(pool) => {
+                let guard = pool.get().await.map_err(pool_error)?;
+                RawConnection::Single(guard.clone())
+            }
+            #[cfg(feature = "cluster")]
+            Source::Cluster(pool) => {
+                let guard = pool.get().await.map_err(pool_error)?;
+                RawConnection::Cluster(guard.clone())
+            }
+        };
+        let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, raw.clone()));
+        slot.timeouts.store(0, Ordering::Relaxed);
+        Ok(Connection::new(self.inner.clone(), index, generation, raw))
+    }
+
+    /// Sends `PING`; `Ok` when Redis answered within the timeout.
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.connection().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+fn pool_error(e: bb8::RunError<redis::RedisError>) -> Error {
+    match e {
+        bb8::RunError::User(e) => Error::Unavailable(e.to_string()),
+        bb8::RunError::TimedOut => Error::Unavailable("timed out waiting for a pooled connection".into()),
+    }
+}
+
+/// Configures a [`Redis`] handle.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisBuilder {
+    timeout: Duration,
+    connections: usize,
+    keys: KeyBuilder,
+}
+
+impl Default for RedisBuilder {
+    fn default() -> Self {
+        RedisBuilder { timeout: DEFAULT_TIMEOUT, connections: DEFAULT_CONNECTIONS, keys: KeyBuilder::default() }
+    }
+}
+
+impl RedisBuilder {
+    /// Per-command timeout (default 500 ms). redis-rs also has its own response
+    /// timeout of 500 ms on connections it makes; the shorter one wins.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many multiplexed connections to keep (default 2, at least 1).
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.connections = connections.max(1);
+        self
+    }
+
+    /// The key prefix of every key the layers write (default `redlayer`).
+    pub fn key_prefix(mut self, keys: KeyBuilder) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Connects to one server and checks that it answers `PING`.
+    pub async fn connect(self, url: &str) -> Result<Redis> {
+        let redis = self.connect_lazy(url)?;
+        redis.ping().await?;
+        Ok(redis)
+    }
+
+    /// Builds the handle without contacting Redis: an application can start
+    /// while Redis is down, and the layers apply their failure policy until it is up.
+    pub fn connect_lazy(self, url: &str) -> Result<Redis> {
+        let manager = RedisConnectionManager::new(url).map_err(|e| Error::InvalidInput(format!("redis url: {e}")))?;
+        let pool = bb8::Pool::builder()
+            .max_size(self.connections as u32)
+            .test_on_check_out(true)
+            .connection_timeout(Duration::from_secs(1))
+            .build_unchecked(manager);
+        Ok(self.from_pool(pool))
+    }
+
+    /// Wraps an existing bb8 pool (see [`Redis::from_pool`]).
+    pub fn from_pool(self, pool: bb8::Pool<RedisConnectionManager>) -> Redis {
+        self.build(Source::Standalone(pool))
+    }
+
+    /// Connects to a Redis Cluster given some of its nodes and checks that it answers.
+    #[cfg(feature = "cluster")]
+    pub async fn connect_cluster<I, S>(self, nodes: I) -> Result<Redis>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let redis = self.connect_cluster_lazy(nodes)?;
+        redis.ping().await?;
+        Ok(redis)
+    }
+
+    /// Builds a cluster handle without contacting Redis.
+    #[cfg(feature = "cluster")]
+    pub fn connect_cluster_lazy<I, S>(self, nodes: I) -> Result<Redis>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        let client = redis::cluster::ClusterClient::builder(nodes)
+            .response_timeout(self.timeout)
+            .connection_timeout(Duration::from_secs(1))
+            .build()
+            .map_err(|e| Error::InvalidInput(format!("redis cluster nodes: {e}")))?;
+        let pool = bb8::Pool::builder()
+            .max_size(self.connections as u32)
+            .test_on_check_out(true)
+            .connection_timeout(Duration::from_secs(1))
+            .build_unchecked(client);
+        Ok(self.from_cluster_pool(pool))
+    }
+
+    /// Wraps an existing bb8 pool of cluster connections.
+    #[cfg(feature = "cluster")]
+    pub fn from_cluster_pool(self, pool: bb8::Pool<redis::cluster::ClusterClient>) -> Redis {
+        self.build(Source::Cluster(pool))
+    }
+
+    fn build(self, source: Source) -> Redis {
+        Redis {
+            inner: Arc::new(Inner {
+                source,
+                slots: (0..self.connections).map(|_| Slot::new()).collect(),
+                next: AtomicUsize::new(0),
+                timeout: self.timeout,
+                keys: self.keys,
+            }),
+        }
+    }
+}

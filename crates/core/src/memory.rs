@@ -1,0 +1,303 @@
+//! Foundations of the in-memory backends: a clock and a map whose entries
+//! expire like Redis keys.
+//!
+//! Each capability crate builds its memory backend on these, so that it has
+//! the same semantics as its Redis backend, expiry included, in one process.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::{BuildHasher, Hash, RandomState},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// A source of wall-clock time, in the same unit Redis `TIME` gives
+/// (time since the Unix epoch).
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// Now, since the Unix epoch.
+    fn now(&self) -> Duration;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    }
+}
+
+/// A clock that moves only when told to: for tests of expiry without sleeping.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock {
+    micros: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock at `start` since the epoch.
+    pub fn new(start: Duration) -> Self {
+        ManualClock { micros: Arc::new(AtomicU64::new(start.as_micros() as u64)) }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.micros.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_micros(self.micros.load(Ordering::SeqCst))
+    }
+}
+
+/// What [`ExpiringMap::ttl`] answers, as Redis `PTTL` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// No such key (Redis: -2).
+    Missing,
+    /// The key never expires (Redis: -1).
+    Persistent,
+    /// The key expires after this long.
+    ExpiresIn(Duration),
+}
+
+struct Entry<V> {
+    value: V,
+    expires_at: Option<Duration>,
+}
+
+const SHARDS: usize = 16;
+const MIN_SWEEP_AT: usize = 1024;
+
+struct Shard<K, V> {
+    map: HashMap<K, Entry<V>>,
+    sweep_at: usize,
+}
+
+/// A concurrent map whose entries expire, with Redis semantics: an expired
+/// entry is never returned, and memory stays bounded by the live entries
+/// (expired ones are swept whenever a shard doubles in size).
+pub struct ExpiringMap<K, V> {
+    shards: Box<[Mutex<Shard<K, V>>]>,
+    hasher: RandomState,
+    clock: Arc<dyn Clock>,
+}
+
+impl<K, V> fmt::Debug for ExpiringMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExpiringMap").field("clock", &self.clock).finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq, V> Default for ExpiringMap<K, V> {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+}
+
+impl<K: Hash + Eq, V> ExpiringMap<K, V> {
+    /// An empty map on the system clock.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty map on the given clock.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        ExpiringMap {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard { map: HashMap::new(), sweep_at: MIN_SWEEP_AT })).collect(),
+            hasher: RandomState::new(),
+            clock,
+        }
+    }
+
+    /// The map's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn shard(&self, key: &K) -> std::sync::MutexGuard<'_, Shard<K, V>> {
+        let index = (self.hasher.hash_one(key) as usize) % SHARDS;
+        self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the live entry of `key` (or `None`) under the shard's lock,
+    /// and stores what it returns: `Some((value, ttl))` writes (a `None` ttl
+    /// means no expiry), `None` deletes. This is the one atomic
+    /// read-modify-write that the backends build their operations on, as the
+    /// Redis backends use one Lua script. `f` sees the time of the operation.
+    pub fn update<R>(&self, key: K, f: impl FnOnce(Option<&mut V>, Duration) -> (Update<V>, R)) -> R {
+        let now = self.clock.now();
+        let mut shard = self.shard(&key);
+        let live = match shard.map.get(&key) {
+            Some(entry) => !is_expired(entry, now),
+            None => false,
+        };
+        if !live {
+            shard.map.remove(&key);
+        }
+        let (update, result) = f(shard.map.get_mut(&key).map(|e| &mut e.value), now);
+        match update {
+            Update::Keep => {}
+            Update::KeepWithTtl(ttl) => {
+                if let Some(entry) = shard.map.get_mut(&key) {
+                    entry.expires_at = ttl.map(|t| now + t);
+                }
+            }
+            Update::Set(value, ttl) => {
+                shard.map.insert(key, Entry { value, expires_at: ttl.map(|t| now + t) });
+                maybe_sweep(&mut shard, now);
+            }
+            Update::Remove => {
+                shard.map.remove(&key);
+            }
+        }
+        result
+    }
+
+    /// Stores `value` under `key`, expiring after `ttl` (`None`: never).
+    pub fn insert(&self, key: K, value: V, ttl: Option<Duration>) {
+        self.update(key, |_, _| (Update::Set(value, ttl), ()));
+    }
+
+    /// Removes `key`; true if a live entry was there.
+    pub fn remove(&self, key: &K) -> bool
+    where
+        K: Clone,
+    {
+        self.update(key.clone(), |old, _| (Update::Remove, old.is_some()))
+    }
+
+    /// The remaining time to live of `key`, as Redis `PTTL`.
+    pub fn ttl(&self, key: &K) -> Ttl {
+        let now = self.clock.now();
+        let shard = self.shard(key);
+        match shard.map.get(key) {
+            Some(entry) if !is_expired(entry, now) => match entry.expires_at {
+                Some(at) => Ttl::ExpiresIn(at - now),
+                None => Ttl::Persistent,
+            },
+            _ => Ttl::Missing,
+        }
+    }
+
+    /// The number of entries held, expired ones not yet swept included.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len()).sum()
+    }
+
+    /// True when no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every expired entry now.
+    pub fn sweep(&self) {
+        let now = self.clock.now();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.map.retain(|_, e| !is_expired(e, now));
+        }
+    }
+
+    /// Removes every entry whose key matches `f` (like a SCAN + DEL).
+    pub fn remove_where(&self, mut f: impl FnMut(&K) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let before = shard.map.len();
+            shard.map.retain(|k, _| !f(k));
+            removed += before - shard.map.len();
+        }
+        removed
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> ExpiringMap<K, V> {
+    /// A copy of the live value of `key`.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let now = self.clock.now();
+        let shard = self.shard(key);
+        shard.map.get(key).filter(|e| !is_expired(e, now)).map(|e| e.value.clone())
+    }
+}
+
+/// What [`ExpiringMap::update`] does with the entry after the closure ran.
+#[derive(Debug)]
+pub enum Update<V> {
+    /// Leave it as it is (including changes made through the `&mut`).
+    Keep,
+    /// Leave the value, set a new time to live (`None`: never expires).
+    KeepWithTtl(Option<Duration>),
+    /// Store this value with this time to live.
+    Set(V, Option<Duration>),
+    /// Delete the entry.
+    Remove,
+}
+
+fn is_expired<V>(entry: &Entry<V>, now: Duration) -> bool {
+    matches!(entry.expires_at, Some(at) if at <= now)
+}
+
+fn maybe_sweep<K, V>(shard: &mut Shard<K, V>, now: Duration) {
+    if shard.map.len() >= shard.sweep_at {
+        shard.map.retain(|_, e| !is_expired(e, now));
+        shard.sweep_at = (shard.map.len() * 2).max(MIN_SWEEP_AT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> (ManualClock, ExpiringMap<String, i64>) {
+        let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+        let map = ExpiringMap::with_clock(Arc::new(clock.clone()));
+        (clock, map)
+    }
+
+    #[test]
+    fn entries_expire_like_redis_keys() {
+        let (clock, map) = map();
+        map.insert("a".into(), 1, Some(Duration::from_millis(1500)));
+        map.insert("b".into(), 2, None);
+        assert_eq!(map.ttl(&"a".into()), Ttl::ExpiresIn(Duration::from_millis(1500)));
+        assert_eq!(map.ttl(&"b".into()), Ttl::Persistent);
+        assert_eq!(map.ttl(&"c".into()), Ttl::Missing);
+        clock.advance(Duration::from_millis(1499));
+        assert_eq!(map.get(&"a".into()), Some(1));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(map.get(&"a".into()), None, "expired at exactly its TTL, as Redis");
+        assert_eq!(map.ttl(&"a".into()), Ttl::Missing);
+        assert_eq!(map.get(&"b".into()), Some(2));
+    }
+
+    #[test]
+    fn update_sees_no_expired_value() {
+        let (clock, map) = map();
+        map.insert("n".into(), 5, Some(Duration::from_secs(1)));
+        clock.advance(Duration::from_secs(2));
+        let seen = map.update("n".into(), |old, _| {
+            let next = old.map(|v| *v).unwrap_or(0) + 1;
+            (Update::Set(next, Some(Duration::from_secs(1))), next)
+        });
+        assert_eq!(seen, 1, "INCR on an expired key starts from zero");
+    }
+
+    #[test]
+    fn memory_stays_bounded_by_live_entries() {
+        let (clock, map) = map();
+        for i in 0..200_000 {
+            map.insert(format!("k{i}"), i, Some(Duration::from_millis(10)));
+            if i % 1000 == 0 {
+                clock.advance(Duration::from_millis(20));
+            }
+        }
+        assert!(map.len() < 40_000, "held {} entries", map.len());
+    }
+}

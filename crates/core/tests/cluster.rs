@@ -1,0 +1,80 @@
+//! redlayer-core against a real 3-master Redis Cluster.
+#![cfg(feature = "cluster")]
+
+use std::time::{Duration, Instant};
+
+use redlayer_core::{KeyPart, Redis, keys::cluster_slot};
+use redlayer_testkit::RedisCluster;
+
+static MOVE_TOKEN: &str = include_str!("scripts/move_token.lua");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_key_scripts_share_a_slot_and_never_fail_with_crossslot() {
+    let cluster = RedisCluster::start();
+    let redis = Redis::connect_cluster(cluster.urls()).await.unwrap();
+    assert!(redis.is_cluster());
+    let script = redis::Script::new(MOVE_TOKEN);
+    let mut conn = redis.connection().await.unwrap();
+
+    // Ids spread over every node; each pair of keys still shares a slot.
+    let mut slots = std::collections::HashSet::new();
+    for i in 0..30 {
+        let id = KeyPart::client(format!("user-{i}"));
+        let from = redis.keys().key_with("demo", &id, "from");
+        let to = redis.keys().key_with("demo", &id, "to");
+        assert_eq!(cluster_slot(&from), cluster_slot(&to));
+        slots.insert(cluster_slot(&from) / 5462);
+        let _: () = redis::cmd("SET").arg(&from).arg(1).query_async(&mut conn).await.unwrap();
+        let moved: i64 = script.key(&from).key(&to).invoke_async(&mut conn).await.unwrap();
+        assert_eq!(moved, 1, "key pair {from} / {to}");
+    }
+    assert_eq!(slots.len(), 3, "the ids landed on all three masters");
+
+    // Without the hash tag the same script is refused: the test above can fail.
+    let err = script.key("plain-from-a").key("plain-to-b").invoke_async::<i64>(&mut conn).await.unwrap_err();
+    assert!(err.to_string().to_uppercase().contains("CROSSSLOT"), "{err}");
+
+    // Every master has forgotten its scripts: EVALSHA reloads them.
+    for node in cluster.nodes() {
+        node.cli(&["SCRIPT", "FLUSH"]);
+    }
+    let id = KeyPart::client("after-flush");
+    let (from, to) = (redis.keys().key_with("demo", &id, "from"), redis.keys().key_with("demo", &id, "to"));
+    let _: () = redis::cmd("SET").arg(&from).arg(1).query_async(&mut conn).await.unwrap();
+    let moved: i64 = script.key(&from).key(&to).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(moved, 1);
+    assert!(cluster.command_calls("evalsha") >= 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_master_is_used_again() {
+    let mut cluster = RedisCluster::start();
+    let redis = Redis::builder().timeout(Duration::from_millis(500)).connect_cluster(cluster.urls()).await.unwrap();
+    let keys: Vec<String> = (0..30).map(|i| redis.keys().key("c", &KeyPart::client(format!("k{i}")))).collect();
+    let incr_all = |redis: Redis, keys: Vec<String>| async move {
+        let mut ok = 0;
+        for key in &keys {
+            let Ok(mut conn) = redis.connection().await else { continue };
+            if redis::cmd("INCR").arg(key).query_async::<i64>(&mut conn).await.is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    };
+    assert_eq!(incr_all(redis.clone(), keys.clone()).await, 30);
+
+    cluster.node_mut(1).kill();
+    let started = Instant::now();
+    let during = incr_all(redis.clone(), keys.clone()).await;
+    assert!(during < 30, "keys on the dead master fail");
+    assert!(started.elapsed() < Duration::from_secs(30 * 2), "bounded by the timeouts");
+
+    cluster.node_mut(1).restart();
+    cluster.wait_ok(Duration::from_secs(20));
+    let back = Instant::now();
+    while incr_all(redis.clone(), keys.clone()).await < 30 {
+        assert!(back.elapsed() < Duration::from_secs(10), "cluster handle did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("cluster recovered {:?} after the master was back", back.elapsed());
+}

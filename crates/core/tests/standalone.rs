@@ -1,0 +1,136 @@
+//! redlayer-core against a real standalone redis-server.
+
+use std::time::{Duration, Instant};
+
+use redlayer_core::{Error, KeyPart, Redis};
+use redlayer_testkit::RedisServer;
+
+static MOVE_TOKEN: &str = include_str!("scripts/move_token.lua");
+
+async fn incr(redis: &Redis, key: &str) -> Result<i64, Error> {
+    let mut conn = redis.connection().await?;
+    Ok(redis::cmd("INCR").arg(key).query_async(&mut conn).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_runs_with_evalsha_and_survives_script_flush() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let id = KeyPart::client("user-7");
+    let (from, to) = (redis.keys().key_with("demo", &id, "from"), redis.keys().key_with("demo", &id, "to"));
+    let mut conn = redis.connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg(&from).arg(2).query_async(&mut conn).await.unwrap();
+    let script = redis::Script::new(MOVE_TOKEN);
+    let moved: i64 = script.key(&from).key(&to).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(moved, 1);
+    // The server forgets every script (as after a restart or failover): EVALSHA gets
+    // NOSCRIPT and the script is loaded again transparently.
+    server.cli(&["SCRIPT", "FLUSH"]);
+    let moved: i64 = script.key(&from).key(&to).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(moved, 2);
+    let refused: i64 = script.key(&from).key(&to).invoke_async(&mut conn).await.unwrap();
+    assert_eq!(refused, -1);
+    assert!(server.command_calls("evalsha") >= 3, "scripts run by SHA");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wraps_an_application_pool() {
+    let server = RedisServer::start();
+    let manager = bb8_redis::RedisConnectionManager::new(server.url()).unwrap();
+    let pool = bb8::Pool::builder().max_size(4).build(manager).await.unwrap();
+    let redis = Redis::from_pool(pool.clone());
+    assert_eq!(incr(&redis, "shared").await.unwrap(), 1);
+    let mut own = pool.get().await.unwrap();
+    let seen: i64 = redis::cmd("GET").arg("shared").query_async(&mut *own).await.unwrap();
+    assert_eq!(seen, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_commands_share_few_connections() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let redis = redis.clone();
+            tokio::spawn(async move { incr(&redis, "n").await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(incr(&redis, "n").await.unwrap(), 201);
+    let clients = server.cli(&["CLIENT", "LIST"]).lines().count();
+    assert!(clients <= 1 + redlayer_core::DEFAULT_CONNECTIONS, "{clients} connections open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_within_a_second_after_a_restart_and_never_hangs_meanwhile() {
+    let mut server = RedisServer::start();
+    let timeout = Duration::from_millis(300);
+    let redis = Redis::builder().timeout(timeout).connect(&server.url()).await.unwrap();
+    assert_eq!(incr(&redis, "k").await.unwrap(), 1);
+
+    server.kill();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let result = incr(&redis, "k").await;
+        assert!(result.is_err(), "redis is down");
+        assert!(result.unwrap_err().is_unavailable());
+        assert!(started.elapsed() < timeout + Duration::from_millis(200), "waited {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    server.restart();
+    let back = Instant::now();
+    let recovered = loop {
+        if incr(&redis, "k").await.is_ok() {
+            break back.elapsed();
+        }
+        assert!(back.elapsed() < Duration::from_secs(5), "no recovery after 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!("recovered {recovered:?} after redis came back");
+    assert!(recovered < Duration::from_secs(1), "recovery took {recovered:?}");
+    // Every slot works again, not only the first.
+    for _ in 0..10 {
+        incr(&redis, "k").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_gives_timeouts_within_the_limit() {
+    let server = RedisServer::start();
+    let timeout = Duration::from_millis(250);
+    let redis = Redis::builder().timeout(timeout).connect(&server.url()).await.unwrap();
+    incr(&redis, "k").await.unwrap();
+
+    server.pause();
+    for _ in 0..6 {
+        let started = Instant::now();
+        let err = incr(&redis, "k").await.unwrap_err();
+        let took = started.elapsed();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(took >= timeout - Duration::from_millis(20), "gave up early: {took:?}");
+        assert!(took < timeout + Duration::from_millis(200), "took {took:?}");
+    }
+    server.resume();
+    let back = Instant::now();
+    while incr(&redis, "k").await.is_err() {
+        assert!(back.elapsed() < Duration::from_secs(2), "no recovery after SIGCONT");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(back.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_reports_a_redis_that_is_not_there_and_lazy_does_not() {
+    let server = RedisServer::start();
+    let url = server.url();
+    drop(server);
+    let started = Instant::now();
+    assert!(Redis::connect(&url).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let lazy = Redis::builder().connect_lazy(&url).unwrap();
+    assert!(lazy.ping().await.is_err());
+    assert!(matches!(Redis::connect("not a url").await, Err(Error::InvalidInput(_))));
+}

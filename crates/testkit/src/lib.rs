@@ -1,0 +1,288 @@
+//! Real `redis-server` processes for tests: a standalone server or a
+//! 3-master cluster on free loopback ports, which a test can kill, restart on
+//! the same port, pause (`SIGSTOP`) and resume. Processes and their temporary
+//! directories are removed on drop, also when the test panics.
+//!
+//! There is no mock: if `redis-server` is missing, starting one panics with a
+//! message saying how to install it (`scripts/test` does it for you).
+//!
+//! ```no_run
+//! let mut server = redlayer_testkit::RedisServer::start();
+//! let url = server.url();
+//! server.kill();
+//! server.restart();
+//! # let _ = url;
+//! ```
+#![deny(missing_docs, unsafe_code)]
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+const MISSING: &str = "redis-server was not found on PATH. Install it with `scripts/test` \
+     (which runs `apt-get install redis-server redis-tools` when missing) or your package manager.";
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// One `redis-server` process on a loopback port.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    cluster: bool,
+}
+
+impl RedisServer {
+    /// Starts a standalone server on a free port and waits until it answers.
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(cluster: bool) -> Self {
+        for _ in 0..10 {
+            let port = free_port(cluster);
+            let dir = std::env::temp_dir().join(format!(
+                "redlayer-test-{}-{}-{port}",
+                std::process::id(),
+                NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).expect("create temp dir for redis-server");
+            let mut server = RedisServer { port, dir, child: None, cluster };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("could not start redis-server on a free port after 10 attempts");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--logfile", "redis.log"]);
+        if self.cluster {
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
+            Err(e) => panic!("could not run redis-server: {e}"),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                self.child = None;
+                return false; // port taken, most likely
+            }
+            if ping(self.port) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        false
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:{port}/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Kills the server with `SIGKILL` and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = signal(child.id(), "CONT");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`RedisServer::kill`])
+    /// and waits until it answers. Its data is gone, as after a crash without
+    /// persistence; a cluster node keeps its identity and slots.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.spawn() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not restart on port {}", self.port);
+    }
+
+    /// Freezes the server with `SIGSTOP`: it keeps its socket but answers nothing.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "STOP").expect("send SIGSTOP");
+        }
+    }
+
+    /// Resumes a paused server with `SIGCONT`.
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "CONT").expect("send SIGCONT");
+        }
+    }
+
+    /// Runs one command with `redis-cli` against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli was not found; scripts/test installs redis-tools");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The number of calls of `command` (lowercase, e.g. `"evalsha"`) this
+    /// server has executed, from `INFO commandstats`.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let info = self.cli(&["INFO", "commandstats"]);
+        let needle = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The total number of commands this server has executed (`INFO stats`).
+    pub fn total_commands(&self) -> u64 {
+        let info = self.cli(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas), each a real `redis-server`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, assigns all 16384 slots with
+    /// `redis-cli --cluster create`, and waits until every node says `cluster_state:ok`.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(true)).collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli was not found; scripts/test installs redis-tools");
+        assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok(Duration::from_secs(20));
+        cluster
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let all_ok = self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            if all_ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster did not reach cluster_state:ok");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The nodes' URLs, to hand to a cluster client.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// One node, to kill, pause or restart.
+    pub fn node_mut(&mut self, index: usize) -> &mut RedisServer {
+        &mut self.nodes[index]
+    }
+
+    /// The sum of [`RedisServer::command_calls`] over all nodes.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        self.nodes.iter().map(|n| n.command_calls(command)).sum()
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> std::io::Result<()> {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
+    if status.success() { Ok(()) } else { Err(std::io::Error::other(format!("kill -{sig} {pid} failed"))) }
+}
+
+fn free_port(cluster: bool) -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("local addr").port();
+        drop(listener);
+        // A cluster node also listens on port + 10000 for its bus.
+        if !cluster || (port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()) {
+            return port;
+        }
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}

@@ -1,0 +1,2 @@
+//! Cross-crate integration tests of redlayer live in `tests/` beside this file:
+//! several instances on one Redis, Redis killed mid-traffic, hostile input.
