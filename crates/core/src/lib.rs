@@ -6,7 +6,9 @@
 //! Which crate does what: `bb8` and `bb8-redis` pool connections; `redis`
 //! (redis-rs) speaks the protocol, runs Lua scripts with `EVALSHA` and reloads
 //! them on `NOSCRIPT` ([`redis::Script`]), and with the `cluster` feature
-//! routes commands on a Redis Cluster; `sha2` hashes client-supplied key parts.
+//! routes commands on a Redis Cluster; `sha2` hashes client-supplied key parts;
+//! `http`, `http-body` and `pin-project-lite` make [`ResponseBody`], the one
+//! body type of every layer's responses; `serde_json` writes RFC 9457 problem documents.
 //!
 //! Redis 6.2 or newer is enough for every command redlayer sends.
 //!
@@ -25,13 +27,16 @@
 //! ```
 #![deny(missing_docs, unsafe_code)]
 
+pub mod body;
 mod connection;
 mod error;
 mod failure;
 mod handle;
 pub mod keys;
 pub mod memory;
+pub mod problem;
 
+pub use body::ResponseBody;
 pub use connection::Connection;
 pub use error::{Error, Result};
 pub use failure::{FailurePolicy, report_degraded};

@@ -1,0 +1,1 @@
+//! redlayer-cache: being built.

@@ -1,0 +1,154 @@
+//! Answers of the layers' own: RFC 9457 problem documents for HTTP clients,
+//! and trailers-only gRPC statuses for gRPC clients.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+
+use crate::body::ResponseBody;
+
+/// `application/problem+json`.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// gRPC status codes the layers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GrpcCode {
+    /// 3: the request was malformed (bad idempotency key).
+    InvalidArgument = 3,
+    /// 6: already exists / conflicting request in flight.
+    AlreadyExists = 6,
+    /// 8: rate limited.
+    ResourceExhausted = 8,
+    /// 9: precondition failed (same key, other payload).
+    FailedPrecondition = 9,
+    /// 10: aborted (lock not acquired).
+    Aborted = 10,
+    /// 14: the backing store is unavailable.
+    Unavailable = 14,
+    /// 16: no valid session.
+    Unauthenticated = 16,
+}
+
+/// True when the request is gRPC (`content-type: application/grpc*`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Problem {
+    status: StatusCode,
+    title: &'static str,
+    detail: Option<String>,
+    type_uri: &'static str,
+    extra: Vec<(&'static str, serde_json::Value)>,
+}
+
+impl Problem {
+    /// A problem with this status and a short, constant title.
+    pub fn new(status: StatusCode, title: &'static str) -> Self {
+        Problem { status, title, detail: None, type_uri: "about:blank", extra: Vec::new() }
+    }
+
+    /// A longer, human-readable explanation of this occurrence.
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// A URI identifying the problem type (default `about:blank`).
+    pub fn type_uri(mut self, type_uri: &'static str) -> Self {
+        self.type_uri = type_uri;
+        self
+    }
+
+    /// An extension member.
+    pub fn extension(mut self, name: &'static str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.push((name, value.into()));
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The JSON document.
+    pub fn to_json(&self) -> Bytes {
+        let mut doc = serde_json::Map::new();
+        doc.insert("type".into(), self.type_uri.into());
+        doc.insert("title".into(), self.title.into());
+        doc.insert("status".into(), self.status.as_u16().into());
+        if let Some(detail) = &self.detail {
+            doc.insert("detail".into(), detail.clone().into());
+        }
+        for (name, value) in &self.extra {
+            doc.insert((*name).into(), value.clone());
+        }
+        Bytes::from(serde_json::Value::Object(doc).to_string())
+    }
+
+    /// The HTTP response: the status, `content-type: application/problem+json`, the document.
+    pub fn into_response<B>(self) -> Response<ResponseBody<B>> {
+        let body = self.to_json();
+        let mut response = Response::new(ResponseBody::full(body));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+/// A trailers-only gRPC answer: HTTP 200, `content-type: application/grpc`,
+/// `grpc-status` and a percent-encoded `grpc-message`.
+pub fn grpc_response<B>(code: GrpcCode, message: &str) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::empty());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(code as u16));
+    if let Ok(message) = HeaderValue::from_str(&percent_encode(message)) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+/// Percent-encodes a grpc-message as the gRPC spec asks (bytes outside 0x20..=0x7E and `%`).
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7E).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_document_has_the_rfc_9457_members() {
+        let response: Response<ResponseBody<String>> =
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests").detail("slow down").into_response();
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let doc: serde_json::Value = serde_json::from_slice(
+            &Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests").extension("retry_after", 3).to_json(),
+        )
+        .unwrap();
+        assert_eq!(doc["status"], 429);
+        assert_eq!(doc["title"], "Too Many Requests");
+        assert_eq!(doc["retry_after"], 3);
+    }
+
+    #[test]
+    fn grpc_answers_are_http_200_with_a_status() {
+        let response: Response<ResponseBody<String>> = grpc_response(GrpcCode::ResourceExhausted, "rate limited: 100%");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["grpc-status"], "8");
+        assert_eq!(response.headers()["grpc-message"], "rate limited: 100%25");
+    }
+}

@@ -1,0 +1,1 @@
+//! redlayer-idempotency: being built.

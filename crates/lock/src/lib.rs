@@ -1,0 +1,1 @@
+//! redlayer-lock: being built.

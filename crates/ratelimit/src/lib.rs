@@ -1,0 +1,1 @@
+//! redlayer-ratelimit: being built.

@@ -1,0 +1,1 @@
+//! redlayer-session: being built.

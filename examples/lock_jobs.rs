@@ -1,0 +1,2 @@
+//! Placeholder: replaced when its crate lands.
+fn main() {}
