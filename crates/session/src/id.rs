@@ -1,0 +1,113 @@
+//! Session ids: 384 bits from the OS CSPRNG, URL-safe, never stored in Redis.
+
+use std::fmt;
+
+use base64::Engine as _;
+use redlayer_core::{KeyBuilder, KeyPart, keys::digest_b64};
+
+use crate::SessionError;
+
+/// Bytes of an id: a 128-bit *family* part, kept when the id is cycled so that
+/// the old and new keys share a cluster slot (an atomic `RENAME`), and a 256-bit
+/// secret part drawn afresh on every cycle.
+const FAMILY_BYTES: usize = 16;
+const ID_BYTES: usize = 48;
+/// Length of an encoded id (base64url without padding).
+pub(crate) const ID_LEN: usize = 64;
+
+/// The redis key kind of session hashes.
+pub(crate) const KIND: &str = "sess";
+/// The redis key kind of per-user indexes.
+pub(crate) const USER_KIND: &str = "sessu";
+
+/// A session id. Its `Debug` output is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SessionId([u8; ID_BYTES]);
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId(..)")
+    }
+}
+
+fn random(buf: &mut [u8]) -> Result<(), SessionError> {
+    getrandom::fill(buf).map_err(|e| SessionError::Rng(e.to_string()))
+}
+
+impl SessionId {
+    /// A fresh id, all from the OS CSPRNG.
+    pub(crate) fn generate() -> Result<Self, SessionError> {
+        let mut bytes = [0u8; ID_BYTES];
+        random(&mut bytes)?;
+        Ok(SessionId(bytes))
+    }
+
+    /// The id that replaces this one on `cycle_id`: same family, new secret.
+    pub(crate) fn cycled(&self) -> Result<Self, SessionError> {
+        let mut bytes = self.0;
+        random(&mut bytes[FAMILY_BYTES..])?;
+        Ok(SessionId(bytes))
+    }
+
+    /// Parses an id sent by a client; anything but exactly 64 base64url characters is refused.
+    pub(crate) fn parse(raw: &[u8]) -> Option<Self> {
+        if raw.len() != ID_LEN || !raw.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_') {
+            return None;
+        }
+        let mut bytes = [0u8; ID_BYTES];
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(raw, &mut bytes) {
+            Ok(ID_BYTES) => Some(SessionId(bytes)),
+            _ => None,
+        }
+    }
+
+    /// The id as sent to clients.
+    pub(crate) fn encode(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// The Redis key of this session: `{prefix}:sess:{#sha256(family)}:sha256(id)`.
+    /// Neither part can be turned back into the id.
+    pub(crate) fn store_key(&self, keys: &KeyBuilder) -> String {
+        keys.key_with(KIND, &KeyPart::hashed(&self.0[..FAMILY_BYTES]), &digest_b64(&self.0))
+    }
+}
+
+/// The Redis key of a user's index.
+pub(crate) fn user_key(keys: &KeyBuilder, user: &str) -> String {
+    keys.key(USER_KIND, &KeyPart::client(user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_garbage_is_refused() {
+        let id = SessionId::generate().unwrap();
+        let text = id.encode();
+        assert_eq!(text.len(), ID_LEN);
+        assert_eq!(SessionId::parse(text.as_bytes()), Some(id.clone()));
+        assert_ne!(SessionId::generate().unwrap(), id);
+        for bad in [&b""[..], b"abc", &[0xff; 64], &[b'a'; 65], &[b'='; 64], &[b'.'; 64]] {
+            assert_eq!(SessionId::parse(bad), None);
+        }
+    }
+
+    #[test]
+    fn store_keys_hold_no_id_and_cycled_ids_share_a_slot() {
+        let keys = KeyBuilder::default();
+        let id = SessionId::generate().unwrap();
+        let next = id.cycled().unwrap();
+        assert_ne!(id.encode(), next.encode());
+        assert_ne!(id.store_key(&keys), next.store_key(&keys));
+        assert!(!id.store_key(&keys).contains(&id.encode()));
+        assert!(!id.store_key(&keys).contains(&id.encode()[..22]));
+        assert_eq!(
+            redlayer_core::keys::cluster_slot(&id.store_key(&keys)),
+            redlayer_core::keys::cluster_slot(&next.store_key(&keys))
+        );
+        // The secret part is fresh: 256 new bits.
+        assert_ne!(id.0[FAMILY_BYTES..], next.0[FAMILY_BYTES..]);
+    }
+}

@@ -1,0 +1,10 @@
+-- Adds a session to its user's index. The index holds session *keys* (hashes of ids), never ids.
+-- KEYS[1]  the user's index hash
+-- ARGV[1]  the session key, ARGV[2] its creation time (ms), ARGV[3] the absolute lifetime (ms)
+-- The index lives as long as the longest-lived session in it (expiry only ever extended).
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local ttl = tonumber(ARGV[3])
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1

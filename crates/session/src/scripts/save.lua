@@ -1,0 +1,94 @@
+-- Applies one request's changes to a session hash, atomically, with its expiry.
+-- KEYS[1]  the session hash
+-- ARGV[1]  'n': create (the key must not exist) | 'e': update (the key must exist)
+-- ARGV[2]  idle timeout, ms
+-- ARGV[3]  absolute lifetime, ms (used when creating)
+-- ARGV[4]  '1': delete every data field first (clear)
+-- ARGV[5]  '' or the user id to record
+-- ARGV[6], ARGV[7], ARGV[8]  number of deletions, sets, increments
+-- then the deleted fields, the (field, value) pairs set, the (field, by) increments.
+-- Returns {1, created_ms, increment results...} | {0} no live session (never recreated)
+--       | {-1} the key exists (id collision on create) | {-2, field} field is not an integer
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local create = ARGV[1] == 'n'
+local created, deadline
+if create then
+  if redis.call('EXISTS', key) == 1 then
+    return {-1}
+  end
+  created = now
+  deadline = now + tonumber(ARGV[3])
+else
+  local meta = redis.call('HMGET', key, 'm:c', 'm:a')
+  if not meta[1] or not meta[2] then
+    return {0}
+  end
+  created = tonumber(meta[1])
+  deadline = tonumber(meta[2])
+  if now >= deadline then
+    redis.call('DEL', key)
+    return {0}
+  end
+end
+local clear = ARGV[4] == '1'
+local nd, ns, ni = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local dels, sets = {}, {}
+local i = 9
+for _ = 1, nd do
+  dels[ARGV[i]] = true
+  i = i + 1
+end
+local set_start = i
+for _ = 1, ns do
+  sets[ARGV[i]] = ARGV[i + 1]
+  i = i + 2
+end
+local incr_start = i
+-- Check every increment before writing anything, so that a refusal writes nothing.
+for j = 0, ni - 1 do
+  local f = ARGV[incr_start + 2 * j]
+  local v = sets[f]
+  if v == nil and not dels[f] and not clear and not create then
+    v = redis.call('HGET', key, f)
+  end
+  if v and not string.match(v, '^%-?%d+$') then
+    return {-2, f}
+  end
+end
+if clear and not create then
+  local names = redis.call('HKEYS', key)
+  for _, f in ipairs(names) do
+    if string.sub(f, 1, 2) == 'f:' then
+      redis.call('HDEL', key, f)
+    end
+  end
+end
+for f, _ in pairs(dels) do
+  redis.call('HDEL', key, f)
+end
+if create then
+  redis.call('HSET', key, 'm:c', now, 'm:a', deadline)
+end
+redis.call('HSET', key, 'm:s', now)
+for j = 0, ns - 1 do
+  redis.call('HSET', key, ARGV[set_start + 2 * j], ARGV[set_start + 2 * j + 1])
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', key, 'm:u', ARGV[5])
+end
+local out = {1, created}
+for j = 0, ni - 1 do
+  local r = redis.pcall('HINCRBY', key, ARGV[incr_start + 2 * j], ARGV[incr_start + 2 * j + 1])
+  if type(r) == 'table' and r.err then
+    return {-2, ARGV[incr_start + 2 * j]}
+  end
+  out[#out + 1] = r
+end
+local ttl = tonumber(ARGV[2])
+if deadline - now < ttl then
+  ttl = deadline - now
+end
+redis.call('PEXPIRE', key, ttl)
+return out

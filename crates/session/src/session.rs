@@ -1,0 +1,508 @@
+//! [`Session`]: the per-request handle that handlers use.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    SessionError,
+    id::SessionId,
+    layer::Shared,
+    store::{CycleOutcome, Loaded, SessionInfo, Store, WriteOp, WriteOutcome},
+    transport::IdAction,
+};
+
+/// Longest user id accepted by [`Session::set_user`].
+pub const MAX_USER_LEN: usize = 512;
+/// Longest field name accepted.
+pub const MAX_KEY_LEN: usize = 256;
+/// Tries at a fresh id when one collides (never seen in practice: 384 random bits).
+const ID_ATTEMPTS: usize = 3;
+
+/// The session of one request, put in the request's extensions by
+/// [`SessionLayer`](crate::SessionLayer) (and an axum extractor with the
+/// `axum` feature). Cheap to clone; all clones are the same session.
+///
+/// - **Lazy**: nothing is sent to the store until a method needs it; a
+///   handler that never calls one costs no store command.
+/// - **Reads** ([`get`](Session::get), [`user`](Session::user)) load the whole
+///   session once per request (one round trip, which also refreshes the idle
+///   timeout, at most once per touch interval).
+/// - **Writes** ([`insert`](Session::insert), [`remove`](Session::remove),
+///   [`clear`](Session::clear), [`set_user`](Session::set_user)) are buffered
+///   and written after the handler returns, as one atomic script that writes
+///   *only the changed fields*: two concurrent requests changing different
+///   keys both keep their writes. [`save`](Session::save) writes them now.
+/// - [`increment`](Session::increment) is applied in the store at once, so
+///   concurrent increments never lose one.
+/// - A session is created (with a fresh id) on the first write; an id the
+///   store does not know is never adopted.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    state: tokio::sync::Mutex<State>,
+    /// Something must happen after the handler (a write, or an id to send or remove).
+    needs_finish: AtomicBool,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// The client sent this id; the store has not been asked yet.
+    Incoming,
+    /// The session exists in the store (loaded, created or written in this request).
+    Live,
+    /// No session.
+    Absent,
+}
+
+struct State {
+    id: Option<SessionId>,
+    status: Status,
+    cache: Option<Loaded>,
+    pending: Pending,
+    send_id: bool,
+    remove_id: bool,
+}
+
+#[derive(Default)]
+struct Pending {
+    clear: bool,
+    deletes: BTreeSet<String>,
+    sets: BTreeMap<String, String>,
+    user: Option<String>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.clear && self.deletes.is_empty() && self.sets.is_empty() && self.user.is_none()
+    }
+
+    fn apply_to(&self, loaded: &mut Loaded) {
+        if self.clear {
+            loaded.fields.clear();
+        }
+        for name in &self.deletes {
+            loaded.fields.remove(name);
+        }
+        for (name, value) in &self.sets {
+            loaded.fields.insert(name.clone(), value.clone());
+        }
+        if let Some(user) = &self.user {
+            loaded.user = Some(user.clone());
+        }
+    }
+
+    /// Puts back changes that could not be written, under any made since.
+    fn restore(&mut self, mut older: Pending) {
+        if self.clear {
+            if self.user.is_none() {
+                self.user = older.user;
+            }
+            return;
+        }
+        for name in std::mem::take(&mut self.deletes) {
+            older.sets.remove(&name);
+            older.deletes.insert(name);
+        }
+        for (name, value) in std::mem::take(&mut self.sets) {
+            older.deletes.remove(&name);
+            older.sets.insert(name, value);
+        }
+        if self.user.is_some() {
+            older.user = self.user.take();
+        }
+        *self = older;
+    }
+}
+
+/// What the layer does once the handler is done.
+pub(crate) struct Finish {
+    pub(crate) action: Option<IdAction>,
+    pub(crate) error: Option<SessionError>,
+}
+
+fn check_key(key: &str) -> Result<(), SessionError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(SessionError::Store(redlayer_core::Error::InvalidInput(format!(
+            "session keys are 1..={MAX_KEY_LEN} bytes"
+        ))));
+    }
+    Ok(())
+}
+
+fn decode<T: DeserializeOwned>(key: &str, raw: &str) -> Result<T, SessionError> {
+    serde_json::from_str(raw).map_err(|source| SessionError::Decode { key: key.to_owned(), source })
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, id: Option<SessionId>) -> Self {
+        let status = if id.is_some() { Status::Incoming } else { Status::Absent };
+        Session {
+            inner: Arc::new(Inner {
+                shared,
+                state: tokio::sync::Mutex::new(State {
+                    id,
+                    status,
+                    cache: None,
+                    pending: Pending::default(),
+                    send_id: false,
+                    remove_id: false,
+                }),
+                needs_finish: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.shared.store
+    }
+
+    fn mark(&self) {
+        self.inner.needs_finish.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn needs_finish(&self) -> bool {
+        self.inner.needs_finish.load(Ordering::Relaxed)
+    }
+
+    async fn ensure_loaded(&self, st: &mut State) -> Result<(), SessionError> {
+        if st.cache.is_some() {
+            return Ok(());
+        }
+        match (st.status, &st.id) {
+            (Status::Incoming | Status::Live, Some(id)) => {
+                let key = self.store().session_key(id);
+                let cfg = &self.inner.shared.timeouts;
+                match self.store().load(&key, cfg.idle_ms, cfg.touch_ms).await? {
+                    Some(loaded) => {
+                        st.status = Status::Live;
+                        st.cache = Some(loaded);
+                    }
+                    None => {
+                        let was_live = st.status == Status::Live;
+                        self.forget(st);
+                        if was_live {
+                            // Ended during this request: its changes die with it.
+                            st.pending = Pending::default();
+                            return Err(SessionError::Expired);
+                        }
+                    }
+                }
+            }
+            _ => st.cache = Some(Loaded::default()),
+        }
+        Ok(())
+    }
+
+    /// No session any more (nothing pending survives).
+    ///
+    /// The client's id is *not* removed here: a request that still carries
+    /// an id from before a concurrent login (`cycle_id`) would otherwise
+    /// answer with a removal cookie that can arrive after, and erase, the
+    /// new id. An unknown id costs a lookup and is never adopted; only
+    /// [`Session::destroy`] removes the id from the client.
+    fn forget(&self, st: &mut State) {
+        st.id = None;
+        st.status = Status::Absent;
+        st.cache = Some(Loaded::default());
+        st.send_id = false;
+    }
+
+    /// The value under `key`, decoded from JSON; `None` when absent (or no session).
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let mut st = self.inner.state.lock().await;
+        if let Some(raw) = st.pending.sets.get(key) {
+            return decode(key, raw).map(Some);
+        }
+        if st.pending.clear || st.pending.deletes.contains(key) {
+            return Ok(None);
+        }
+        self.ensure_loaded(&mut st).await?;
+        match st.cache.as_ref().and_then(|c| c.fields.get(key)) {
+            Some(raw) => decode(key, raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets `key` to `value` (as JSON). Written after the handler, with the other changes.
+    pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        check_key(key)?;
+        let json = serde_json::to_string(&value).map_err(SessionError::Encode)?;
+        let mut st = self.inner.state.lock().await;
+        st.pending.deletes.remove(key);
+        st.pending.sets.insert(key.to_owned(), json);
+        self.mark();
+        Ok(())
+    }
+
+    /// Removes `key`. Written after the handler, with the other changes.
+    pub async fn remove(&self, key: &str) {
+        if check_key(key).is_err() {
+            return; // `insert` refuses such keys: there is nothing to remove.
+        }
+        let mut st = self.inner.state.lock().await;
+        st.pending.sets.remove(key);
+        st.pending.deletes.insert(key.to_owned());
+        self.mark();
+    }
+
+    /// Removes every value (the session, its id and its user stay). Atomic in the store.
+    pub async fn clear(&self) {
+        let mut st = self.inner.state.lock().await;
+        let user = st.pending.user.take();
+        st.pending = Pending { clear: true, user, ..Pending::default() };
+        self.mark();
+    }
+
+    /// Adds `by` to the integer under `key` (absent counts as 0) in the store,
+    /// atomically, and returns the new value. Changes buffered so far are
+    /// written in the same script. Creates the session if there is none.
+    pub async fn increment(&self, key: &str, by: i64) -> Result<i64, SessionError> {
+        check_key(key)?;
+        let mut st = self.inner.state.lock().await;
+        let results = self.write_locked(&mut st, vec![(key.to_owned(), by)]).await?;
+        results.first().copied().ok_or_else(|| SessionError::NotAnInteger(key.to_owned()))
+    }
+
+    /// Writes the buffered changes now (the layer does it after the handler
+    /// otherwise). Use it to learn about a failure before answering, e.g.
+    /// [`SessionError::Expired`] when the session ended during the request.
+    pub async fn save(&self) -> Result<(), SessionError> {
+        let mut st = self.inner.state.lock().await;
+        if st.pending.is_empty() {
+            return Ok(());
+        }
+        self.write_locked(&mut st, Vec::new()).await.map(drop)
+    }
+
+    /// The user attached to this session, if any.
+    pub async fn user(&self) -> Result<Option<String>, SessionError> {
+        let mut st = self.inner.state.lock().await;
+        if let Some(user) = &st.pending.user {
+            return Ok(Some(user.clone()));
+        }
+        self.ensure_loaded(&mut st).await?;
+        Ok(st.cache.as_ref().and_then(|c| c.user.clone()))
+    }
+
+    /// Attaches a user to this session and adds the session to the user's
+    /// index (see [`Session::sessions`], [`Store::revoke_all`]). Written after
+    /// the handler. Call [`Session::cycle_id`] on login as well.
+    pub async fn set_user(&self, user: &str) -> Result<(), SessionError> {
+        if user.is_empty() || user.len() > MAX_USER_LEN {
+            return Err(SessionError::Store(redlayer_core::Error::InvalidInput(format!(
+                "user ids are 1..={MAX_USER_LEN} bytes"
+            ))));
+        }
+        let mut st = self.inner.state.lock().await;
+        st.pending.user = Some(user.to_owned());
+        self.mark();
+        Ok(())
+    }
+
+    /// Gives the session a new id, at once and atomically: the data stays,
+    /// the old id stops working immediately (defence against session
+    /// fixation: call it on login and on any privilege change). Without a
+    /// stored session it does nothing (the first write issues a fresh id anyway).
+    pub async fn cycle_id(&self) -> Result<(), SessionError> {
+        let mut st = self.inner.state.lock().await;
+        let (Some(old), Status::Incoming | Status::Live) = (st.id.clone(), st.status) else { return Ok(()) };
+        let old_key = self.store().session_key(&old);
+        for _ in 0..ID_ATTEMPTS {
+            let new = old.cycled()?;
+            let new_key = self.store().session_key(&new);
+            match self.store().cycle(&old_key, &new_key).await? {
+                CycleOutcome::Done { user, created_ms } => {
+                    st.id = Some(new);
+                    st.status = Status::Live;
+                    st.send_id = true;
+                    st.remove_id = false;
+                    self.mark();
+                    if let Some(user) = user {
+                        let absolute_ms = self.inner.shared.timeouts.absolute_ms;
+                        self.store().index_add(&user, &new_key, created_ms, absolute_ms).await?;
+                        self.store().index_remove(&user, &old_key).await?;
+                    }
+                    return Ok(());
+                }
+                CycleOutcome::Gone => {
+                    let was_live = st.status == Status::Live;
+                    self.forget(&mut st);
+                    if was_live {
+                        st.pending = Pending::default();
+                        return Err(SessionError::Expired);
+                    }
+                    return Ok(());
+                }
+                CycleOutcome::Collision => continue,
+            }
+        }
+        Err(SessionError::Rng("no free session id after several attempts".into()))
+    }
+
+    /// Ends the session now: deleted from the store and from its user's
+    /// index, the client's id removed. Later writes in this request start a new session.
+    pub async fn destroy(&self) -> Result<(), SessionError> {
+        let mut st = self.inner.state.lock().await;
+        if let (Some(id), Status::Incoming | Status::Live) = (&st.id, st.status) {
+            let key = self.store().session_key(id);
+            if let Some(user) = self.store().destroy(&key).await? {
+                self.store().index_remove(&user, &key).await?;
+            }
+        }
+        let had_id = st.id.is_some() || st.send_id;
+        st.pending = Pending::default();
+        self.forget(&mut st);
+        st.remove_id = had_id;
+        self.mark();
+        Ok(())
+    }
+
+    /// The live sessions of this session's user (empty without a user), this one marked `current`.
+    pub async fn sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
+        let (user, current) = self.user_and_key().await?;
+        let Some(user) = user else { return Ok(Vec::new()) };
+        let mut list = self.store().sessions_of(&user).await?;
+        for info in &mut list {
+            info.current = current.as_deref() == Some(info.session.as_str());
+        }
+        Ok(list)
+    }
+
+    /// Ends every other session of this session's user; returns how many were live.
+    pub async fn revoke_others(&self) -> Result<usize, SessionError> {
+        let (user, current) = self.user_and_key().await?;
+        let Some(user) = user else { return Ok(0) };
+        self.store().revoke_all_except(&user, current.as_deref()).await
+    }
+
+    /// "Log out everywhere": ends every session of this session's user, this
+    /// one included. Returns how many sessions ended.
+    pub async fn log_out_everywhere(&self) -> Result<usize, SessionError> {
+        let (user, _) = self.user_and_key().await?;
+        let ended = match user {
+            Some(user) => self.store().revoke_all(&user).await?,
+            None => 0,
+        };
+        self.destroy().await?;
+        Ok(ended)
+    }
+
+    async fn user_and_key(&self) -> Result<(Option<String>, Option<String>), SessionError> {
+        let mut st = self.inner.state.lock().await;
+        self.ensure_loaded(&mut st).await?;
+        let user = st.pending.user.clone().or_else(|| st.cache.as_ref().and_then(|c| c.user.clone()));
+        let key = match (&st.id, st.status) {
+            (Some(id), Status::Live) => Some(self.store().session_key(id)),
+            _ => None,
+        };
+        Ok((user, key))
+    }
+
+    /// Writes the pending changes and `increments` in one script.
+    async fn write_locked(&self, st: &mut State, increments: Vec<(String, i64)>) -> Result<Vec<i64>, SessionError> {
+        let pending = std::mem::take(&mut st.pending);
+        let timeouts = &self.inner.shared.timeouts;
+        let mut op = WriteOp {
+            create: false,
+            idle_ms: timeouts.idle_ms,
+            absolute_ms: timeouts.absolute_ms,
+            clear: pending.clear,
+            user: pending.user.clone(),
+            deletes: pending.deletes.iter().cloned().collect(),
+            sets: pending.sets.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            increments,
+        };
+        for _ in 0..ID_ATTEMPTS {
+            let (id, create) = match (&st.id, st.status) {
+                (Some(id), Status::Incoming | Status::Live) => (id.clone(), false),
+                _ => match SessionId::generate() {
+                    Ok(id) => (id, true),
+                    Err(e) => {
+                        st.pending.restore(pending);
+                        return Err(e);
+                    }
+                },
+            };
+            op.create = create;
+            let key = self.store().session_key(&id);
+            let outcome = match self.store().write(&key, &op).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    st.pending.restore(pending);
+                    return Err(e);
+                }
+            };
+            match outcome {
+                WriteOutcome::Done { created_ms, increments } => {
+                    if create {
+                        st.id = Some(id);
+                        st.send_id = true;
+                        st.remove_id = false;
+                        self.mark();
+                        if st.cache.is_none() {
+                            st.cache = Some(Loaded::default());
+                        }
+                    }
+                    st.status = Status::Live;
+                    if let Some(cache) = st.cache.as_mut() {
+                        pending.apply_to(cache);
+                        for ((name, _), value) in op.increments.iter().zip(&increments) {
+                            cache.fields.insert(name.clone(), value.to_string());
+                        }
+                    }
+                    if let Some(user) = &op.user {
+                        self.store().index_add(user, &key, created_ms, timeouts.absolute_ms).await?;
+                    }
+                    return Ok(increments);
+                }
+                WriteOutcome::Gone if st.status == Status::Incoming => {
+                    // An id the store does not know is never adopted: start a new session.
+                    st.id = None;
+                    st.status = Status::Absent;
+                }
+                WriteOutcome::Gone => {
+                    // Ended while this request ran: not recreated, reported.
+                    self.forget(st);
+                    return Err(SessionError::Expired);
+                }
+                WriteOutcome::Collision => {}
+                WriteOutcome::NotInteger(name) => {
+                    st.pending.restore(pending);
+                    return Err(SessionError::NotAnInteger(name));
+                }
+            }
+        }
+        st.pending.restore(pending);
+        Err(SessionError::Rng("no free session id after several attempts".into()))
+    }
+
+    /// Runs after the handler: writes what is pending, and says what to tell the client.
+    pub(crate) async fn finish(&self) -> Finish {
+        let mut st = self.inner.state.lock().await;
+        let error = if st.pending.is_empty() { None } else { self.write_locked(&mut st, Vec::new()).await.err() };
+        let action = match (&st.id, st.send_id, st.remove_id) {
+            (Some(id), true, _) => Some(IdAction::Set(id.encode())),
+            (_, _, true) => Some(IdAction::Remove),
+            _ => None,
+        };
+        Finish { action, error }
+    }
+}

@@ -1,0 +1,181 @@
+//! The in-memory backend: the same operations as the Lua scripts, each one
+//! atomic under the map's shard lock.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use redlayer_core::memory::{Clock, ExpiringMap, Update};
+
+use super::{CycleOutcome, IndexRow, Loaded, WriteOp, WriteOutcome};
+
+#[derive(Debug, Clone)]
+struct Record {
+    fields: HashMap<String, String>,
+    created: i64,
+    seen: i64,
+    deadline: i64,
+    user: Option<String>,
+}
+
+pub(super) struct MemoryBackend {
+    sessions: ExpiringMap<String, Record>,
+    users: ExpiringMap<String, HashMap<String, i64>>,
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+fn ttl(idle_ms: u64, deadline: i64, now: i64) -> Option<Duration> {
+    Some(Duration::from_millis((idle_ms.min(i64::MAX as u64) as i64).min(deadline - now).max(0) as u64))
+}
+
+fn is_integer(v: &str) -> bool {
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl MemoryBackend {
+    pub(super) fn new(clock: Arc<dyn Clock>) -> Self {
+        MemoryBackend { sessions: ExpiringMap::with_clock(clock.clone()), users: ExpiringMap::with_clock(clock) }
+    }
+
+    pub(super) fn load(&self, key: &str, idle_ms: u64, touch_ms: u64) -> Option<Loaded> {
+        self.sessions.update(key.to_owned(), |record, now| {
+            let now = ms(now);
+            let Some(record) = record else { return (Update::Keep, None) };
+            if now >= record.deadline {
+                return (Update::Remove, None);
+            }
+            let loaded = Loaded { fields: record.fields.clone(), user: record.user.clone() };
+            if now - record.seen >= touch_ms as i64 {
+                record.seen = now;
+                (Update::KeepWithTtl(ttl(idle_ms, record.deadline, now)), Some(loaded))
+            } else {
+                (Update::Keep, Some(loaded))
+            }
+        })
+    }
+
+    pub(super) fn write(&self, key: &str, op: &WriteOp) -> WriteOutcome {
+        self.sessions.update(key.to_owned(), |record, now| {
+            let now = ms(now);
+            let mut next = match (record, op.create) {
+                (Some(_), true) => return (Update::Keep, WriteOutcome::Collision),
+                (None, false) => return (Update::Keep, WriteOutcome::Gone),
+                (Some(r), false) if now >= r.deadline => return (Update::Remove, WriteOutcome::Gone),
+                (Some(r), false) => r.clone(),
+                (None, true) => Record {
+                    fields: HashMap::new(),
+                    created: now,
+                    seen: now,
+                    deadline: now.saturating_add(op.absolute_ms as i64),
+                    user: None,
+                },
+            };
+            if op.clear {
+                next.fields.clear();
+            }
+            for name in &op.deletes {
+                next.fields.remove(name);
+            }
+            for (name, value) in &op.sets {
+                next.fields.insert(name.clone(), value.clone());
+            }
+            let mut results = Vec::with_capacity(op.increments.len());
+            for (name, by) in &op.increments {
+                let current = match next.fields.get(name) {
+                    None => 0,
+                    Some(v) if is_integer(v) => match v.parse::<i64>() {
+                        Ok(n) => n,
+                        Err(_) => return (Update::Keep, WriteOutcome::NotInteger(name.clone())),
+                    },
+                    Some(_) => return (Update::Keep, WriteOutcome::NotInteger(name.clone())),
+                };
+                let Some(value) = current.checked_add(*by) else {
+                    return (Update::Keep, WriteOutcome::NotInteger(name.clone()));
+                };
+                next.fields.insert(name.clone(), value.to_string());
+                results.push(value);
+            }
+            if let Some(user) = &op.user {
+                next.user = Some(user.clone());
+            }
+            next.seen = now;
+            let created_ms = next.created;
+            let ttl = ttl(op.idle_ms, next.deadline, now);
+            (Update::Set(next, ttl), WriteOutcome::Done { created_ms, increments: results })
+        })
+    }
+
+    pub(super) fn cycle(&self, old: &str, new: &str) -> CycleOutcome {
+        // The old key is removed under its lock before the new one is written,
+        // so no request can use the old id once the new one exists.
+        if self.sessions.get(&new.to_owned()).is_some() {
+            return CycleOutcome::Collision;
+        }
+        let left = match self.sessions.ttl(&old.to_owned()) {
+            redlayer_core::memory::Ttl::ExpiresIn(d) => Some(d),
+            _ => None,
+        };
+        let taken = self.sessions.update(old.to_owned(), |record, now| match record {
+            Some(r) if ms(now) < r.deadline => {
+                let mut r = r.clone();
+                r.seen = ms(now);
+                (Update::Remove, Some(r))
+            }
+            Some(_) => (Update::Remove, None),
+            None => (Update::Keep, None),
+        });
+        // A rename keeps the expiry the old key had left.
+        let Some(record) = taken else { return CycleOutcome::Gone };
+        let old_ttl = left.or_else(|| ttl(u64::MAX, record.deadline, ms(self.sessions.clock().now())));
+        let (user, created_ms) = (record.user.clone(), record.created);
+        self.sessions.insert(new.to_owned(), record, old_ttl);
+        CycleOutcome::Done { user, created_ms }
+    }
+
+    pub(super) fn destroy(&self, key: &str) -> Option<String> {
+        self.sessions.update(key.to_owned(), |record, _| (Update::Remove, record.and_then(|r| r.user.clone())))
+    }
+
+    pub(super) fn destroy_existed(&self, key: &str) -> bool {
+        self.sessions.remove(&key.to_owned())
+    }
+
+    pub(super) fn index_add(&self, index: &str, key: &str, created_ms: i64, absolute_ms: u64) {
+        self.users.update(index.to_owned(), |entry, _| {
+            let mut map = entry.map(|m| m.clone()).unwrap_or_default();
+            map.insert(key.to_owned(), created_ms);
+            (Update::Set(map, Some(Duration::from_millis(absolute_ms))), ())
+        });
+    }
+
+    pub(super) fn index_remove(&self, index: &str, key: &str) {
+        self.users.update(index.to_owned(), |entry, _| match entry {
+            Some(map) => {
+                map.remove(key);
+                (if map.is_empty() { Update::Remove } else { Update::Keep }, ())
+            }
+            None => (Update::Keep, ()),
+        });
+    }
+
+    pub(super) fn index_contains(&self, index: &str, key: &str) -> bool {
+        self.users.get(&index.to_owned()).is_some_and(|m| m.contains_key(key))
+    }
+
+    pub(super) fn index_keys(&self, index: &str) -> Vec<String> {
+        self.users.get(&index.to_owned()).map(|m| m.into_keys().collect()).unwrap_or_default()
+    }
+
+    pub(super) fn index_rows(&self, index: &str) -> Vec<IndexRow> {
+        let mut rows = Vec::new();
+        for key in self.index_keys(index) {
+            match self.sessions.get(&key) {
+                Some(r) => rows.push(IndexRow { key, created_ms: r.created, seen_ms: r.seen }),
+                None => self.index_remove(index, &key),
+            }
+        }
+        rows
+    }
+}

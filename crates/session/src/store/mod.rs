@@ -1,0 +1,325 @@
+//! [`Store`]: where sessions live (Redis or memory), and the per-user index.
+
+mod memory;
+mod redis_backend;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use redlayer_core::{
+    KeyBuilder, Redis,
+    memory::{Clock, SystemClock},
+};
+
+use crate::{SessionError, id};
+
+/// The session store: Redis for production, memory for one process and tests.
+/// Both have the same semantics (one conformance suite runs on memory,
+/// standalone Redis and Redis Cluster). Cheap to clone.
+///
+/// Besides backing [`SessionLayer`](crate::SessionLayer), it answers per-user
+/// questions outside of requests: [`Store::sessions_of`], [`Store::revoke`],
+/// [`Store::revoke_all`].
+///
+/// ```
+/// use redlayer_session::Store;
+/// let store = Store::memory();
+/// # let _ = store;
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    backend: Backend,
+    keys: KeyBuilder,
+}
+
+enum Backend {
+    Redis(Redis),
+    Memory(memory::MemoryBackend),
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner.backend {
+            Backend::Redis(redis) => f.debug_tuple("Store::Redis").field(redis).finish(),
+            Backend::Memory(_) => f.write_str("Store::Memory"),
+        }
+    }
+}
+
+impl From<Redis> for Store {
+    fn from(redis: Redis) -> Self {
+        Store::redis(redis)
+    }
+}
+
+/// An opaque reference to one session of a user, as listed by
+/// [`Store::sessions_of`]. It is derived from hashes of the session id: it
+/// cannot be turned back into a usable id.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionRef(pub(crate) String);
+
+impl SessionRef {
+    /// A reference from its text (e.g. sent back by a "sign out this device"
+    /// button). [`Store::revoke`] only acts on references in the user's own index.
+    pub fn new(text: impl Into<String>) -> Self {
+        SessionRef(text.into())
+    }
+
+    /// The reference as text (safe to show to the user or log).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SessionRef").field(&self.0).finish()
+    }
+}
+
+/// One live session of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Which session (to pass to [`Store::revoke`]).
+    pub session: SessionRef,
+    /// When the session was created.
+    pub created: SystemTime,
+    /// When it was last seen (updated at most once per touch interval).
+    pub last_seen: SystemTime,
+    /// True for the session of the request that asked ([`Session::sessions`](crate::Session::sessions)).
+    pub current: bool,
+}
+
+/// A loaded session.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Loaded {
+    /// Data fields (name → JSON).
+    pub(crate) fields: HashMap<String, String>,
+    pub(crate) user: Option<String>,
+}
+
+/// One request's changes.
+#[derive(Debug, Default)]
+pub(crate) struct WriteOp {
+    pub(crate) create: bool,
+    pub(crate) idle_ms: u64,
+    pub(crate) absolute_ms: u64,
+    pub(crate) clear: bool,
+    pub(crate) user: Option<String>,
+    pub(crate) deletes: Vec<String>,
+    pub(crate) sets: Vec<(String, String)>,
+    pub(crate) increments: Vec<(String, i64)>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WriteOutcome {
+    Done { created_ms: i64, increments: Vec<i64> },
+    Gone,
+    Collision,
+    NotInteger(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CycleOutcome {
+    Done { user: Option<String>, created_ms: i64 },
+    Gone,
+    Collision,
+}
+
+/// A row of a user's index: session key and its metadata (None when the session is gone).
+pub(crate) struct IndexRow {
+    pub(crate) key: String,
+    pub(crate) created_ms: i64,
+    pub(crate) seen_ms: i64,
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+fn time_of(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+impl Store {
+    /// Sessions in Redis (standalone or cluster), under the handle's key prefix.
+    pub fn redis(redis: Redis) -> Self {
+        let keys = redis.keys().clone();
+        Store { inner: Arc::new(StoreInner { backend: Backend::Redis(redis), keys }) }
+    }
+
+    /// Sessions in this process's memory, on the system clock.
+    pub fn memory() -> Self {
+        Self::memory_with_clock(Arc::new(SystemClock))
+    }
+
+    /// Sessions in memory on the given clock (a
+    /// [`ManualClock`](redlayer_core::memory::ManualClock) tests expiry without sleeping).
+    pub fn memory_with_clock(clock: Arc<dyn Clock>) -> Self {
+        Store {
+            inner: Arc::new(StoreInner {
+                backend: Backend::Memory(memory::MemoryBackend::new(clock)),
+                keys: KeyBuilder::default(),
+            }),
+        }
+    }
+
+    /// True for the Redis backend.
+    pub fn is_redis(&self) -> bool {
+        matches!(self.inner.backend, Backend::Redis(_))
+    }
+
+    pub(crate) fn session_key(&self, id: &id::SessionId) -> String {
+        id.store_key(&self.inner.keys)
+    }
+
+    fn is_session_key(&self, key: &str) -> bool {
+        let prefix = self.inner.keys.prefix();
+        key.len() < 256
+            && key
+                .strip_prefix(prefix)
+                .and_then(|k| k.strip_prefix(':'))
+                .and_then(|k| k.strip_prefix(id::KIND))
+                .is_some_and(|k| k.starts_with(":{#"))
+    }
+
+    pub(crate) async fn load(&self, key: &str, idle_ms: u64, touch_ms: u64) -> Result<Option<Loaded>, SessionError> {
+        match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::load(redis, key, idle_ms, touch_ms).await,
+            Backend::Memory(m) => Ok(m.load(key, idle_ms, touch_ms)),
+        }
+    }
+
+    pub(crate) async fn write(&self, key: &str, op: &WriteOp) -> Result<WriteOutcome, SessionError> {
+        match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::write(redis, key, op).await,
+            Backend::Memory(m) => Ok(m.write(key, op)),
+        }
+    }
+
+    pub(crate) async fn cycle(&self, old: &str, new: &str) -> Result<CycleOutcome, SessionError> {
+        match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::cycle(redis, old, new).await,
+            Backend::Memory(m) => Ok(m.cycle(old, new)),
+        }
+    }
+
+    /// Deletes a session; returns its user, if it had one.
+    pub(crate) async fn destroy(&self, key: &str) -> Result<Option<String>, SessionError> {
+        match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::destroy(redis, key).await,
+            Backend::Memory(m) => Ok(m.destroy(key)),
+        }
+    }
+
+    pub(crate) async fn index_add(
+        &self,
+        user: &str,
+        key: &str,
+        created_ms: i64,
+        absolute_ms: u64,
+    ) -> Result<(), SessionError> {
+        let index = id::user_key(&self.inner.keys, user);
+        match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::index_add(redis, &index, key, created_ms, absolute_ms).await,
+            Backend::Memory(m) => {
+                m.index_add(&index, key, created_ms, absolute_ms);
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn index_remove(&self, user: &str, key: &str) -> Result<(), SessionError> {
+        let index = id::user_key(&self.inner.keys, user);
+        match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::index_remove(redis, &index, key).await,
+            Backend::Memory(m) => {
+                m.index_remove(&index, key);
+                Ok(())
+            }
+        }
+    }
+
+    async fn index_rows(&self, user: &str) -> Result<Vec<IndexRow>, SessionError> {
+        let index = id::user_key(&self.inner.keys, user);
+        let mut rows = match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::index_rows(redis, &index).await?,
+            Backend::Memory(m) => m.index_rows(&index),
+        };
+        rows.retain(|row| self.is_session_key(&row.key));
+        Ok(rows)
+    }
+
+    /// The live sessions of `user`, oldest first. Entries of sessions that
+    /// ended are dropped from the index on the way.
+    pub async fn sessions_of(&self, user: &str) -> Result<Vec<SessionInfo>, SessionError> {
+        let mut out: Vec<SessionInfo> = self
+            .index_rows(user)
+            .await?
+            .into_iter()
+            .map(|row| SessionInfo {
+                session: SessionRef(row.key),
+                created: time_of(row.created_ms),
+                last_seen: time_of(row.seen_ms),
+                current: false,
+            })
+            .collect();
+        out.sort_by_key(|s| s.created);
+        Ok(out)
+    }
+
+    /// Ends one session of `user` (only if it is in that user's index).
+    /// Returns true when it was live.
+    pub async fn revoke(&self, user: &str, session: &SessionRef) -> Result<bool, SessionError> {
+        let index = id::user_key(&self.inner.keys, user);
+        let member = match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::index_contains(redis, &index, &session.0).await?,
+            Backend::Memory(m) => m.index_contains(&index, &session.0),
+        };
+        if !member || !self.is_session_key(&session.0) {
+            return Ok(false);
+        }
+        let existed = self.delete_session(&session.0).await?;
+        self.index_remove(user, &session.0).await?;
+        Ok(existed)
+    }
+
+    /// Ends every session of `user` ("log out everywhere"). Returns how many were live.
+    pub async fn revoke_all(&self, user: &str) -> Result<usize, SessionError> {
+        self.revoke_all_except(user, None).await
+    }
+
+    pub(crate) async fn revoke_all_except(&self, user: &str, keep: Option<&str>) -> Result<usize, SessionError> {
+        let index = id::user_key(&self.inner.keys, user);
+        let keys: Vec<String> = match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::index_keys(redis, &index).await?,
+            Backend::Memory(m) => m.index_keys(&index),
+        };
+        let mut ended = 0;
+        for key in keys {
+            if Some(key.as_str()) == keep {
+                continue;
+            }
+            if self.is_session_key(&key) && self.delete_session(&key).await? {
+                ended += 1;
+            }
+            self.index_remove(user, &key).await?;
+        }
+        Ok(ended)
+    }
+
+    async fn delete_session(&self, key: &str) -> Result<bool, SessionError> {
+        match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::delete(redis, key).await,
+            Backend::Memory(m) => Ok(m.destroy_existed(key)),
+        }
+    }
+}

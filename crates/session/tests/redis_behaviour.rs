@@ -1,0 +1,181 @@
+//! What only a real Redis can show: commands counted on the server, what is
+//! stored, and Redis going away mid-traffic.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use common::{Client, Probe, app};
+use redlayer_core::Redis;
+use redlayer_session::{Key, SessionLayer, Store};
+use redlayer_testkit::RedisServer;
+
+const MS: Duration = Duration::from_millis(1);
+
+async fn setup(server: &RedisServer, configure: impl FnOnce(SessionLayer) -> SessionLayer) -> Client {
+    let store = Store::redis(Redis::connect(&server.url()).await.unwrap());
+    Client::new(app(configure(SessionLayer::new(store)), Probe::default()))
+}
+
+/// Commands the server ran during `f`, not counting the `INFO` that measures.
+async fn commands_during<F: Future>(server: &RedisServer, f: F) -> (u64, F::Output) {
+    let before = server.total_commands();
+    let out = f.await;
+    let after = server.total_commands();
+    (after - before - 1, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_untouched_sessions_cost_no_command_reads_one_writes_only_changes() {
+    let server = RedisServer::start();
+    let mut c = setup(&server, |l| l.touch_interval(Duration::from_secs(60))).await;
+    // Nobody knows us yet, no session touched: nothing sent.
+    let (n, _) = commands_during(&server, async {
+        for _ in 0..20 {
+            assert_eq!(c.clone().call("GET", "/untouched").await.status, StatusCode::OK);
+        }
+    })
+    .await;
+    assert_eq!(n, 0, "untouched requests sent commands");
+    c.call("POST", "/set/a/1").await;
+    // With a live session cookie, still nothing.
+    let (n, _) = commands_during(&server, c.clone().call("GET", "/untouched")).await;
+    assert_eq!(n, 0);
+    // A read: one round trip (TIME + HGETALL, pipelined); no write after.
+    let (n, a) = commands_during(&server, c.clone().call("GET", "/get/a")).await;
+    assert_eq!(a.body, "1");
+    assert_eq!(n, 2, "TIME + HGETALL; no TTL refresh within the touch interval");
+    // A write: one script for the changed field.
+    let saves = server.command_calls("hset");
+    let (_, a) = commands_during(&server, c.clone().call("POST", "/set/b/2")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(server.command_calls("hset") - saves, 2, "last-seen + the one changed field");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_refresh_is_throttled() {
+    let server = RedisServer::start();
+    let mut slow = setup(&server, |l| l.touch_interval(Duration::from_secs(60))).await;
+    slow.call("POST", "/set/a/1").await;
+    let before = server.command_calls("pexpire");
+    for _ in 0..10 {
+        slow.call("GET", "/get/a").await;
+    }
+    assert_eq!(server.command_calls("pexpire"), before, "no EXPIRE within the touch interval");
+    let mut eager = setup(&server, |l| l.touch_interval(Duration::ZERO)).await;
+    eager.call("POST", "/set/a/1").await;
+    let before = server.command_calls("pexpire");
+    for _ in 0..10 {
+        eager.call("GET", "/get/a").await;
+    }
+    assert_eq!(server.command_calls("pexpire") - before, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_holds_no_session_id() {
+    let server = RedisServer::start();
+    let mut c = setup(&server, |l| l).await;
+    c.call("GET", "/visits").await;
+    c.login("erin").await;
+    let id = c.cookie.clone().unwrap().trim_start_matches("id=").to_owned();
+    assert_eq!(id.len(), 64);
+    let mut dump = String::new();
+    for key in server.cli(&["--scan"]).lines() {
+        dump.push_str(key);
+        dump.push_str(&server.cli(&["HGETALL", key]));
+    }
+    assert!(dump.contains("erin"), "{dump}");
+    for part in [&id[..], &id[..22], &id[22..44], &id[42..]] {
+        assert!(!dump.contains(part), "{part} found in {dump}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_forged_cookies_never_reach_redis() {
+    let server = RedisServer::start();
+    let key = Key::generate();
+    let mut signed = setup(&server, |l| l.signed(key.clone())).await;
+    signed.login("frank").await;
+    assert_eq!(signed.call("GET", "/me").await.body, "frank");
+    let good = signed.cookie.clone().unwrap();
+    let bare_id = format!("id={}", &good[good.len() - 64..]);
+    let plain = setup(&server, |l| l).await;
+    let hostile: Vec<HeaderValue> = vec![
+        HeaderValue::from_bytes(b"id=\xff\xfe\x80").unwrap(),
+        HeaderValue::from_str(&format!("id={}", "A".repeat(7000))).unwrap(),
+        HeaderValue::from_str(&format!("id={}", "B".repeat(63))).unwrap(),
+        HeaderValue::from_static("id=..%2F..%2F; id={}; id=*"),
+        HeaderValue::from_str(&format!("x=1; {}", "id=; ".repeat(500))).unwrap(),
+    ];
+    let (n, _) = commands_during(&server, async {
+        for value in &hostile {
+            for app in [&signed.app, &plain.app] {
+                let mut c = Client::new(app.clone());
+                let mut request = c.request("GET", "/me");
+                request.headers_mut().insert(header::COOKIE, value.clone());
+                assert_eq!(c.send(request).await.status, StatusCode::UNAUTHORIZED);
+            }
+        }
+        // The id of a real session, unsigned or signed with another key: forged.
+        let mut forged = Client::new(signed.app.clone());
+        forged.cookie = Some(bare_id.clone());
+        assert_eq!(forged.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
+        let mut other = Client::new(signed.app.clone());
+        other.cookie = Some(good.replace(&good[3..10], "AAAAAAA"));
+        assert_eq!(other.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
+    })
+    .await;
+    assert_eq!(n, 0, "hostile cookies reached Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_traffic_answers_503_within_the_timeout_and_recovers() {
+    let mut server = RedisServer::start();
+    let redis = Redis::builder().timeout(300 * MS).connect_lazy(&server.url()).unwrap();
+    let mut c = Client::new(app(SessionLayer::new(Store::redis(redis)), Probe::default()));
+    assert_eq!(c.call("GET", "/visits").await.body, "1");
+    let traffic = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            let mut statuses = Vec::new();
+            let start = Instant::now();
+            while start.elapsed() < 3000 * MS {
+                let started = Instant::now();
+                let status = c.clone().call("GET", "/visits").await.status;
+                worst = worst.max(started.elapsed());
+                statuses.push(status);
+                tokio::time::sleep(20 * MS).await;
+            }
+            (worst, statuses)
+        })
+    };
+    tokio::time::sleep(300 * MS).await;
+    server.kill();
+    // Redis down: reads answer 503, a buffered write that fails replaces the handler's 200 with 503.
+    tokio::time::sleep(300 * MS).await;
+    let a = c.call("POST", "/set/k/v").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "failed write reported: {}", a.body);
+    assert!(a.headers["content-type"].to_str().unwrap().contains("problem+json"));
+    assert_eq!(c.call("GET", "/me").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(500 * MS).await;
+    server.restart();
+    let back = Instant::now();
+    // Data is gone with the restart: the old id is not adopted, a new session starts at 1.
+    loop {
+        let a = c.call("GET", "/visits").await;
+        if a.status == StatusCode::OK {
+            assert_eq!(a.body, "1");
+            break;
+        }
+        assert!(back.elapsed() < 3000 * MS, "not recovered: {}", a.status);
+        tokio::time::sleep(50 * MS).await;
+    }
+    let recovered = back.elapsed();
+    let (worst, statuses) = traffic.await.unwrap();
+    assert!(worst < 1500 * MS, "a request waited {worst:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK || *s == StatusCode::SERVICE_UNAVAILABLE), "{statuses:?}");
+    assert!(statuses.contains(&StatusCode::SERVICE_UNAVAILABLE));
+    assert!(recovered < 1500 * MS, "recovered after {recovered:?}");
+}

@@ -1,0 +1,342 @@
+//! The session layer against real Redis (standalone and cluster) and memory.
+//! One conformance suite runs unchanged on all three backends.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::{Client, Probe, app};
+use redlayer_core::Redis;
+use redlayer_session::{SessionLayer, Store};
+use redlayer_testkit::{RedisCluster, RedisServer};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn layer(store: &Store) -> SessionLayer {
+    SessionLayer::new(store.clone())
+}
+
+fn client(store: &Store) -> Client {
+    Client::new(app(layer(store), Probe::default()))
+}
+
+/// Every conformance check, on one backend. `stores` are several handles on one backend.
+async fn suite(stores: Vec<Store>) {
+    let s = &stores;
+    tokio::join!(idle_timeout_is_rolling_and_enforced(s), absolute_timeout_ends_active_sessions(s), async {
+        new_visitor_gets_one_and_a_cookie(s).await;
+        concurrent_increments_lose_nothing(s).await;
+        concurrent_writes_to_different_keys_both_stay(s).await;
+        typed_values_remove_and_clear(s).await;
+        unknown_ids_are_never_adopted(s).await;
+        login_cycles_the_id_keeps_data_and_kills_the_old_id(s).await;
+        destroy_ends_the_session(s).await;
+        save_to_a_session_ended_mid_request_is_refused_and_reported(s).await;
+        a_request_racing_a_login_does_not_erase_the_new_id(s).await;
+        user_index_lists_and_revokes(s).await;
+        second_instance_sees_the_same_sessions(s).await;
+        header_transport(s).await;
+    });
+}
+
+async fn new_visitor_gets_one_and_a_cookie(s: &[Store]) {
+    let mut c = client(&s[0]);
+    let a = c.call("GET", "/visits").await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "1"));
+    let set = a.headers["set-cookie"].to_str().unwrap();
+    assert!(set.starts_with("id=") && set.contains("HttpOnly") && set.contains("Secure"), "{set}");
+    assert_eq!(c.call("GET", "/visits").await.body, "2");
+    // No new cookie when the id did not change.
+    assert!(c.call("GET", "/visits").await.headers.get("set-cookie").is_none());
+}
+
+async fn concurrent_increments_lose_nothing(s: &[Store]) {
+    let mut c = client(&s[0]);
+    assert_eq!(c.call("GET", "/visits").await.body, "1");
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let mut c = c.clone();
+            tokio::spawn(async move { c.call("GET", "/visits").await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(c.call("GET", "/visits").await.body, "34", "32 concurrent increments, none lost");
+}
+
+async fn concurrent_writes_to_different_keys_both_stay(s: &[Store]) {
+    let probe = Probe::default();
+    let mut c = Client::new(app(layer(&s[0]), probe));
+    c.call("POST", "/set/base/x").await;
+    // Both requests load the session before either writes: a whole-record
+    // store would let the second write erase the first.
+    let (mut a, mut b) = (c.clone(), c.clone());
+    let (ra, rb) = tokio::join!(
+        tokio::spawn(async move { a.call("POST", "/set-together/a/1").await.status }),
+        tokio::spawn(async move { b.call("POST", "/set-together/b/2").await.status }),
+    );
+    assert_eq!((ra.unwrap(), rb.unwrap()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(c.call("GET", "/get/a").await.body, "1");
+    assert_eq!(c.call("GET", "/get/b").await.body, "2");
+    assert_eq!(c.call("GET", "/get/base").await.body, "x");
+}
+
+async fn typed_values_remove_and_clear(s: &[Store]) {
+    let mut c = client(&s[0]);
+    c.call("POST", "/set/k1/v1").await;
+    c.call("POST", "/set/k2/v2").await;
+    assert_eq!(c.call("GET", "/get/k1").await.body, "v1");
+    c.call("POST", "/remove/k1").await;
+    assert_eq!(c.call("GET", "/get/k1").await.body, "none");
+    assert_eq!(c.call("GET", "/get/k2").await.body, "v2");
+    // A string is not an integer: increment refuses and writes nothing.
+    let a = c.call("GET", "/visits").await;
+    assert_eq!(a.body, "1");
+    c.call("POST", "/set/visits/abc").await;
+    assert_eq!(c.call("GET", "/visits").await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(c.call("GET", "/get/visits").await.body, "abc");
+    let before = c.cookie.clone();
+    c.call("POST", "/clear").await;
+    assert_eq!(c.call("GET", "/get/k2").await.body, "none");
+    assert_eq!(c.cookie, before, "clear keeps the session and its id");
+}
+
+async fn unknown_ids_are_never_adopted(s: &[Store]) {
+    let mut c = client(&s[0]);
+    let forged = format!("id={}", "A".repeat(64));
+    c.cookie = Some(forged.clone());
+    let a = c.call("GET", "/visits").await;
+    assert_eq!(a.body, "1");
+    assert_ne!(c.cookie.as_deref(), Some(forged.as_str()), "a fresh id was issued");
+    c.cookie = Some(forged);
+    assert_eq!(c.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
+    let a = c.call("GET", "/get/visits").await;
+    assert_eq!(a.body, "none");
+    assert!(a.headers.get("set-cookie").is_none(), "reads never set or remove ids");
+}
+
+async fn login_cycles_the_id_keeps_data_and_kills_the_old_id(s: &[Store]) {
+    let mut c = client(&s[0]);
+    c.call("GET", "/visits").await;
+    c.call("GET", "/visits").await;
+    let before = c.cookie.clone().unwrap();
+    assert_eq!(c.login("alice").await.status, StatusCode::OK);
+    let after = c.cookie.clone().unwrap();
+    assert_ne!(before, after, "login issues a new id");
+    assert_eq!(c.call("GET", "/me").await.body, "alice");
+    assert_eq!(c.call("GET", "/visits").await.body, "3", "data kept across the new id");
+    let mut old = client(&s[0]);
+    old.cookie = Some(before);
+    assert_eq!(old.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED, "old id dead at once");
+    old.cookie = Some(c.cookie.clone().unwrap());
+    assert_eq!(old.call("GET", "/me").await.body, "alice");
+}
+
+async fn destroy_ends_the_session(s: &[Store]) {
+    let mut c = client(&s[0]);
+    c.login("bob").await;
+    let id = c.cookie.clone();
+    let a = c.call("POST", "/logout").await;
+    assert!(a.headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"), "removal cookie");
+    assert_eq!(c.cookie, None);
+    c.cookie = id;
+    assert_eq!(c.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn save_to_a_session_ended_mid_request_is_refused_and_reported(s: &[Store]) {
+    let probe = Probe::default();
+    let mut c = Client::new(app(layer(&s[0]), probe.clone()));
+    c.call("POST", "/set/cart/1").await;
+    let mut slow = c.clone();
+    let task = tokio::spawn(async move { slow.call("POST", "/slow-set/cart/2").await });
+    probe.loaded.notified().await;
+    let old = c.cookie.clone();
+    // The session ends (logged out elsewhere) while the slow request runs.
+    assert_eq!(c.call("POST", "/logout").await.status, StatusCode::OK);
+    probe.go.notify_one();
+    let a = task.await.unwrap();
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "the lost write is reported: {}", a.body);
+    assert!(a.body.contains("Session expired"), "{}", a.body);
+    assert!(a.headers.get("set-cookie").is_none(), "no new session, and no cookie change");
+    // Not resurrected: nothing under the old id, and the write is not anywhere.
+    let mut again = client(&s[0]);
+    again.cookie = old;
+    assert_eq!(again.call("GET", "/get/cart").await.body, "none");
+    assert_eq!(again.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn a_request_racing_a_login_does_not_erase_the_new_id(s: &[Store]) {
+    let probe = Probe::default();
+    let mut c = Client::new(app(layer(&s[0]), probe.clone()));
+    c.call("POST", "/set/theme/dark").await;
+    let before_login = c.cookie.clone();
+    // A request with the pre-login id is in flight while the login happens.
+    let mut slow = c.clone();
+    let racing = tokio::spawn(async move { slow.call("POST", "/slow-set/theme/light").await });
+    probe.loaded.notified().await;
+    assert_eq!(c.login("gina").await.status, StatusCode::OK);
+    probe.go.notify_one();
+    let late = racing.await.unwrap();
+    // Its write is refused (the old id is dead), but its answer must not
+    // remove the cookie: it may reach the browser after the login's.
+    assert_eq!(late.status, StatusCode::UNAUTHORIZED);
+    assert!(late.headers.get("set-cookie").is_none());
+    // A read with the old id after the login changes no cookie either.
+    let mut old = c.clone();
+    old.cookie = before_login;
+    let a = old.call("GET", "/get/theme").await;
+    assert_eq!(a.body, "none");
+    assert!(a.headers.get("set-cookie").is_none());
+    assert_eq!(c.call("GET", "/me").await.body, "gina");
+    assert_eq!(c.call("GET", "/get/theme").await.body, "dark");
+}
+
+async fn user_index_lists_and_revokes(s: &[Store]) {
+    let (mut a, mut b, mut c) = (client(&s[0]), client(&s[0]), client(&s[0]));
+    a.login("carol").await;
+    b.login("carol").await;
+    assert_eq!(a.call("GET", "/sessions").await.body, "2 1");
+    let listed = s[0].sessions_of("carol").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    for info in &listed {
+        assert!(info.last_seen >= info.created);
+        // No stored reference contains an id.
+        for id in [&a.cookie, &b.cookie] {
+            assert!(!info.session.as_str().contains(&id.as_ref().unwrap()[3..]));
+        }
+    }
+    // All but the current one.
+    assert_eq!(a.call("POST", "/revoke-others").await.body, "1");
+    assert_eq!(b.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.call("GET", "/me").await.body, "carol");
+    // One, by reference.
+    b.login("carol").await;
+    let other = s[0].sessions_of("carol").await.unwrap().into_iter().find(|_| true).unwrap();
+    assert!(s[0].revoke("carol", &other.session).await.unwrap());
+    assert_eq!(s[0].sessions_of("carol").await.unwrap().len(), 1);
+    assert!(!s[0].revoke("mallory", &s[0].sessions_of("carol").await.unwrap()[0].session).await.unwrap(), "not hers");
+    // Everywhere, from a third session.
+    a.login("carol").await;
+    c.login("carol").await;
+    assert_eq!(c.call("POST", "/logout-everywhere").await.status, StatusCode::OK);
+    for client in [&mut a, &mut c] {
+        assert_eq!(client.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
+    }
+    assert!(s[0].sessions_of("carol").await.unwrap().is_empty());
+}
+
+async fn second_instance_sees_the_same_sessions(s: &[Store]) {
+    let mut one = client(&s[0]);
+    one.login("dave").await;
+    one.call("GET", "/visits").await;
+    let mut two = client(&s[s.len() - 1]);
+    two.cookie = one.cookie.clone();
+    assert_eq!(two.call("GET", "/me").await.body, "dave");
+    assert_eq!(two.call("GET", "/visits").await.body, "2");
+    // Revocation on one instance holds on the other.
+    assert_eq!(two.call("POST", "/logout-everywhere").await.status, StatusCode::OK);
+    assert_eq!(one.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn header_transport(s: &[Store]) {
+    let layer = SessionLayer::new(s[0].clone()).header("x-session-id".parse().unwrap());
+    let mut c = Client::new(app(layer, Probe::default()));
+    c.header = Some("x-session-id");
+    let a = c.call("GET", "/visits").await;
+    assert_eq!(a.body, "1");
+    assert!(a.headers.get("set-cookie").is_none());
+    assert_eq!(c.cookie.as_ref().map(|id| id.len()), Some(64));
+    assert_eq!(c.call("GET", "/visits").await.body, "2");
+    c.call("POST", "/logout").await;
+    assert_eq!(c.cookie, None, "an ended session comes back as an empty header");
+}
+
+async fn idle_timeout_is_rolling_and_enforced(s: &[Store]) {
+    let layer = SessionLayer::new(s[0].clone()).idle_timeout(2000 * MS).touch_interval(100 * MS);
+    let mut c = Client::new(app(layer, Probe::default()));
+    c.call("GET", "/visits").await;
+    for _ in 0..3 {
+        // Each read within the idle timeout keeps the session alive past it.
+        tokio::time::sleep(1000 * MS).await;
+        assert_ne!(c.call("GET", "/get/visits").await.body, "none", "active session kept");
+    }
+    tokio::time::sleep(2600 * MS).await;
+    assert_eq!(c.call("GET", "/get/visits").await.body, "none", "idle session ended");
+}
+
+async fn absolute_timeout_ends_active_sessions(s: &[Store]) {
+    let layer = SessionLayer::new(s[0].clone())
+        .idle_timeout(60_000 * MS)
+        .absolute_timeout(2000 * MS)
+        .touch_interval(Duration::ZERO);
+    let mut c = Client::new(app(layer, Probe::default()));
+    let start = Instant::now();
+    c.call("GET", "/visits").await;
+    let mut ended = None;
+    while start.elapsed() < 5000 * MS {
+        tokio::time::sleep(250 * MS).await;
+        if c.call("GET", "/get/visits").await.body == "none" {
+            ended = Some(start.elapsed());
+            break;
+        }
+    }
+    let ended = ended.expect("absolute lifetime enforced");
+    assert!(ended >= 1900 * MS, "ended too early: {ended:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_memory() {
+    let store = Store::memory();
+    suite(vec![store.clone(), store]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_standalone() {
+    let server = RedisServer::start();
+    // Two handles (two pools): two instances of an application.
+    let one = Store::redis(Redis::connect(&server.url()).await.unwrap());
+    let two = Store::redis(Redis::connect(&server.url()).await.unwrap());
+    suite(vec![one, two]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_cluster() {
+    let cluster = RedisCluster::start();
+    let one = Store::redis(Redis::connect_cluster(cluster.urls()).await.unwrap());
+    let two = Store::redis(Redis::connect_cluster(cluster.urls()).await.unwrap());
+    suite(vec![one, two]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_get_grpc_statuses() {
+    let probe = Probe::default();
+    let layer = SessionLayer::new(Store::memory()).header("x-session-id".parse().unwrap());
+    let mut c = Client::new(app(layer, probe.clone()));
+    c.header = Some("x-session-id");
+    c.call("POST", "/set/cart/1").await;
+    let mut slow = c.clone();
+    let task = tokio::spawn(async move {
+        let mut request = slow.request("POST", "/slow-set/cart/2");
+        request.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+        slow.send(request).await
+    });
+    probe.loaded.notified().await;
+    assert_eq!(c.call("POST", "/logout").await.status, StatusCode::OK);
+    probe.go.notify_one();
+    let a = task.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK, "gRPC errors travel as HTTP 200");
+    assert_eq!(a.headers["grpc-status"], "16", "UNAUTHENTICATED: the session ended, the write was not saved");
+    assert!(a.headers.get("x-session-id").is_none(), "no new session");
+}
+
+#[tokio::test]
+async fn the_extractor_without_the_layer_is_a_server_error() {
+    use tower::ServiceExt;
+    let router = axum::Router::new()
+        .route("/", axum::routing::get(|_session: redlayer_session::Session| async { "unreachable" }));
+    let response =
+        router.oneshot(axum::http::Request::get("/").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
