@@ -1,0 +1,217 @@
+//! The claim → run → complete flow (the async parts the future drives).
+
+use std::{collections::VecDeque, sync::Arc};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use redlayer_core::{FailurePolicy, ResponseBody, problem::Problem, report_degraded};
+use redlayer_lock::LockGuard;
+
+use crate::{
+    PassBody,
+    key::fingerprint,
+    layer::Config,
+    store::{Begin, Peek, StoredResponse},
+};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Answer<B> = Response<ResponseBody<PassBody<B>>>;
+
+/// This request owns the key: it holds the lease and runs the handler.
+pub(crate) struct Claim {
+    config: Arc<Config>,
+    id: String,
+    guard: LockGuard,
+}
+
+pub(crate) enum Decision<ReqBody, ResBody: Body> {
+    Respond(Answer<ResBody>),
+    Run(Request<ReqBody>, Option<Claim>),
+}
+
+pub(crate) fn problem<B: Body>(status: StatusCode, title: &'static str, detail: &str) -> Answer<B> {
+    Problem::new(status, title).detail(detail).into_response()
+}
+
+fn replay<B: Body>(stored: StoredResponse) -> Answer<B> {
+    let mut response = Response::new(ResponseBody::full(stored.body));
+    *response.status_mut() = stored.status;
+    let headers = response.headers_mut();
+    for (name, value) in stored.headers {
+        headers.append(name, value);
+    }
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+fn conflict<B: Body>() -> Answer<B> {
+    let mut response = problem(
+        StatusCode::CONFLICT,
+        "Request in progress",
+        "a request with this Idempotency-Key is still being processed; retry later",
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn mismatch<B: Body>() -> Answer<B> {
+    problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Idempotency-Key reused",
+        "this Idempotency-Key was already used with a different request (method, path or body)",
+    )
+}
+
+/// Reads the request body (bounded), fingerprints it, and claims the key.
+pub(crate) async fn decide<ReqBody, ResBody>(
+    config: Arc<Config>,
+    id: String,
+    parts: Parts,
+    body: ReqBody,
+) -> Decision<ReqBody, ResBody>
+where
+    ReqBody: Body + From<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body,
+{
+    let bytes = match Limited::new(body, config.max_request_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return Decision::Respond(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body too large",
+                "the request body is larger than this endpoint accepts with an Idempotency-Key",
+            ));
+        }
+        Err(_) => {
+            return Decision::Respond(problem(
+                StatusCode::BAD_REQUEST,
+                "Bad request body",
+                "the request body could not be read",
+            ));
+        }
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let fp = fingerprint(&parts.method, path, &bytes);
+    let request = Request::from_parts(parts, ReqBody::from(bytes));
+    match claim(&config, &id, &fp).await {
+        Ok(Ok(guard)) => Decision::Run(request, Some(Claim { config, id, guard })),
+        Ok(Err(answer)) => Decision::Respond(answer),
+        Err(error) => match config.failure {
+            FailurePolicy::FailOpen => {
+                report_degraded("idempotency", FailurePolicy::FailOpen, &error);
+                Decision::Run(request, None)
+            }
+            _ => {
+                report_degraded("idempotency", FailurePolicy::FailClosed, &error);
+                Decision::Respond(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service unavailable",
+                    "idempotency cannot be guaranteed right now; retry with the same Idempotency-Key",
+                ))
+            }
+        },
+    }
+}
+
+async fn claim<B: Body>(config: &Config, id: &str, fp: &str) -> redlayer_core::Result<Result<LockGuard, Answer<B>>> {
+    let store = &config.store;
+    match store.locks.try_acquire(id, config.lease).await? {
+        Some(guard) => {
+            guard.start_watchdog(config.max_hold);
+            match store.begin(id, fp, guard.fencing_token(), config.retention).await? {
+                Begin::Run => Ok(Ok(guard)),
+                Begin::Replay(stored) => Ok(Err(replay(stored))),
+                Begin::Mismatch => Ok(Err(mismatch())),
+            }
+        }
+        None => Ok(Err(match store.peek(id, fp).await? {
+            Peek::Busy => conflict(),
+            Peek::Replay(stored) => replay(stored),
+            Peek::Mismatch => mismatch(),
+        })),
+    }
+}
+
+fn storable_header(name: &header::HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+/// Reads the handler's response (up to the limit), stores it if it can be
+/// replayed, releases the lease, and hands the response on.
+pub(crate) async fn finish<B>(claim: Claim, response: Response<B>) -> Answer<B>
+where
+    B: Body<Data = Bytes>,
+{
+    let Claim { config, id, guard } = claim;
+    let (parts, body) = response.into_parts();
+    let mut body = Box::pin(body);
+    let mut read = VecDeque::new();
+    let mut data = BytesMut::new();
+    let mut storable = !parts.status.is_server_error() && !parts.status.is_informational();
+    let mut error = None;
+    let mut rest = None;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                match frame.data_ref() {
+                    Some(chunk) => data.extend_from_slice(chunk),
+                    None => storable = false, // trailers cannot be replayed
+                }
+                read.push_back(frame);
+                if data.len() > config.max_response_body {
+                    storable = false;
+                    rest = Some(body);
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                storable = false;
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let fence = guard.fencing_token();
+    if storable {
+        let stored = StoredResponse {
+            status: parts.status,
+            headers: parts
+                .headers
+                .iter()
+                .filter(|(n, _)| storable_header(n))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            body: data.freeze(),
+        };
+        match config.store.complete(&id, fence, &stored, config.retention).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(target: "redlayer", "idempotency: lease lost and taken over; response not stored")
+            }
+            Err(error) => tracing::warn!(target: "redlayer", %error, "idempotency: response not stored"),
+        }
+        // Released in the background: a retry that comes meanwhile finds the record done.
+        drop(guard);
+    } else {
+        if let Err(error) = config.store.abandon(&id, fence).await {
+            tracing::warn!(target: "redlayer", %error, "idempotency: could not forget an unstorable attempt");
+        }
+        // Released before answering, so that an immediate retry can run (and gets no 409).
+        let _ = guard.release().await;
+    }
+    Response::from_parts(parts, ResponseBody::inner(PassBody::resume(read, error, rest)))
+}

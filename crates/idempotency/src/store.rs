@@ -1,0 +1,267 @@
+//! [`Store`]: where idempotency records and their in-flight leases live.
+
+use std::{
+    fmt,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use redlayer_core::{
+    Error, KeyPart, Redis, Result,
+    memory::{ExpiringMap, Update},
+};
+use redlayer_lock::Locks;
+
+static BEGIN: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/begin.lua")));
+static PEEK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/peek.lua")));
+static COMPLETE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/complete.lua")));
+static ABANDON: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/abandon.lua")));
+
+/// The key kind of idempotency records: `{prefix}:idem:{{digest}}`.
+pub const KIND: &str = "idem";
+
+/// A stored response: what a retry gets back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The status code.
+    pub status: StatusCode,
+    /// The headers (hop-by-hop headers and `content-length` left out).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl StoredResponse {
+    pub(crate) fn encode_headers(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in &self.headers {
+            out.extend_from_slice(&(name.as_str().len() as u32).to_be_bytes());
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out
+    }
+
+    fn decode(status: &[u8], headers: &[u8], body: Vec<u8>) -> Result<Self> {
+        let bad = |what: &str| Error::Decode(format!("idempotency record: {what}"));
+        let status = std::str::from_utf8(status)
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .ok_or_else(|| bad("status"))?;
+        let mut list = Vec::new();
+        let mut rest = headers;
+        let take = |rest: &mut &[u8]| -> Option<Vec<u8>> {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let value = rest.get(4..4 + len)?.to_vec();
+            *rest = &rest[4 + len..];
+            Some(value)
+        };
+        while !rest.is_empty() {
+            let name = take(&mut rest).and_then(|n| HeaderName::from_bytes(&n).ok()).ok_or_else(|| bad("header"))?;
+            let value = take(&mut rest).and_then(|v| HeaderValue::from_bytes(&v).ok()).ok_or_else(|| bad("header"))?;
+            list.push((name, value));
+        }
+        Ok(StoredResponse { status, headers: list, body: Bytes::from(body) })
+    }
+}
+
+/// What the holder of the lease learns when it opens the record.
+#[derive(Debug)]
+pub(crate) enum Begin {
+    Run,
+    Replay(StoredResponse),
+    Mismatch,
+}
+
+/// What a request learns when the lease is held by another.
+#[derive(Debug)]
+pub(crate) enum Peek {
+    Busy,
+    Replay(StoredResponse),
+    Mismatch,
+}
+
+#[derive(Debug, Clone)]
+struct MemRecord {
+    fingerprint: String,
+    fence: u64,
+    done: Option<StoredResponse>,
+}
+
+#[derive(Clone)]
+enum Records {
+    Redis(Redis),
+    Memory(Arc<ExpiringMap<String, MemRecord>>),
+}
+
+/// The idempotency store: records (Redis hashes, or memory) and their
+/// in-flight leases ([`redlayer_lock`] locks on the same backend).
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) locks: Locks,
+    records: Records,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("locks", &self.locks).finish_non_exhaustive()
+    }
+}
+
+/// `[kind, a, b, c]` as returned by the scripts.
+type Answer = Vec<Vec<u8>>;
+
+fn from_answer(mut answer: Answer) -> Result<Option<std::result::Result<StoredResponse, bool>>> {
+    // None: run/busy; Some(Ok): replay; Some(Err(_)): mismatch
+    match answer.first().map(Vec::as_slice) {
+        Some(b"run") | Some(b"busy") => Ok(None),
+        Some(b"mismatch") => Ok(Some(Err(true))),
+        Some(b"done") if answer.len() == 4 => {
+            let body = answer.pop().unwrap_or_default();
+            Ok(Some(Ok(StoredResponse::decode(&answer[1], &answer[2], body)?)))
+        }
+        _ => Err(Error::Decode("unexpected idempotency script answer".into())),
+    }
+}
+
+impl Store {
+    /// Records and leases in Redis (standalone or cluster), shared by every instance.
+    pub fn redis(redis: Redis) -> Self {
+        Store { locks: Locks::redis(redis.clone()), records: Records::Redis(redis) }
+    }
+
+    /// Records and leases in this process only, with the same semantics.
+    pub fn memory() -> Self {
+        Store { locks: Locks::memory(), records: Records::Memory(Arc::default()) }
+    }
+
+    /// The record key of a digest.
+    fn key(&self, id: &str) -> String {
+        match &self.records {
+            Records::Redis(redis) => redis.keys().key(KIND, &KeyPart::client(id)),
+            Records::Memory(_) => id.to_owned(),
+        }
+    }
+
+    pub(crate) async fn begin(&self, id: &str, fingerprint: &str, fence: u64, retention: Duration) -> Result<Begin> {
+        let key = self.key(id);
+        match &self.records {
+            Records::Redis(redis) => {
+                let mut conn = redis.connection().await?;
+                let answer: Answer = BEGIN
+                    .key(&key)
+                    .arg(fingerprint)
+                    .arg(fence)
+                    .arg(retention.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok(match from_answer(answer)? {
+                    None => Begin::Run,
+                    Some(Ok(stored)) => Begin::Replay(stored),
+                    Some(Err(_)) => Begin::Mismatch,
+                })
+            }
+            Records::Memory(map) => Ok(map.update(key, |rec, _| match rec {
+                Some(rec) if rec.fingerprint != fingerprint => (Update::Keep, Begin::Mismatch),
+                Some(MemRecord { done: Some(stored), .. }) => (Update::Keep, Begin::Replay(stored.clone())),
+                _ => {
+                    let rec = MemRecord { fingerprint: fingerprint.to_owned(), fence, done: None };
+                    (Update::Set(rec, Some(retention)), Begin::Run)
+                }
+            })),
+        }
+    }
+
+    pub(crate) async fn peek(&self, id: &str, fingerprint: &str) -> Result<Peek> {
+        let key = self.key(id);
+        match &self.records {
+            Records::Redis(redis) => {
+                let mut conn = redis.connection().await?;
+                let answer: Answer = PEEK.key(&key).arg(fingerprint).invoke_async(&mut conn).await?;
+                Ok(match from_answer(answer)? {
+                    None => Peek::Busy,
+                    Some(Ok(stored)) => Peek::Replay(stored),
+                    Some(Err(_)) => Peek::Mismatch,
+                })
+            }
+            Records::Memory(map) => Ok(match map.get(&key) {
+                None => Peek::Busy,
+                Some(rec) if rec.fingerprint != fingerprint => Peek::Mismatch,
+                Some(MemRecord { done: Some(stored), .. }) => Peek::Replay(stored),
+                Some(_) => Peek::Busy,
+            }),
+        }
+    }
+
+    pub(crate) async fn complete(
+        &self,
+        id: &str,
+        fence: u64,
+        stored: &StoredResponse,
+        retention: Duration,
+    ) -> Result<bool> {
+        let key = self.key(id);
+        match &self.records {
+            Records::Redis(redis) => {
+                let mut conn = redis.connection().await?;
+                let n: i64 = COMPLETE
+                    .key(&key)
+                    .arg(fence)
+                    .arg(stored.status.as_u16())
+                    .arg(stored.encode_headers())
+                    .arg(stored.body.as_ref())
+                    .arg(retention.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok(n == 1)
+            }
+            Records::Memory(map) => Ok(map.update(key, |rec, _| match rec {
+                Some(rec) if rec.fence == fence => {
+                    rec.done = Some(stored.clone());
+                    (Update::KeepWithTtl(Some(retention)), true)
+                }
+                _ => (Update::Keep, false),
+            })),
+        }
+    }
+
+    pub(crate) async fn abandon(&self, id: &str, fence: u64) -> Result<bool> {
+        let key = self.key(id);
+        match &self.records {
+            Records::Redis(redis) => {
+                let mut conn = redis.connection().await?;
+                let n: i64 = ABANDON.key(&key).arg(fence).invoke_async(&mut conn).await?;
+                Ok(n == 1)
+            }
+            Records::Memory(map) => Ok(map.update(key, |rec, _| match rec {
+                Some(rec) if rec.fence == fence && rec.done.is_none() => (Update::Remove, true),
+                _ => (Update::Keep, false),
+            })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_responses_round_trip() {
+        let stored = StoredResponse {
+            status: StatusCode::CREATED,
+            headers: vec![
+                (HeaderName::from_static("content-type"), HeaderValue::from_static("application/json")),
+                (HeaderName::from_static("x-bin"), HeaderValue::from_bytes(b"\xff\tabc").unwrap()),
+            ],
+            body: Bytes::from_static(b"{\"id\":1}"),
+        };
+        let decoded = StoredResponse::decode(b"201", &stored.encode_headers(), stored.body.to_vec()).unwrap();
+        assert_eq!(decoded, stored);
+        assert!(StoredResponse::decode(b"201", b"\x00\x00\x00\x09abc", vec![]).is_err(), "truncated");
+        assert!(StoredResponse::decode(b"xyz", b"", vec![]).is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! A handler that crashes mid-request, and Redis killed and restarted.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Body, extract::State, http::Request, http::StatusCode, routing::post};
+use redlayer_core::{FailurePolicy, Redis};
+use redlayer_idempotency::IdempotencyLayer;
+use redlayer_testkit::RedisServer;
+use tower::ServiceExt;
+
+fn app(layer: IdempotencyLayer, runs: Arc<AtomicUsize>, delay: Duration) -> Router {
+    Router::new()
+        .route(
+            "/pay",
+            post(|State((runs, delay)): State<(Arc<AtomicUsize>, Duration)>| async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                (StatusCode::CREATED, "paid")
+            }),
+        )
+        .with_state((runs, delay))
+        .layer(layer)
+}
+
+async fn pay(app: &Router, key: &str) -> StatusCode {
+    let req = Request::post("/pay").header("idempotency-key", key).body(Body::from("{}")).unwrap();
+    app.clone().oneshot(req).await.unwrap().status()
+}
+
+#[test]
+fn a_crashed_handlers_lease_expires_quickly_and_the_retry_runs() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let lease = Duration::from_millis(600);
+
+    // Instance A: takes the request, then its process "dies": the runtime is
+    // shut down with the handler mid-flight, so no release, no renewal.
+    let crashed = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    {
+        let runs = runs.clone();
+        let url = url.clone();
+        crashed.spawn(async move {
+            let redis = Redis::connect(&url).await.unwrap();
+            let a = app(IdempotencyLayer::redis(redis).lease(lease), runs, Duration::from_secs(3600));
+            pay(&a, "\"crash-1\"").await
+        });
+    }
+    let started = Instant::now();
+    while runs.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "first request never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the watchdog renewed at least once
+    crashed.shutdown_background();
+    let crashed_at = Instant::now();
+
+    // Instance B: a retry gets 409 while the lease lives, then runs the handler.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let redis = Redis::connect(&url).await.unwrap();
+        let b = app(IdempotencyLayer::redis(redis).lease(lease), runs.clone(), Duration::from_millis(10));
+        assert_eq!(pay(&b, "\"crash-1\"").await, StatusCode::CONFLICT, "lease still held right after the crash");
+        loop {
+            match pay(&b, "\"crash-1\"").await {
+                StatusCode::CREATED => break,
+                StatusCode::CONFLICT => {}
+                other => panic!("unexpected {other}"),
+            }
+            assert!(crashed_at.elapsed() < Duration::from_secs(3), "the crashed lease never expired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let waited = crashed_at.elapsed();
+        assert!(waited < lease + Duration::from_millis(1200), "{waited:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "the retry ran the handler");
+        assert_eq!(pay(&b, "\"crash-1\"").await, StatusCode::CREATED, "and is replayed from now on");
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_traffic() {
+    let mut server = RedisServer::start();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let closed = app(IdempotencyLayer::redis(redis.clone()), runs.clone(), Duration::ZERO);
+    let open = app(IdempotencyLayer::redis(redis).on_failure(FailurePolicy::FailOpen), runs.clone(), Duration::ZERO);
+    let traffic = {
+        let (closed, open) = (closed.clone(), open.clone());
+        tokio::spawn(async move {
+            let (mut unavailable, mut slowest, mut i) = (0, Duration::ZERO, 0);
+            let stop = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < stop {
+                i += 1;
+                let t = Instant::now();
+                match pay(&closed, &format!("\"k{i}\"")).await {
+                    StatusCode::CREATED => {}
+                    StatusCode::SERVICE_UNAVAILABLE => unavailable += 1,
+                    other => panic!("unexpected {other}"),
+                }
+                assert_eq!(pay(&open, &format!("\"o{i}\"")).await, StatusCode::CREATED, "fail-open always runs");
+                slowest = slowest.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (unavailable, slowest)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    server.restart();
+    let back = Instant::now();
+    let mut i = 0;
+    while pay(&closed, &format!("\"back{i}\"")).await != StatusCode::CREATED {
+        i += 1;
+        assert!(back.elapsed() < Duration::from_secs(3), "no recovery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (unavailable, slowest) = traffic.await.expect("no panic");
+    assert!(unavailable > 0, "fail-closed answered 503 while Redis was down");
+    assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+}

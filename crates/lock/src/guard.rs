@@ -1,0 +1,286 @@
+//! [`LockGuard`]: a held lock, its fencing token, renewal and the lost signal.
+
+use std::{
+    fmt,
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use redlayer_core::Result;
+use tokio::sync::watch;
+
+use crate::locks::{Backend, Locks};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Held,
+    Lost,
+    Released,
+}
+
+/// The margin kept for clock drift between this process and Redis: 1 % of the
+/// ttl plus 2 ms (the Redlock paper's figure).
+pub(crate) fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+struct Shared {
+    locks: Locks,
+    key: String,
+    token: String,
+    fence: u64,
+    ttl: Duration,
+    acquired_at: Instant,
+    /// Until when the lock is guaranteed: start of the last successful
+    /// acquire/extend call + ttl − drift.
+    valid_until: Mutex<Instant>,
+    state: watch::Sender<State>,
+    watchdog: AtomicBool,
+}
+
+impl Shared {
+    fn valid_until(&self) -> Instant {
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    fn mark_lost(&self) {
+        self.state.send_if_modified(|s| {
+            let changed = *s == State::Held;
+            if changed {
+                *s = State::Lost;
+            }
+            changed
+        });
+    }
+
+    fn mark_released(&self) {
+        self.state.send_if_modified(|s| {
+            let changed = *s != State::Released;
+            *s = State::Released;
+            changed
+        });
+    }
+
+    async fn extend(&self, ttl: Duration) -> Result<bool> {
+        if self.state() == State::Released {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let extended = self.locks.extend_raw(&self.key, &self.token, ttl).await?;
+        if extended {
+            let until = started + ttl.saturating_sub(drift(ttl));
+            let mut valid = self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+            if until > *valid {
+                *valid = until;
+            }
+        } else {
+            self.mark_lost();
+        }
+        Ok(extended)
+    }
+}
+
+/// A held lock. Dropping it releases the lock in a spawned task (it never
+/// blocks the runtime); [`LockGuard::release`] does the same and tells whether
+/// the lock was still ours.
+///
+/// # Fencing tokens
+///
+/// [`LockGuard::fencing_token`] is issued by the same Lua script that takes the
+/// lock: `max(last + 1, Redis server time in µs)`. Per lock name, on one Redis
+/// server, it is strictly larger than every token issued before, even after the
+/// counter key expired, was evicted, or Redis restarted without persistence,
+/// as long as the server clock does not go backwards. After a failover to a
+/// replica (asynchronous replication) the counter may be behind, and the
+/// guarantee then rests on the new primary's clock being no further behind the
+/// old one's than the time the failover took. Pass the token to the storage you
+/// protect and have it refuse writes with a smaller token than it has seen:
+/// that, not the lock alone, is what makes a paused or partitioned holder safe.
+pub struct LockGuard {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.shared.key)
+            .field("fencing_token", &self.shared.fence)
+            .field("state", &self.shared.state())
+            .finish()
+    }
+}
+
+impl LockGuard {
+    pub(crate) fn new(locks: Locks, key: String, token: String, fence: u64, ttl: Duration, started: Instant) -> Self {
+        let (state, _) = watch::channel(State::Held);
+        LockGuard {
+            shared: Arc::new(Shared {
+                locks,
+                key,
+                token,
+                fence,
+                ttl,
+                acquired_at: started,
+                valid_until: Mutex::new(started + ttl.saturating_sub(drift(ttl))),
+                state,
+                watchdog: AtomicBool::new(false),
+            }),
+            done: false,
+        }
+    }
+
+    pub(crate) fn set_valid_until(&self, until: Instant) {
+        *self.shared.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
+    /// The fencing token: strictly increasing per lock name (see the type's docs).
+    pub fn fencing_token(&self) -> u64 {
+        self.shared.fence
+    }
+
+    /// The Redis key of the lock.
+    pub fn key(&self) -> &str {
+        &self.shared.key
+    }
+
+    /// Until when the lock is guaranteed, as far as this process knows (the
+    /// start of the last successful acquire or extend, plus the ttl, minus a
+    /// drift margin).
+    pub fn valid_until(&self) -> Instant {
+        self.shared.valid_until()
+    }
+
+    /// True while the lock is held and within its validity.
+    pub fn is_held(&self) -> bool {
+        self.shared.state() == State::Held && Instant::now() < self.shared.valid_until()
+    }
+
+    /// Releases the lock if it is still ours (owner-checked in Lua). `Ok(false)`
+    /// when it had already expired or been taken by someone else. Renewal
+    /// stops before the release is sent.
+    pub async fn release(mut self) -> Result<bool> {
+        self.shared.mark_released();
+        let result = self.shared.locks.release_raw(&self.shared.key, &self.shared.token).await;
+        self.done = true;
+        result
+    }
+
+    /// Sets the lock's time-to-live to `ttl` from now if it is still ours.
+    /// `Ok(false)` (and [`LockGuard::lost`] resolves) when it was not.
+    pub async fn extend(&self, ttl: Duration) -> Result<bool> {
+        self.shared.extend(ttl).await
+    }
+
+    /// A future that resolves the moment the lock can no longer be
+    /// guaranteed: its validity ran out without a successful extension, an
+    /// extension found the lock gone (Redis lost the key or another holder took
+    /// it), or the guard was released or dropped. It holds no borrow of the
+    /// guard, so it can be raced against the work (`tokio::select!`).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let shared = self.shared.clone();
+        async move {
+            let mut rx = shared.state.subscribe();
+            loop {
+                if *rx.borrow_and_update() != State::Held {
+                    return;
+                }
+                let until = shared.valid_until();
+                if Instant::now() >= until {
+                    shared.mark_lost();
+                    return;
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep_until(until.into()) => {}
+                }
+            }
+        }
+    }
+
+    /// Starts the watchdog: the lock is extended by its ttl every third of
+    /// its ttl, until `max_hold` after it was acquired (the lock then runs out
+    /// at the end of its last extension, and [`LockGuard::lost`] resolves).
+    /// Renewal stops the instant the guard is released or dropped, or when
+    /// an extension finds the lock gone. A failed extension (Redis
+    /// unreachable) is retried sooner; if none succeeds before the validity
+    /// ends, `lost()` resolves. Calling it again does nothing new
+    /// (a second watchdog would only renew twice as often).
+    pub fn start_watchdog(&self, max_hold: Duration) {
+        if self.shared.state() != State::Held || self.shared.watchdog.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(target: "redlayer", "lock watchdog needs a tokio runtime; not renewing");
+            return;
+        };
+        runtime.spawn(async move {
+            let mut rx = shared.state.subscribe();
+            let interval = (shared.ttl / 3).max(Duration::from_millis(1));
+            let cap = shared.acquired_at + max_hold;
+            let mut delay = interval;
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(delay) => {}
+                }
+                if *rx.borrow_and_update() != State::Held {
+                    return;
+                }
+                let now = Instant::now();
+                if now >= cap {
+                    tracing::debug!(target: "redlayer", key = %shared.key, "lock hold cap reached; renewal stops");
+                    return;
+                }
+                // Never extend past the cap.
+                let ttl = shared.ttl.min(cap - now).max(Duration::from_millis(1));
+                let extended = tokio::select! {
+                    r = shared.extend(ttl) => r,
+                    _ = rx.wait_for(|s| *s != State::Held) => return,
+                };
+                match extended {
+                    Ok(true) => delay = interval,
+                    Ok(false) => {
+                        tracing::warn!(target: "redlayer", key = %shared.key, "lock lost: renewal found it gone");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(target: "redlayer", key = %shared.key, %error, "lock renewal failed; retrying");
+                        delay = (interval / 3).max(Duration::from_millis(1));
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.shared.mark_released();
+        match &self.shared.locks.backend {
+            Backend::Memory(mem) => {
+                mem.release(&self.shared.key, &self.shared.token);
+            }
+            Backend::Redis(_) | Backend::Redlock(_) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let shared = self.shared.clone();
+                    runtime.spawn(async move {
+                        let _ = shared.locks.release_raw(&shared.key, &shared.token).await;
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! [`Locks`]: the lock helper over one backend.
+
+use std::{
+    fmt,
+    future::Future,
+    sync::{Arc, LazyLock},
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use redlayer_core::{Error, KeyPart, Redis, Result};
+
+use crate::{Retry, guard::LockGuard, memory::MemoryLocks};
+
+pub(crate) static ACQUIRE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/acquire.lua")));
+pub(crate) static RELEASE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/release.lua")));
+pub(crate) static EXTEND: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/extend.lua")));
+
+/// The key kind of locks: `{prefix}:lock:{{name}}` and `{prefix}:lock:{{name}}:fence`.
+pub const KIND: &str = "lock";
+
+/// Why [`Locks::acquire`] or [`Locks::with_lock`] gave up.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// The lock stayed busy (or Redis stayed unreachable) for the whole retry budget.
+    TimedOut {
+        /// How long we waited.
+        waited: Duration,
+        /// The last store error seen while retrying, if the store was failing.
+        last_error: Option<Error>,
+    },
+    /// The store refused the operation with an error that retrying cannot fix.
+    Store(Error),
+    /// ([`Locks::with_lock`] only) the lock was lost while the work ran; the work was cancelled.
+    Lost,
+}
+
+impl fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AcquireError::TimedOut { waited, last_error: None } => write!(f, "lock still busy after {waited:?}"),
+            AcquireError::TimedOut { waited, last_error: Some(e) } => {
+                write!(f, "lock not acquired after {waited:?} (last error: {e})")
+            }
+            AcquireError::Store(e) => write!(f, "lock store error: {e}"),
+            AcquireError::Lost => f.write_str("the lock was lost while the work ran"),
+        }
+    }
+}
+
+impl std::error::Error for AcquireError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AcquireError::Store(e) | AcquireError::TimedOut { last_error: Some(e), .. } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Redis(Redis),
+    Memory(Arc<MemoryLocks>),
+    Redlock(Arc<[Redis]>),
+}
+
+/// A distributed lock helper over Redis (or memory, in one process).
+///
+/// Cheap to clone; all clones (and all processes on the same Redis) share the
+/// same locks. Lock names are client-safe: each goes through
+/// [`KeyPart::client`], so long or hostile names are hashed.
+#[derive(Clone)]
+pub struct Locks {
+    pub(crate) backend: Backend,
+    retry: Retry,
+    max_hold: Duration,
+    fence_retention: Duration,
+    fencing: bool,
+}
+
+impl fmt::Debug for Locks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match &self.backend {
+            Backend::Redis(r) => format!("{r:?}"),
+            Backend::Memory(_) => "memory".to_owned(),
+            Backend::Redlock(nodes) => format!("redlock over {} nodes", nodes.len()),
+        };
+        f.debug_struct("Locks")
+            .field("backend", &backend)
+            .field("retry", &self.retry)
+            .field("max_hold", &self.max_hold)
+            .finish()
+    }
+}
+
+/// A time-to-live of at least 1 ms in whole milliseconds (Redis `PX`).
+pub(crate) fn ttl_ms(ttl: Duration) -> Result<u64> {
+    let ms = ttl.as_millis();
+    if ms == 0 || ms > u64::MAX as u128 / 2 {
+        return Err(Error::InvalidInput(format!("lock ttl must be at least 1 ms, got {ttl:?}")));
+    }
+    Ok(ms as u64)
+}
+
+/// 128 random bits, URL-safe base64: from the thread-local CSPRNG of `rand`
+/// (ChaCha, seeded by the OS through `getrandom`), so no system call per lock.
+pub(crate) fn random_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Locks {
+    /// Locks on Redis (standalone or cluster) through the shared handle.
+    pub fn redis(redis: Redis) -> Self {
+        Self::with_backend(Backend::Redis(redis))
+    }
+
+    /// Locks in this process only, with the same semantics (for tests and
+    /// single-instance apps).
+    pub fn memory() -> Self {
+        Self::with_backend(Backend::Memory(Arc::default()))
+    }
+
+    /// Redlock over N independent Redis servers (each its own handle and
+    /// pool; use an odd number, at least 3, sharing one key prefix). A lock is
+    /// held when a majority granted it: the attempt runs on every node in
+    /// parallel, each node bounded by a tenth of the ttl, and is valid for
+    /// `ttl − elapsed − drift` (drift: 1 % of the ttl + 2 ms). A failed
+    /// attempt is undone on every node. A node that errors or times out counts
+    /// as a "no": a minority of dead nodes never fails an acquisition, while
+    /// too few answering nodes is a store error (so failure policies apply).
+    ///
+    /// Fencing tokens are the largest of the granting nodes' tokens: strictly
+    /// increasing as long as the servers' clocks agree to within the time
+    /// between two acquisitions (each node's token is at least its time in µs);
+    /// without that there is no guarantee across nodes.
+    ///
+    /// # Panics
+    ///
+    /// When `nodes` is empty.
+    pub fn redlock(nodes: impl IntoIterator<Item = Redis>) -> Self {
+        let nodes: Arc<[Redis]> = nodes.into_iter().collect();
+        assert!(!nodes.is_empty(), "redlock needs at least one node");
+        Self::with_backend(Backend::Redlock(nodes))
+    }
+
+    fn with_backend(backend: Backend) -> Self {
+        Locks {
+            backend,
+            retry: Retry::default(),
+            max_hold: Duration::from_secs(60),
+            fence_retention: Duration::from_secs(24 * 3600),
+            fencing: true,
+        }
+    }
+
+    /// The retry policy of [`Locks::with_lock`] (default: wait up to 5 s).
+    #[must_use]
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The cap on the total hold time the watchdog of [`Locks::with_lock`]
+    /// renews to (default 60 s).
+    #[must_use]
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = max_hold;
+        self
+    }
+
+    /// How long the fence counter of a name lives (default 24 h from its
+    /// first acquisition). After that the next fence restarts from the Redis
+    /// server time in microseconds, which is still larger than any fence issued
+    /// before, so the counter's expiry does not break monotonicity, and no
+    /// per-name key lives forever.
+    #[must_use]
+    pub fn fence_retention(mut self, retention: Duration) -> Self {
+        self.fence_retention = retention.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Whether to issue fencing tokens (default true). Without them an
+    /// acquisition on standalone Redis or a cluster is a plain `SET NX PX`
+    /// instead of a Lua script (measured about 25 % more lock cycles per
+    /// second), and [`LockGuard::fencing_token`] is always 0. Keep them
+    /// whenever the lock protects a write to storage that can check them.
+    #[must_use]
+    pub fn fencing(mut self, fencing: bool) -> Self {
+        self.fencing = fencing;
+        self
+    }
+
+    /// The Redis handle, when this is the Redis backend.
+    pub fn redis_handle(&self) -> Option<&Redis> {
+        match &self.backend {
+            Backend::Redis(r) => Some(r),
+            Backend::Memory(_) | Backend::Redlock(_) => None,
+        }
+    }
+
+    pub(crate) fn lock_key(&self, name: &str) -> (String, String) {
+        let part = KeyPart::client(name);
+        match &self.backend {
+            Backend::Redis(redis) => (redis.keys().key(KIND, &part), redis.keys().key_with(KIND, &part, "fence")),
+            Backend::Redlock(nodes) => {
+                (nodes[0].keys().key(KIND, &part), nodes[0].keys().key_with(KIND, &part, "fence"))
+            }
+            Backend::Memory(_) => (part.as_str().to_owned(), String::new()),
+        }
+    }
+
+    /// One attempt: `Ok(Ok(guard))`, or `Ok(Err(holder's ttl))` when busy.
+    async fn attempt(&self, name: &str, ttl: Duration) -> Result<Result<LockGuard, Duration>> {
+        let ms = ttl_ms(ttl)?;
+        let (key, fence_key) = self.lock_key(name);
+        let token = random_token();
+        let started = Instant::now();
+        let fence = match &self.backend {
+            Backend::Memory(mem) => mem.acquire(&key, &token, ttl, self.fence_retention),
+            Backend::Redlock(nodes) => {
+                let retention = self.fence_retention.as_millis() as u64;
+                return Ok(crate::redlock::acquire(nodes, &key, &fence_key, &token, ttl, ms, retention).await?.map(
+                    |(fence, valid_until)| {
+                        let guard = LockGuard::new(self.clone(), key, token, fence, ttl, started);
+                        guard.set_valid_until(valid_until);
+                        guard
+                    },
+                ));
+            }
+            Backend::Redis(redis) if !self.fencing => {
+                let mut conn = redis.connection().await?;
+                let taken: Result<Option<String>> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(Error::from);
+                match taken {
+                    Ok(Some(_)) => Ok(0),
+                    // No holder ttl without a second round trip: the retry policy's own delays apply.
+                    Ok(None) => Err(Duration::MAX),
+                    Err(e) => {
+                        self.undo_in_background(redis, key, token, &e);
+                        return Err(e);
+                    }
+                }
+            }
+            Backend::Redis(redis) => {
+                let mut conn = redis.connection().await?;
+                let answer: Result<(i64, i64)> = ACQUIRE
+                    .key(&key)
+                    .key(&fence_key)
+                    .arg(&token)
+                    .arg(ms)
+                    .arg(self.fence_retention.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(Error::from);
+                match answer {
+                    Ok((1, fence)) => Ok(fence.max(0) as u64),
+                    Ok((_, pttl)) => Err(Duration::from_millis(pttl.max(0) as u64)),
+                    Err(e) => {
+                        self.undo_in_background(redis, key, token, &e);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        Ok(fence.map(|fence| LockGuard::new(self.clone(), key, token, fence, ttl, started)))
+    }
+
+    /// Takes the lock `name` for `ttl` if it is free; `Ok(None)` when it is held.
+    ///
+    /// One round trip (one `EVALSHA`); the guard carries a fencing token that
+    /// is larger than every token issued before for this name.
+    pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
+        Ok(self.attempt(name, ttl).await?.ok())
+    }
+
+    /// Takes the lock `name` for `ttl`, waiting for it according to `retry`
+    /// (bounded, with jittered backoff). Store errors that mean "unreachable"
+    /// are retried within the same budget; others are returned at once.
+    pub async fn acquire(&self, name: &str, ttl: Duration, retry: Retry) -> Result<LockGuard, AcquireError> {
+        let start = Instant::now();
+        let deadline = start + retry.max_wait;
+        let mut last_error = None;
+        for attempt in 0u32.. {
+            let holder_ttl = match self.attempt(name, ttl).await {
+                Ok(Ok(guard)) => return Ok(guard),
+                Ok(Err(holder_ttl)) => {
+                    last_error = None;
+                    Some(holder_ttl)
+                }
+                Err(e) if e.is_unavailable() => {
+                    last_error = Some(e);
+                    None
+                }
+                Err(e) => return Err(AcquireError::Store(e)),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let delay = retry.delay(attempt, holder_ttl).min(deadline - now);
+            tokio::time::sleep(delay).await;
+        }
+        Err(AcquireError::TimedOut { waited: start.elapsed(), last_error })
+    }
+
+    /// Runs `work` while holding the lock `name`: acquires it with this
+    /// helper's retry policy, renews it with the watchdog (up to
+    /// [`Locks::max_hold`]), releases it afterwards. If the lock is lost while
+    /// `work` runs (Redis lost the key, renewal failed past the lock's
+    /// validity, or the hold cap ran out), `work` is dropped at once and
+    /// [`AcquireError::Lost`] is returned.
+    pub async fn with_lock<F: Future>(&self, name: &str, ttl: Duration, work: F) -> Result<F::Output, AcquireError> {
+        let guard = self.acquire(name, ttl, self.retry).await?;
+        guard.start_watchdog(self.max_hold);
+        let lost = guard.lost();
+        tokio::pin!(lost);
+        tokio::pin!(work);
+        let output = tokio::select! {
+            biased;
+            out = &mut work => out,
+            () = &mut lost => {
+                drop(guard);
+                return Err(AcquireError::Lost);
+            }
+        };
+        let _ = guard.release().await;
+        Ok(output)
+    }
+
+    /// The command may have run although its answer was lost: release our
+    /// token in the background, so that the lock does not stay taken by
+    /// nobody until its ttl ends.
+    fn undo_in_background(&self, redis: &Redis, key: String, token: String, error: &Error) {
+        if error.is_unavailable() {
+            let redis = redis.clone();
+            tokio::spawn(async move {
+                if let Ok(mut conn) = redis.connection().await {
+                    let _: Result<i64, _> = RELEASE.key(&key).arg(&token).invoke_async(&mut conn).await;
+                }
+            });
+        }
+    }
+
+    pub(crate) async fn release_raw(&self, key: &str, token: &str) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(mem) => Ok(mem.release(key, token)),
+            Backend::Redlock(nodes) => Ok(crate::redlock::release(nodes, key, token, Duration::from_secs(1)).await),
+            Backend::Redis(redis) => {
+                let mut conn = redis.connection().await?;
+                let n: i64 = RELEASE.key(key).arg(token).invoke_async(&mut conn).await?;
+                Ok(n == 1)
+            }
+        }
+    }
+
+    pub(crate) async fn extend_raw(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        let ms = ttl_ms(ttl)?;
+        match &self.backend {
+            Backend::Memory(mem) => Ok(mem.extend(key, token, ttl, self.fence_retention)),
+            Backend::Redlock(nodes) => crate::redlock::extend(nodes, key, token, ttl, ms).await,
+            Backend::Redis(redis) => {
+                let mut conn = redis.connection().await?;
+                let n: i64 = EXTEND.key(key).arg(token).arg(ms).invoke_async(&mut conn).await?;
+                Ok(n == 1)
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! [`Retry`]: how long and how often [`Locks::acquire`](crate::Locks::acquire) tries again.
+
+use std::time::Duration;
+
+/// A bounded retry policy for taking a busy lock: exponential backoff with
+/// jitter between `min_delay` and `max_delay`, never waiting past `max_wait`
+/// in total. A delay is also cut short to the remaining time-to-live of the
+/// current holder (Redis tells it on each failed attempt), plus jitter, so a
+/// waiter does not sleep long past a lock that expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Retry {
+    pub(crate) max_wait: Duration,
+    pub(crate) min_delay: Duration,
+    pub(crate) max_delay: Duration,
+}
+
+impl Default for Retry {
+    /// Wait up to 5 s, backing off from 10 ms to 200 ms.
+    fn default() -> Self {
+        Retry::new(Duration::from_secs(5))
+    }
+}
+
+impl Retry {
+    /// Retry for at most `max_wait` in total (delays 10 ms to 200 ms).
+    pub fn new(max_wait: Duration) -> Self {
+        Retry { max_wait, min_delay: Duration::from_millis(10), max_delay: Duration::from_millis(200) }
+    }
+
+    /// One attempt, no waiting.
+    pub fn none() -> Self {
+        Retry::new(Duration::ZERO)
+    }
+
+    /// The first delay and the largest one (each delay is jittered to 50–100 % of its value).
+    pub fn delays(mut self, min_delay: Duration, max_delay: Duration) -> Self {
+        self.min_delay = min_delay.max(Duration::from_millis(1));
+        self.max_delay = max_delay.max(self.min_delay);
+        self
+    }
+
+    /// The total wait.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// The delay before attempt `attempt + 1` (`attempt` counts from 0),
+    /// given the holder's remaining time-to-live when Redis reported one.
+    pub(crate) fn delay(&self, attempt: u32, holder_ttl: Option<Duration>) -> Duration {
+        let exp = self.min_delay.saturating_mul(1u32 << attempt.min(16)).min(self.max_delay);
+        let mut delay = jitter(exp);
+        if let Some(ttl) = holder_ttl.filter(|t| *t != Duration::MAX) {
+            let soon = ttl + jitter(self.min_delay);
+            delay = delay.min(soon);
+        }
+        delay.max(Duration::from_millis(1))
+    }
+}
+
+/// A random duration between half of `d` and `d`.
+fn jitter(d: Duration) -> Duration {
+    let micros = d.as_micros().min(u64::MAX as u128) as u64;
+    if micros < 2 {
+        return d;
+    }
+    Duration::from_micros(rand::random_range(micros / 2..=micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_stay_bounded_and_follow_the_holder() {
+        let retry = Retry::new(Duration::from_secs(1)).delays(Duration::from_millis(10), Duration::from_millis(80));
+        for _ in 0..100 {
+            let first = retry.delay(0, None);
+            assert!(first >= Duration::from_millis(5) && first <= Duration::from_millis(10), "{first:?}");
+            let late = retry.delay(20, None);
+            assert!(late >= Duration::from_millis(40) && late <= Duration::from_millis(80), "{late:?}");
+            let short = retry.delay(20, Some(Duration::from_millis(2)));
+            assert!(short <= Duration::from_millis(12), "{short:?}");
+        }
+    }
+}

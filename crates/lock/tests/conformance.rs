@@ -1,0 +1,209 @@
+//! One conformance suite for the lock helper, run unchanged on the in-memory
+//! backend, a standalone Redis and a 3-master Redis Cluster.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use redlayer_lock::{AcquireError, Locks, Retry};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// `handles`: several `Locks` on the same store through separate pools.
+async fn suite(handles: Vec<Locks>) {
+    exclusive_and_owner_checked(&handles).await;
+    fencing_tokens_strictly_increase(&handles).await;
+    stale_holder_cannot_release_or_extend(&handles).await;
+    drop_releases_without_blocking(&handles).await;
+    acquire_waits_bounded(&handles).await;
+    watchdog_renews_and_stops_on_release(&handles).await;
+    hold_cap_ends_renewal_and_fires_lost(&handles).await;
+    with_lock_runs_and_releases(&handles).await;
+    hostile_names_are_fine(&handles).await;
+    no_overlap_under_contention(&handles).await;
+}
+
+async fn exclusive_and_owner_checked(h: &[Locks]) {
+    let a = h[0].try_acquire("excl", 5000 * MS).await.unwrap().expect("free lock");
+    assert!(h[1].try_acquire("excl", 5000 * MS).await.unwrap().is_none(), "second holder");
+    assert!(h[0].try_acquire("excl", 5000 * MS).await.unwrap().is_none(), "same handle, second holder");
+    assert!(a.is_held());
+    assert!(a.release().await.unwrap(), "owner releases");
+    let b = h[1].try_acquire("excl", 5000 * MS).await.unwrap().expect("free again");
+    assert!(b.release().await.unwrap());
+    assert!(h[0].try_acquire("excl", Duration::ZERO).await.is_err(), "zero ttl refused");
+}
+
+async fn fencing_tokens_strictly_increase(h: &[Locks]) {
+    let mut last = 0;
+    for i in 0..50 {
+        let g = h[i % h.len()].try_acquire("fence", 5000 * MS).await.unwrap().unwrap();
+        assert!(g.fencing_token() > last, "{} after {last}", g.fencing_token());
+        last = g.fencing_token();
+        if i % 2 == 0 {
+            g.release().await.unwrap();
+        } else {
+            drop(g);
+            // the drop releases in the background
+            let g = h[0].acquire("fence", 5000 * MS, Retry::new(Duration::from_secs(3))).await.unwrap();
+            assert!(g.fencing_token() > last);
+            last = g.fencing_token();
+            g.release().await.unwrap();
+        }
+    }
+}
+
+async fn stale_holder_cannot_release_or_extend(h: &[Locks]) {
+    let a = h[0].try_acquire("stale", 150 * MS).await.unwrap().unwrap();
+    let lost = a.lost();
+    tokio::time::timeout(Duration::from_secs(2), lost).await.expect("lost() fires when the validity ends");
+    assert!(!a.is_held());
+    tokio::time::sleep(100 * MS).await;
+    let b = h[1].try_acquire("stale", 5000 * MS).await.unwrap().expect("expired lock is free");
+    assert!(b.fencing_token() > a.fencing_token());
+    assert!(!a.extend(5000 * MS).await.unwrap(), "stale holder cannot extend");
+    assert!(!a.release().await.unwrap(), "stale holder cannot release");
+    assert!(h[0].try_acquire("stale", 5000 * MS).await.unwrap().is_none(), "b still holds it");
+    assert!(b.extend(5000 * MS).await.unwrap(), "owner extends");
+    assert!(b.release().await.unwrap());
+}
+
+async fn drop_releases_without_blocking(h: &[Locks]) {
+    let a = h[0].try_acquire("drop", 60_000 * MS).await.unwrap().unwrap();
+    let started = Instant::now();
+    drop(a);
+    assert!(started.elapsed() < 50 * MS, "drop does not block");
+    let b = h[1].acquire("drop", 5000 * MS, Retry::new(Duration::from_secs(2))).await.expect("dropped lock is freed");
+    b.release().await.unwrap();
+}
+
+async fn acquire_waits_bounded(h: &[Locks]) {
+    let a = h[0].try_acquire("wait", 400 * MS).await.unwrap().unwrap();
+    let started = Instant::now();
+    match h[1].acquire("wait", 5000 * MS, Retry::new(100 * MS)).await {
+        Err(AcquireError::TimedOut { waited, .. }) => assert!(waited < 600 * MS, "{waited:?}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < 700 * MS);
+    // Without release, the waiter gets it once the ttl ends.
+    let b = h[1].acquire("wait", 5000 * MS, Retry::new(Duration::from_secs(3))).await.unwrap();
+    assert!(started.elapsed() >= 350 * MS, "{:?}", started.elapsed());
+    assert!(started.elapsed() < 2000 * MS, "{:?}", started.elapsed());
+    assert!(b.fencing_token() > a.fencing_token());
+    b.release().await.unwrap();
+}
+
+async fn watchdog_renews_and_stops_on_release(h: &[Locks]) {
+    let a = h[0].try_acquire("dog", 300 * MS).await.unwrap().unwrap();
+    a.start_watchdog(Duration::from_secs(30));
+    tokio::time::sleep(1000 * MS).await;
+    assert!(a.is_held(), "renewed past its ttl");
+    assert!(h[1].try_acquire("dog", 300 * MS).await.unwrap().is_none(), "still held after 3 ttls");
+    let lost = a.lost();
+    assert!(a.release().await.unwrap());
+    tokio::time::timeout(100 * MS, lost).await.expect("lost() resolves on release");
+    // A new holder that never extends loses its lock on time: the old watchdog is gone.
+    let b = h[1].try_acquire("dog", 300 * MS).await.unwrap().unwrap();
+    tokio::time::sleep(600 * MS).await;
+    let c = h[0].try_acquire("dog", 300 * MS).await.unwrap().expect("b's lock expired: nobody renewed it");
+    assert!(!b.release().await.unwrap());
+    c.release().await.unwrap();
+}
+
+async fn hold_cap_ends_renewal_and_fires_lost(h: &[Locks]) {
+    let a = h[0].try_acquire("cap", 200 * MS).await.unwrap().unwrap();
+    let started = Instant::now();
+    a.start_watchdog(600 * MS);
+    tokio::time::timeout(Duration::from_secs(3), a.lost()).await.expect("lost() after the cap");
+    let held_for = started.elapsed();
+    assert!(held_for >= 450 * MS && held_for < 1500 * MS, "{held_for:?}");
+    let b = h[1].acquire("cap", 200 * MS, Retry::new(Duration::from_secs(2))).await.expect("free after the cap");
+    b.release().await.unwrap();
+}
+
+async fn with_lock_runs_and_releases(h: &[Locks]) {
+    let out = h[0].with_lock("with", 300 * MS, async { 7 }).await.unwrap();
+    assert_eq!(out, 7);
+    h[1].try_acquire("with", 300 * MS).await.unwrap().expect("released after with_lock").release().await.unwrap();
+    // Work that outlives the hold cap is cancelled, and told so.
+    let capped = h[0].clone().max_hold(400 * MS);
+    let started = Instant::now();
+    let result = capped.with_lock("with", 200 * MS, tokio::time::sleep(Duration::from_secs(10))).await;
+    assert!(matches!(result, Err(AcquireError::Lost)), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+async fn hostile_names_are_fine(h: &[Locks]) {
+    for name in ["", "{a}", "a b*?", &"x".repeat(100_000), "é\u{0}\n"] {
+        let g = h[0].try_acquire(name, 5000 * MS).await.unwrap().expect("hostile names lock like any other");
+        assert!(g.key().len() < 128, "{}", g.key().len());
+        assert!(h[1].try_acquire(name, 5000 * MS).await.unwrap().is_none());
+        g.release().await.unwrap();
+    }
+}
+
+async fn no_overlap_under_contention(h: &[Locks]) {
+    const TASKS: usize = 8;
+    const ROUNDS: usize = 250;
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let last_fence = Arc::new(AtomicU64::new(0));
+    let fence_regressions = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let locks = h[t % h.len()].clone();
+        let (inside, overlaps, last_fence, fence_regressions) =
+            (inside.clone(), overlaps.clone(), last_fence.clone(), fence_regressions.clone());
+        tasks.push(tokio::spawn(async move {
+            let retry = Retry::new(Duration::from_secs(30)).delays(MS, 5 * MS);
+            for _ in 0..ROUNDS {
+                let g = locks.acquire("contended", 10_000 * MS, retry).await.expect("acquire under contention");
+                if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                if last_fence.fetch_max(g.fencing_token(), Ordering::SeqCst) >= g.fencing_token() {
+                    fence_regressions.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                assert!(g.release().await.unwrap());
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t).await.expect("contention run bounded").unwrap();
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "critical sections overlapped");
+    assert_eq!(fence_regressions.load(Ordering::SeqCst), 0, "fencing tokens went back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_memory() {
+    let locks = Locks::memory();
+    suite(vec![locks.clone(), locks]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_standalone() {
+    let server = redlayer_testkit::RedisServer::start();
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        handles.push(Locks::redis(redlayer_core::Redis::connect(&server.url()).await.unwrap()));
+    }
+    suite(handles).await;
+}
+
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_cluster() {
+    let cluster = redlayer_testkit::RedisCluster::start();
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        handles.push(Locks::redis(redlayer_core::Redis::connect_cluster(cluster.urls()).await.unwrap()));
+    }
+    suite(handles).await;
+}

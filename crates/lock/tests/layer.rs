@@ -1,0 +1,127 @@
+//! The per-key lock layer on axum: one request per key at a time across two
+//! instances, bounded waits answered 409/503, memory, standalone and cluster.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Body, extract::State, http::Request, http::StatusCode, routing::post};
+use redlayer_lock::{
+    Locks, Retry,
+    layer::{HeaderKey, LockLayer},
+};
+use tower::ServiceExt;
+
+#[derive(Clone, Default)]
+struct Probe {
+    inside: Arc<AtomicUsize>,
+    overlaps: Arc<AtomicUsize>,
+    runs: Arc<AtomicUsize>,
+}
+
+fn app(locks: Locks, probe: Probe, wait: Retry, busy: StatusCode) -> Router {
+    Router::new()
+        .route(
+            "/work",
+            post(|State(p): State<Probe>, req: Request<Body>| async move {
+                let ms = req.headers().get("x-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+                if p.inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    p.overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(ms.unwrap_or(30))).await;
+                p.inside.fetch_sub(1, Ordering::SeqCst);
+                p.runs.fetch_add(1, Ordering::SeqCst);
+                "done"
+            }),
+        )
+        .with_state(probe)
+        .layer(
+            LockLayer::new(locks, HeaderKey::new(http::HeaderName::from_static("x-account")))
+                .ttl(Duration::from_millis(500))
+                .wait(wait)
+                .busy_status(busy),
+        )
+}
+
+async fn call(app: &Router, account: &str, ms: u64) -> (StatusCode, http::HeaderMap) {
+    let req = Request::post("/work").header("x-account", account).header("x-ms", ms.to_string());
+    let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    (res.status(), res.headers().clone())
+}
+
+async fn suite(a: Locks, b: Locks) {
+    // Same key on two instances: never together.
+    let probe = Probe::default();
+    let long_wait = Retry::new(Duration::from_secs(20)).delays(Duration::from_millis(2), Duration::from_millis(20));
+    let (x, y) = (
+        app(a.clone(), probe.clone(), long_wait, StatusCode::CONFLICT),
+        app(b.clone(), probe.clone(), long_wait, StatusCode::CONFLICT),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let app = if i % 2 == 0 { x.clone() } else { y.clone() };
+        tasks.push(tokio::spawn(async move { call(&app, "acct-1", 20).await.0 }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(probe.runs.load(Ordering::SeqCst), 16);
+    assert_eq!(probe.overlaps.load(Ordering::SeqCst), 0, "requests of one key overlapped");
+
+    // Different keys run side by side.
+    let probe = Probe::default();
+    let x = app(a.clone(), probe.clone(), long_wait, StatusCode::CONFLICT);
+    let started = Instant::now();
+    let (r1, r2) = tokio::join!(call(&x, "acct-2", 400), call(&x, "acct-3", 400));
+    assert_eq!((r1.0, r2.0), (StatusCode::OK, StatusCode::OK));
+    assert!(started.elapsed() < Duration::from_millis(780), "{:?}", started.elapsed());
+
+    // Bounded wait: answered with the configured status.
+    for busy in [StatusCode::CONFLICT, StatusCode::SERVICE_UNAVAILABLE] {
+        let probe = Probe::default();
+        let short = Retry::new(Duration::from_millis(150));
+        let (x, y) = (app(a.clone(), probe.clone(), short, busy), app(b.clone(), probe.clone(), short, busy));
+        let slow = tokio::spawn(async move { call(&x, "acct-4", 800).await.0 });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let (status, headers) = call(&y, "acct-4", 10).await;
+        assert_eq!(status, busy);
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert!(started.elapsed() < Duration::from_millis(700), "{:?}", started.elapsed());
+        assert_eq!(slow.await.unwrap(), StatusCode::OK);
+        assert_eq!(probe.runs.load(Ordering::SeqCst), 1, "the refused request never ran");
+    }
+
+    // No key: passes through without a lock.
+    let probe = Probe::default();
+    let x = app(a, probe.clone(), long_wait, StatusCode::CONFLICT);
+    let res = x.oneshot(Request::post("/work").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn layer_memory() {
+    let locks = Locks::memory();
+    suite(locks.clone(), locks).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn layer_standalone() {
+    let server = redlayer_testkit::RedisServer::start();
+    let a = Locks::redis(redlayer_core::Redis::connect(&server.url()).await.unwrap());
+    let b = Locks::redis(redlayer_core::Redis::connect(&server.url()).await.unwrap());
+    suite(a, b).await;
+}
+
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn layer_cluster() {
+    let cluster = redlayer_testkit::RedisCluster::start();
+    let a = Locks::redis(redlayer_core::Redis::connect_cluster(cluster.urls()).await.unwrap());
+    let b = Locks::redis(redlayer_core::Redis::connect_cluster(cluster.urls()).await.unwrap());
+    suite(a, b).await;
+}

@@ -1,0 +1,136 @@
+//! Behaviour that needs a real Redis to observe: a key lost behind the
+//! holder's back, the watchdog's commands, Redis killed and restarted.
+
+use std::time::{Duration, Instant};
+
+use redlayer_lock::{AcquireError, Locks, Retry};
+use redlayer_testkit::RedisServer;
+
+const MS: Duration = Duration::from_millis(1);
+
+async fn locks(server: &RedisServer) -> Locks {
+    Locks::redis(redlayer_core::Redis::connect(&server.url()).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_fires_when_redis_loses_the_key() {
+    let server = RedisServer::start();
+    let locks = locks(&server).await;
+    let guard = locks.try_acquire("job", 600 * MS).await.unwrap().unwrap();
+    guard.start_watchdog(Duration::from_secs(30));
+    let lost = guard.lost();
+    server.cli(&["DEL", guard.key()]);
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), lost).await.expect("lost() fires");
+    // The next renewal (every ttl/3) finds the key gone, well before the ttl ends.
+    assert!(started.elapsed() < 500 * MS, "{:?}", started.elapsed());
+    assert!(!guard.is_held());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_sends_nothing_after_release() {
+    let server = RedisServer::start();
+    let locks = locks(&server).await;
+    let guard = locks.try_acquire("job", 150 * MS).await.unwrap().unwrap();
+    guard.start_watchdog(Duration::from_secs(30));
+    tokio::time::sleep(400 * MS).await;
+    let before = server.command_calls("evalsha");
+    assert!(before >= 3, "acquire + renewals: {before}");
+    guard.release().await.unwrap();
+    let after_release = server.command_calls("evalsha");
+    tokio::time::sleep(500 * MS).await;
+    assert_eq!(server.command_calls("evalsha"), after_release, "renewal stopped");
+    // And after a drop.
+    let guard = locks.try_acquire("job", 150 * MS).await.unwrap().unwrap();
+    guard.start_watchdog(Duration::from_secs(30));
+    drop(guard);
+    tokio::time::sleep(100 * MS).await;
+    let after_drop = server.command_calls("evalsha");
+    tokio::time::sleep(500 * MS).await;
+    assert_eq!(server.command_calls("evalsha"), after_drop, "renewal stopped on drop");
+    assert_eq!(server.cli(&["EXISTS", "redlayer:lock:{job}"]).trim(), "0", "drop released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_traffic() {
+    let mut server = RedisServer::start();
+    let locks = locks(&server).await;
+    let worker = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut slowest) = (0u32, 0u32, Duration::ZERO);
+            let stop = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < stop {
+                let started = Instant::now();
+                match locks.acquire("traffic", 1000 * MS, Retry::new(300 * MS)).await {
+                    Ok(g) => {
+                        let _ = g.release().await;
+                        ok += 1;
+                    }
+                    Err(AcquireError::TimedOut { .. }) => failed += 1,
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+                slowest = slowest.max(started.elapsed());
+                tokio::time::sleep(5 * MS).await;
+            }
+            (ok, failed, slowest)
+        })
+    };
+    tokio::time::sleep(800 * MS).await;
+    server.kill();
+    tokio::time::sleep(1000 * MS).await;
+    server.restart();
+    let back = Instant::now();
+    // Works again soon after Redis is back.
+    loop {
+        if let Ok(Some(g)) = locks.try_acquire("after", 1000 * MS).await {
+            g.release().await.unwrap();
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(3), "no recovery");
+        tokio::time::sleep(20 * MS).await;
+    }
+    let (ok, failed, slowest) = worker.await.expect("no panic");
+    assert!(ok > 10 && failed > 0, "ok {ok} failed {failed}");
+    // 300 ms retry budget + one in-flight command bounded by the 500 ms timeout + release.
+    assert!(slowest < 2000 * MS, "{slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_fencing_locks_are_still_exclusive() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let server = RedisServer::start();
+    let a = locks(&server).await.fencing(false);
+    let b = locks(&server).await.fencing(false);
+    let g = a.try_acquire("plain", 5000 * MS).await.unwrap().unwrap();
+    assert_eq!(g.fencing_token(), 0);
+    assert!(b.try_acquire("plain", 5000 * MS).await.unwrap().is_none());
+    assert!(g.extend(5000 * MS).await.unwrap());
+    assert!(g.release().await.unwrap());
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..6 {
+        let locks = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let (inside, overlaps) = (inside.clone(), overlaps.clone());
+        tasks.push(tokio::spawn(async move {
+            let retry = Retry::new(Duration::from_secs(30)).delays(MS, 5 * MS);
+            for _ in 0..150 {
+                let g = locks.acquire("plain", 10_000 * MS, retry).await.unwrap();
+                if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                g.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+}

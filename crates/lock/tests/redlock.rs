@@ -1,0 +1,134 @@
+//! Redlock on 3 and 5 independent servers: it succeeds exactly when a
+//! majority is reachable (every subset), tolerates killed minorities, and
+//! never lets two holders overlap.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use redlayer_core::Redis;
+use redlayer_lock::{Locks, Retry};
+use redlayer_testkit::RedisServer;
+
+const TTL: Duration = Duration::from_millis(1000);
+/// A dead node costs each attempt its node timeout (a tenth of the ttl).
+const SHORT_TTL: Duration = Duration::from_millis(400);
+
+async fn handles(servers: &[RedisServer]) -> Vec<Redis> {
+    let mut out = Vec::new();
+    for s in servers {
+        out.push(Redis::builder().timeout(Duration::from_millis(200)).connect(&s.url()).await.unwrap());
+    }
+    out
+}
+
+async fn every_subset(n: usize) {
+    let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::start()).collect();
+    let a = Locks::redlock(handles(&servers).await);
+    let b = Locks::redlock(handles(&servers).await);
+    let quorum = n / 2 + 1;
+    for up in 0u32..(1 << n) {
+        for (i, s) in servers.iter().enumerate() {
+            if up & (1 << i) == 0 {
+                s.pause();
+            }
+        }
+        let name = format!("subset-{n}-{up}");
+        let reachable = up.count_ones() as usize;
+        let started = Instant::now();
+        let got = a.try_acquire(&name, TTL).await;
+        assert!(started.elapsed() < TTL, "attempt bounded: {:?}", started.elapsed());
+        match got {
+            Ok(Some(guard)) => {
+                assert!(reachable >= quorum, "acquired with only {reachable}/{n} nodes");
+                assert!(guard.is_held());
+                assert!(b.try_acquire(&name, TTL).await.unwrap().is_none(), "a second holder with {reachable}/{n}");
+                assert!(guard.extend(TTL).await.unwrap(), "extend with a majority");
+                assert!(guard.release().await.unwrap());
+            }
+            Ok(None) => panic!("{name}: reported busy although nobody holds it"),
+            Err(e) => assert!(reachable < quorum, "{name}: failed with {reachable}/{n} nodes: {e}"),
+        }
+        for (i, s) in servers.iter().enumerate() {
+            if up & (1 << i) == 0 {
+                s.resume();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_3_nodes_every_subset() {
+    every_subset(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_5_nodes_every_subset() {
+    every_subset(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redlock_tolerates_killed_minorities_and_never_overlaps() {
+    for (n, kill) in [(3usize, 1usize), (5, 2)] {
+        let mut servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::start()).collect();
+        let mut pools = Vec::new();
+        for _ in 0..3 {
+            pools.push(Locks::redlock(handles(&servers).await));
+        }
+        for s in servers.iter_mut().take(kill) {
+            s.kill();
+        }
+        let inside = Arc::new(AtomicUsize::new(0));
+        let overlaps = Arc::new(AtomicUsize::new(0));
+        let last = Arc::new(std::sync::Mutex::new(0u64));
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let locks = pools[t % pools.len()].clone();
+            let (inside, overlaps, last) = (inside.clone(), overlaps.clone(), last.clone());
+            tasks.push(tokio::spawn(async move {
+                let retry =
+                    Retry::new(Duration::from_secs(30)).delays(Duration::from_millis(1), Duration::from_millis(10));
+                for _ in 0..25 {
+                    let g = locks.acquire("shared", SHORT_TTL, retry).await.expect("acquire with a minority down");
+                    if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                        overlaps.fetch_add(1, Ordering::SeqCst);
+                    }
+                    {
+                        let mut last = last.lock().unwrap();
+                        assert!(g.fencing_token() > *last, "fence went back");
+                        *last = g.fencing_token();
+                    }
+                    tokio::task::yield_now().await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    g.release().await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(120), t).await.unwrap().unwrap();
+        }
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0, "{n} nodes, {kill} killed: overlap");
+        // One more node down: no majority, a bounded error rather than a hang.
+        servers[kill].kill();
+        let started = Instant::now();
+        assert!(pools[0].try_acquire("shared", TTL).await.is_err(), "no majority");
+        assert!(started.elapsed() < TTL);
+        // Back: works again.
+        for s in servers.iter_mut().take(kill + 1) {
+            s.restart();
+        }
+        let back = Instant::now();
+        loop {
+            if let Ok(Some(g)) = pools[1].try_acquire("after", TTL).await {
+                g.release().await.unwrap();
+                break;
+            }
+            assert!(back.elapsed() < Duration::from_secs(5), "no recovery");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
