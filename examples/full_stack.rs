@@ -1,0 +1,2 @@
+//! Placeholder: replaced by the whole-stack example.
+fn main() {}
