@@ -1,0 +1,209 @@
+//! The answer fields: IETF draft-10 `RateLimit-Policy` / `RateLimit` (built
+//! with `sfv`), `Retry-After`, legacy `X-RateLimit-*`, and the 429 / gRPC answers.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use redlayer_core::{
+    ResponseBody,
+    problem::{GrpcCode, Problem, grpc_response},
+};
+use sfv::{Integer, KeyRef, ListSerializer, StringRef};
+
+use crate::{Decision, decision::retry_after_secs};
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-10).
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10).
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn int(v: u64) -> Integer {
+    Integer::try_from(v.min(999_999_999_999_999) as i64).unwrap_or(Integer::constant(0))
+}
+
+/// `RateLimit-Policy: "name";q=100;w=60, ...` of these policies.
+pub(crate) fn policy_field(policies: &[crate::Policy]) -> Option<HeaderValue> {
+    let mut list = ListSerializer::new();
+    for p in policies {
+        let _ = list
+            .bare_item(StringRef::from_str(&p.name).ok()?)
+            .parameter(KeyRef::constant("q"), int(p.quota.count()))
+            .parameter(KeyRef::constant("w"), int(secs_ceil(p.quota.period()).max(1)));
+    }
+    HeaderValue::from_str(&list.finish()?).ok()
+}
+
+/// `RateLimit-Policy: "name";q=100;w=60, ...` and `RateLimit: "name";r=50;t=30, ...`.
+pub(crate) fn fields(decision: &Decision) -> Option<(HeaderValue, HeaderValue)> {
+    let mut policy = ListSerializer::new();
+    let mut state = ListSerializer::new();
+    let precomputed = decision.policy_field.clone();
+    for p in decision.policies() {
+        let name = StringRef::from_str(&p.name).ok()?;
+        if precomputed.is_none() {
+            let _ = policy
+                .bare_item(name)
+                .parameter(KeyRef::constant("q"), int(p.quota.count()))
+                .parameter(KeyRef::constant("w"), int(secs_ceil(p.quota.period()).max(1)));
+        }
+        let _ = state
+            .bare_item(name)
+            .parameter(KeyRef::constant("r"), int(p.remaining))
+            .parameter(KeyRef::constant("t"), int(secs_ceil(p.reset)));
+    }
+    let policy = match precomputed {
+        Some(field) => field,
+        None => HeaderValue::from_str(&policy.finish()?).ok()?,
+    };
+    let state = HeaderValue::from_str(&state.finish()?).ok()?;
+    Some((policy, state))
+}
+
+/// Writes the fields of `decision` into `headers`. Fields already there (set
+/// by another rate-limit layer nested inside this one) are kept: the
+/// structured lists are joined, `Retry-After` and the legacy fields stay.
+pub(crate) fn apply(headers: &mut HeaderMap, decision: &Decision, legacy: bool) {
+    if let Some((policy, state)) = fields(decision) {
+        join(headers, &RATELIMIT_POLICY, policy);
+        join(headers, &RATELIMIT, state);
+    }
+    if let Some(wait) = decision.retry_after() {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+    }
+    if legacy
+        && !headers.contains_key("x-ratelimit-limit")
+        && let Some(p) = decision.tightest()
+    {
+        headers.insert("x-ratelimit-limit", HeaderValue::from(p.quota.count()));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(p.remaining));
+        let reset = p.retry_after.unwrap_or(p.reset);
+        headers.insert("x-ratelimit-reset", HeaderValue::from(secs_ceil(reset)));
+    }
+}
+
+/// Appends the members of `value` to the list field `name` (one field line).
+fn join(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    let joined = match headers.get(name) {
+        Some(existing) if !existing.is_empty() => {
+            let mut bytes = existing.as_bytes().to_vec();
+            bytes.extend_from_slice(b", ");
+            bytes.extend_from_slice(value.as_bytes());
+            HeaderValue::from_bytes(&bytes).unwrap_or(value)
+        }
+        _ => value,
+    };
+    headers.insert(name.clone(), joined);
+}
+
+/// The answer to a denied request: 429 problem+json, or gRPC RESOURCE_EXHAUSTED.
+pub(crate) fn denied<B>(decision: &Decision, grpc: bool, legacy: bool) -> Response<ResponseBody<B>> {
+    let denied: Vec<&str> = decision.policies().iter().filter(|p| !p.allowed).map(|p| &*p.name).collect();
+    let wait = decision.retry_after().map(retry_after_secs);
+    let mut response = if grpc {
+        let message = match wait {
+            Some(s) => format!("rate limit exceeded ({}); retry after {s} s", denied.join(", ")),
+            None => format!("rate limit exceeded ({}); the request costs more than the limit", denied.join(", ")),
+        };
+        grpc_response(GrpcCode::ResourceExhausted, &message)
+    } else {
+        let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+            .detail(match wait {
+                Some(s) => format!("Rate limit exceeded ({}). Retry after {s} second(s).", denied.join(", ")),
+                None => format!("Rate limit exceeded ({}): this request costs more than the limit.", denied.join(", ")),
+            })
+            .extension("policies", serde_json::Value::from(denied.clone()));
+        if let Some(s) = wait {
+            problem = problem.extension("retry_after", s);
+        }
+        problem.into_response()
+    };
+    apply(response.headers_mut(), decision, legacy);
+    response
+}
+
+/// The answer when the store is down under fail-closed: 503 (gRPC UNAVAILABLE).
+pub(crate) fn unavailable<B>(grpc: bool) -> Response<ResponseBody<B>> {
+    let mut response = if grpc {
+        grpc_response(GrpcCode::Unavailable, "rate limiter unavailable")
+    } else {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+            .detail("The rate limiter cannot decide right now; retry shortly.")
+            .into_response()
+    };
+    response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(1u64));
+    response
+}
+
+/// The answer to a request without a key under [`NoKey::Reject`](crate::NoKey::Reject).
+pub(crate) fn no_key<B>(grpc: bool) -> Response<ResponseBody<B>> {
+    if grpc {
+        grpc_response(GrpcCode::InvalidArgument, "no rate-limit key (client identity) in the request")
+    } else {
+        Problem::new(StatusCode::BAD_REQUEST, "Bad Request")
+            .detail("The request carries no rate-limit key (client identity).")
+            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PolicyStatus, Quota};
+
+    fn status(name: &str, quota: Quota, remaining: u64, reset_ms: u64, retry_ms: Option<u64>) -> PolicyStatus {
+        PolicyStatus {
+            name: name.into(),
+            quota,
+            allowed: retry_ms.is_none(),
+            remaining,
+            reset: Duration::from_millis(reset_ms),
+            retry_after: retry_ms.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn draft_10_fields_list_every_policy() {
+        let decision = Decision {
+            allowed: false,
+            policies: vec![
+                status("burst", Quota::per_second(10), 0, 100, Some(1)),
+                status("daily", Quota::per_day(1000), 950, 3_600_500, None),
+            ],
+            degraded: None,
+            from_deny_cache: false,
+            policy_field: None,
+        };
+        let mut headers = HeaderMap::new();
+        apply(&mut headers, &decision, true);
+        assert_eq!(headers["ratelimit-policy"], r#""burst";q=10;w=1, "daily";q=1000;w=86400"#);
+        assert_eq!(headers["ratelimit"], r#""burst";r=0;t=1, "daily";r=950;t=3601"#);
+        assert_eq!(headers["retry-after"], "1", "1 ms of wait is 1 s, never 0");
+        assert_eq!(headers["x-ratelimit-limit"], "10");
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        assert_eq!(headers["x-ratelimit-reset"], "1");
+        // An outer layer adds its policies to the lists of an inner one.
+        let outer = Decision {
+            allowed: true,
+            policies: vec![status("outer", Quota::per_minute(60), 59, 1000, None)],
+            degraded: None,
+            from_deny_cache: false,
+            policy_field: None,
+        };
+        apply(&mut headers, &outer, true);
+        assert_eq!(headers["ratelimit"], r#""burst";r=0;t=1, "daily";r=950;t=3601, "outer";r=59;t=1"#);
+        assert_eq!(headers["retry-after"], "1");
+        assert_eq!(headers["x-ratelimit-limit"], "10");
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(12)), 12);
+    }
+}

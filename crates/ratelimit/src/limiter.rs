@@ -1,0 +1,343 @@
+//! [`RateLimiter`]: policies + store + failure policy + deny cache; the
+//! plain async API (`check`) and the engine behind the layer.
+
+use std::{sync::Arc, time::Duration};
+
+use redlayer_core::{Error, FailurePolicy, KeyPart, memory::ExpiringMap, report_degraded};
+
+use crate::{
+    Decision, Policy, PolicyStatus,
+    memory::MemoryStore,
+    store::{PolicySpec, RawOutcome, Store},
+};
+
+/// Default bound of the local deny cache (entries).
+pub const DEFAULT_DENY_CACHE_ENTRIES: usize = 10_000;
+
+/// A rate limiter: a set of [`Policy`]s decided together over one [`Store`].
+///
+/// Cheap to clone (an `Arc`); every clone, and every layer built from it,
+/// shares the same state. Use it directly for anything that is not an HTTP
+/// request (jobs, websocket messages) with [`RateLimiter::check`], or wrap
+/// it in a [`RateLimitLayer`](crate::RateLimitLayer).
+///
+/// ```
+/// use redlayer_ratelimit::{Policy, Quota, RateLimiter, Store};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let limiter = RateLimiter::builder(Store::memory())
+///     .policy(Policy::gcra("per-second", Quota::per_second(10)))
+///     .policy(Policy::fixed_window("per-day", Quota::per_day(1000)))
+///     .build();
+/// let decision = limiter.check("user-42", 1).await;
+/// assert!(decision.is_allowed());
+/// assert_eq!(decision.policies()[1].remaining, 999);
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RateLimiter {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) policies: Vec<Policy>,
+    specs: Vec<PolicySpec>,
+    pub(crate) tag: KeyPart,
+    /// `{policy}:{alg}` of each policy, the key suffix.
+    suffixes: Vec<String>,
+    /// `RateLimit-Policy` listing every policy.
+    policy_field: Option<http::HeaderValue>,
+    failure: FailurePolicy,
+    fallback: MemoryStore,
+    deny_cache: Option<DenyCache>,
+    shadow: bool,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct DenyCache {
+    map: ExpiringMap<String, ()>,
+    max: usize,
+}
+
+/// Builds a [`RateLimiter`].
+#[derive(Debug)]
+#[must_use]
+pub struct RateLimiterBuilder {
+    store: Store,
+    policies: Vec<Policy>,
+    tag: KeyPart,
+    failure: FailurePolicy,
+    deny_cache: usize,
+    shadow: bool,
+    timeout: Option<Duration>,
+}
+
+impl RateLimiter {
+    /// A builder over `store`. Add at least one policy.
+    pub fn builder(store: Store) -> RateLimiterBuilder {
+        RateLimiterBuilder {
+            store,
+            policies: Vec::new(),
+            tag: KeyPart::fixed("default"),
+            failure: FailurePolicy::FailOpen,
+            deny_cache: DEFAULT_DENY_CACHE_ENTRIES,
+            shadow: false,
+            timeout: None,
+        }
+    }
+
+    /// The policies.
+    pub fn policies(&self) -> &[Policy] {
+        &self.inner.policies
+    }
+
+    /// Spends `cost` units of every policy for `key` (a user id, a job name;
+    /// bounded/hashed like any client value), atomically: if any policy denies,
+    /// none is charged. `cost` 0 only reads. The failure policy applies when
+    /// the store is unavailable (see [`Decision::degraded`]).
+    ///
+    /// `key` is used for every policy (their own [`Policy::key`] extractors are
+    /// for the layer), under the one-client key layout (see the crate docs):
+    /// a layer over this limiter whose policies have no key of their own shares
+    /// these counters.
+    pub async fn check(&self, key: &str, cost: u64) -> Decision {
+        let id = KeyPart::client(key);
+        let keys = (0..self.inner.policies.len()).map(|i| self.shared_key(&id, i)).collect();
+        let active = (0..self.inner.policies.len()).collect();
+        self.decide(keys, active, cost).await
+    }
+
+    /// Like [`RateLimiter::check`], but returns the store's error instead of
+    /// applying the failure policy (no deny cache, no shadow mode).
+    pub async fn try_check(&self, key: &str, cost: u64) -> Result<Decision, Error> {
+        let id = KeyPart::client(key);
+        let keys: Vec<String> = (0..self.inner.policies.len()).map(|i| self.shared_key(&id, i)).collect();
+        let specs = self.inner.specs.clone();
+        let (allowed, raw) = self.timed(self.inner.store.decide(&keys, &specs, cost)).await?;
+        let active: Vec<usize> = (0..self.inner.policies.len()).collect();
+        Ok(self.build_decision(allowed, &raw, &active))
+    }
+
+    /// Key of policy `p` when every policy counts the same client: the client
+    /// is the hash tag (one slot per client: spreads over a cluster).
+    pub(crate) fn shared_key(&self, id: &KeyPart, policy: usize) -> String {
+        self.inner.store.keys().key_with("rl", id, &self.inner.suffixes[policy])
+    }
+
+    /// Key of policy `p` when policies count different clients: the limiter's
+    /// name is the hash tag, so one decision's keys share a slot.
+    pub(crate) fn tagged_key(&self, id: &KeyPart, policy: usize) -> String {
+        let suffix = format!("{}:{}", self.inner.suffixes[policy], id.as_str());
+        self.inner.store.keys().key_with("rl", &self.inner.tag, &suffix)
+    }
+
+    async fn timed<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        match tokio::time::timeout(self.inner.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(self.inner.timeout)),
+        }
+    }
+
+    /// One decision: `keys[i]` is the state key of policy `active[i]`.
+    pub(crate) async fn decide(&self, keys: Vec<String>, active: Vec<usize>, cost: u64) -> Decision {
+        match self.decide_locally(&keys, &active, cost) {
+            Some(decision) => decision,
+            None => self.decide_in_store(keys, active, cost).await,
+        }
+    }
+
+    /// The decisions that need no store: no policy applies, or the deny cache knows.
+    pub(crate) fn decide_locally(&self, keys: &[String], active: &[usize], cost: u64) -> Option<Decision> {
+        if active.is_empty() {
+            return Some(Decision {
+                allowed: true,
+                policies: Vec::new(),
+                degraded: None,
+                from_deny_cache: false,
+                policy_field: None,
+            });
+        }
+        let cache = self.inner.deny_cache.as_ref().filter(|_| cost > 0)?;
+        self.cached_denial(cache, keys, active).map(|d| self.shadowed(d))
+    }
+
+    /// A decision by the store (or the failure policy).
+    pub(crate) async fn decide_in_store(&self, keys: Vec<String>, active: Vec<usize>, cost: u64) -> Decision {
+        let inner = &self.inner;
+        let specs: Vec<PolicySpec> = active.iter().map(|&i| inner.specs[i]).collect();
+        let result = self.timed(inner.store.decide(&keys, &specs, cost)).await;
+        let decision = match result {
+            Ok((allowed, raw)) => {
+                if let (Some(cache), 1) = (&inner.deny_cache, cost) {
+                    for (key, outcome) in keys.iter().zip(&raw) {
+                        if !outcome.allowed
+                            && outcome.remaining == 0
+                            && outcome.retry_us > 0
+                            && cache.map.len() < cache.max
+                        {
+                            cache.map.insert(key.clone(), (), Some(Duration::from_micros(outcome.retry_us as u64)));
+                        }
+                    }
+                }
+                self.build_decision(allowed, &raw, &active)
+            }
+            Err(error) => {
+                report_degraded("ratelimit", inner.failure, &error);
+                match inner.failure {
+                    FailurePolicy::FailClosed => Decision {
+                        allowed: false,
+                        policies: Vec::new(),
+                        degraded: Some(FailurePolicy::FailClosed),
+                        from_deny_cache: false,
+                        policy_field: None,
+                    },
+                    FailurePolicy::LocalFallback => {
+                        let (allowed, raw) = inner.fallback.decide(&keys, &specs, cost);
+                        let mut d = self.build_decision(allowed, &raw, &active);
+                        d.degraded = Some(FailurePolicy::LocalFallback);
+                        d
+                    }
+                    _ => Decision {
+                        allowed: true,
+                        policies: Vec::new(),
+                        degraded: Some(FailurePolicy::FailOpen),
+                        from_deny_cache: false,
+                        policy_field: None,
+                    },
+                }
+            }
+        };
+        self.shadowed(decision)
+    }
+
+    fn shadowed(&self, mut decision: Decision) -> Decision {
+        if self.inner.shadow && !decision.allowed && decision.degraded != Some(FailurePolicy::FailClosed) {
+            let denied: Vec<&str> = decision.policies.iter().filter(|p| !p.allowed).map(|p| &*p.name).collect();
+            tracing::info!(target: "redlayer", ?denied, "rate limit exceeded (shadow mode: allowed)");
+            decision.allowed = true;
+        }
+        decision
+    }
+
+    fn cached_denial(&self, cache: &DenyCache, keys: &[String], active: &[usize]) -> Option<Decision> {
+        let mut policies = Vec::new();
+        for (key, &i) in keys.iter().zip(active) {
+            if let redlayer_core::memory::Ttl::ExpiresIn(left) = cache.map.ttl(key) {
+                let p = &self.inner.policies[i];
+                policies.push(PolicyStatus {
+                    name: p.name.clone(),
+                    quota: p.quota,
+                    allowed: false,
+                    remaining: 0,
+                    reset: left,
+                    retry_after: Some(left),
+                });
+            }
+        }
+        let policy_field = self.all_policies_field(policies.len());
+        (!policies.is_empty()).then_some(Decision {
+            allowed: false,
+            policies,
+            degraded: None,
+            from_deny_cache: true,
+            policy_field,
+        })
+    }
+
+    fn build_decision(&self, allowed: bool, raw: &[RawOutcome], active: &[usize]) -> Decision {
+        let policies: Vec<PolicyStatus> = raw
+            .iter()
+            .zip(active)
+            .map(|(o, &i)| {
+                let p = &self.inner.policies[i];
+                PolicyStatus {
+                    name: p.name.clone(),
+                    quota: p.quota,
+                    allowed: o.allowed,
+                    remaining: o.remaining.max(0) as u64,
+                    reset: Duration::from_micros(o.reset_us.max(0) as u64),
+                    retry_after: (!o.allowed && o.retry_us >= 0).then(|| Duration::from_micros(o.retry_us as u64)),
+                }
+            })
+            .collect();
+        let policy_field = self.all_policies_field(policies.len());
+        Decision { allowed, policies, degraded: None, from_deny_cache: false, policy_field }
+    }
+
+    fn all_policies_field(&self, reported: usize) -> Option<http::HeaderValue> {
+        self.inner.policy_field.clone().filter(|_| reported == self.inner.policies.len())
+    }
+}
+
+impl RateLimiterBuilder {
+    /// Adds a policy. All policies of a limiter are decided together, atomically.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        assert!(self.policies.iter().all(|p| p.name != policy.name), "duplicate policy name {:?}", policy.name);
+        self.policies.push(policy);
+        self
+    }
+
+    /// The limiter's name (default `default`): the hash tag of its keys when its
+    /// policies count different clients (see the crate docs, "Redis Cluster").
+    /// Give each such limiter its own name to spread them over a cluster.
+    pub fn name(mut self, name: &str) -> Self {
+        self.tag = KeyPart::fixed(name);
+        self
+    }
+
+    /// What to do when the store is slow or down (default
+    /// [`FailurePolicy::FailOpen`]; `FailClosed` answers 503;
+    /// `LocalFallback` decides in this process's memory with the same policies
+    /// until the store answers again).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure = policy;
+        self
+    }
+
+    /// Bound of the local deny cache (default [`DEFAULT_DENY_CACHE_ENTRIES`]);
+    /// 0 turns it off. The cache holds only denials ("this key is blocked until
+    /// T"), so it is exact across instances: a blocked client is refused
+    /// in-process, with no store call, until its block ends.
+    pub fn deny_cache(mut self, max_entries: usize) -> Self {
+        self.deny_cache = max_entries;
+        self
+    }
+
+    /// Shadow mode: decide, report (headers, a `tracing` event) but never block.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The per-decision timeout (default: the Redis handle's timeout, 500 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Builds the limiter. Panics without any policy (a programming error).
+    pub fn build(self) -> RateLimiter {
+        assert!(!self.policies.is_empty(), "a RateLimiter needs at least one policy");
+        let timeout = self
+            .timeout
+            .or_else(|| self.store.redis_handle().map(|r| r.timeout()))
+            .unwrap_or(redlayer_core::DEFAULT_TIMEOUT);
+        RateLimiter {
+            inner: Arc::new(Inner {
+                suffixes: self.policies.iter().map(|p| format!("{}:{}", p.name, p.algorithm.state_name())).collect(),
+                policy_field: crate::headers::policy_field(&self.policies),
+                specs: self.policies.iter().map(Policy::spec).collect(),
+                store: self.store,
+                policies: self.policies,
+                tag: self.tag,
+                failure: self.failure,
+                fallback: MemoryStore::new(None),
+                deny_cache: (self.deny_cache > 0).then(|| DenyCache { map: ExpiringMap::new(), max: self.deny_cache }),
+                shadow: self.shadow,
+                timeout,
+            }),
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The in-memory backend: the Lua script's arithmetic, in Rust, on an
+//! [`ExpiringMap`], with the same semantics (one process only).
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use redlayer_core::memory::{Clock, ExpiringMap, SystemClock, Update};
+
+use crate::store::{PolicySpec, RawOutcome};
+
+#[derive(Debug, Clone)]
+enum State {
+    Tat(i64),
+    Window { w: i64, n: i64 },
+    Sliding { w: i64, c: i64, p: i64 },
+    Log(VecDeque<i64>),
+}
+
+/// The in-memory limiter state.
+pub(crate) struct MemoryStore {
+    map: ExpiringMap<String, State>,
+    /// Held across the read and the write of one decision: several keys move together.
+    gate: Mutex<()>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    pub(crate) fn new(clock: Option<Arc<dyn Clock>>) -> Self {
+        MemoryStore {
+            map: ExpiringMap::with_clock(clock.unwrap_or_else(|| Arc::new(SystemClock))),
+            gate: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn decide(&self, keys: &[String], specs: &[PolicySpec], cost: u64) -> (bool, Vec<RawOutcome>) {
+        let cost = cost.min(crate::quota::MAX_COST) as i64;
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let mut outcomes = Vec::with_capacity(specs.len());
+        let mut writes = Vec::with_capacity(specs.len());
+        for (key, spec) in keys.iter().zip(specs) {
+            let (outcome, write) =
+                self.map.update(key.clone(), |state, now| (Update::Keep, evaluate(state.as_deref(), now, cost, spec)));
+            outcomes.push(outcome);
+            writes.push(write);
+        }
+        let all = outcomes.iter().all(|o| o.allowed);
+        if !all || cost == 0 {
+            // Nothing is charged: report every policy as it stands.
+            for (outcome, (_, before)) in outcomes.iter_mut().zip(&writes) {
+                outcome.remaining = before.0.max(0);
+                outcome.reset_us = before.1.max(0);
+            }
+        }
+        if all && cost > 0 {
+            for (key, write) in keys.iter().zip(writes) {
+                if let (Some((state, ttl_us)), _) = write {
+                    self.map.insert(key.clone(), state, Some(Duration::from_micros(ttl_us.max(1000) as u64)));
+                }
+            }
+        }
+        (all, outcomes)
+    }
+}
+
+fn now_us(now: Duration) -> i64 {
+    now.as_micros() as i64
+}
+
+/// One policy, as the script computes it: the outcome and the state to write if all allow.
+/// The write is `(state to store if all allow, (remaining, reset) if nothing is charged)`.
+type Write = (Option<(State, i64)>, (i64, i64));
+
+fn evaluate(state: Option<&State>, now: Duration, cost: i64, spec: &PolicySpec) -> (RawOutcome, Write) {
+    let now = now_us(now);
+    let (count, period, burst) = (spec.count, spec.period_us, spec.burst);
+    let mut out = RawOutcome { allowed: true, remaining: 0, reset_us: 0, retry_us: 0 };
+    let mut write = None;
+    let mut before: (i64, i64);
+    match spec.algorithm {
+        1 => {
+            let interval = (period / count).max(1);
+            let dvt = interval.saturating_mul(burst);
+            let tat = match state {
+                Some(State::Tat(t)) => (*t).max(now),
+                _ => now,
+            };
+            let new_tat = tat.saturating_add(interval.saturating_mul(cost));
+            let allow_at = new_tat - dvt;
+            let mut after = new_tat;
+            if now < allow_at {
+                out.allowed = false;
+                after = tat;
+                out.retry_us = if interval.saturating_mul(cost) > dvt { -1 } else { allow_at - now };
+            } else {
+                write = Some((State::Tat(new_tat), new_tat - now));
+            }
+            out.remaining = (dvt - (after - now)).div_euclid(interval);
+            out.reset_us = after - now;
+            before = ((dvt - (tat - now)).div_euclid(interval), tat - now);
+        }
+        2 => {
+            let w = now.div_euclid(period);
+            let mut used = match state {
+                Some(State::Window { w: sw, n }) if *sw == w => *n,
+                _ => 0,
+            };
+            let ends = (w + 1) * period - now;
+            before = (count - used, if used > 0 { ends } else { 0 });
+            if used + cost > count {
+                out.allowed = false;
+                out.retry_us = if cost > count { -1 } else { ends };
+            } else {
+                used += cost;
+                write = Some((State::Window { w, n: used }, ends));
+            }
+            out.remaining = count - used;
+            out.reset_us = ends;
+        }
+        3 => {
+            let w = now.div_euclid(period);
+            let elapsed = now - w * period;
+            let (mut cur, prev) = match state {
+                Some(State::Sliding { w: sw, c, p }) if *sw == w => (*c, *p),
+                Some(State::Sliding { w: sw, c, .. }) if *sw == w - 1 => (0, *c),
+                _ => (0, 0),
+            };
+            let (countf, periodf, elapsedf) = (count as f64, period as f64, elapsed as f64);
+            let mut est = prev as f64 * (periodf - elapsedf) / periodf + cur as f64;
+            before = (
+                (countf - est).floor() as i64,
+                if cur > 0 {
+                    2 * period - elapsed
+                } else if prev > 0 {
+                    period - elapsed
+                } else {
+                    0
+                },
+            );
+            if est + cost as f64 > countf {
+                out.allowed = false;
+                let need = count - cost - cur;
+                let mut retry = if count - cost < 0 {
+                    -1
+                } else if need >= 0 && prev > 0 {
+                    (periodf - need as f64 * periodf / prev as f64 - elapsedf).ceil() as i64
+                } else if cur + cost <= count || cur == 0 {
+                    period - elapsed
+                } else {
+                    let t2 = (periodf - (count - cost) as f64 * periodf / cur as f64).max(0.0);
+                    (periodf - elapsedf + t2).ceil() as i64
+                };
+                if retry != -1 && retry < 1 {
+                    retry = 1;
+                }
+                out.retry_us = retry;
+            } else {
+                cur += cost;
+                est += cost as f64;
+                write = Some((State::Sliding { w, c: cur, p: prev }, 2 * period - elapsed));
+            }
+            out.remaining = (countf - est).floor() as i64;
+            out.reset_us = if cur > 0 {
+                2 * period - elapsed
+            } else if prev > 0 {
+                period - elapsed
+            } else {
+                0
+            };
+        }
+        _ => {
+            let mut log: VecDeque<i64> = match state {
+                Some(State::Log(log)) => log.iter().copied().filter(|t| *t > now - period).collect(),
+                _ => VecDeque::new(),
+            };
+            let mut used = log.len() as i64;
+            before = (count - used, log.front().map_or(0, |oldest| oldest + period - now));
+            if used + cost > count {
+                out.allowed = false;
+                out.retry_us = if cost > count {
+                    -1
+                } else {
+                    let k = (used + cost - count) as usize;
+                    (log[k - 1] + period - now).max(1)
+                };
+            } else {
+                used += cost;
+                log.extend(std::iter::repeat_n(now, cost as usize));
+            }
+            out.remaining = count - used;
+            out.reset_us = match log.front() {
+                Some(oldest) => oldest + period - now,
+                None if used > 0 => period,
+                None => 0,
+            };
+            if out.allowed {
+                write = Some((State::Log(log), period));
+            }
+        }
+    }
+    if !out.allowed {
+        before = (out.remaining, out.reset_us);
+    }
+    out.remaining = out.remaining.max(0);
+    out.reset_us = out.reset_us.max(0);
+    (out, (write, before))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redlayer_core::memory::ManualClock;
+
+    fn store() -> (ManualClock, MemoryStore) {
+        let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+        (clock.clone(), MemoryStore::new(Some(Arc::new(clock))))
+    }
+
+    fn spec(algorithm: i64, count: i64, period_s: i64, burst: i64) -> PolicySpec {
+        PolicySpec { algorithm, count, period_us: period_s * 1_000_000, burst }
+    }
+
+    fn allowed(m: &MemoryStore, s: PolicySpec) -> bool {
+        m.decide(&["k".to_owned()], &[s], 1).0
+    }
+
+    #[test]
+    fn gcra_refills_one_per_interval() {
+        let (clock, m) = store();
+        let s = spec(1, 6, 60, 3); // one per 10 s, 3 at once
+        assert!((0..3).all(|_| allowed(&m, s)));
+        let (ok, out) = m.decide(&["k".to_owned()], &[s], 1);
+        assert!(!ok);
+        assert_eq!(out[0].retry_us, 10_000_000);
+        clock.advance(Duration::from_millis(9_999));
+        assert!(!allowed(&m, s));
+        clock.advance(Duration::from_millis(1));
+        assert!(allowed(&m, s));
+        assert!(!allowed(&m, s));
+        clock.advance(Duration::from_secs(30));
+        let (_, out) = m.decide(&["k".to_owned()], &[s], 0);
+        assert_eq!((out[0].remaining, out[0].reset_us), (3, 0), "full again after burst x interval");
+    }
+
+    #[test]
+    fn fixed_window_resets_at_the_boundary_and_sliding_counter_weighs_the_past() {
+        let (clock, m) = store();
+        // Align to a window start.
+        let now = clock.now().as_micros() as i64;
+        clock.advance(Duration::from_micros((60_000_000 - now % 60_000_000) as u64));
+        let fixed = spec(2, 10, 60, 10);
+        assert!((0..10).all(|_| m.decide(&["f".into()], &[fixed], 1).0));
+        assert!(!m.decide(&["f".into()], &[fixed], 1).0);
+        let swc = spec(3, 10, 60, 10);
+        assert!((0..10).all(|_| m.decide(&["s".into()], &[swc], 1).0));
+        clock.advance(Duration::from_secs(60)); // next window: previous weighs 100%
+        assert!(m.decide(&["f".into()], &[fixed], 1).0, "fixed window: a fresh count");
+        assert!(!m.decide(&["s".into()], &[swc], 1).0, "sliding: still 10 in the last minute");
+        clock.advance(Duration::from_secs(30)); // half of the previous window left: est = 5
+        let (ok, out) = m.decide(&["s".into()], &[swc], 5);
+        assert!(ok);
+        assert_eq!(out[0].remaining, 0);
+    }
+
+    #[test]
+    fn sliding_log_is_exact() {
+        let (clock, m) = store();
+        let log = spec(4, 3, 10, 3);
+        for _ in 0..3 {
+            assert!(m.decide(&["l".into()], &[log], 1).0);
+            clock.advance(Duration::from_secs(2));
+        }
+        // Requests at 0, 2, 4 s; now 6 s: the next slot frees at 10 s.
+        let (ok, out) = m.decide(&["l".into()], &[log], 1);
+        assert!(!ok);
+        assert_eq!(out[0].retry_us, 4_000_000);
+        clock.advance(Duration::from_secs(4));
+        assert!(m.decide(&["l".into()], &[log], 1).0);
+        assert!(!m.decide(&["l".into()], &[log], 1).0);
+    }
+}

@@ -1,0 +1,97 @@
+//! [`Policy`]: a named quota, its algorithm and (optionally) its own key.
+
+use std::sync::Arc;
+
+use crate::{Algorithm, Key, Quota};
+
+/// One limit: a name (shown in the `RateLimit` headers and used in Redis
+/// keys), an [`Algorithm`], a [`Quota`], and optionally its own [`Key`]
+/// (otherwise the layer's key).
+///
+/// Names are 1 to 32 characters of `A-Z a-z 0-9 _ - .`; anything else is a
+/// programming error and panics when the policy is built.
+///
+/// ```
+/// use redlayer_ratelimit::{Key, Policy, Quota};
+/// let per_ip = Policy::gcra("per-ip", Quota::per_second(10).burst(20));
+/// let per_key = Policy::fixed_window("per-key", Quota::per_day(10_000)).key(Key::header("x-api-key"));
+/// let bucket = Policy::token_bucket("bucket", 50, Quota::per_second(5));
+/// # let _ = (per_ip, per_key, bucket);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Policy {
+    pub(crate) name: Arc<str>,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) quota: Quota,
+    pub(crate) key: Option<Key>,
+}
+
+impl Policy {
+    /// A policy with any algorithm.
+    pub fn new(name: &str, algorithm: Algorithm, quota: Quota) -> Self {
+        assert!(
+            !name.is_empty()
+                && name.len() <= 32
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)),
+            "policy name must be 1..=32 characters of [A-Za-z0-9_.-], got {name:?}"
+        );
+        Policy { name: Arc::from(name), algorithm, quota, key: None }
+    }
+
+    /// GCRA (the default algorithm).
+    pub fn gcra(name: &str, quota: Quota) -> Self {
+        Self::new(name, Algorithm::Gcra, quota)
+    }
+
+    /// A token bucket of `capacity` tokens, refilled continuously at `refill`
+    /// (e.g. `Quota::per_second(5)`); computed as GCRA with burst = capacity.
+    pub fn token_bucket(name: &str, capacity: u64, refill: Quota) -> Self {
+        Self::new(name, Algorithm::TokenBucket, refill.burst(capacity))
+    }
+
+    /// A fixed window (up to 2x the count around a window boundary; see [`Algorithm::FixedWindow`]).
+    pub fn fixed_window(name: &str, quota: Quota) -> Self {
+        Self::new(name, Algorithm::FixedWindow, quota)
+    }
+
+    /// A sliding window counter (two weighted counters).
+    pub fn sliding_window(name: &str, quota: Quota) -> Self {
+        Self::new(name, Algorithm::SlidingWindowCounter, quota)
+    }
+
+    /// An exact sliding window log (memory grows with the count).
+    pub fn sliding_log(name: &str, quota: Quota) -> Self {
+        Self::new(name, Algorithm::SlidingWindowLog, quota)
+    }
+
+    /// This policy's own key (e.g. per API key while the layer counts per IP).
+    pub fn key(mut self, key: impl Into<Key>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The quota.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    pub(crate) fn spec(&self) -> crate::store::PolicySpec {
+        crate::store::PolicySpec {
+            algorithm: self.algorithm.code(),
+            count: self.quota.count() as i64,
+            period_us: self.quota.period_us(),
+            burst: self.quota.burst_size() as i64,
+        }
+    }
+}
