@@ -1,2 +1,132 @@
-//! Placeholder: replaced when its crate lands.
-fn main() {}
+//! A caching reverse proxy: an RFC 9111 shared cache (`redlayer::cache::CacheLayer`)
+//! in front of one origin server.
+//!
+//! ```text
+//! # origin on 127.0.0.1:8000, proxy on 127.0.0.1:8080, entries in memory:
+//! cargo run --release --example cache_proxy
+//!
+//! # choose the ports / origin, share the cache in Redis:
+//! PORT=8080 ORIGIN=http://127.0.0.1:8000 REDIS_URL=redis://127.0.0.1:6379/ \
+//!     cargo run --release --example cache_proxy
+//!
+//! # the same with arguments:
+//! cargo run --release --example cache_proxy -- --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8000
+//! ```
+//!
+//! Every request (any method, headers and body) is forwarded to the origin
+//! with hyper-util's client; hop-by-hop headers are dropped both ways. GET and
+//! HEAD go through the cache; successful unsafe methods invalidate. Each
+//! response carries a `Cache-Status` header saying what the cache did. An
+//! unreachable origin answers `502 Bad Gateway`.
+
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+use axum::{Router, body::Body};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, header};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use redlayer::cache::CacheLayer;
+use tower::Layer;
+
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()))
+        .filter(|n| !n.is_empty())
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        headers.remove(name);
+    }
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,redlayer=warn".into()),
+        )
+        .init();
+
+    let addr: SocketAddr = match arg("--listen") {
+        Some(listen) => listen.parse()?,
+        None => {
+            let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+    };
+    let origin = arg("--upstream")
+        .or_else(|| std::env::var("ORIGIN").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:8000".into());
+    let origin: Uri = origin.trim_end_matches('/').parse()?;
+    let (scheme, authority) = (
+        origin.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
+        origin.authority().cloned().ok_or("ORIGIN needs a host")?,
+    );
+
+    // RFC 9111 lets a shared cache store a response that carries Set-Cookie
+    // when it is explicitly cacheable; the cookie itself is never stored nor
+    // served to anyone but the client whose request produced it.
+    let layer = match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => {
+            println!("cache_proxy: entries in Redis at {url}");
+            CacheLayer::new(redlayer::Redis::builder().connect_lazy(&url)?)
+        }
+        _ => {
+            println!("cache_proxy: entries in memory (set REDIS_URL to share them in Redis)");
+            CacheLayer::memory()
+        }
+    }
+    .store_set_cookie(true);
+
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build(connector);
+
+    let forward = tower::service_fn(move |req: Request<Body>| {
+        let client = client.clone();
+        let (scheme, authority) = (scheme.clone(), authority.clone());
+        async move {
+            let (mut parts, body) = req.into_parts();
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            parts.uri = Uri::builder().scheme(scheme).authority(authority).path_and_query(pq).build().unwrap_or_default();
+            parts.version = http::Version::HTTP_11;
+            strip_hop_by_hop(&mut parts.headers);
+            let response = match client.request(Request::from_parts(parts, body)).await {
+                Ok(res) => {
+                    let (mut parts, body) = res.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Response::from_parts(parts, Body::new(body))
+                }
+                Err(e) => {
+                    tracing::warn!(%e, "origin unreachable");
+                    let mut res = Response::new(Body::from("bad gateway"));
+                    *res.status_mut() = StatusCode::BAD_GATEWAY;
+                    res
+                }
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+
+    let app = Router::new().fallback_service(layer.layer(forward));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!("cache_proxy: listening on http://{addr}, origin {origin}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

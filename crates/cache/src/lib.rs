@@ -1,1 +1,126 @@
-//! redlayer-cache: being built.
+//! redlayer-cache: an RFC 9111 shared HTTP response cache as a tower layer,
+//! with its entries in Redis (shared by every instance) or in memory, and a
+//! typed cache-aside API for data that is not HTTP.
+//!
+//! Which crate does what: [`http_cache_semantics`] decides storability,
+//! freshness (`s-maxage`, `max-age`, `Expires`, heuristics), `Vary` matching,
+//! request `Cache-Control` (`max-age`, `min-fresh`, `max-stale`, `no-cache`)
+//! and builds revalidation requests; this crate adds the storage (Redis via
+//! redlayer-core's handle, or memory), `Age` (RFC 9111 4.2.3), `Cache-Status`
+//! (RFC 9211), 304s to conditional clients, `stale-while-revalidate` and
+//! `stale-if-error` (RFC 5861), invalidation after unsafe methods,
+//! coalescing of concurrent misses, tags and purges, and XFetch.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use redlayer_cache::CacheLayer;
+//!
+//! # async fn demo() -> Result<(), redlayer_core::Error> {
+//! let redis = redlayer_core::Redis::connect("redis://127.0.0.1/").await?;
+//! let app: Router = Router::new()
+//!     .route("/time", get(|| async { ([("cache-control", "max-age=5")], "now") }))
+//!     .layer(CacheLayer::new(redis.clone()).tag_header(Some("surrogate-key".parse().unwrap())));
+//! # let _ = app; Ok(()) }
+//! ```
+//!
+//! # What the layer does
+//!
+//! - GET and HEAD are looked up under `GET <normalized URI>` (a custom
+//!   [`CacheLayer::key_fn`] and a [`CacheLayer::namespace`] hook exist), and
+//!   the variant chosen by the request headers named in the stored `Vary`.
+//!   `Vary: *` is never stored.
+//! - Hits are served with `Age`; a client whose `If-None-Match` /
+//!   `If-Modified-Since` matches gets a 304.
+//! - Stale entries with a validator are revalidated with a conditional
+//!   request; a 304 refreshes the stored headers.
+//! - Misses are forwarded; the body streams to the client while a copy is
+//!   collected up to [`CacheLayer::max_body_size`]: larger bodies pass
+//!   through unstored. Concurrent misses of one key in one process wait for
+//!   the first (waiters get the shared entry, never its `Set-Cookie`).
+//! - Responses with `Set-Cookie` are not stored by default
+//!   ([`CacheLayer::store_set_cookie`] stores them without the cookie, which
+//!   then only reaches the client whose request produced it); responses to
+//!   requests with `Authorization` only when `public`, `s-maxage` or
+//!   `must-revalidate` allow it; `private` and `no-store` never.
+//! - A successful POST/PUT/PATCH/DELETE (any non-safe method) deletes the
+//!   entries of its URI and of same-origin `Location` / `Content-Location`.
+//! - `Cache-Control` is parsed strictly before `http-cache-semantics` sees it
+//!   (`max-age =1` and directives inside quoted strings are ignored; qualified
+//!   `no-cache="f"` / `private="f"` store the response without field `f`;
+//!   `proxy-revalidate` and `s-maxage` forbid serving stale); HTTP dates are
+//!   parsed strictly (an invalid `Expires` means already expired).
+//! - `stale-while-revalidate` serves the stale entry and refreshes it in the
+//!   background; `stale-if-error` (response or request) serves it when the
+//!   origin answers 500, 502, 503 or 504; [`CacheLayer::xfetch`] refreshes hot
+//!   entries early.
+//! - When Redis is slow or down the layer steps aside (the origin serves,
+//!   `Cache-Status: redlayer; fwd=bypass; detail=store-unavailable`), and
+//!   skips the store for 500 ms after a failure.
+//!
+//! `Cache-Status` values: `hit; ttl=N`, `hit; ttl=-N; detail=stale-while-revalidate`,
+//! `fwd=uri-miss; fwd-status=200; stored`, `fwd=uri-miss; collapsed`,
+//! `fwd=stale; fwd-status=304`, `fwd=stale; fwd-status=503; detail=stale-if-error`,
+//! `fwd=method` (unsafe and uncacheable methods), `fwd=request; detail=no-store`,
+//! `fwd=bypass` (no key, or `detail=store-unavailable`).
+//!
+//! # Cache-aside
+//!
+//! [`CacheAside`] stores typed values (serde JSON with a version byte) with
+//! `get_or_insert_with`, `get_or_insert_tagged`, `get_or_insert_swr`
+//! (stale-while-revalidate), `get`, `set`, `set_with_tags`, `invalidate`,
+//! `invalidate_tag`; one fetch per key in a process and, on Redis, across
+//! instances (a short lock; the others poll for the value).
+//!
+//! # Coalescing
+//!
+//! Concurrent misses of one key in one process wait for the first request
+//! (single flight). Across instances (Redis backend) the first instance takes
+//! a short fill lock (redlayer-lock, `cache-fill:<entry key>`, ttl = the
+//! coalesce timeout, default 5 s); the others poll the store (10 ms doubling
+//! to 100 ms) until the entry appears, and go to the origin themselves when
+//! the lock is free again without an entry (the leader's response was not
+//! storable, or the leader died) or when the coalesce timeout ends. Background
+//! refreshes (stale-while-revalidate, XFetch) take `cache-refresh:<entry key>`
+//! so one instance refreshes a key at a time.
+//!
+//! # Keys and cluster safety
+//!
+//! | kind | key | type | expiry |
+//! |---|---|---|---|
+//! | `cache` | `{prefix}:cache:{<GET uri>}` | HASH: `uri`, `vary`, `v:<variant>` = entry | longest variant: freshness + stale windows + retention |
+//! | `cachetag` | `{prefix}:cachetag:{<tag>}` | SET of entry keys | longest member |
+//! | `cacheval` | `{prefix}:cacheval:{<key>}` | STRING: version byte + JSON | the ttl given |
+//!
+//! Every script touches one key. A tag index cannot share a slot with all
+//! the entries it names, so it lives in its tag's slot and a purge reads it
+//! with `SSCAN` and deletes each entry with its own `DEL` (pipelined on a
+//! standalone server, one by one on a cluster): nothing can fail with
+//! `CROSSSLOT`. Purges bump an in-process epoch so fills in flight are not
+//! stored, and re-run once after 2 s to catch fills finishing elsewhere.
+//! `purge_prefix` uses `SCAN` (never `KEYS`) and reads each entry's `uri`
+//! field; on a cluster it scans every master (found with `CLUSTER SLOTS`, reached
+//! without credentials) and deletes through the cluster handle.
+#![deny(missing_docs, unsafe_code)]
+
+mod aside;
+mod body;
+mod entry;
+mod flight;
+pub mod key;
+mod layer;
+mod policy;
+mod service;
+mod status;
+mod store;
+
+pub use aside::CacheAside;
+pub use body::CacheBody;
+pub use future::ResponseFuture;
+pub use layer::{CacheLayer, DEFAULT_MAX_BODY};
+pub use service::Cache;
+pub use store::Store;
+
+mod future;
+
+/// The encoding version of stored entries; entries of other versions are misses.
+pub const ENTRY_VERSION: u8 = entry::VERSION;

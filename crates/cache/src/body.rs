@@ -1,0 +1,162 @@
+//! [`CacheBody`]: the response body of the cache layer.
+
+use std::{
+    fmt,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+/// Called once with the complete body, or `None` when it was not collected
+/// (too large, failed, or dropped before its end).
+pub(crate) type OnComplete = Box<dyn FnOnce(Option<Bytes>) + Send>;
+
+/// Collects a copy of a streamed body for the store.
+pub struct Collector {
+    buf: BytesMut,
+    max: usize,
+    done: Option<OnComplete>,
+}
+
+impl Collector {
+    pub fn new(max: usize, expected: usize, done: OnComplete) -> Self {
+        Collector { buf: BytesMut::with_capacity(expected.min(max)), max, done: Some(done) }
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        if self.done.is_none() {
+            return;
+        }
+        if self.buf.len() + data.len() > self.max {
+            self.buf = BytesMut::new();
+            if let Some(done) = self.done.take() {
+                done(None);
+            }
+            return;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    fn complete(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(Some(std::mem::take(&mut self.buf).freeze()));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(None);
+        }
+    }
+}
+
+pin_project! {
+    /// The cache layer's response body: the inner body passed through, the
+    /// inner body streamed to the client while a copy is collected for the
+    /// store (up to the size cap), or a stored body.
+    #[allow(missing_docs, private_interfaces)]
+    #[project = CacheBodyProj]
+    pub enum CacheBody<B> {
+        /// The inner service's body, untouched.
+        Inner { #[pin] body: B },
+        /// The inner body, streamed while being collected.
+        Tee { #[pin] body: B, collector: Collector },
+        /// A body from the cache (or of the layer's own).
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl<B> fmt::Debug for CacheBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CacheBody::Inner { .. } => f.write_str("CacheBody::Inner"),
+            CacheBody::Tee { .. } => f.write_str("CacheBody::Tee"),
+            CacheBody::Full { data } => {
+                f.debug_struct("CacheBody::Full").field("len", &data.as_ref().map(|d| d.len())).finish()
+            }
+        }
+    }
+}
+
+impl<B> CacheBody<B> {
+    /// A complete body.
+    pub fn full(data: Bytes) -> Self {
+        CacheBody::Full { data: (!data.is_empty()).then_some(data) }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        CacheBody::Full { data: None }
+    }
+
+    pub(crate) fn inner(body: B) -> Self {
+        CacheBody::Inner { body }
+    }
+}
+
+impl<B: Body<Data = Bytes>> CacheBody<B> {
+    pub(crate) fn tee(body: B, collector: Collector) -> Self {
+        if body.is_end_stream() {
+            let mut collector = collector;
+            collector.complete();
+            return CacheBody::Inner { body };
+        }
+        CacheBody::Tee { body, collector }
+    }
+}
+
+impl<B> Body for CacheBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project() {
+            CacheBodyProj::Inner { body } => body.poll_frame(cx),
+            CacheBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            CacheBodyProj::Tee { mut body, collector } => match body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        collector.push(data);
+                    }
+                    if body.is_end_stream() {
+                        collector.complete();
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(None) => {
+                    collector.complete();
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(done) = collector.done.take() {
+                        done(None);
+                    }
+                    Poll::Ready(Some(Err(e)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            CacheBody::Inner { body } | CacheBody::Tee { body, .. } => body.is_end_stream(),
+            CacheBody::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            CacheBody::Inner { body } | CacheBody::Tee { body, .. } => body.size_hint(),
+            CacheBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

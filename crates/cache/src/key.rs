@@ -1,0 +1,188 @@
+//! Cache keys: method + normalized URI (+ namespace), and variant ids from `Vary`.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, request::Parts};
+use redlayer_core::keys::digest_b64;
+
+/// A custom key function: the primary key text for a request, or `None` to
+/// bypass the cache for it. The default is [`default_key`].
+pub type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// A namespace (tenant) hook: its answer is put in front of every key, so
+/// tenants never share entries. `None`: no namespace.
+pub type NamespaceFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// The normalized effective URI of a request: lowercase scheme and host,
+/// default port dropped, percent-encodings of unreserved characters decoded
+/// and hex digits uppercased, empty path as `/`. The host comes from the URI
+/// or the `Host` header.
+pub fn normalized_uri(parts: &Parts) -> String {
+    let uri = &parts.uri;
+    let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    normalize(&scheme, &host, uri.path_and_query().map_or("/", |p| p.as_str()))
+}
+
+/// Normalizes `scheme://host` + `path_and_query` (see [`normalized_uri`]).
+pub fn normalize(scheme: &str, host: &str, path_and_query: &str) -> String {
+    let mut host = host.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    if host.ends_with(default_port) {
+        host.truncate(host.len() - default_port.len());
+    }
+    let mut out = String::with_capacity(scheme.len() + host.len() + path_and_query.len() + 4);
+    out.push_str(scheme);
+    out.push_str("://");
+    out.push_str(&host);
+    let pq = if path_and_query.is_empty() { "/" } else { path_and_query };
+    if !pq.starts_with('/') && !pq.starts_with('*') {
+        out.push('/');
+    }
+    let bytes = pq.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' && i + 2 < bytes.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c as char);
+                } else {
+                    out.push('%');
+                    out.push(bytes[i + 1].to_ascii_uppercase() as char);
+                    out.push(bytes[i + 2].to_ascii_uppercase() as char);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b as char);
+        i += 1;
+    }
+    out
+}
+
+/// The default primary key: `GET <normalized uri>`. HEAD requests use the GET
+/// key (a stored GET answers HEAD).
+pub fn default_key(parts: &Parts) -> Option<String> {
+    Some(format!("GET {}", normalized_uri(parts)))
+}
+
+/// The header names listed by `Vary`, lowercased, sorted, joined by `,`;
+/// `None` for `Vary: *`.
+pub fn vary_spec(headers: &HeaderMap) -> Option<String> {
+    let mut names: Vec<String> = Vec::new();
+    for value in headers.get_all(http::header::VARY) {
+        let Ok(value) = value.to_str() else { return None };
+        for name in value.split(',') {
+            let name = name.trim().to_ascii_lowercase();
+            if name == "*" {
+                return None;
+            }
+            if !name.is_empty() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    Some(names.join(","))
+}
+
+/// The values of a request header as one normalized value: every field
+/// line joined, split on commas, each member trimmed (`a,b`, ` a, b ` and two
+/// lines `a` / `b` are the same selection). `None` when absent.
+pub fn normalized_value(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let mut out: Vec<u8> = Vec::new();
+    for value in values {
+        for member in value.as_bytes().split(|b| *b == b',') {
+            let member = member.trim_ascii();
+            if member.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(member);
+        }
+    }
+    Some(out)
+}
+
+/// The variant id of a request under a Vary spec: empty when nothing varies,
+/// else a digest of the named request headers' normalized values.
+pub fn variant_id(spec: &str, headers: &HeaderMap) -> String {
+    if spec.is_empty() {
+        return String::new();
+    }
+    let mut raw = Vec::new();
+    for name in spec.split(',') {
+        raw.extend_from_slice(name.as_bytes());
+        match normalized_value(headers, name) {
+            Some(v) => {
+                raw.push(1);
+                raw.extend_from_slice(&v);
+            }
+            None => raw.push(0),
+        }
+        raw.push(2);
+    }
+    digest_b64(&raw)
+}
+
+/// The request headers with each header named by the Vary `spec` replaced by
+/// its normalized value (what is stored, and what matching compares).
+pub fn normalize_selecting(spec: &str, headers: &mut HeaderMap) {
+    if spec.is_empty() {
+        return;
+    }
+    for name in spec.split(',') {
+        let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else { continue };
+        if let Some(v) = normalized_value(headers, name)
+            && let Ok(v) = http::HeaderValue::from_bytes(&v)
+        {
+            headers.insert(header, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_are_normalized() {
+        assert_eq!(normalize("http", "Example.COM:80", "/a%7eb%2fc?x=%41"), "http://example.com/a~b%2Fc?x=A");
+        assert_eq!(normalize("https", "h:443", ""), "https://h/");
+        assert_eq!(normalize("http", "h:8080", "/%"), "http://h:8080/%");
+        assert_eq!(normalize("http", "h", "/%4"), "http://h/%4");
+    }
+
+    #[test]
+    fn vary_specs_and_variants() {
+        let mut h = HeaderMap::new();
+        h.insert("vary", "Accept-Encoding, accept".parse().unwrap());
+        assert_eq!(vary_spec(&h).unwrap(), "accept,accept-encoding");
+        h.insert("vary", "*".parse().unwrap());
+        assert!(vary_spec(&h).is_none());
+        let mut a = HeaderMap::new();
+        a.insert("accept", "text/html".parse().unwrap());
+        let b = HeaderMap::new();
+        assert_ne!(variant_id("accept", &a), variant_id("accept", &b));
+        assert_eq!(variant_id("", &a), "");
+        let mut one = HeaderMap::new();
+        one.insert("foo", "1,2".parse().unwrap());
+        let mut two = HeaderMap::new();
+        two.append("foo", " 1 ".parse().unwrap());
+        two.append("foo", "2".parse().unwrap());
+        assert_eq!(variant_id("foo", &one), variant_id("foo", &two));
+        assert_ne!(variant_id("foo", &one), variant_id("foo", &HeaderMap::new()));
+    }
+}

@@ -1,0 +1,899 @@
+//! [`Cache`]: the cache service, and the decision flow of one request.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header, request::Parts};
+use http_body::Body;
+use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
+use redlayer_core::{FailurePolicy, report_degraded};
+use tower_service::Service;
+
+use crate::{
+    body::{CacheBody, Collector},
+    entry::Entry,
+    flight::{self, FlightGuard, Join},
+    future::ResponseFuture,
+    key::{normalized_uri, vary_spec},
+    layer::{Config, State},
+    policy::{self, Incoming, Res},
+    status::CacheStatus,
+};
+
+/// What a fill holds until its entry is stored: the in-process flight (its
+/// waiters get the entry) and the cross-instance fill lock.
+#[derive(Default)]
+pub(crate) struct Guards {
+    flight: Option<FlightGuard>,
+    lock: Option<redlayer_lock::LockGuard>,
+}
+
+/// Most tags taken from one response, and the longest tag kept.
+const MAX_TAGS: usize = 32;
+const MAX_TAG_LEN: usize = 256;
+
+/// The cache middleware; built by [`CacheLayer`](crate::CacheLayer).
+pub struct Cache<S> {
+    pub(crate) inner: S,
+    pub(crate) config: Arc<Config>,
+    pub(crate) state: Arc<State>,
+}
+
+impl<S: Clone> Clone for Cache<S> {
+    fn clone(&self) -> Self {
+        Cache { inner: self.inner.clone(), config: self.config.clone(), state: self.state.clone() }
+    }
+}
+
+impl<S> std::fmt::Debug for Cache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("store", &self.state.store).finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let ctx = Ctx { config: self.config.clone(), state: self.state.clone() };
+        match *req.method() {
+            Method::GET | Method::HEAD => ResponseFuture::flow(Box::pin(ctx.cacheable(inner, req))),
+            Method::OPTIONS | Method::TRACE | Method::CONNECT => {
+                let mut inner = inner;
+                ResponseFuture::passthrough(inner.call(req), self.config.status_arc.clone())
+            }
+            _ => ResponseFuture::flow(Box::pin(ctx.unsafe_method(inner, req))),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub config: Arc<Config>,
+    pub state: Arc<State>,
+}
+
+/// What a fill needs to store the response once its body is complete.
+struct Plan {
+    entry: Entry,
+    key: String,
+    uri: String,
+    spec: String,
+    ttl: Duration,
+    tags: Vec<String>,
+    epoch: u64,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn secs(d: Duration) -> i64 {
+    d.as_secs().min(i64::MAX as u64) as i64
+}
+
+impl Ctx {
+    fn primary(&self, parts: &Parts, ns_parts: &Parts) -> Option<String> {
+        let base = (self.config.key_fn)(parts)?;
+        match &self.config.namespace {
+            Some(ns) => ns(ns_parts).map(|ns| format!("{ns}|{base}")).or(Some(base)),
+            None => Some(base),
+        }
+    }
+
+    fn write_status<B>(&self, res: &mut Response<B>, status: &CacheStatus) {
+        status.write(&self.config.status_name, res.headers_mut());
+    }
+
+    fn bare<B>(&self, code: StatusCode, status: CacheStatus) -> Response<CacheBody<B>> {
+        let mut res = Response::new(CacheBody::empty());
+        *res.status_mut() = code;
+        res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        self.write_status(&mut res, &status);
+        res
+    }
+
+    /// Builds the response from a stored entry.
+    fn serve<B>(
+        &self,
+        entry: &Entry,
+        policy: &CachePolicy,
+        parts: &Parts,
+        at: SystemTime,
+        status: CacheStatus,
+    ) -> Response<CacheBody<B>> {
+        let mut headers = entry.headers.clone();
+        if let Ok(age) = HeaderValue::from_str(&policy.age(at).as_secs().to_string()) {
+            headers.insert(header::AGE, age);
+        }
+        // Conditionals only apply to a 2xx selected representation (RFC 9110 13.2.1).
+        let not_modified = entry.status.is_success() && policy::client_not_modified(parts, &entry.headers);
+        let (code, body) = if not_modified {
+            headers.remove(header::CONTENT_LENGTH);
+            (StatusCode::NOT_MODIFIED, CacheBody::empty())
+        } else if parts.method == Method::HEAD {
+            (entry.status, CacheBody::empty())
+        } else {
+            (entry.status, CacheBody::full(entry.body.clone()))
+        };
+        let mut res = Response::new(body);
+        *res.status_mut() = code;
+        *res.headers_mut() = headers;
+        self.write_status(&mut res, &status);
+        res
+    }
+
+    async fn cacheable<S, ReqBody, ResBody>(
+        self,
+        mut inner: S,
+        req: Request<ReqBody>,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+    {
+        let (parts, body) = req.into_parts();
+        let Some(primary) = self.primary(&parts, &parts) else {
+            let res = inner.call(Request::from_parts(parts, body)).await?;
+            return Ok(self.pass(res, CacheStatus::fwd("bypass").detail("no-key")));
+        };
+        let key = self.state.store.entry_key(&primary);
+        if policy::has_directive(&parts.headers, "no-store") {
+            // Nothing of this exchange may be stored; answer it from the origin.
+            let res = inner.call(Request::from_parts(parts, body)).await?;
+            return Ok(self.pass(res, CacheStatus::fwd("request").detail("no-store")));
+        }
+        let only_if_cached = policy::has_directive(&parts.headers, "only-if-cached");
+        let found = match self.state.store.lookup(&key, &parts.headers).await {
+            Ok(found) => found.and_then(|f| Entry::decode(f.value)),
+            Err(e) => {
+                report_degraded("cache", FailurePolicy::FailOpen, &e);
+                if only_if_cached {
+                    return Ok(
+                        self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::fwd("miss").detail("store-unavailable"))
+                    );
+                }
+                let res = inner.call(Request::from_parts(parts, body)).await?;
+                return Ok(self.pass(res, CacheStatus::fwd("bypass").detail("store-unavailable")));
+            }
+        };
+        let at = now();
+        let Some(entry) = found else {
+            if only_if_cached {
+                return Ok(
+                    self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::fwd("uri-miss").detail("only-if-cached"))
+                );
+            }
+            return self.miss(inner, parts, body, primary, key).await;
+        };
+        let policy = entry.policy(self.config.opts);
+        let req_view = policy::request_view(&parts.headers, &entry);
+        match policy.before_request(&Incoming(&req_view), at) {
+            BeforeRequest::Fresh(_) => {
+                self.maybe_xfetch(&inner, &entry, &policy, &parts, &key, &primary, at);
+                let status = CacheStatus::hit(secs(policy.time_to_live(at)));
+                Ok(self.serve(&entry, &policy, &parts, at, status))
+            }
+            BeforeRequest::Stale { request, matches } => {
+                let stale_by = policy::staleness(&policy, entry.response_time, at);
+                if matches
+                    && !policy::forbids_stale(&entry.headers)
+                    && !policy::request_limits_staleness(&parts.headers)
+                    && policy::directive(&entry.headers, "stale-while-revalidate")
+                        .flatten()
+                        .is_some_and(|w| stale_by < Duration::from_secs(w))
+                {
+                    self.refresh_in_background(inner, &entry, &policy, &parts, &key, &primary);
+                    let mut status = CacheStatus::hit(-secs(stale_by)).detail("stale-while-revalidate");
+                    status.ttl = Some(-secs(stale_by));
+                    return Ok(self.serve(&entry, &policy, &parts, at, status));
+                }
+                if only_if_cached {
+                    return Ok(
+                        self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::fwd("stale").detail("only-if-cached"))
+                    );
+                }
+                let fwd = if policy.is_stale(at) { "stale" } else { "request" };
+                let request_time = now();
+                let client = clone_parts(&parts);
+                let mut parts = parts;
+                let revalidating = matches && policy::has_validator(&entry.headers);
+                if revalidating {
+                    parts.headers = request.headers;
+                }
+                let res = inner.call(Request::from_parts(parts, body)).await?;
+                Ok(self.after_forward(res, entry, policy, client, request_time, &key, fwd, revalidating, stale_by))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn after_forward<ResBody>(
+        &self,
+        res: Response<ResBody>,
+        entry: Entry,
+        policy: CachePolicy,
+        client: Parts,
+        request_time: SystemTime,
+        key: &str,
+        fwd: &'static str,
+        revalidating: bool,
+        stale_by: Duration,
+    ) -> Response<CacheBody<ResBody>>
+    where
+        ResBody: Body<Data = Bytes> + Send + 'static,
+    {
+        let response_time = now();
+        let code = res.status();
+        // stale-if-error: the origin failed; serve the stale entry if allowed.
+        if matches!(code.as_u16(), 500 | 502 | 503 | 504) && !policy::forbids_stale(&entry.headers) {
+            let window = policy::directive(&client.headers, "stale-if-error").flatten().or(policy::directive(
+                &entry.headers,
+                "stale-if-error",
+            )
+            .flatten());
+            if window.is_some_and(|w| stale_by < Duration::from_secs(w)) {
+                let mut status = CacheStatus::fwd("stale").detail("stale-if-error");
+                status.fwd_status = Some(code.as_u16());
+                status.ttl = Some(-secs(stale_by));
+                return self.serve(&entry, &policy, &client, response_time, status);
+            }
+        }
+        if revalidating && code == StatusCode::NOT_MODIFIED {
+            let (rparts, _body) = res.into_parts();
+            let req_like = Incoming(&entry.req_headers);
+            if let AfterResponse::NotModified(_, _) = policy.after_response(
+                &req_like,
+                &Res { status: rparts.status, headers: &rparts.headers },
+                response_time,
+            ) {
+                // Update the stored headers with those of the 304 (RFC 9111 4.3.4).
+                let mut headers = entry.headers.clone();
+                for name in rparts.headers.keys() {
+                    if matches!(
+                        name.as_str(),
+                        "content-length"
+                            | "content-encoding"
+                            | "transfer-encoding"
+                            | "content-range"
+                            | "connection"
+                            | "keep-alive"
+                            | "te"
+                            | "trailer"
+                            | "upgrade"
+                            | "set-cookie"
+                    ) {
+                        continue;
+                    }
+                    headers.remove(name);
+                    for v in rparts.headers.get_all(name) {
+                        headers.append(name.clone(), v.clone());
+                    }
+                }
+                headers.insert(
+                    header::AGE,
+                    HeaderValue::from(policy::initial_age(&rparts.headers, request_time, response_time)),
+                );
+                let updated = Entry {
+                    response_time,
+                    fetch_time: response_time.duration_since(request_time).unwrap_or_default(),
+                    status: entry.status,
+                    req_headers: entry.req_headers.clone(),
+                    headers,
+                    body: entry.body.clone(),
+                };
+                let new_policy = updated.policy(self.config.opts);
+                let mut status = CacheStatus::fwd(fwd);
+                status.fwd_status = Some(304);
+                if let Some(plan) = self.plan_for_update(&updated, key, &client) {
+                    status.stored = true;
+                    self.spawn_store(plan, updated.body.clone(), Guards::default());
+                }
+                status.ttl = Some(secs(new_policy.time_to_live(response_time)));
+                let mut res = self.serve(&updated, &new_policy, &client, response_time, status);
+                // The 304's own cookies belong to this client (they are never stored).
+                for cookie in rparts.headers.get_all(header::SET_COOKIE) {
+                    res.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                }
+                return res;
+            }
+            // A 304 for the client's own validators, not ours: pass it on.
+            let res = Response::from_parts(rparts, _body);
+            let mut status = CacheStatus::fwd(fwd);
+            status.fwd_status = Some(304);
+            return self.pass(res, status);
+        }
+        let mut status = CacheStatus::fwd(fwd);
+        status.fwd_status = Some(code.as_u16());
+        let method = client.method.clone();
+        self.fill(res, &client, method, key, request_time, Guards::default(), status)
+    }
+
+    fn plan_for_update(&self, entry: &Entry, key: &str, client: &Parts) -> Option<Plan> {
+        let spec = vary_spec(&entry.headers)?;
+        let policy = entry.policy(self.config.opts);
+        let ttl = self.keep_for(&policy, entry)?;
+        let _ = client;
+        Some(Plan {
+            entry: Entry { body: Bytes::new(), ..entry.clone() },
+            key: key.to_owned(),
+            uri: normalized_uri(client),
+            spec,
+            ttl,
+            tags: self.tags(&entry.headers),
+            epoch: self.state.epoch.load(Ordering::SeqCst),
+        })
+    }
+
+    /// How long to keep an entry in the store, or `None` when not worth storing.
+    fn keep_for(&self, policy: &CachePolicy, entry: &Entry) -> Option<Duration> {
+        let fresh = policy.time_to_live(entry.response_time);
+        let windows = ["stale-while-revalidate", "stale-if-error"]
+            .iter()
+            .filter_map(|d| policy::directive(&entry.headers, d).flatten())
+            .max()
+            .unwrap_or(0);
+        let retention =
+            if policy::has_validator(&entry.headers) { self.config.stale_retention } else { Duration::ZERO };
+        let keep = fresh.saturating_add(Duration::from_secs(windows)).saturating_add(retention);
+        (!keep.is_zero()).then_some(keep)
+    }
+
+    fn tags(&self, headers: &HeaderMap) -> Vec<String> {
+        let Some(name) = &self.config.tag_header else { return Vec::new() };
+        let mut tags: Vec<String> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ' ']))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= MAX_TAG_LEN)
+            .map(str::to_owned)
+            .collect();
+        tags.sort();
+        tags.dedup();
+        tags.truncate(MAX_TAGS);
+        tags
+    }
+
+    /// Decides whether a fresh origin response may be stored, and how.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        req_headers: &HeaderMap,
+        method: &Method,
+        uri: String,
+        key: &str,
+        res: &http::response::Parts,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> Option<Plan> {
+        if method != Method::GET {
+            return None;
+        }
+        if res.headers.contains_key(header::SET_COOKIE) && !self.config.store_set_cookie {
+            return None;
+        }
+        if res
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n > self.config.max_body)
+        {
+            return None;
+        }
+        let res_view = policy::policy_view(&res.headers);
+        let req_view = policy::policy_view(req_headers);
+        let policy = CachePolicy::new_options(
+            &Incoming(&req_view),
+            &Res { status: res.status, headers: &res_view },
+            response_time,
+            self.config.opts,
+        );
+        if !policy.is_storable() {
+            return None;
+        }
+        let spec = vary_spec(&res.headers)?;
+        let mut headers = policy::storable_headers(&res.headers);
+        for name in policy::qualified_fields(&res.headers) {
+            headers.remove(name.as_str());
+        }
+        headers.remove(header::SET_COOKIE);
+        headers.remove("cache-status");
+        headers.insert(header::AGE, HeaderValue::from(policy::initial_age(&res.headers, request_time, response_time)));
+        if !headers.contains_key(header::DATE)
+            && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(response_time))
+        {
+            headers.insert(header::DATE, date);
+        }
+        let mut stored_req = HeaderMap::new();
+        if let Some(host) = req_headers.get(header::HOST) {
+            stored_req.insert(header::HOST, host.clone());
+        }
+        if !spec.is_empty() {
+            for name in spec.split(',') {
+                if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+                    for v in req_headers.get_all(&name) {
+                        stored_req.append(name.clone(), v.clone());
+                    }
+                }
+            }
+            crate::key::normalize_selecting(&spec, &mut stored_req);
+        }
+        let entry = Entry {
+            response_time,
+            fetch_time: response_time.duration_since(request_time).unwrap_or_default(),
+            status: res.status,
+            req_headers: stored_req,
+            headers,
+            body: Bytes::new(),
+        };
+        let policy = entry.policy(self.config.opts);
+        let ttl = self.keep_for(&policy, &entry)?;
+        Some(Plan {
+            tags: self.tags(&entry.headers),
+            entry,
+            key: key.to_owned(),
+            uri,
+            spec,
+            ttl,
+            epoch: self.state.epoch.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Wraps an origin response: when storable, its body streams to the
+    /// client while a copy is collected and then stored (and handed to the
+    /// waiters of `guard`).
+    #[allow(clippy::too_many_arguments)]
+    fn fill<ResBody>(
+        &self,
+        res: Response<ResBody>,
+        client: &Parts,
+        method: Method,
+        key: &str,
+        request_time: SystemTime,
+        guard: Guards,
+        mut status: CacheStatus,
+    ) -> Response<CacheBody<ResBody>>
+    where
+        ResBody: Body<Data = Bytes> + Send + 'static,
+    {
+        let response_time = now();
+        let (rparts, body) = res.into_parts();
+        let uri = normalized_uri(client);
+        let plan = self.plan(&client.headers, &method, uri, key, &rparts, request_time, response_time);
+        status.fwd_status = Some(rparts.status.as_u16());
+        let mut res = match plan {
+            Some(plan) => {
+                status.stored = true;
+                let expected = body.size_hint().exact().unwrap_or(0) as usize;
+                let ctx = self.clone();
+                let collector = Collector::new(
+                    self.config.max_body,
+                    expected,
+                    Box::new(move |body: Option<Bytes>| match body {
+                        Some(body) => ctx.spawn_store(plan, body, guard),
+                        None => drop(guard),
+                    }),
+                );
+                Response::from_parts(rparts, CacheBody::tee(body, collector))
+            }
+            None => {
+                drop(guard);
+                Response::from_parts(rparts, CacheBody::inner(body))
+            }
+        };
+        self.write_status(&mut res, &status);
+        res
+    }
+
+    /// Stores a completed entry (in the background) and hands it to waiters.
+    fn spawn_store(&self, plan: Plan, body: Bytes, guard: Guards) {
+        if self.state.epoch.load(Ordering::SeqCst) != plan.epoch {
+            // A purge or invalidation happened while this fill ran.
+            drop(guard);
+            return;
+        }
+        let entry = Arc::new(Entry { body, ..plan.entry });
+        let Guards { flight, lock } = guard;
+        if let Some(flight) = flight {
+            flight.finish(Some(entry.clone()));
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let store = self.state.store.clone();
+        let req_headers = entry.req_headers.clone();
+        rt.spawn(async move {
+            let value = entry.encode();
+            if let Err(e) = store.put(&plan.key, &plan.uri, &plan.spec, &req_headers, value, plan.ttl).await {
+                tracing::debug!(target: "redlayer", %e, "cache: entry not stored");
+                return;
+            }
+            // Other instances waiting on the fill lock now find the entry.
+            drop(lock);
+            for tag in &plan.tags {
+                let _ = store.add_tag(tag, &plan.key, plan.ttl).await;
+            }
+        });
+    }
+
+    fn pass<ResBody>(&self, res: Response<ResBody>, mut status: CacheStatus) -> Response<CacheBody<ResBody>> {
+        if status.fwd_status.is_none() && status.fwd != Some("bypass") {
+            status.fwd_status = Some(res.status().as_u16());
+        }
+        let mut res = res.map(CacheBody::inner);
+        self.write_status(&mut res, &status);
+        res
+    }
+
+    async fn miss<S, ReqBody, ResBody>(
+        self,
+        mut inner: S,
+        parts: Parts,
+        body: ReqBody,
+        primary: String,
+        key: String,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+    {
+        let _ = primary;
+        let mut guards = Guards::default();
+        let mut collapsed_wait = false;
+        if parts.method == Method::GET && !policy::has_directive(&parts.headers, "no-store") {
+            match self.state.flights.join(&key) {
+                Join::Leader(g) => {
+                    guards.flight = Some(g);
+                    if let Some(locks) = &self.state.locks {
+                        match self.coalesce_across(locks, &key, &parts).await {
+                            Ok(lock) => guards.lock = lock,
+                            Err(entry) => {
+                                let at = now();
+                                let policy = entry.policy(self.config.opts);
+                                if let Some(flight) = guards.flight.take() {
+                                    flight.finish(Some(entry.clone()));
+                                }
+                                let mut status = CacheStatus::fwd("uri-miss");
+                                status.collapsed = true;
+                                status.ttl = Some(secs(policy.time_to_live(at)));
+                                return Ok(self.serve(&entry, &policy, &parts, at, status));
+                            }
+                        }
+                    }
+                }
+                Join::Waiter(rx) => {
+                    collapsed_wait = true;
+                    let waited = tokio::time::timeout(self.config.coalesce_timeout, flight::wait(rx)).await;
+                    if let Ok(Some(entry)) = waited {
+                        let at = now();
+                        if let Some(policy) = self.fresh_for(&entry, &parts, at) {
+                            let mut status = CacheStatus::fwd("uri-miss");
+                            status.collapsed = true;
+                            status.ttl = Some(secs(policy.time_to_live(at)));
+                            return Ok(self.serve(&entry, &policy, &parts, at, status));
+                        }
+                    }
+                }
+            }
+        }
+        let request_time = now();
+        let client = clone_parts(&parts);
+        let res = inner.call(Request::from_parts(parts, body)).await?;
+        let mut status = CacheStatus::fwd("uri-miss");
+        if collapsed_wait {
+            status = status.detail("coalesce-fallthrough");
+        }
+        Ok(self.fill(res, &client, client.method.clone(), &key, request_time, guards, status))
+    }
+
+    /// The policy of `entry` when it answers this request without revalidation.
+    fn fresh_for(&self, entry: &Entry, parts: &Parts, at: SystemTime) -> Option<CachePolicy> {
+        let policy = entry.policy(self.config.opts);
+        let req_view = policy::request_view(&parts.headers, entry);
+        matches!(policy.before_request(&Incoming(&req_view), at), BeforeRequest::Fresh(_)).then_some(policy)
+    }
+
+    async fn fresh_in_store(&self, key: &str, parts: &Parts) -> Result<Option<Arc<Entry>>, ()> {
+        match self.state.store.lookup(key, &parts.headers).await {
+            Ok(Some(found)) => {
+                Ok(Entry::decode(found.value).filter(|e| self.fresh_for(e, parts, now()).is_some()).map(Arc::new))
+            }
+            Ok(None) => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Cross-instance coalescing of a cold key: the instance that takes the
+    /// short fill lock goes to the origin; the others poll the store until
+    /// the entry appears (`Err(entry)`), the lock is free again (the leader
+    /// finished without storing, or died: they go to the origin), or the
+    /// coalesce timeout ends. `Ok(Some(lock))`: this instance fills.
+    async fn coalesce_across(
+        &self,
+        locks: &redlayer_lock::Locks,
+        key: &str,
+        parts: &Parts,
+    ) -> Result<Option<redlayer_lock::LockGuard>, Arc<Entry>> {
+        let name = format!("cache-fill:{key}");
+        let ttl = self.config.coalesce_timeout.max(Duration::from_millis(100));
+        match locks.try_acquire(&name, ttl).await {
+            Ok(Some(lock)) => return Ok(Some(lock)),
+            Ok(None) => {}
+            Err(_) => return Ok(None),
+        }
+        let deadline = tokio::time::Instant::now() + self.config.coalesce_timeout;
+        let mut poll = Duration::from_millis(10);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(100));
+            match self.fresh_in_store(key, parts).await {
+                Ok(Some(entry)) => return Err(entry),
+                Ok(None) => {}
+                Err(()) => return Ok(None),
+            }
+            match locks.try_acquire(&name, ttl).await {
+                Ok(Some(lock)) => {
+                    // Free again: the entry may have just landed.
+                    if let Ok(Some(entry)) = self.fresh_in_store(key, parts).await {
+                        return Err(entry);
+                    }
+                    drop(lock);
+                    return Ok(None);
+                }
+                Ok(None) => {}
+                Err(_) => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// XFetch: maybe refresh a fresh entry before it expires.
+    #[allow(clippy::too_many_arguments)]
+    fn maybe_xfetch<S, ReqBody, ResBody>(
+        &self,
+        inner: &S,
+        entry: &Entry,
+        policy: &CachePolicy,
+        parts: &Parts,
+        key: &str,
+        primary: &str,
+        at: SystemTime,
+    ) where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+    {
+        let beta = self.config.xfetch_beta;
+        if beta <= 0.0 {
+            return;
+        }
+        let left = policy.time_to_live(at).as_secs_f64();
+        let delta = entry.fetch_time.as_secs_f64().max(0.001);
+        let r: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
+        if delta * beta * -r.ln() >= left {
+            self.refresh_in_background(inner.clone(), entry, policy, parts, key, primary);
+        }
+    }
+
+    /// One background refresh per key (per process): a conditional GET to
+    /// the origin; the result is stored.
+    fn refresh_in_background<S, ReqBody, ResBody>(
+        &self,
+        mut inner: S,
+        entry: &Entry,
+        policy: &CachePolicy,
+        parts: &Parts,
+        key: &str,
+        primary: &str,
+    ) where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+    {
+        let _ = primary;
+        {
+            let mut refreshing = self.state.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+            if !refreshing.insert(key.to_owned()) {
+                return;
+            }
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.state.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+            return;
+        };
+        let mut client = clone_parts(parts);
+        client.method = Method::GET;
+        policy::strip_conditionals(&mut client.headers);
+        for name in ["cache-control", "pragma"] {
+            client.headers.remove(name);
+        }
+        let req_view = policy::request_view(&client.headers, entry);
+        if let BeforeRequest::Stale { request, .. } = policy
+            .before_request(&Incoming(&req_view), SystemTime::UNIX_EPOCH + Duration::from_secs(u32::MAX as u64 * 4))
+        {
+            // The revalidation headers (If-None-Match / If-Modified-Since).
+            for name in ["if-none-match", "if-modified-since"] {
+                if let Some(v) = request.headers.get(name) {
+                    client.headers.insert(name, v.clone());
+                }
+            }
+        }
+        let ctx = self.clone();
+        let entry = entry.clone();
+        let policy = policy.clone();
+        let key = key.to_owned();
+        rt.spawn(async move {
+            // One refresh per key across instances: a short lock.
+            let _lock = match &ctx.state.locks {
+                Some(locks) => {
+                    match locks.try_acquire(&format!("cache-refresh:{key}"), Duration::from_secs(10)).await {
+                        Ok(Some(lock)) => Some(lock),
+                        _ => {
+                            ctx.state.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                            return;
+                        }
+                    }
+                }
+                None => None,
+            };
+            let request_time = now();
+            let mut req = Request::new(ReqBody::default());
+            *req.method_mut() = Method::GET;
+            *req.uri_mut() = client.uri.clone();
+            *req.headers_mut() = client.headers.clone();
+            let ready = std::future::poll_fn(|cx| inner.poll_ready(cx)).await.is_ok();
+            let res = if ready { inner.call(req).await.ok() } else { None };
+            if let Some(res) = res {
+                let mut plain = clone_parts(&client);
+                policy::strip_conditionals(&mut plain.headers);
+                let stale_by = Duration::ZERO;
+                let res = ctx.after_forward(res, entry, policy, plain, request_time, &key, "stale", true, stale_by);
+                // Drive the body so that the tee stores it.
+                let mut body = std::pin::pin!(res.into_body());
+                while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                    if frame.is_err() {
+                        break;
+                    }
+                }
+            }
+            ctx.state.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
+    }
+
+    async fn unsafe_method<S, ReqBody, ResBody>(
+        self,
+        mut inner: S,
+        req: Request<ReqBody>,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+    {
+        let parts = clone_parts_of(&req);
+        let res = inner.call(req).await?;
+        let mut status = CacheStatus::fwd("method");
+        if res.status().is_success() || res.status().is_redirection() {
+            self.state.epoch.fetch_add(1, Ordering::SeqCst);
+            let mut targets = vec![parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned()];
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(v) = res.headers().get(&name).and_then(|v| v.to_str().ok()) {
+                    targets.push(v.trim().to_owned());
+                }
+            }
+            let origin = origin_of(&parts);
+            for target in targets {
+                let Some(get) = same_origin_get(&parts, &target, &origin) else { continue };
+                if let Some(primary) = self.primary(&get, &parts) {
+                    let key = self.state.store.entry_key(&primary);
+                    if self.state.store.delete_entry_key(&key).await.is_err() {
+                        status = status.detail("invalidation-failed");
+                    }
+                }
+            }
+        }
+        Ok(self.pass(res, status))
+    }
+}
+
+fn clone_parts(parts: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
+fn clone_parts_of<B>(req: &Request<B>) -> Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.headers_mut() = req.headers().clone();
+    r.into_parts().0
+}
+
+/// `scheme://host` of a request, normalized.
+fn origin_of(parts: &Parts) -> String {
+    let full = normalized_uri(parts);
+    let after = full.find("://").map_or(0, |i| i + 3);
+    match full[after..].find('/') {
+        Some(i) => full[..after + i].to_owned(),
+        None => full,
+    }
+}
+
+/// A GET request for `target` (absolute URI, absolute path or relative
+/// reference) when it has the same origin as the request.
+fn same_origin_get(parts: &Parts, target: &str, origin: &str) -> Option<Parts> {
+    let mut req = Request::new(());
+    *req.method_mut() = Method::GET;
+    let lower = target.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        *req.uri_mut() = target.parse().ok()?;
+    } else {
+        let resolved = if target.starts_with('/') {
+            target.to_owned()
+        } else {
+            // A relative reference: resolve against the request path's directory.
+            let base = parts.uri.path();
+            let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+            format!("{}{target}", if dir.is_empty() { "/" } else { dir })
+        };
+        let mut uri = parts.uri.clone().into_parts();
+        uri.path_and_query = Some(resolved.parse().ok()?);
+        *req.uri_mut() = http::Uri::from_parts(uri).ok()?;
+    }
+    if let Some(host) = parts.headers.get(header::HOST) {
+        req.headers_mut().insert(header::HOST, host.clone());
+    }
+    let get = req.into_parts().0;
+    (origin_of(&get) == origin).then_some(get)
+}

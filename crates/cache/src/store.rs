@@ -1,0 +1,539 @@
+//! [`Store`]: where entries live, Redis or memory, with the same semantics.
+//!
+//! Redis layout (see `docs/KEYS.md`):
+//!
+//! - `{prefix}:cache:{<primary key>}`: a HASH per primary key (method + URI):
+//!   field `uri` (the normalized URI, for prefix purges), field `vary` (the
+//!   Vary spec of the stored variants) and one field `v:<variant id>` per
+//!   variant (an encoded [`Entry`](crate::entry::Entry)). Expires with its
+//!   longest-lived variant. Written by one Lua script (`scripts/store.lua`),
+//!   single key, so it is cluster-safe.
+//! - `{prefix}:cachetag:{<tag>}`: a SET of entry keys carrying that tag.
+//!   A tag index can not share a slot with every entry it names, so it lives
+//!   in the tag's own slot and a purge deletes each member with its own
+//!   single-key `DEL` (no multi-key command ever crosses slots).
+//! - `{prefix}:cacheval:{<key>}`: a STRING per cache-aside value.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, LazyLock, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use redlayer_core::{
+    Error, KeyBuilder, KeyPart, Redis, Result,
+    memory::{Clock, ExpiringMap, SystemClock, Update},
+};
+
+use crate::key::variant_id;
+
+static STORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/store.lua")));
+static TAG: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/tag.lua")));
+
+/// How long the store is skipped after Redis failed (it steps aside instead
+/// of making every request wait for a timeout).
+const BACKOFF: Duration = Duration::from_millis(500);
+const BACKOFF_MSG: &str = "redis failed recently; the cache steps aside for a moment";
+const MAX_SPEC_GUESSES: usize = 10_000;
+
+#[derive(Debug, Clone, Default)]
+struct MemHash {
+    uri: String,
+    spec: String,
+    variants: HashMap<String, Bytes>,
+}
+
+enum Backend {
+    Memory { entries: ExpiringMap<String, MemHash>, tags: ExpiringMap<String, HashSet<String>> },
+    Redis(Redis),
+}
+
+struct Inner {
+    backend: Backend,
+    keys: KeyBuilder,
+    /// Last Vary spec seen per entry key: lets a lookup be one round trip.
+    specs: Mutex<HashMap<String, String>>,
+    down_until_ms: AtomicU64,
+}
+
+/// The storage of cached responses and cache-aside values: Redis (shared by
+/// every instance) or memory (one process). Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.inner.backend {
+            Backend::Memory { .. } => "memory",
+            Backend::Redis(_) => "redis",
+        };
+        f.debug_struct("Store").field("backend", &kind).finish()
+    }
+}
+
+/// One looked-up variant.
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub value: Bytes,
+}
+
+/// Longest time anything is kept (a hostile `max-age` cannot overflow a clock).
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn bound(ttl: Duration) -> Duration {
+    ttl.clamp(Duration::from_millis(1), MAX_TTL)
+}
+
+fn now_ms() -> u64 {
+    SystemClock.now().as_millis() as u64
+}
+
+impl Store {
+    /// A store in Redis: shared by every instance on that Redis.
+    pub fn redis(redis: Redis) -> Self {
+        let keys = redis.keys().clone();
+        Self::build(Backend::Redis(redis), keys)
+    }
+
+    /// A store in this process's memory.
+    pub fn memory() -> Self {
+        Self::memory_with_clock(Arc::new(SystemClock))
+    }
+
+    /// A memory store whose keys expire on the given clock (for tests of
+    /// expiry; freshness decisions always use the system clock).
+    pub fn memory_with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::build(
+            Backend::Memory { entries: ExpiringMap::with_clock(clock.clone()), tags: ExpiringMap::with_clock(clock) },
+            KeyBuilder::default(),
+        )
+    }
+
+    fn build(backend: Backend, keys: KeyBuilder) -> Self {
+        Store {
+            inner: Arc::new(Inner {
+                backend,
+                keys,
+                specs: Mutex::new(HashMap::new()),
+                down_until_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The Redis handle of the Redis backend.
+    pub fn redis_handle(&self) -> Option<&Redis> {
+        match &self.inner.backend {
+            Backend::Redis(redis) => Some(redis),
+            Backend::Memory { .. } => None,
+        }
+    }
+
+    /// True for the Redis backend.
+    pub fn is_redis(&self) -> bool {
+        matches!(self.inner.backend, Backend::Redis(_))
+    }
+
+    /// The Redis key of the entry hash of a primary key.
+    pub fn entry_key(&self, primary: &str) -> String {
+        self.inner.keys.key("cache", &KeyPart::client(primary))
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        self.inner.keys.key("cachetag", &KeyPart::client(tag))
+    }
+
+    fn value_key(&self, key: &str) -> String {
+        self.inner.keys.key("cacheval", &KeyPart::client(key))
+    }
+
+    fn live(&self) -> Result<&Redis> {
+        match &self.inner.backend {
+            Backend::Redis(redis) => {
+                if now_ms() < self.inner.down_until_ms.load(Ordering::Relaxed) {
+                    return Err(Error::Unavailable(BACKOFF_MSG.into()));
+                }
+                Ok(redis)
+            }
+            Backend::Memory { .. } => Err(Error::InvalidInput("not a redis store".into())),
+        }
+    }
+
+    fn observe<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && e.is_unavailable()
+            && !matches!(e, Error::Unavailable(m) if m == BACKOFF_MSG)
+        {
+            self.inner.down_until_ms.store(now_ms() + BACKOFF.as_millis() as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn guess(&self, key: &str) -> String {
+        self.inner.specs.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned().unwrap_or_default()
+    }
+
+    fn remember(&self, key: &str, spec: &str) {
+        let mut specs = self.inner.specs.lock().unwrap_or_else(|p| p.into_inner());
+        if spec.is_empty() {
+            specs.remove(key);
+            return;
+        }
+        if specs.len() >= MAX_SPEC_GUESSES {
+            specs.clear();
+        }
+        specs.insert(key.to_owned(), spec.to_owned());
+    }
+
+    /// The stored variant of `key` that matches the request headers.
+    pub(crate) async fn lookup(&self, key: &str, req: &HeaderMap) -> Result<Option<Found>> {
+        match &self.inner.backend {
+            Backend::Memory { entries, .. } => Ok(entries.get(&key.to_owned()).and_then(|h| {
+                let field = variant_id(&h.spec, req);
+                h.variants.get(&field).map(|v| Found { value: v.clone() })
+            })),
+            Backend::Redis(_) => {
+                let result = self.lookup_redis(key, req).await;
+                self.observe(result)
+            }
+        }
+    }
+
+    async fn lookup_redis(&self, key: &str, req: &HeaderMap) -> Result<Option<Found>> {
+        let redis = self.live()?;
+        let mut conn = redis.connection().await?;
+        let guess = self.guess(key);
+        let field = format!("v:{}", variant_id(&guess, req));
+        let (spec, value): (Option<String>, Option<Vec<u8>>) =
+            redis::cmd("HMGET").arg(key).arg("vary").arg(&field).query_async(&mut conn).await?;
+        let Some(spec) = spec else { return Ok(None) };
+        if spec == guess {
+            return Ok(value.map(|v| Found { value: Bytes::from(v) }));
+        }
+        self.remember(key, &spec);
+        let field = format!("v:{}", variant_id(&spec, req));
+        let value: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg(&field).query_async(&mut conn).await?;
+        Ok(value.map(|v| Found { value: Bytes::from(v) }))
+    }
+
+    /// Stores one variant (replacing all variants when the Vary spec changed).
+    pub(crate) async fn put(
+        &self,
+        key: &str,
+        uri: &str,
+        spec: &str,
+        req: &HeaderMap,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<()> {
+        let ttl = bound(ttl);
+        let field = variant_id(spec, req);
+        match &self.inner.backend {
+            Backend::Memory { entries, .. } => {
+                entries.update(key.to_owned(), |old, now| {
+                    let _ = now;
+                    let mut hash = match old {
+                        Some(h) if h.spec == spec => std::mem::take(h),
+                        _ => MemHash::default(),
+                    };
+                    hash.uri = uri.to_owned();
+                    hash.spec = spec.to_owned();
+                    hash.variants.insert(field, value);
+                    (Update::Set(hash, Some(ttl)), ())
+                });
+                Ok(())
+            }
+            Backend::Redis(_) => {
+                let result = async {
+                    let redis = self.live()?;
+                    let mut conn = redis.connection().await?;
+                    let _: i64 = STORE
+                        .key(key)
+                        .arg(uri)
+                        .arg(spec)
+                        .arg(format!("v:{field}"))
+                        .arg(value.as_ref())
+                        .arg(ttl.as_millis() as u64)
+                        .invoke_async(&mut conn)
+                        .await?;
+                    self.remember(key, spec);
+                    Ok(())
+                }
+                .await;
+                self.observe(result)
+            }
+        }
+    }
+
+    /// Deletes the entry hash (every variant) of an entry key.
+    pub async fn delete_entry_key(&self, key: &str) -> Result<bool> {
+        match &self.inner.backend {
+            Backend::Memory { entries, .. } => Ok(entries.remove(&key.to_owned())),
+            Backend::Redis(redis) => {
+                let result = async {
+                    let mut conn = redis.connection().await?;
+                    let n: i64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
+                    Ok(n > 0)
+                }
+                .await;
+                self.observe(result)
+            }
+        }
+    }
+
+    /// Records that the entry key carries `tag`.
+    pub(crate) async fn add_tag(&self, tag: &str, key: &str, ttl: Duration) -> Result<()> {
+        let tag_key = self.tag_key(tag);
+        let ttl = bound(ttl);
+        match &self.inner.backend {
+            Backend::Memory { tags, .. } => {
+                tags.update(tag_key, |old, _| {
+                    let mut set = old.map(std::mem::take).unwrap_or_default();
+                    set.insert(key.to_owned());
+                    // Keep the longest expiry: memory sets simply live as long as the latest ttl or more.
+                    (Update::Set(set, Some(bound(ttl).max(Duration::from_secs(1)))), ())
+                });
+                Ok(())
+            }
+            Backend::Redis(redis) => {
+                let result = async {
+                    let mut conn = redis.connection().await?;
+                    let _: i64 = TAG.key(&tag_key).arg(key).arg(ttl.as_millis() as u64).invoke_async(&mut conn).await?;
+                    Ok(())
+                }
+                .await;
+                self.observe(result)
+            }
+        }
+    }
+
+    /// Deletes every entry (and value) tagged `tag`, then the tag index.
+    /// Returns how many entries were deleted.
+    pub async fn purge_tag(&self, tag: &str) -> Result<usize> {
+        let tag_key = self.tag_key(tag);
+        match &self.inner.backend {
+            Backend::Memory { entries, tags } => {
+                let members = tags.get(&tag_key).unwrap_or_default();
+                tags.remove(&tag_key);
+                let mut n = 0;
+                for key in members {
+                    if entries.remove(&key) {
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            }
+            Backend::Redis(redis) => {
+                let mut conn = redis.connection().await?;
+                let mut cursor: u64 = 0;
+                let mut n = 0;
+                loop {
+                    let (next, members): (u64, Vec<String>) = redis::cmd("SSCAN")
+                        .arg(&tag_key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn)
+                        .await?;
+                    n += self.del_each(redis, &members).await?;
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+                let _: i64 = redis::cmd("DEL").arg(&tag_key).query_async(&mut conn).await?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Deletes keys one `DEL` each (pipelined on a standalone server), so no
+    /// command ever spans two cluster slots.
+    async fn del_each(&self, redis: &Redis, keys: &[String]) -> Result<usize> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = redis.connection().await?;
+        if redis.is_cluster() {
+            let mut n = 0;
+            for key in keys {
+                let d: i64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
+                n += d as usize;
+            }
+            Ok(n)
+        } else {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("DEL").arg(key);
+            }
+            let counts: Vec<i64> = pipe.query_async(&mut conn).await?;
+            Ok(counts.iter().sum::<i64>() as usize)
+        }
+    }
+
+    /// Deletes every entry whose normalized URI starts with `uri_prefix`
+    /// (e.g. `http://example.com/products/`), with `SCAN` (never `KEYS`).
+    /// On a cluster, every master is scanned.
+    pub async fn purge_prefix(&self, uri_prefix: &str) -> Result<usize> {
+        match &self.inner.backend {
+            Backend::Memory { entries, .. } => {
+                // ExpiringMap has no iteration: list the keys with a no-op remove_where.
+                let mut keys = Vec::new();
+                entries.remove_where(|k| {
+                    keys.push(k.clone());
+                    false
+                });
+                let doomed: Vec<String> = keys
+                    .into_iter()
+                    .filter(|k| entries.get(k).is_some_and(|h| h.uri.starts_with(uri_prefix)))
+                    .collect();
+                Ok(doomed.iter().filter(|k| entries.remove(k)).count())
+            }
+            Backend::Redis(redis) => {
+                if redis.is_cluster() {
+                    // SCAN each master through a connection of its own
+                    // (the cluster connection would send SCAN to one node);
+                    // deletes go through the cluster handle.
+                    let mut n = 0;
+                    for url in self.cluster_masters(redis).await? {
+                        let node = Redis::builder()
+                            .timeout(redis.timeout())
+                            .connections(1)
+                            .key_prefix(self.inner.keys.clone())
+                            .connect(&url)
+                            .await?;
+                        n += self.scan_purge(&node, redis, uri_prefix).await?;
+                    }
+                    return Ok(n);
+                }
+                self.scan_purge(redis, redis, uri_prefix).await
+            }
+        }
+    }
+
+    /// `redis://ip:port/` of every master of a cluster (from `CLUSTER SLOTS`).
+    /// Nodes are reached without credentials: on a cluster with AUTH, use tags.
+    async fn cluster_masters(&self, redis: &Redis) -> Result<Vec<String>> {
+        let mut conn = redis.connection().await?;
+        let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await?;
+        let mut urls = Vec::new();
+        if let redis::Value::Array(ranges) = slots {
+            for range in ranges {
+                let redis::Value::Array(items) = range else { continue };
+                let Some(redis::Value::Array(master)) = items.get(2) else { continue };
+                let host = match master.first() {
+                    Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    Some(redis::Value::SimpleString(s)) => s.clone(),
+                    _ => continue,
+                };
+                let Some(redis::Value::Int(port)) = master.get(1) else { continue };
+                let url = format!("redis://{host}:{port}/");
+                if !urls.contains(&url) {
+                    urls.push(url);
+                }
+            }
+        }
+        Ok(urls)
+    }
+
+    /// One SCAN pass over `scan_on`, deleting through `delete_on` the entries
+    /// whose normalized URI starts with `uri_prefix`.
+    async fn scan_purge(&self, scan_on: &Redis, delete_on: &Redis, uri_prefix: &str) -> Result<usize> {
+        let redis = scan_on;
+        let pattern = self.inner.keys.pattern("cache");
+        let mut conn = redis.connection().await?;
+        let mut cursor: u64 = 0;
+        let mut n = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("HGET").arg(key).arg("uri");
+                }
+                let uris: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+                let doomed: Vec<String> = keys
+                    .into_iter()
+                    .zip(uris)
+                    .filter(|(_, u)| u.as_deref().is_some_and(|u| u.starts_with(uri_prefix)))
+                    .map(|(k, _)| k)
+                    .collect();
+                n += self.del_each(delete_on, &doomed).await?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    // ---- cache-aside values ----
+
+    pub(crate) async fn get_value(&self, key: &str) -> Result<Option<Bytes>> {
+        let key = self.value_key(key);
+        match &self.inner.backend {
+            Backend::Memory { entries, .. } => Ok(entries.get(&key).and_then(|h| h.variants.get("").cloned())),
+            Backend::Redis(_) => {
+                let result = async {
+                    let redis = self.live()?;
+                    let mut conn = redis.connection().await?;
+                    let v: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                    Ok(v.map(Bytes::from))
+                }
+                .await;
+                self.observe(result)
+            }
+        }
+    }
+
+    pub(crate) async fn set_value(&self, key: &str, value: Bytes, ttl: Duration, tags: &[String]) -> Result<()> {
+        let vkey = self.value_key(key);
+        let ttl = bound(ttl);
+        match &self.inner.backend {
+            Backend::Memory { entries, .. } => {
+                let mut hash = MemHash::default();
+                hash.variants.insert(String::new(), value);
+                entries.insert(vkey.clone(), hash, Some(ttl));
+            }
+            Backend::Redis(_) => {
+                let result = async {
+                    let redis = self.live()?;
+                    let mut conn = redis.connection().await?;
+                    let _: () = redis::cmd("SET")
+                        .arg(&vkey)
+                        .arg(value.as_ref())
+                        .arg("PX")
+                        .arg(ttl.as_millis() as u64)
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok(())
+                }
+                .await;
+                self.observe(result)?;
+            }
+        }
+        for tag in tags {
+            self.add_tag(tag, &vkey, ttl).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn delete_value(&self, key: &str) -> Result<bool> {
+        let vkey = self.value_key(key);
+        self.delete_entry_key(&vkey).await
+    }
+}

@@ -1,0 +1,502 @@
+//! One conformance suite, run unchanged against memory, standalone Redis and
+//! a 3-master Redis Cluster.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{App, Backend, Origin, resp};
+
+async fn fresh_responses_are_hits_with_age_and_cache_status(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("v{n}")));
+    let app = App::new(b.layer(), &origin);
+    let first = app.get("/a").await;
+    assert_eq!(first.body, "v1");
+    assert!(first.cache_status().contains("fwd=uri-miss"), "{}", first.cache_status());
+    assert!(first.cache_status().contains("stored"));
+    let second = app.get("/a").await;
+    assert_eq!(second.body, "v1");
+    assert!(second.is_hit(), "{}", second.cache_status());
+    assert!(second.headers.contains_key("age"));
+    assert!(second.headers.contains_key("date"));
+    assert_eq!(origin.hits(), 1);
+    // Another URI is another entry.
+    assert_eq!(app.get("/a?x=1").await.body, "v2");
+}
+
+async fn age_counts_upstream_age_and_expires_entries(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=2"), ("age", "1")], &format!("v{n}")));
+    let app = App::new(b.layer(), &origin);
+    app.get("/age").await;
+    let hit = app.get("/age").await;
+    assert!(hit.is_hit());
+    let age: u64 = hit.header("age").parse().unwrap();
+    assert!(age >= 1, "age {age}");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let later = app.get("/age").await;
+    assert!(!later.is_hit(), "stale after max-age - age: {}", later.cache_status());
+    assert_eq!(origin.hits(), 2);
+}
+
+async fn no_store_private_and_set_cookie_are_not_stored(b: Backend) {
+    let origin = Origin::new(|parts, n| match parts.uri.path() {
+        "/nostore" => resp(200, &[("cache-control", "max-age=60, no-store")], &format!("{n}")),
+        "/private" => resp(200, &[("cache-control", "private, max-age=60")], &format!("{n}")),
+        _ => resp(200, &[("cache-control", "max-age=60"), ("set-cookie", "sid=secret")], &format!("{n}")),
+    });
+    let app = App::new(b.layer(), &origin);
+    for path in ["/nostore", "/private", "/cookie"] {
+        let a = app.get(path).await;
+        let b2 = app.get(path).await;
+        assert_ne!(a.body, b2.body, "{path} was served from the cache");
+        assert!(!b2.is_hit());
+    }
+}
+
+async fn authorization_is_shared_only_when_the_response_allows(b: Backend) {
+    let origin = Origin::new(|parts, n| match parts.uri.path() {
+        "/auth-public" => resp(200, &[("cache-control", "public, max-age=60")], &format!("{n}")),
+        _ => resp(200, &[("cache-control", "max-age=60")], &format!("{n}")),
+    });
+    let app = App::new(b.layer(), &origin);
+    let alice = app.send("GET", "/auth", &[("authorization", "Bearer alice")]).await;
+    let bob = app.send("GET", "/auth", &[("authorization", "Bearer bob")]).await;
+    assert_ne!(alice.body, bob.body, "alice's response reached bob");
+    app.send("GET", "/auth-public", &[("authorization", "Bearer alice")]).await;
+    assert!(app.send("GET", "/auth-public", &[("authorization", "Bearer bob")]).await.is_hit());
+}
+
+async fn vary_keeps_variants_apart(b: Backend) {
+    let origin = Origin::new(|parts, _| {
+        let lang = parts.headers.get("accept-language").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned();
+        if parts.uri.path() == "/star" {
+            return resp(200, &[("cache-control", "max-age=60"), ("vary", "*")], &lang);
+        }
+        resp(200, &[("cache-control", "max-age=60"), ("vary", "Accept-Language")], &lang)
+    });
+    let app = App::new(b.layer(), &origin);
+    assert_eq!(app.send("GET", "/v", &[("accept-language", "en")]).await.body, "en");
+    assert_eq!(app.send("GET", "/v", &[("accept-language", "fr")]).await.body, "fr");
+    let en = app.send("GET", "/v", &[("accept-language", "en")]).await;
+    assert_eq!(en.body, "en");
+    assert!(en.is_hit());
+    let fr = app.send("GET", "/v", &[("accept-language", "fr")]).await;
+    assert_eq!(fr.body, "fr");
+    assert!(fr.is_hit());
+    assert_eq!(app.get("/v").await.body, "none");
+    assert_eq!(origin.hits(), 3);
+    // Selecting headers are normalized: whitespace, and several lines joined.
+    app.send("GET", "/v", &[("accept-language", "de,fr")]).await;
+    assert!(app.send("GET", "/v", &[("accept-language", " de, fr ")]).await.is_hit());
+    assert!(app.send("GET", "/v", &[("accept-language", "de"), ("accept-language", "fr")]).await.is_hit());
+    app.get("/star").await;
+    assert!(!app.get("/star").await.is_hit(), "Vary: * is never served from the cache");
+}
+
+async fn clients_with_matching_validators_get_304(b: Backend) {
+    let origin = Origin::new(|_, _| {
+        resp(
+            200,
+            &[("cache-control", "max-age=60"), ("etag", "\"abc\""), ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+            "body",
+        )
+    });
+    let app = App::new(b.layer(), &origin);
+    app.get("/c").await;
+    let inm = app.send("GET", "/c", &[("if-none-match", "\"abc\"")]).await;
+    assert_eq!(inm.status, 304);
+    assert!(inm.body.is_empty());
+    assert_eq!(inm.header("etag"), "\"abc\"");
+    let other = app.send("GET", "/c", &[("if-none-match", "\"zzz\"")]).await;
+    assert_eq!(other.status, 200);
+    let ims = app.send("GET", "/c", &[("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT")]).await;
+    assert_eq!(ims.status, 304);
+    assert_eq!(origin.hits(), 1);
+}
+
+async fn stale_entries_are_revalidated_and_refreshed_by_304(b: Backend) {
+    let origin = Origin::new(|parts, n| {
+        if parts.headers.get("if-none-match").is_some_and(|v| v == "\"e1\"") {
+            return resp(
+                304,
+                &[("cache-control", "max-age=60"), ("etag", "\"e1\""), ("x-updated", &n.to_string())],
+                "",
+            );
+        }
+        resp(200, &[("cache-control", "max-age=1"), ("etag", "\"e1\""), ("x-updated", "0")], "original")
+    });
+    let app = App::new(b.layer(), &origin);
+    app.get("/r").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let revalidated = app.get("/r").await;
+    assert_eq!(origin.last_seen().get("if-none-match").unwrap(), "\"e1\"");
+    assert_eq!(revalidated.status, 200);
+    assert_eq!(revalidated.body, "original");
+    assert_eq!(revalidated.header("x-updated"), "2", "headers updated from the 304");
+    assert!(revalidated.cache_status().contains("fwd=stale"), "{}", revalidated.cache_status());
+    assert!(revalidated.cache_status().contains("fwd-status=304"));
+    let hit = app.get("/r").await;
+    assert!(hit.is_hit(), "refreshed entry is fresh: {}", hit.cache_status());
+    assert_eq!(hit.header("x-updated"), "2");
+    assert_eq!(hit.body, "original");
+    assert_eq!(origin.hits(), 2);
+}
+
+async fn unsafe_methods_invalidate_target_and_locations(b: Backend) {
+    let origin = Origin::new(|parts, n| match parts.method.as_str() {
+        "POST" => resp(201, &[("location", "/items/1"), ("content-location", "http://other.test/items/2")], ""),
+        _ => resp(200, &[("cache-control", "max-age=60")], &format!("{n}")),
+    });
+    let app = App::new(b.layer(), &origin);
+    for path in ["/items", "/items/1"] {
+        app.get(path).await;
+        assert!(app.get(path).await.is_hit());
+    }
+    let post = app.send("POST", "/items", &[]).await;
+    assert_eq!(post.status, 201);
+    assert!(!app.get("/items").await.is_hit(), "target invalidated");
+    assert!(!app.get("/items/1").await.is_hit(), "Location invalidated");
+    // A failed unsafe request invalidates nothing.
+    let origin2 = Origin::new(|parts, n| match parts.method.as_str() {
+        "DELETE" => resp(500, &[], ""),
+        _ => resp(200, &[("cache-control", "max-age=60")], &format!("{n}")),
+    });
+    let app2 = App::new(b.layer(), &origin2);
+    app2.get("/keep").await;
+    app2.send("DELETE", "/keep", &[]).await;
+    assert!(app2.get("/keep").await.is_hit());
+}
+
+async fn head_is_answered_from_a_stored_get(b: Backend) {
+    let origin = Origin::new(|_, _| resp(200, &[("cache-control", "max-age=60")], "hello"));
+    let app = App::new(b.layer(), &origin);
+    app.get("/h").await;
+    let head = app.send("HEAD", "/h", &[]).await;
+    assert!(head.is_hit());
+    assert!(head.body.is_empty());
+    assert_eq!(origin.hits(), 1);
+}
+
+async fn request_cache_control_is_honoured(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("{n}")));
+    let app = App::new(b.layer(), &origin);
+    let miss = app.send("GET", "/rc", &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(miss.status, 504);
+    app.get("/rc").await;
+    assert!(app.send("GET", "/rc", &[("cache-control", "only-if-cached")]).await.is_hit());
+    assert!(!app.send("GET", "/rc", &[("cache-control", "no-cache")]).await.is_hit());
+    assert!(!app.send("GET", "/rc", &[("pragma", "no-cache")]).await.is_hit());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!app.send("GET", "/rc", &[("cache-control", "max-age=0")]).await.is_hit());
+    assert!(!app.send("GET", "/rc", &[("cache-control", "min-fresh=120")]).await.is_hit());
+    assert!(app.get("/rc").await.is_hit());
+}
+
+async fn stale_while_revalidate_serves_stale_and_refreshes_once(b: Backend) {
+    let origin =
+        Origin::new(|_, n| resp(200, &[("cache-control", "max-age=1, stale-while-revalidate=30")], &format!("v{n}")))
+            .delay(Duration::from_millis(400));
+    let app = App::new(b.layer(), &origin);
+    app.get("/swr").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut handles = Vec::new();
+    for _ in 0..10 {
+        let app = app.clone();
+        handles.push(tokio::spawn(async move { app.get("/swr").await }));
+    }
+    for h in handles {
+        let got = h.await.unwrap();
+        assert_eq!(got.body, "v1");
+        assert!(got.cache_status().contains("stale-while-revalidate"), "{}", got.cache_status());
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(origin.hits(), 2, "one background refresh");
+    let fresh = app.get("/swr").await;
+    assert_eq!(fresh.body, "v2");
+    assert!(fresh.is_hit());
+}
+
+async fn stale_if_error_serves_stale_when_the_origin_fails(b: Backend) {
+    let origin = Origin::new(|_, n| {
+        if n == 1 {
+            resp(200, &[("cache-control", "max-age=1, stale-if-error=60")], "good")
+        } else {
+            resp(503, &[], "down")
+        }
+    });
+    let app = App::new(b.layer(), &origin);
+    app.get("/sie").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let got = app.get("/sie").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, "good");
+    assert!(got.cache_status().contains("stale-if-error"), "{}", got.cache_status());
+    // Without the directive the error passes through.
+    let origin =
+        Origin::new(
+            |_, n| if n == 1 { resp(200, &[("cache-control", "max-age=1")], "good") } else { resp(503, &[], "down") },
+        );
+    let app = App::new(b.layer(), &origin);
+    app.get("/nosie").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(app.get("/nosie").await.status, 503);
+}
+
+async fn tag_purge_leaves_no_stale_copy(b: Backend) {
+    let origin = Origin::new(|parts, n| {
+        let tag = if parts.uri.path().starts_with("/p/") { "products" } else { "other" };
+        resp(200, &[("cache-control", "max-age=60"), ("cache-tag", &format!("{tag}, all"))], &format!("{n}"))
+    });
+    let layer = b.layer();
+    let app = App::new(layer.clone(), &origin);
+    for path in ["/p/1", "/p/2", "/o/1"] {
+        app.get(path).await;
+        assert!(app.get(path).await.is_hit());
+    }
+    let purged = layer.purge_tag("products").await.unwrap();
+    assert_eq!(purged, 2);
+    assert!(!app.get("/p/1").await.is_hit());
+    assert!(!app.get("/p/2").await.is_hit());
+    assert!(app.get("/o/1").await.is_hit());
+    assert!(layer.purge_key("GET http://example.test/o/1").await.unwrap());
+    assert!(!app.get("/o/1").await.is_hit());
+}
+
+async fn large_bodies_stream_through_unstored(b: Backend) {
+    let origin = Origin::new(|parts, n| {
+        let size = if parts.uri.path() == "/big" { 5000 } else { 50 };
+        resp(200, &[("cache-control", "max-age=60")], &format!("{n}").repeat(size))
+    });
+    let app = App::new(b.layer().max_body_size(1000), &origin);
+    let a = app.get("/big").await;
+    assert_eq!(a.body.len(), 5000);
+    assert!(!a.cache_status().contains("stored"));
+    assert!(!app.get("/big").await.is_hit());
+    app.get("/small").await;
+    assert!(app.get("/small").await.is_hit());
+}
+
+async fn concurrent_misses_reach_the_origin_once(b: Backend) {
+    let origin = Origin::new(|_, n| {
+        resp(200, &[("cache-control", "public, max-age=60"), ("set-cookie", &format!("sid={n}"))], "shared")
+    })
+    .delay(Duration::from_millis(300));
+    let app = App::new(b.layer().store_set_cookie(true), &origin);
+    let mut handles = Vec::new();
+    for _ in 0..50 {
+        let app = app.clone();
+        handles.push(tokio::spawn(async move { app.get("/cold").await }));
+    }
+    let mut cookies = 0;
+    for h in handles {
+        let got = h.await.unwrap();
+        assert_eq!(got.body, "shared");
+        if got.headers.contains_key("set-cookie") {
+            cookies += 1;
+        }
+    }
+    assert_eq!(origin.hits(), 1);
+    assert_eq!(cookies, 1, "only the leader's client gets its Set-Cookie");
+    assert!(!app.get("/cold").await.headers.contains_key("set-cookie"));
+}
+
+async fn purge_by_prefix(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("{n}")));
+    let layer = b.layer();
+    let app = App::new(layer.clone(), &origin);
+    for path in ["/docs/a", "/docs/b", "/blog/a"] {
+        app.get(path).await;
+    }
+    assert_eq!(layer.purge_prefix("http://example.test/docs/").await.unwrap(), 2);
+    assert!(!app.get("/docs/a").await.is_hit());
+    assert!(app.get("/blog/a").await.is_hit());
+}
+
+async fn cache_aside_runs_the_fetcher_once(b: Backend) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let cache = redlayer_cache::CacheAside::new(b.store.clone());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        let cache = cache.clone();
+        let calls = calls.clone();
+        handles.push(tokio::spawn(async move {
+            cache
+                .get_or_insert_tagged("user:1", Duration::from_secs(60), &["users"], || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, std::io::Error>(vec![1u32, 2, 3])
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap(), vec![1, 2, 3]);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.get::<Vec<u32>>("user:1").await.unwrap(), Some(vec![1, 2, 3]));
+    assert_eq!(cache.get::<String>("user:1").await.unwrap(), None, "wrong type is a miss");
+    cache.set("user:2", &"x", Duration::from_secs(60)).await.unwrap();
+    assert!(cache.invalidate("user:2").await.unwrap());
+    assert_eq!(cache.get::<String>("user:2").await.unwrap(), None);
+    assert_eq!(cache.invalidate_tag("users").await.unwrap(), 1);
+    assert_eq!(cache.get::<Vec<u32>>("user:1").await.unwrap(), None);
+}
+
+async fn xfetch_refreshes_hot_keys_before_they_expire(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=3")], &format!("v{n}")))
+        .delay(Duration::from_millis(100));
+    // A huge beta: every hit refreshes early (one refresh at a time).
+    let app = App::new(b.layer().xfetch(1e9), &origin);
+    app.get("/hot").await;
+    let hit = app.get("/hot").await;
+    assert!(hit.is_hit());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(origin.hits() >= 2, "early refresh happened");
+    let later = app.get("/hot").await;
+    assert!(later.is_hit());
+    assert_ne!(later.body, "v1", "served the refreshed entry");
+}
+
+async fn key_function_and_namespace(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("{n}")));
+    let layer = b
+        .layer()
+        .key_fn(|parts| (parts.uri.path() != "/nocache").then(|| format!("GET {}", parts.uri.path())))
+        .namespace(|parts| parts.headers.get("x-tenant").and_then(|v| v.to_str().ok()).map(str::to_owned));
+    let app = App::new(layer, &origin);
+    app.send("GET", "/k?a=1", &[("x-tenant", "t1")]).await;
+    assert!(app.send("GET", "/k?a=2", &[("x-tenant", "t1")]).await.is_hit(), "query ignored by the key fn");
+    assert!(!app.send("GET", "/k", &[("x-tenant", "t2")]).await.is_hit(), "tenants never share");
+    app.get("/nocache").await;
+    let bypass = app.get("/nocache").await;
+    assert!(bypass.cache_status().contains("fwd=bypass"), "{}", bypass.cache_status());
+}
+
+async fn hostile_cache_control_is_parsed_strictly(b: Backend) {
+    let origin = Origin::new(|parts, n| {
+        let cc = match parts.uri.path() {
+            "/space" => "max-age =100",
+            "/quoted" => "extension=\"max-age=100\", max-age=1",
+            "/huge" => "max-age=18446744073709551615, stale-while-revalidate=18446744073709551615",
+            _ => "max-age=100, no-cache=\"x-secret\"",
+        };
+        resp(200, &[("cache-control", cc), ("x-secret", "s"), ("x-public", "p")], &format!("{n}"))
+    });
+    let app = App::new(b.layer(), &origin);
+    app.get("/space").await;
+    assert!(!app.get("/space").await.is_hit(), "max-age with a space before = is ignored");
+    app.get("/quoted").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!app.get("/quoted").await.is_hit(), "max-age inside a quoted string is ignored");
+    app.get("/huge").await;
+    assert!(app.get("/huge").await.is_hit(), "a huge max-age is bounded, not a panic");
+    app.get("/qualified").await;
+    let hit = app.get("/qualified").await;
+    assert!(hit.is_hit(), "qualified no-cache does not prevent reuse");
+    assert!(!hit.headers.contains_key("x-secret"), "the listed field is not stored");
+    assert_eq!(hit.header("x-public"), "p");
+}
+
+async fn cache_aside_stale_while_revalidate(b: Backend) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let cache = redlayer_cache::CacheAside::new(b.store.clone());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fetch = {
+        let calls = calls.clone();
+        move || {
+            let calls = calls.clone();
+            async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok::<_, std::io::Error>(n)
+            }
+        }
+    };
+    let (ttl, stale) = (Duration::from_millis(500), Duration::from_secs(30));
+    assert_eq!(cache.get_or_insert_swr("swr", ttl, stale, fetch.clone()).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        assert_eq!(cache.get_or_insert_swr("swr", ttl, stale, fetch.clone()).await.unwrap(), 1, "stale value at once");
+        assert!(started.elapsed() < Duration::from_millis(150));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one background refresh");
+    assert_eq!(cache.get_or_insert_swr("swr", ttl, stale, fetch).await.unwrap(), 2);
+}
+
+async fn hostile_requests_are_bounded(b: Backend) {
+    let origin = Origin::new(|_, n| {
+        resp(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "x-h"), ("cache-tag", &"t".repeat(5000))],
+            &format!("{n}"),
+        )
+    });
+    let app = App::new(b.layer(), &origin);
+    let long = format!("/{}", "a".repeat(20_000));
+    app.get(&long).await;
+    assert!(app.get(&long).await.is_hit(), "a 20 KB URI is hashed into its key");
+    let weird = http::HeaderValue::from_bytes(b"\xff\xfe{}*").unwrap();
+    for _ in 0..2 {
+        let req = http::Request::get("/weird")
+            .header("host", "example.test")
+            .header("x-h", weird.clone())
+            .header("cache-control", http::HeaderValue::from_bytes(b"max-age=\xff, no-cache=\"").unwrap())
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = tower::ServiceExt::oneshot(app.service(), req).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::memory().await).await })*
+        }
+        mod standalone {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::standalone().await).await })*
+        }
+        #[cfg(feature = "cluster")]
+        mod cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::cluster().await).await })*
+        }
+    };
+}
+
+suite!(
+    fresh_responses_are_hits_with_age_and_cache_status,
+    age_counts_upstream_age_and_expires_entries,
+    no_store_private_and_set_cookie_are_not_stored,
+    authorization_is_shared_only_when_the_response_allows,
+    vary_keeps_variants_apart,
+    clients_with_matching_validators_get_304,
+    stale_entries_are_revalidated_and_refreshed_by_304,
+    unsafe_methods_invalidate_target_and_locations,
+    head_is_answered_from_a_stored_get,
+    request_cache_control_is_honoured,
+    stale_while_revalidate_serves_stale_and_refreshes_once,
+    stale_if_error_serves_stale_when_the_origin_fails,
+    tag_purge_leaves_no_stale_copy,
+    large_bodies_stream_through_unstored,
+    concurrent_misses_reach_the_origin_once,
+    purge_by_prefix,
+    cache_aside_runs_the_fetcher_once,
+    xfetch_refreshes_hot_keys_before_they_expire,
+    key_function_and_namespace,
+    hostile_cache_control_is_parsed_strictly,
+    cache_aside_stale_while_revalidate,
+    hostile_requests_are_bounded,
+);

@@ -1,0 +1,44 @@
+//! Bodies stream to the client while they are collected.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{Router, body::Body, routing::get};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http_body_util::BodyExt;
+use redlayer_cache::CacheLayer;
+use tower::ServiceExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_bytes_arrive_before_the_origin_finishes() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(4);
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(Some(rx)));
+    let app = Router::new()
+        .route(
+            "/s",
+            get(move || {
+                let rx = rx.lock().unwrap().take();
+                async move {
+                    let rx = rx.expect("called once");
+                    let stream =
+                        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+                    ([("cache-control", "max-age=60")], Body::from_stream(stream.boxed()))
+                }
+            }),
+        )
+        .layer(CacheLayer::memory());
+    let req = || http::Request::get("/s").header("host", "h").body(Body::empty()).unwrap();
+    let res = app.clone().oneshot(req()).await.unwrap();
+    let mut body = res.into_body();
+    tx.send(Ok(Bytes::from_static(b"first "))).await.unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(2), body.frame()).await.expect("first chunk streamed");
+    assert_eq!(frame.unwrap().unwrap().into_data().unwrap(), "first ");
+    tx.send(Ok(Bytes::from_static(b"second"))).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let hit = app.oneshot(req()).await.unwrap();
+    assert!(hit.headers()["cache-status"].to_str().unwrap().contains("hit"));
+    assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), "first second");
+}
