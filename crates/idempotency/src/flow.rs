@@ -6,7 +6,11 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use redlayer_core::{FailurePolicy, ResponseBody, problem::Problem, report_degraded};
+use redlayer_core::{
+    FailurePolicy, ResponseBody,
+    problem::{GrpcCode, Problem, grpc_response, is_grpc},
+    report_degraded,
+};
 use redlayer_lock::LockGuard;
 
 use crate::{
@@ -31,7 +35,20 @@ pub(crate) enum Decision<ReqBody, ResBody: Body> {
     Run(Request<ReqBody>, Option<Claim>),
 }
 
-pub(crate) fn problem<B: Body>(status: StatusCode, title: &'static str, detail: &str) -> Answer<B> {
+/// A refusal: an RFC 9457 problem document, or for a gRPC request (HTTP 200
+/// with `grpc-status`: gRPC clients read a bare 4xx as a transport error) the
+/// gRPC code of that status.
+pub(crate) fn problem<B: Body>(grpc: bool, status: StatusCode, title: &'static str, detail: &str) -> Answer<B> {
+    if grpc {
+        let code = match status {
+            StatusCode::CONFLICT => GrpcCode::Aborted,
+            StatusCode::UNPROCESSABLE_ENTITY => GrpcCode::FailedPrecondition,
+            StatusCode::PAYLOAD_TOO_LARGE => GrpcCode::ResourceExhausted,
+            StatusCode::SERVICE_UNAVAILABLE => GrpcCode::Unavailable,
+            _ => GrpcCode::InvalidArgument,
+        };
+        return grpc_response(code, &format!("{title}: {detail}"));
+    }
     Problem::new(status, title).detail(detail).into_response()
 }
 
@@ -46,8 +63,9 @@ fn replay<B: Body>(stored: StoredResponse) -> Answer<B> {
     response
 }
 
-fn conflict<B: Body>() -> Answer<B> {
+fn conflict<B: Body>(grpc: bool) -> Answer<B> {
     let mut response = problem(
+        grpc,
         StatusCode::CONFLICT,
         "Request in progress",
         "a request with this Idempotency-Key is still being processed; retry later",
@@ -56,8 +74,9 @@ fn conflict<B: Body>() -> Answer<B> {
     response
 }
 
-fn mismatch<B: Body>() -> Answer<B> {
+fn mismatch<B: Body>(grpc: bool) -> Answer<B> {
     problem(
+        grpc,
         StatusCode::UNPROCESSABLE_ENTITY,
         "Idempotency-Key reused",
         "this Idempotency-Key was already used with a different request (method, path or body)",
@@ -76,10 +95,12 @@ where
     ReqBody::Error: Into<BoxError>,
     ResBody: Body,
 {
+    let grpc = is_grpc(&parts.headers);
     let bytes = match Limited::new(body, config.max_request_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
             return Decision::Respond(problem(
+                grpc,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Request body too large",
                 "the request body is larger than this endpoint accepts with an Idempotency-Key",
@@ -87,6 +108,7 @@ where
         }
         Err(_) => {
             return Decision::Respond(problem(
+                grpc,
                 StatusCode::BAD_REQUEST,
                 "Bad request body",
                 "the request body could not be read",
@@ -96,7 +118,7 @@ where
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let fp = fingerprint(&parts.method, path, &bytes);
     let request = Request::from_parts(parts, ReqBody::from(bytes));
-    match claim(&config, &id, &fp).await {
+    match claim(&config, &id, &fp, grpc).await {
         Ok(Ok(guard)) => Decision::Run(request, Some(Claim { config, id, guard })),
         Ok(Err(answer)) => Decision::Respond(answer),
         Err(error) => match config.failure {
@@ -107,6 +129,7 @@ where
             _ => {
                 report_degraded("idempotency", FailurePolicy::FailClosed, &error);
                 Decision::Respond(problem(
+                    grpc,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Service unavailable",
                     "idempotency cannot be guaranteed right now; retry with the same Idempotency-Key",
@@ -116,7 +139,12 @@ where
     }
 }
 
-async fn claim<B: Body>(config: &Config, id: &str, fp: &str) -> redlayer_core::Result<Result<LockGuard, Answer<B>>> {
+async fn claim<B: Body>(
+    config: &Config,
+    id: &str,
+    fp: &str,
+    grpc: bool,
+) -> redlayer_core::Result<Result<LockGuard, Answer<B>>> {
     let store = &config.store;
     match store.locks.try_acquire(id, config.lease).await? {
         Some(guard) => {
@@ -124,13 +152,13 @@ async fn claim<B: Body>(config: &Config, id: &str, fp: &str) -> redlayer_core::R
             match store.begin(id, fp, guard.fencing_token(), config.retention).await? {
                 Begin::Run => Ok(Ok(guard)),
                 Begin::Replay(stored) => Ok(Err(replay(stored))),
-                Begin::Mismatch => Ok(Err(mismatch())),
+                Begin::Mismatch => Ok(Err(mismatch(grpc))),
             }
         }
         None => Ok(Err(match store.peek(id, fp).await? {
-            Peek::Busy => conflict(),
+            Peek::Busy => conflict(grpc),
             Peek::Replay(stored) => replay(stored),
-            Peek::Mismatch => mismatch(),
+            Peek::Mismatch => mismatch(grpc),
         })),
     }
 }

@@ -32,6 +32,14 @@ pub(crate) struct Config {
 /// request bodies up to 1 MiB (413 beyond), responses stored up to 1 MiB
 /// (larger ones are passed through and not stored); keys up to 255
 /// characters; fail closed (503) when the store is unreachable.
+///
+/// gRPC requests (`content-type: application/grpc*`) get gRPC answers instead
+/// of HTTP 4xx/5xx: HTTP 200 with `grpc-status` `INVALID_ARGUMENT` (missing or
+/// malformed key), `ABORTED` (in flight), `FAILED_PRECONDITION` (key reused
+/// with another request), `RESOURCE_EXHAUSTED` (body too large) or
+/// `UNAVAILABLE`. gRPC responses end with trailers, which are not stored: a
+/// retry after completion runs the handler again (only concurrent duplicates
+/// are held off).
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct IdempotencyLayer {

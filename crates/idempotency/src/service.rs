@@ -8,6 +8,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
+use redlayer_core::problem::is_grpc;
 use tower_service::Service;
 
 use crate::{
@@ -53,13 +54,15 @@ where
             KeyHeader::Missing if !config.required => return ResponseFuture::pass(inner.call(req)),
             KeyHeader::Missing => {
                 return ResponseFuture::respond(problem(
+                    is_grpc(req.headers()),
                     StatusCode::BAD_REQUEST,
                     "Idempotency-Key required",
                     "this endpoint requires an Idempotency-Key header (a structured-field string)",
                 ));
             }
             KeyHeader::Invalid(why) => {
-                return ResponseFuture::respond(problem(StatusCode::BAD_REQUEST, "Invalid Idempotency-Key", why));
+                let grpc = is_grpc(req.headers());
+                return ResponseFuture::respond(problem(grpc, StatusCode::BAD_REQUEST, "Invalid Idempotency-Key", why));
             }
         };
         let (parts, body) = req.into_parts();

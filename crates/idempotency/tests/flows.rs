@@ -63,7 +63,10 @@ impl Reply {
 }
 
 async fn send(app: &Router, path: &str, key: Option<&str>, body: &str, extra: &[(&str, &str)]) -> Reply {
-    let mut req = Request::post(path).header("content-type", "application/json");
+    let mut req = Request::post(path);
+    if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        req = req.header("content-type", "application/json");
+    }
     if let Some(key) = key {
         req = req.header("idempotency-key", key);
     }
@@ -256,4 +259,30 @@ async fn flows_cluster() {
     let a = redlayer_core::Redis::connect_cluster(cluster.urls()).await.unwrap();
     let b = redlayer_core::Redis::connect_cluster(cluster.urls()).await.unwrap();
     suite(configure(IdempotencyLayer::redis(a)), configure(IdempotencyLayer::redis(b))).await;
+}
+
+/// gRPC clients read a bare 4xx as a transport failure: gRPC requests get
+/// HTTP 200 with the `grpc-status` of the refusal instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_requests_get_grpc_statuses() {
+    let layer = configure(IdempotencyLayer::memory()).require_key(true);
+    let app = app(layer, Counters::default());
+    let grpc = [("content-type", "application/grpc")];
+    let grpc_status = |r: &Reply| (r.status, r.headers.get("grpc-status").map(|v| v.to_str().unwrap().to_owned()));
+    let missing = send(&app, "/payments", None, "{}", &grpc).await;
+    assert_eq!(grpc_status(&missing), (StatusCode::OK, Some("3".into())), "INVALID_ARGUMENT");
+    let bad = send(&app, "/payments", Some("not-a-string"), "{}", &grpc).await;
+    assert_eq!(grpc_status(&bad), (StatusCode::OK, Some("3".into())));
+    let key = unique("grpc");
+    let slow = [("content-type", "application/grpc"), ("x-delay-ms", "400")];
+    let (first, busy) = tokio::join!(send(&app, "/payments", Some(&key), "a", &slow), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send(&app, "/payments", Some(&key), "a", &grpc).await
+    });
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(grpc_status(&busy), (StatusCode::OK, Some("10".into())), "ABORTED while in flight");
+    let other = send(&app, "/payments", Some(&key), "b", &grpc).await;
+    assert_eq!(grpc_status(&other), (StatusCode::OK, Some("9".into())), "FAILED_PRECONDITION: other request");
+    // Plain HTTP keeps its problem+json answers.
+    assert_eq!(send(&app, "/payments", Some(&key), "b", &[]).await.status, StatusCode::UNPROCESSABLE_ENTITY);
 }

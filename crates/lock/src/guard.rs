@@ -101,7 +101,10 @@ impl Shared {
 /// as long as the server clock does not go backwards. After a failover to a
 /// replica (asynchronous replication) the counter may be behind, and the
 /// guarantee then rests on the new primary's clock being no further behind the
-/// old one's than the time the failover took. Pass the token to the storage you
+/// old one's than the time the failover took. With Redlock, each node counts on
+/// its own; the token is the largest of the granting majority, and before the
+/// guard is returned every node's counter is raised to it (a majority must
+/// confirm), so the next majority, which overlaps, issues a larger one. Pass the token to the storage you
 /// protect and have it refuse writes with a smaller token than it has seen:
 /// that, not the lock alone, is what makes a paused or partitioned holder safe.
 pub struct LockGuard {

@@ -1,6 +1,9 @@
 //! Redlock: one lock over N independent Redis servers (majority quorum).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::LazyLock,
+    time::{Duration, Instant},
+};
 
 use futures_util::future::join_all;
 use redlayer_core::{Error, Redis, Result};
@@ -9,6 +12,10 @@ use crate::{
     guard::drift,
     locks::{ACQUIRE, EXTEND, RELEASE},
 };
+
+/// Raises a node's fencing counter to a token issued by a majority (see the script).
+static FENCE_RAISE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/fence_raise.lua")));
 
 /// The time one node gets to answer: a tenth of the ttl, between 5 ms and
 /// the handle's own timeout, so a dead node cannot eat the validity.
@@ -49,7 +56,7 @@ pub(crate) async fn acquire(
     let mut invocation = ACQUIRE.key(key);
     invocation.key(fence_key).arg(token).arg(ms).arg(retention_ms);
     let answers: Vec<Result<(i64, i64)>> = join_all(nodes.iter().map(|n| on_node(n, ttl, &invocation))).await;
-    let mut granted = Vec::new();
+    let mut granted: Vec<u64> = Vec::new();
     let mut busy_ttl: Option<Duration> = None;
     let mut reachable = 0;
     let mut last_error = None;
@@ -73,8 +80,22 @@ pub(crate) async fn acquire(
         && let Some(validity) = validity
         && !validity.is_zero()
     {
+        // Each node counts on its own (their counters start at their own
+        // clocks and skip the acquisitions they missed), so the largest token
+        // of this majority may be above what another majority would issue
+        // next. Unless a majority already stands at it, raise every node's
+        // counter to it first: every later majority then overlaps one of them.
         let fence = granted.iter().copied().max().unwrap_or(0);
-        return Ok(Ok((fence, started + validity)));
+        let at_fence = granted.iter().filter(|f| **f == fence).count();
+        let raised = at_fence >= quorum(nodes.len()) || raise_fence(nodes, fence_key, fence, ttl, retention_ms).await;
+        let validity = ttl.checked_sub(started.elapsed() + drift(ttl)).filter(|v| !v.is_zero());
+        if let (true, Some(validity)) = (raised, validity) {
+            return Ok(Ok((fence, started + validity)));
+        }
+        if !raised {
+            last_error = Some(Error::Unavailable("redlock: too few nodes took the fencing token".into()));
+            reachable = 0;
+        }
     }
     // Failed: undo on every node (also those that did not answer: the command may have run).
     release(nodes, key, token, ttl).await;
@@ -82,6 +103,14 @@ pub(crate) async fn acquire(
         return Err(last_error.unwrap_or_else(|| Error::Unavailable("redlock: too few nodes answered".into())));
     }
     Ok(Err(busy_ttl.unwrap_or(Duration::ZERO)))
+}
+
+/// Raises the fencing counter on every node; true when a majority confirmed.
+async fn raise_fence(nodes: &[Redis], fence_key: &str, fence: u64, ttl: Duration, retention_ms: u64) -> bool {
+    let mut invocation = FENCE_RAISE.key(fence_key);
+    invocation.arg(fence).arg(retention_ms);
+    let answers: Vec<Result<i64>> = join_all(nodes.iter().map(|n| on_node(n, ttl, &invocation))).await;
+    answers.iter().filter(|a| a.is_ok()).count() >= quorum(nodes.len())
 }
 
 /// Releases on every node; true when a majority still held our token.

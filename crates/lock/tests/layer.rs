@@ -125,3 +125,24 @@ async fn layer_cluster() {
     let b = Locks::redis(redlayer_core::Redis::connect_cluster(cluster.urls()).await.unwrap());
     suite(a, b).await;
 }
+
+/// Keys come from clients: the layer must leave nothing behind in Redis once
+/// a request is done (it used to leave a fencing counter per key for a day).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_leaves_no_state_per_client_key_in_redis() {
+    let server = redlayer_testkit::RedisServer::start();
+    let redis = redlayer_core::Redis::connect(&server.url()).await.unwrap();
+    let app = app(Locks::redis(redis), Probe::default(), Retry::new(Duration::from_secs(1)), StatusCode::CONFLICT);
+    for i in 0..20 {
+        assert_eq!(call(&app, &format!("attacker-chosen-{i}"), 1).await.0, StatusCode::OK);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let size = server.cli(&["DBSIZE"]);
+        if size.trim() == "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "keys left behind: {size} {}", server.cli(&["KEYS", "*"]));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -132,3 +132,34 @@ async fn redlock_tolerates_killed_minorities_and_never_overlaps() {
         }
     }
 }
+
+/// Each node counts fencing tokens on its own; the token of a majority is the
+/// largest of its nodes. A later majority without the node that gave the
+/// largest token must still issue a larger one (it used to give the small
+/// counters of the other nodes: a token going backwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_fencing_tokens_increase_across_different_majorities() {
+    use redlayer_core::KeyPart;
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let nodes = handles(&servers).await;
+    let locks = Locks::redlock(nodes.clone());
+    let name = "fence-majorities";
+    let fence_key = nodes[0].keys().key_with("lock", &KeyPart::client(name), "fence");
+    // Node 0's counter runs far ahead (a faster clock, or acquisitions the others missed).
+    let ahead = 9_000_000_000_000_000u64;
+    servers[0].cli(&["SET", &fence_key, &ahead.to_string()]);
+    let first = locks.try_acquire(name, TTL).await.unwrap().expect("free");
+    let first_fence = first.fencing_token();
+    assert!(first_fence > ahead);
+    assert!(first.release().await.unwrap());
+    // Node 0 unreachable: the majority is nodes 1 and 2.
+    servers[0].pause();
+    let second = locks.try_acquire(name, TTL).await.unwrap().expect("a majority is up");
+    servers[0].resume();
+    assert!(
+        second.fencing_token() > first_fence,
+        "token went backwards: {} after {first_fence}",
+        second.fencing_token()
+    );
+    assert!(second.release().await.unwrap());
+}

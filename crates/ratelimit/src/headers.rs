@@ -10,7 +10,9 @@ use redlayer_core::{
 };
 use sfv::{Integer, KeyRef, ListSerializer, StringRef};
 
-use crate::{Decision, decision::retry_after_secs};
+use bytes::Bytes;
+
+use crate::{Decision, PolicyStatus, decision::retry_after_secs};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-10).
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -22,7 +24,7 @@ fn secs_ceil(d: Duration) -> u64 {
 }
 
 fn int(v: u64) -> Integer {
-    Integer::try_from(v.min(999_999_999_999_999) as i64).unwrap_or(Integer::constant(0))
+    Integer::try_from(v.min(MAX_SF_INT) as i64).unwrap_or(Integer::constant(0))
 }
 
 /// `RateLimit-Policy: "name";q=100;w=60, ...` of these policies.
@@ -39,28 +41,75 @@ pub(crate) fn policy_field(policies: &[crate::Policy]) -> Option<HeaderValue> {
 
 /// `RateLimit-Policy: "name";q=100;w=60, ...` and `RateLimit: "name";r=50;t=30, ...`.
 pub(crate) fn fields(decision: &Decision) -> Option<(HeaderValue, HeaderValue)> {
+    let policy = match &decision.policy_field {
+        Some(field) => field.clone(),
+        None => policy_field_of(decision.policies())?,
+    };
+    Some((policy, state_field(decision.policies())?))
+}
+
+/// `RateLimit-Policy` of the policies of a decision that does not report them all.
+fn policy_field_of(statuses: &[PolicyStatus]) -> Option<HeaderValue> {
     let mut policy = ListSerializer::new();
-    let mut state = ListSerializer::new();
-    let precomputed = decision.policy_field.clone();
-    for p in decision.policies() {
-        let name = StringRef::from_str(&p.name).ok()?;
-        if precomputed.is_none() {
-            let _ = policy
-                .bare_item(name)
-                .parameter(KeyRef::constant("q"), int(p.quota.count()))
-                .parameter(KeyRef::constant("w"), int(secs_ceil(p.quota.period()).max(1)));
+    for p in statuses {
+        let _ = policy
+            .bare_item(StringRef::from_str(&p.name).ok()?)
+            .parameter(KeyRef::constant("q"), int(p.quota.count()))
+            .parameter(KeyRef::constant("w"), int(secs_ceil(p.quota.period()).max(1)));
+    }
+    HeaderValue::from_str(&policy.finish()?).ok()
+}
+
+/// `RateLimit: "name";r=50;t=30, ...`, written straight into one buffer: it
+/// is built for every answer, so it skips the general serializer. Policy
+/// names are `[A-Za-z0-9_.-]` (checked by `Policy::new`), which need no
+/// escaping in a structured-field string; anything else takes the `sfv` path.
+fn state_field(statuses: &[PolicyStatus]) -> Option<HeaderValue> {
+    let plain = |name: &str| name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if !statuses.iter().all(|p| !p.name.is_empty() && plain(&p.name)) {
+        return state_field_sfv(statuses);
+    }
+    let mut out = Vec::with_capacity(statuses.iter().map(|p| p.name.len() + 40).sum());
+    for (i, p) in statuses.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
         }
+        out.push(b'"');
+        out.extend_from_slice(p.name.as_bytes());
+        out.extend_from_slice(b"\";r=");
+        push_int(&mut out, p.remaining.min(MAX_SF_INT));
+        out.extend_from_slice(b";t=");
+        push_int(&mut out, secs_ceil(p.reset).min(MAX_SF_INT));
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+}
+
+fn state_field_sfv(statuses: &[PolicyStatus]) -> Option<HeaderValue> {
+    let mut state = ListSerializer::new();
+    for p in statuses {
         let _ = state
-            .bare_item(name)
+            .bare_item(StringRef::from_str(&p.name).ok()?)
             .parameter(KeyRef::constant("r"), int(p.remaining))
             .parameter(KeyRef::constant("t"), int(secs_ceil(p.reset)));
     }
-    let policy = match precomputed {
-        Some(field) => field,
-        None => HeaderValue::from_str(&policy.finish()?).ok()?,
-    };
-    let state = HeaderValue::from_str(&state.finish()?).ok()?;
-    Some((policy, state))
+    HeaderValue::from_str(&state.finish()?).ok()
+}
+
+/// The largest structured-field integer (15 digits).
+const MAX_SF_INT: u64 = 999_999_999_999_999;
+
+fn push_int(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// Writes the fields of `decision` into `headers`. Fields already there (set
@@ -197,6 +246,18 @@ mod tests {
         assert_eq!(headers["ratelimit"], r#""burst";r=0;t=1, "daily";r=950;t=3601, "outer";r=59;t=1"#);
         assert_eq!(headers["retry-after"], "1");
         assert_eq!(headers["x-ratelimit-limit"], "10");
+    }
+
+    #[test]
+    fn the_direct_state_field_is_what_sfv_writes() {
+        let mut statuses = Vec::new();
+        for (i, (remaining, reset_ms)) in
+            [(0, 0), (1, 1), (9, 999), (10, 1000), (12345, 1001), (u64::MAX, u64::MAX / 2)].into_iter().enumerate()
+        {
+            statuses.push(status(&format!("p-{i}.x_y"), Quota::per_second(10), remaining, reset_ms, None));
+            assert_eq!(state_field(&statuses), state_field_sfv(&statuses), "{statuses:?}");
+        }
+        assert!(state_field(&statuses).is_some());
     }
 
     #[test]

@@ -381,44 +381,46 @@ impl ClientIp {
             return peer;
         }
         let peer = peer?;
-        // The chain, oldest first, with the peer appended: at most 64 entries looked at.
-        let mut chain: Vec<Option<IpAddr>> = match self.source {
-            Source::XForwardedFor => header_values(parts, "x-forwarded-for")
-                .flat_map(|v| v.split(','))
-                .map(|s| parse_node(s.trim()))
-                .collect(),
-            _ => header_values(parts, "forwarded")
-                .flat_map(|v| v.split(','))
-                .map(|element| {
-                    element
+        // The chain, newest first (the peer excluded), read from the right and
+        // never further than MAX_CHAIN entries: a client's long header costs
+        // nothing beyond them.
+        let mut chain: Vec<Option<IpAddr>> = Vec::new();
+        let name = if self.source == Source::XForwardedFor { "x-forwarded-for" } else { "forwarded" };
+        'lines: for line in parts.headers.get_all(name).iter().rev() {
+            let Ok(line) = line.to_str() else {
+                // An unreadable line is one unknown hop: nothing left of it is believed.
+                chain.push(None);
+                break;
+            };
+            for element in line.rsplit(',') {
+                if chain.len() == MAX_CHAIN {
+                    break 'lines;
+                }
+                chain.push(match self.source {
+                    Source::XForwardedFor => parse_node(element.trim()),
+                    _ => element
                         .split(';')
                         .filter_map(|pair| pair.split_once('='))
                         .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
-                        .and_then(|(_, v)| parse_node(v.trim()))
-                })
-                .collect(),
-        };
-        if chain.len() > 64 {
-            chain.drain(..chain.len() - 64);
+                        .and_then(|(_, v)| parse_node(v.trim())),
+                });
+            }
         }
-        chain.push(Some(peer));
         match &self.trust {
             Trust::None => Some(peer),
-            Trust::Hops(n) => {
-                // chain[len-1] is the peer (hop 1); the client is n entries left of it.
-                let index = chain.len().checked_sub(n + 1);
-                match index {
-                    Some(i) => chain[i].or(Some(peer)),
-                    None => Some(peer),
-                }
-            }
+            // The peer is hop 1; the client is the n-th entry from the right.
+            Trust::Hops(n) => chain.get(n - 1).copied().flatten().or(Some(peer)),
             Trust::Proxies(nets) => {
+                let trusted = |ip: IpAddr| nets.iter().any(|n| n.contains(ip));
+                if !trusted(peer) {
+                    return Some(peer);
+                }
                 let mut client = peer;
-                for node in chain.iter().rev() {
+                for node in &chain {
                     match node {
                         Some(ip) => {
                             client = *ip;
-                            if !nets.iter().any(|n| n.contains(*ip)) {
+                            if !trusted(*ip) {
                                 return Some(*ip);
                             }
                         }
@@ -440,9 +442,8 @@ impl ClientIp {
     }
 }
 
-fn header_values<'a>(parts: &'a Parts, name: &'static str) -> impl Iterator<Item = &'a str> {
-    parts.headers.get_all(name).iter().filter_map(|v| v.to_str().ok())
-}
+/// The most forwarded-chain entries looked at (from the right).
+const MAX_CHAIN: usize = 64;
 
 /// One node of a forwarded chain: `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]:80`,
 /// `"[2001:db8::1]"`, `2001:db8::1`. `unknown` and obfuscated names: `None`.
@@ -529,6 +530,32 @@ mod tests {
         let huge = "x".repeat(100_000);
         let p = parts("10.1.1.1:1", &[("forwarded", huge.as_str())]);
         assert_eq!(key(&k, &p).as_deref(), Some("10.1.1.1"));
+    }
+
+    /// The chain is read from the right and only as far as the trust goes:
+    /// a client's megabyte of forwarded entries costs nothing (it used to be
+    /// parsed and collected whole on every request, then cut to 64).
+    #[test]
+    fn huge_forwarded_chains_cost_no_more_than_the_trusted_hops() {
+        let huge = "6.6.6.6, ".repeat(110_000) + "203.0.113.5";
+        let hops: Key = ClientIp::x_forwarded_for().trusted_hops(1).into();
+        let cidrs: Key = ClientIp::x_forwarded_for().trusted_proxies(["10.0.0.0/8"]).into();
+        let p = parts("10.0.0.2:1", &[("x-forwarded-for", huge.as_str())]);
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            assert_eq!(key(&hops, &p).as_deref(), Some("203.0.113.5"));
+            assert_eq!(key(&cidrs, &p).as_deref(), Some("203.0.113.5"));
+        }
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "{:?}", started.elapsed());
+        // Beyond 64 entries nothing more is trusted: the 65th from the right is not reached.
+        let all_trusted = "10.0.0.1, ".repeat(100) + "10.0.0.1";
+        let p = parts("10.0.0.2:1", &[("x-forwarded-for", all_trusted.as_str())]);
+        assert_eq!(key(&cidrs, &p).as_deref(), Some("10.0.0.1"));
+        // Several header lines form one chain, oldest line first.
+        let p = parts("10.0.0.2:1", &[("x-forwarded-for", "6.6.6.6, 7.7.7.7"), ("x-forwarded-for", "10.0.0.9")]);
+        assert_eq!(key(&cidrs, &p).as_deref(), Some("7.7.7.7"));
+        let two: Key = ClientIp::x_forwarded_for().trusted_hops(2).into();
+        assert_eq!(key(&two, &p).as_deref(), Some("7.7.7.7"));
     }
 
     #[test]

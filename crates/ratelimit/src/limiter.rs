@@ -1,7 +1,13 @@
 //! [`RateLimiter`]: policies + store + failure policy + deny cache; the
 //! plain async API (`check`) and the engine behind the layer.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use redlayer_core::{Error, FailurePolicy, KeyPart, memory::ExpiringMap, report_degraded};
 
@@ -13,6 +19,9 @@ use crate::{
 
 /// Default bound of the local deny cache (entries).
 pub const DEFAULT_DENY_CACHE_ENTRIES: usize = 10_000;
+/// Default bound of the local fallback limiter (keys); see
+/// [`RateLimiterBuilder::fallback_max_keys`].
+pub const DEFAULT_FALLBACK_KEYS: usize = 100_000;
 
 /// A rate limiter: a set of [`Policy`]s decided together over one [`Store`].
 ///
@@ -59,6 +68,37 @@ pub(crate) struct Inner {
 struct DenyCache {
     map: ExpiringMap<String, ()>,
     max: usize,
+    /// When the full cache was last swept (ms since `born`): expired denials
+    /// count in `map.len()` until swept, so a full cache is swept (at most
+    /// every [`DENY_SWEEP_EVERY_MS`]) before it refuses a new denial.
+    last_sweep_ms: AtomicU64,
+    born: Instant,
+}
+
+const DENY_SWEEP_EVERY_MS: u64 = 100;
+
+impl DenyCache {
+    fn new(max: usize) -> Self {
+        DenyCache { map: ExpiringMap::new(), max, last_sweep_ms: AtomicU64::new(0), born: Instant::now() }
+    }
+
+    /// Remembers that `key` is blocked for `ttl`, unless the cache is full of live denials.
+    fn insert(&self, key: &str, ttl: Duration) {
+        if self.map.len() >= self.max {
+            let now = self.born.elapsed().as_millis() as u64;
+            let last = self.last_sweep_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) < DENY_SWEEP_EVERY_MS
+                || self.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+            {
+                return;
+            }
+            self.map.sweep();
+            if self.map.len() >= self.max {
+                return;
+            }
+        }
+        self.map.insert(key.to_owned(), (), Some(ttl));
+    }
 }
 
 /// Builds a [`RateLimiter`].
@@ -70,6 +110,7 @@ pub struct RateLimiterBuilder {
     tag: KeyPart,
     failure: FailurePolicy,
     deny_cache: usize,
+    fallback_keys: usize,
     shadow: bool,
     timeout: Option<Duration>,
 }
@@ -83,6 +124,7 @@ impl RateLimiter {
             tag: KeyPart::fixed("default"),
             failure: FailurePolicy::FailOpen,
             deny_cache: DEFAULT_DENY_CACHE_ENTRIES,
+            fallback_keys: DEFAULT_FALLBACK_KEYS,
             shadow: false,
             timeout: None,
         }
@@ -114,8 +156,7 @@ impl RateLimiter {
     pub async fn try_check(&self, key: &str, cost: u64) -> Result<Decision, Error> {
         let id = KeyPart::client(key);
         let keys: Vec<String> = (0..self.inner.policies.len()).map(|i| self.shared_key(&id, i)).collect();
-        let specs = self.inner.specs.clone();
-        let (allowed, raw) = self.timed(self.inner.store.decide(&keys, &specs, cost)).await?;
+        let (allowed, raw) = self.timed(self.inner.store.decide(&keys, &self.inner.specs, cost)).await?;
         let active: Vec<usize> = (0..self.inner.policies.len()).collect();
         Ok(self.build_decision(allowed, &raw, &active))
     }
@@ -166,18 +207,19 @@ impl RateLimiter {
     /// A decision by the store (or the failure policy).
     pub(crate) async fn decide_in_store(&self, keys: Vec<String>, active: Vec<usize>, cost: u64) -> Decision {
         let inner = &self.inner;
-        let specs: Vec<PolicySpec> = active.iter().map(|&i| inner.specs[i]).collect();
+        // Every policy applies (the usual case): no copy of the specs.
+        let specs: std::borrow::Cow<'_, [PolicySpec]> = if active.len() == inner.specs.len() {
+            std::borrow::Cow::Borrowed(&inner.specs)
+        } else {
+            active.iter().map(|&i| inner.specs[i]).collect()
+        };
         let result = self.timed(inner.store.decide(&keys, &specs, cost)).await;
         let decision = match result {
             Ok((allowed, raw)) => {
                 if let (Some(cache), 1) = (&inner.deny_cache, cost) {
                     for (key, outcome) in keys.iter().zip(&raw) {
-                        if !outcome.allowed
-                            && outcome.remaining == 0
-                            && outcome.retry_us > 0
-                            && cache.map.len() < cache.max
-                        {
-                            cache.map.insert(key.clone(), (), Some(Duration::from_micros(outcome.retry_us as u64)));
+                        if !outcome.allowed && outcome.remaining == 0 && outcome.retry_us > 0 {
+                            cache.insert(key, Duration::from_micros(outcome.retry_us as u64));
                         }
                     }
                 }
@@ -305,6 +347,17 @@ impl RateLimiterBuilder {
         self
     }
 
+    /// Bound of the [`FailurePolicy::LocalFallback`] limiter (default
+    /// [`DEFAULT_FALLBACK_KEYS`]): keys come from clients (an API key header
+    /// may hold anything), so while the store is down and the fallback holds
+    /// this many live keys, new keys are counted together in one overflow
+    /// bucket per policy (limited together, never unlimited) instead of
+    /// growing memory.
+    pub fn fallback_max_keys(mut self, max_keys: usize) -> Self {
+        self.fallback_keys = max_keys.max(1);
+        self
+    }
+
     /// Shadow mode: decide, report (headers, a `tracing` event) but never block.
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
@@ -333,11 +386,77 @@ impl RateLimiterBuilder {
                 policies: self.policies,
                 tag: self.tag,
                 failure: self.failure,
-                fallback: MemoryStore::new(None),
-                deny_cache: (self.deny_cache > 0).then(|| DenyCache { map: ExpiringMap::new(), max: self.deny_cache }),
+                fallback: MemoryStore::bounded(None, self.fallback_keys),
+                deny_cache: (self.deny_cache > 0).then(|| DenyCache::new(self.deny_cache)),
                 shadow: self.shadow,
                 timeout,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Quota;
+
+    /// While Redis is down, client-chosen keys (random API keys) must not grow
+    /// the local fallback without bound: past its bound, new keys share one
+    /// overflow bucket (it used to keep every key for its whole period).
+    #[tokio::test]
+    async fn the_local_fallback_is_bounded_and_overflow_is_limited_together() {
+        let down = redlayer_core::Redis::builder()
+            .timeout(Duration::from_millis(100))
+            .connect_lazy("redis://127.0.0.1:1/")
+            .unwrap();
+        let limiter = RateLimiter::builder(Store::redis(down))
+            .policy(Policy::gcra("p", Quota::per_minute(2)))
+            .failure_policy(FailurePolicy::LocalFallback)
+            .fallback_max_keys(10)
+            .build();
+        for i in 0..10 {
+            let d = limiter.check(&format!("client-{i}"), 1).await;
+            assert_eq!(d.degraded(), Some(FailurePolicy::LocalFallback));
+            assert!(d.is_allowed());
+        }
+        // Full: two new clients share one bucket of 2.
+        assert!(limiter.check("new-1", 1).await.is_allowed());
+        assert!(limiter.check("new-1", 1).await.is_allowed());
+        assert!(!limiter.check("new-2", 1).await.is_allowed(), "overflow clients are limited together");
+        for i in 0..15 {
+            let _ = limiter.check(&format!("more-{i}"), 1).await;
+        }
+        assert!(limiter.inner.fallback.len() <= 11, "{} keys", limiter.inner.fallback.len());
+        // Known clients keep their own state.
+        assert!(limiter.check("client-3", 1).await.is_allowed());
+        assert!(!limiter.check("client-3", 1).await.is_allowed());
+    }
+
+    /// Expired denials count in the map until swept: a cache once filled must
+    /// still take new denials after the old ones ended (it used to stop
+    /// caching for good after `max` denials over the process's life).
+    #[tokio::test]
+    async fn a_full_deny_cache_takes_new_denials_once_old_ones_expired() {
+        let limiter = RateLimiter::builder(Store::memory())
+            .policy(Policy::gcra("p", Quota::new(1, Duration::from_millis(300))))
+            .deny_cache(2)
+            .build();
+        for key in ["a", "b"] {
+            assert!(limiter.check(key, 1).await.is_allowed());
+            assert!(!limiter.check(key, 1).await.is_allowed());
+            assert!(limiter.check(key, 1).await.from_deny_cache(), "{key} cached");
+        }
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert!(limiter.check("c", 1).await.is_allowed());
+        assert!(!limiter.check("c", 1).await.is_allowed());
+        let d = limiter.check("c", 1).await;
+        assert!(!d.is_allowed());
+        assert!(d.from_deny_cache(), "the new denial is cached once the old ones expired");
+        // Bounded: never more than `max` entries.
+        for key in ["d", "e", "f"] {
+            let _ = limiter.check(key, 1).await;
+            let _ = limiter.check(key, 1).await;
+        }
+        assert!(limiter.inner.deny_cache.as_ref().unwrap().map.len() <= 2);
     }
 }

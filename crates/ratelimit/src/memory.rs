@@ -2,12 +2,16 @@
 //! [`ExpiringMap`], with the same semantics (one process only).
 
 use std::{
+    borrow::Cow,
     collections::VecDeque,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
-use redlayer_core::memory::{Clock, ExpiringMap, SystemClock, Update};
+use redlayer_core::memory::{Clock, ExpiringMap, SystemClock, Ttl, Update};
 
 use crate::store::{PolicySpec, RawOutcome};
 
@@ -24,6 +28,12 @@ pub(crate) struct MemoryStore {
     map: ExpiringMap<String, State>,
     /// Held across the read and the write of one decision: several keys move together.
     gate: Mutex<()>,
+    /// At most this many keys (the local fallback's bound): once full, new
+    /// keys are counted together in one overflow bucket per policy.
+    max_keys: usize,
+    /// When the full map was last swept (ms since `born`), at most every 100 ms.
+    last_sweep_ms: AtomicU64,
+    born: Instant,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -34,20 +44,58 @@ impl std::fmt::Debug for MemoryStore {
 
 impl MemoryStore {
     pub(crate) fn new(clock: Option<Arc<dyn Clock>>) -> Self {
+        Self::bounded(clock, usize::MAX)
+    }
+
+    /// A store of at most `max_keys` keys (plus one overflow bucket per policy).
+    pub(crate) fn bounded(clock: Option<Arc<dyn Clock>>, max_keys: usize) -> Self {
         MemoryStore {
             map: ExpiringMap::with_clock(clock.unwrap_or_else(|| Arc::new(SystemClock))),
             gate: Mutex::new(()),
+            max_keys,
+            last_sweep_ms: AtomicU64::new(0),
+            born: Instant::now(),
         }
+    }
+
+    /// Entries held (expired ones not yet swept included).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The key to count `key` under: itself, or when the store is full and
+    /// `key` is new, the overflow bucket of its policy.
+    fn admit<'a>(&self, key: &'a str, index: usize, spec: &PolicySpec) -> Cow<'a, str> {
+        if self.max_keys == usize::MAX || self.map.ttl(&key.to_owned()) != Ttl::Missing {
+            return Cow::Borrowed(key);
+        }
+        if self.map.len() >= self.max_keys {
+            let now = self.born.elapsed().as_millis() as u64;
+            let last = self.last_sweep_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 100 {
+                self.last_sweep_ms.store(now, Ordering::Relaxed);
+                self.map.sweep();
+            }
+            if self.map.len() >= self.max_keys {
+                let PolicySpec { algorithm, count, period_us, burst } = spec;
+                return Cow::Owned(format!("\0overflow:{index}:{algorithm}:{count}:{period_us}:{burst}"));
+            }
+        }
+        Cow::Borrowed(key)
     }
 
     pub(crate) fn decide(&self, keys: &[String], specs: &[PolicySpec], cost: u64) -> (bool, Vec<RawOutcome>) {
         let cost = cost.min(crate::quota::MAX_COST) as i64;
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<Cow<'_, str>> =
+            keys.iter().zip(specs).enumerate().map(|(i, (key, spec))| self.admit(key, i, spec)).collect();
         let mut outcomes = Vec::with_capacity(specs.len());
         let mut writes = Vec::with_capacity(specs.len());
         for (key, spec) in keys.iter().zip(specs) {
-            let (outcome, write) =
-                self.map.update(key.clone(), |state, now| (Update::Keep, evaluate(state.as_deref(), now, cost, spec)));
+            let (outcome, write) = self.map.update(key.clone().into_owned(), |state, now| {
+                (Update::Keep, evaluate(state.as_deref(), now, cost, spec))
+            });
             outcomes.push(outcome);
             writes.push(write);
         }
@@ -62,7 +110,11 @@ impl MemoryStore {
         if all && cost > 0 {
             for (key, write) in keys.iter().zip(writes) {
                 if let (Some((state, ttl_us)), _) = write {
-                    self.map.insert(key.clone(), state, Some(Duration::from_micros(ttl_us.max(1000) as u64)));
+                    self.map.insert(
+                        key.clone().into_owned(),
+                        state,
+                        Some(Duration::from_micros(ttl_us.max(1000) as u64)),
+                    );
                 }
             }
         }

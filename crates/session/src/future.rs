@@ -60,6 +60,11 @@ where
                             let future: FinishFuture = Box::pin(async move { session.finish().await });
                             this.state.set(State::Finishing { future, response: Some(response) });
                         }
+                        Some(session) if session.is_accessed() => {
+                            let mut response = response.map(ResponseBody::inner);
+                            transport::add_vary(&this.shared.transport, response.headers_mut());
+                            return Poll::Ready(Ok(response));
+                        }
                         _ => return Poll::Ready(Ok(response.map(ResponseBody::inner))),
                     }
                 }
@@ -86,6 +91,8 @@ fn complete<B>(response: Response<B>, finish: Finish, shared: &Shared, grpc: boo
     if let Some(action) = &finish.action {
         transport::write_id(&shared.transport, response.headers_mut(), action);
     }
+    // Finishing means the handler used the session: the answer depends on it.
+    transport::add_vary(&shared.transport, response.headers_mut());
     response
 }
 

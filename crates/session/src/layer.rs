@@ -37,6 +37,13 @@ pub(crate) struct Timeouts {
 /// `Path=/`, a browser-session cookie; idle timeout 2 h, absolute lifetime
 /// 24 h; the idle timeout refreshed at most once a minute per session.
 ///
+/// A response whose handler used the session (any [`Session`](crate::Session)
+/// method) gets `Vary: Cookie` (or the id header's name with
+/// [`header`](SessionLayer::header) transport), joined to any `Vary` already
+/// there, as Django does: a shared cache in front can then never serve one
+/// user's personalised page to another. Responses of handlers that never
+/// touched the session are left as they are.
+///
 /// ```
 /// use std::time::Duration;
 /// use redlayer_session::{SessionLayer, Store};

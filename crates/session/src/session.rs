@@ -54,6 +54,9 @@ struct Inner {
     state: tokio::sync::Mutex<State>,
     /// Something must happen after the handler (a write, or an id to send or remove).
     needs_finish: AtomicBool,
+    /// The handler used the session (any method): the response depends on the
+    /// request's session id, so the layer adds `Vary` for it.
+    accessed: AtomicBool,
 }
 
 impl fmt::Debug for Session {
@@ -166,6 +169,7 @@ impl Session {
                     remove_id: false,
                 }),
                 needs_finish: AtomicBool::new(false),
+                accessed: AtomicBool::new(false),
             }),
         }
     }
@@ -180,6 +184,18 @@ impl Session {
 
     pub(crate) fn needs_finish(&self) -> bool {
         self.inner.needs_finish.load(Ordering::Relaxed)
+    }
+
+    /// True once a handler called any method of this session: its response
+    /// may depend on who sent it (see the layer's `Vary`).
+    pub fn is_accessed(&self) -> bool {
+        self.inner.accessed.load(Ordering::Relaxed)
+    }
+
+    /// The state, for a handler's call: marks the session as accessed.
+    async fn state(&self) -> tokio::sync::MutexGuard<'_, State> {
+        self.inner.accessed.store(true, Ordering::Relaxed);
+        self.inner.state.lock().await
     }
 
     async fn ensure_loaded(&self, st: &mut State) -> Result<(), SessionError> {
@@ -227,7 +243,7 @@ impl Session {
 
     /// The value under `key`, decoded from JSON; `None` when absent (or no session).
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         if let Some(raw) = st.pending.sets.get(key) {
             return decode(key, raw).map(Some);
         }
@@ -245,7 +261,7 @@ impl Session {
     pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
         check_key(key)?;
         let json = serde_json::to_string(&value).map_err(SessionError::Encode)?;
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         st.pending.deletes.remove(key);
         st.pending.sets.insert(key.to_owned(), json);
         self.mark();
@@ -257,7 +273,7 @@ impl Session {
         if check_key(key).is_err() {
             return; // `insert` refuses such keys: there is nothing to remove.
         }
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         st.pending.sets.remove(key);
         st.pending.deletes.insert(key.to_owned());
         self.mark();
@@ -265,7 +281,7 @@ impl Session {
 
     /// Removes every value (the session, its id and its user stay). Atomic in the store.
     pub async fn clear(&self) {
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         let user = st.pending.user.take();
         st.pending = Pending { clear: true, user, ..Pending::default() };
         self.mark();
@@ -276,7 +292,7 @@ impl Session {
     /// written in the same script. Creates the session if there is none.
     pub async fn increment(&self, key: &str, by: i64) -> Result<i64, SessionError> {
         check_key(key)?;
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         let results = self.write_locked(&mut st, vec![(key.to_owned(), by)]).await?;
         results.first().copied().ok_or_else(|| SessionError::NotAnInteger(key.to_owned()))
     }
@@ -285,7 +301,7 @@ impl Session {
     /// otherwise). Use it to learn about a failure before answering, e.g.
     /// [`SessionError::Expired`] when the session ended during the request.
     pub async fn save(&self) -> Result<(), SessionError> {
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         if st.pending.is_empty() {
             return Ok(());
         }
@@ -294,7 +310,7 @@ impl Session {
 
     /// The user attached to this session, if any.
     pub async fn user(&self) -> Result<Option<String>, SessionError> {
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         if let Some(user) = &st.pending.user {
             return Ok(Some(user.clone()));
         }
@@ -311,7 +327,7 @@ impl Session {
                 "user ids are 1..={MAX_USER_LEN} bytes"
             ))));
         }
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         st.pending.user = Some(user.to_owned());
         self.mark();
         Ok(())
@@ -322,7 +338,7 @@ impl Session {
     /// fixation: call it on login and on any privilege change). Without a
     /// stored session it does nothing (the first write issues a fresh id anyway).
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         let (Some(old), Status::Incoming | Status::Live) = (st.id.clone(), st.status) else { return Ok(()) };
         let old_key = self.store().session_key(&old);
         for _ in 0..ID_ATTEMPTS {
@@ -360,7 +376,7 @@ impl Session {
     /// Ends the session now: deleted from the store and from its user's
     /// index, the client's id removed. Later writes in this request start a new session.
     pub async fn destroy(&self) -> Result<(), SessionError> {
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         if let (Some(id), Status::Incoming | Status::Live) = (&st.id, st.status) {
             let key = self.store().session_key(id);
             if let Some(user) = self.store().destroy(&key).await? {
@@ -406,7 +422,7 @@ impl Session {
     }
 
     async fn user_and_key(&self) -> Result<(Option<String>, Option<String>), SessionError> {
-        let mut st = self.inner.state.lock().await;
+        let mut st = self.state().await;
         self.ensure_loaded(&mut st).await?;
         let user = st.pending.user.clone().or_else(|| st.cache.as_ref().and_then(|c| c.user.clone()));
         let key = match (&st.id, st.status) {

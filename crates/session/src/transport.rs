@@ -104,6 +104,50 @@ fn verify(config: &CookieConfig, name: &str, value: &str) -> Option<SessionId> {
     }
 }
 
+/// Adds the request field that carries the id (`Cookie`, or the configured
+/// header) to the response's `Vary`, as Django does for a session that was
+/// accessed: a shared cache must never serve one user's personalised answer
+/// to another. Joined to an existing `Vary` (one field line), never duplicated;
+/// `Vary: *` is left alone.
+pub(crate) fn add_vary(transport: &Transport, headers: &mut HeaderMap) {
+    let name = match transport {
+        Transport::Header(name) => name.as_str(),
+        Transport::Cookie(_) => "Cookie",
+    };
+    let mut lines = 0;
+    for value in headers.get_all(header::VARY) {
+        lines += 1;
+        let listed = value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .map(|t| t.trim_ascii())
+            .any(|t| t == b"*" || t.eq_ignore_ascii_case(name.as_bytes()));
+        if listed {
+            return;
+        }
+    }
+    let joined = match headers.get(header::VARY) {
+        Some(existing) if lines == 1 && !existing.as_bytes().trim_ascii().is_empty() => {
+            let mut bytes = existing.as_bytes().trim_ascii().to_vec();
+            bytes.extend_from_slice(b", ");
+            bytes.extend_from_slice(name.as_bytes());
+            HeaderValue::from_bytes(&bytes).ok()
+        }
+        _ => None,
+    };
+    match joined {
+        Some(value) => {
+            headers.insert(header::VARY, value);
+        }
+        None => {
+            if lines == 1 {
+                headers.remove(header::VARY);
+            }
+            headers.append(header::VARY, HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("Cookie")));
+        }
+    }
+}
+
 /// Writes the id (or its removal) into a response.
 pub(crate) fn write_id(transport: &Transport, headers: &mut HeaderMap, action: &IdAction) {
     match transport {

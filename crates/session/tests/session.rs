@@ -340,3 +340,49 @@ async fn the_extractor_without_the_layer_is_a_server_error() {
         router.oneshot(axum::http::Request::get("/").body(axum::body::Body::empty()).unwrap()).await.unwrap();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+/// A shared response cache in front must never serve one user's page to
+/// another: a response whose handler used the session varies on the cookie
+/// (or the id header), joined to any `Vary` the handler set, never twice.
+#[tokio::test]
+async fn responses_that_used_the_session_vary_on_its_id() {
+    use axum::{Router, http::header::VARY, routing::get};
+    use redlayer_session::Session;
+    let store = Store::memory();
+    let routes = |layer: SessionLayer| {
+        Router::new()
+            .route("/untouched", get(|| async { "hello" }))
+            .route("/read", get(|s: Session| async move { format!("{:?}", s.user().await.ok().flatten()) }))
+            .route("/write", get(|s: Session| async move { s.increment("n", 1).await.unwrap().to_string() }))
+            .route(
+                "/read-with-vary",
+                get(|s: Session| async move {
+                    let _ = s.user().await;
+                    ([(VARY, "Accept-Encoding")], "x")
+                }),
+            )
+            .route(
+                "/read-already-varies",
+                get(|s: Session| async move {
+                    let _ = s.user().await;
+                    ([(VARY, "accept-encoding, COOKIE")], "x")
+                }),
+            )
+            .layer(layer)
+    };
+    let mut c = Client::new(routes(layer(&store)));
+    assert!(c.call("GET", "/untouched").await.headers.get(VARY).is_none(), "no session used, no Vary");
+    assert_eq!(c.call("GET", "/read").await.headers[VARY], "Cookie", "a read-only use varies too");
+    let a = c.call("GET", "/write").await;
+    assert_eq!(a.headers.get_all(VARY).iter().collect::<Vec<_>>(), ["Cookie"]);
+    assert!(a.headers.get("set-cookie").is_some());
+    assert_eq!(c.call("GET", "/read-with-vary").await.headers[VARY], "Accept-Encoding, Cookie");
+    let a = c.call("GET", "/read-already-varies").await;
+    assert_eq!(a.headers.get_all(VARY).iter().collect::<Vec<_>>(), ["accept-encoding, COOKIE"]);
+
+    let mut h = Client::new(routes(layer(&store).header("x-session-id".parse().unwrap())));
+    h.header = Some("x-session-id");
+    assert_eq!(h.call("GET", "/write").await.headers[VARY], "x-session-id");
+    assert_eq!(h.call("GET", "/read").await.headers[VARY], "x-session-id");
+    assert!(h.call("GET", "/untouched").await.headers.get(VARY).is_none());
+}

@@ -35,7 +35,10 @@ impl<K> LockLayer<K> {
     pub fn new(locks: Locks, key: K) -> Self {
         LockLayer {
             config: Arc::new(Config {
-                locks,
+                // The layer never hands the fencing token to the handler, so it
+                // issues none: no per-key counter (and its retention) for keys a
+                // client picks, one command per request, state gone at release.
+                locks: locks.fencing(false).fence_retention(Duration::from_secs(1)),
                 ttl: Duration::from_secs(10),
                 max_hold: Duration::from_secs(300),
                 wait: Retry::default(),

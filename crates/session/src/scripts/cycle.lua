@@ -16,5 +16,5 @@ if now >= tonumber(meta[2]) then
   return {0}
 end
 redis.call('RENAME', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[2], 'm:s', now)
+redis.call('HSET', KEYS[2], 'm:s', string.format('%d', now))
 return {1, meta[3] or '', tonumber(meta[1])}

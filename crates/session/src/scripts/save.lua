@@ -1,4 +1,6 @@
 -- Applies one request's changes to a session hash, atomically, with its expiry.
+-- Times are written with string.format('%d'): Redis would write a Lua number
+-- with many trailing zeros in exponent form, which the Rust side cannot parse.
 -- KEYS[1]  the session hash
 -- ARGV[1]  'n': create (the key must not exist) | 'e': update (the key must exist)
 -- ARGV[2]  idle timeout, ms
@@ -69,9 +71,9 @@ for f, _ in pairs(dels) do
   redis.call('HDEL', key, f)
 end
 if create then
-  redis.call('HSET', key, 'm:c', now, 'm:a', deadline)
+  redis.call('HSET', key, 'm:c', string.format('%d', now), 'm:a', string.format('%d', deadline))
 end
-redis.call('HSET', key, 'm:s', now)
+redis.call('HSET', key, 'm:s', string.format('%d', now))
 for j = 0, ns - 1 do
   redis.call('HSET', key, ARGV[set_start + 2 * j], ARGV[set_start + 2 * j + 1])
 end

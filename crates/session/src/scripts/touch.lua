@@ -17,6 +17,6 @@ local ttl = tonumber(ARGV[1])
 if deadline - now < ttl then
   ttl = deadline - now
 end
-redis.call('HSET', KEYS[1], 'm:s', now)
+redis.call('HSET', KEYS[1], 'm:s', string.format('%d', now))
 redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
