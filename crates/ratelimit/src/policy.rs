@@ -27,6 +27,9 @@ pub struct Policy {
     pub(crate) key: Option<Key>,
 }
 
+/// The largest count of a [`Policy::sliding_log`] (each unit is a sorted-set member).
+pub const MAX_SLIDING_LOG_COUNT: u64 = 10_000;
+
 impl Policy {
     /// A policy with any algorithm.
     pub fn new(name: &str, algorithm: Algorithm, quota: Quota) -> Self {
@@ -60,8 +63,16 @@ impl Policy {
         Self::new(name, Algorithm::SlidingWindowCounter, quota)
     }
 
-    /// An exact sliding window log (memory grows with the count).
+    /// An exact sliding window log: one sorted-set member per request unit, so
+    /// its memory (and the work of a costed request) grows with the count. The
+    /// count is therefore capped at [`MAX_SLIDING_LOG_COUNT`]; use GCRA or the
+    /// sliding window counter for larger quotas.
     pub fn sliding_log(name: &str, quota: Quota) -> Self {
+        let quota = if quota.count() > MAX_SLIDING_LOG_COUNT {
+            Quota::new(MAX_SLIDING_LOG_COUNT, quota.period())
+        } else {
+            quota
+        };
         Self::new(name, Algorithm::SlidingWindowLog, quota)
     }
 
@@ -93,5 +104,18 @@ impl Policy {
             period_us: self.quota.period_us(),
             burst: self.quota.burst_size() as i64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_log_counts_are_capped() {
+        let policy = Policy::sliding_log("log", Quota::per_day(1_000_000_000));
+        assert_eq!(policy.quota().count(), MAX_SLIDING_LOG_COUNT);
+        assert_eq!(policy.quota().period(), std::time::Duration::from_secs(86_400));
+        assert_eq!(Policy::sliding_log("log", Quota::per_minute(50)).quota().count(), 50);
     }
 }
