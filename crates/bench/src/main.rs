@@ -1,29 +1,42 @@
 //! redlayer's load scenarios. Starts its own redis-server and axum servers on
 //! loopback, drives each with `wrk` (from Debian: `apt-get install wrk`), in
-//! interleaved rounds, and writes the medians to BENCHMARKS.md.
+//! interleaved rounds, and writes the medians to BENCHMARKS.md. The lock
+//! scenarios run in this process (32 tasks, no HTTP), in the same rounds.
 //!
 //! ```text
-//! cargo run --release -p redlayer-bench -- [--rounds 5] [--seconds 3] [--connections 32] [--out BENCHMARKS.md]
+//! cargo run --release -p redlayer-bench -- [--rounds 5] [--seconds 3] [--connections 32] [--out BENCHMARKS.md] [--only NAME[,NAME]]
 //! ```
 //!
+//! `--only` keeps the scenarios whose crate (`core`, `session`, `lock`,
+//! `idempotency`, `ratelimit`, `cache`) is NAME or whose name contains NAME;
+//! the floor, axum hello and the raw lock baselines always run. Build with
+//! `--features peers` to add tower-sessions, tower_governor and rslock.
+//!
 //! Run it alone on the machine: the figures are ratios within one run.
+//! Before the rounds every scenario's request is sent once and its status
+//! checked (`BENCH_DEBUG=1` prints those answers and the wrk scripts).
 
+mod http;
 mod scenarios;
 mod wrk;
 
-use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, time::Duration};
 
-use scenarios::Scenario;
+use scenarios::{FLOOR, HELLO, Scenario, lock};
+
+/// The values of `--only` that select a whole crate's scenarios.
+const GROUPS: [&str; 6] = ["core", "session", "lock", "idempotency", "ratelimit", "cache"];
 
 struct Args {
     rounds: usize,
     seconds: u64,
     connections: u32,
     out: String,
+    only: Vec<String>,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { rounds: 5, seconds: 3, connections: 32, out: "BENCHMARKS.md".into() };
+    let mut args = Args { rounds: 5, seconds: 3, connections: 32, out: "BENCHMARKS.md".into(), only: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -32,61 +45,223 @@ fn parse_args() -> Args {
             "--seconds" => args.seconds = value.parse().expect("--seconds N"),
             "--connections" => args.connections = value.parse().expect("--connections N"),
             "--out" => args.out = value,
-            other => panic!("unknown flag {other}"),
+            "--only" => args.only.extend(value.split(',').map(|s| s.trim().to_ascii_lowercase())),
+            other => panic!("unknown flag {other} (flags: --rounds --seconds --connections --out --only)"),
         }
     }
+    assert!(args.rounds > 0 && args.seconds > 0, "--rounds and --seconds must be at least 1");
     args
 }
+
+impl Args {
+    fn selected(&self, group: &str, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        self.only.is_empty()
+            || self.only.iter().any(|o| o == group || (!GROUPS.contains(&o.as_str()) && name.contains(o.as_str())))
+    }
+}
+
+/// A wrk scenario's runs over all rounds.
+#[derive(Default)]
+struct Runs(Vec<wrk::Run>);
 
 fn main() {
     let args = parse_args();
     wrk::check_installed();
     let redis_server = redlayer_testkit::RedisServer::start();
+    let url = redis_server.url();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let scenarios: Vec<Scenario> = runtime.block_on(scenarios::start_all(&redis_server.url()));
 
-    let mut results: BTreeMap<&str, Vec<wrk::Run>> = BTreeMap::new();
+    let (scenarios, locks, stampede) = runtime.block_on(async {
+        let handle = redlayer::Redis::connect(&url).await.expect("redlayer handle");
+        let mut scenarios = scenarios::start_all(&url).await;
+        scenarios.retain(|s| s.name == FLOOR || s.name == HELLO || args.selected(s.group, s.name));
+        let mut locks = lock::start(&url, &handle).await;
+        let any_lock = locks.iter().any(|l| l.name != lock::RAW && args.selected("lock", l.name));
+        locks.retain(|l| {
+            any_lock && (l.name == lock::RAW || l.name == lock::RAW_SHARED || args.selected("lock", l.name))
+        });
+        probe(&scenarios).await;
+        let stampede = match args.selected("cache", "cache stampede") {
+            true => Some(scenarios::cache::stampede(&url).await),
+            false => None,
+        };
+        (scenarios, locks, stampede)
+    });
+
+    let duration = Duration::from_secs(args.seconds);
+    let mut results: Vec<Runs> = scenarios.iter().map(|_| Runs::default()).collect();
+    let mut lock_results: Vec<Vec<f64>> = locks.iter().map(|_| Vec::new()).collect();
     for round in 1..=args.rounds {
-        for scenario in &scenarios {
-            let run = wrk::run(&scenario.url, args.connections, Duration::from_secs(args.seconds));
-            eprintln!("round {round}: {:<40} {:>9.0} req/s", scenario.name, run.requests_per_sec);
-            results.entry(scenario.name).or_default().push(run);
+        for (i, scenario) in scenarios.iter().enumerate() {
+            let lua = scenario.wrk_lua(&format!("r{round}s{i}p{}", std::process::id()));
+            let run = wrk::run(&scenario.url(), lua.as_deref(), args.connections, duration);
+            eprintln!("round {round}: {:<48} {:>9.0} req/s", scenario.name, run.requests_per_sec);
+            results[i].0.push(run);
+        }
+        for (i, scenario) in locks.iter().enumerate() {
+            let cycles = runtime.block_on(scenario.run(duration));
+            eprintln!("round {round}: {:<48} {:>9.0} cycles/s", scenario.name, cycles);
+            lock_results[i].push(cycles);
         }
     }
 
-    let floor = median(results[scenarios::FLOOR].iter().map(|r| r.requests_per_sec).collect());
+    let mut checks: Vec<String> = stampede.into_iter().collect();
+    for (scenario, runs) in scenarios.iter().zip(&results) {
+        if let Some(check) = &scenario.check {
+            let sent = runs.0.iter().map(|r| r.requests).sum();
+            checks.push(runtime.block_on(check.after(sent)));
+        }
+    }
+
+    let doc = render(&args, &scenarios, &results, &locks, &lock_results, &checks);
+    std::fs::write(&args.out, &doc).expect("write BENCHMARKS.md");
+    println!("{doc}");
+    println!("wrote {}", args.out);
+    drop(runtime);
+}
+
+/// Sends each scenario's request once and checks its status, so that a
+/// figure is never that of an error page; then runs the checks' `before`.
+async fn probe(scenarios: &[Scenario]) {
+    let mut wrong = Vec::new();
+    for (i, scenario) in scenarios.iter().enumerate() {
+        let res = scenario.request.send(&scenario.addr, &format!("probe-{i}-{}", std::process::id())).await;
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            eprintln!("probe {}: {res:?}\n{:?}", scenario.name, scenario.wrk_lua("debug"));
+        }
+        if res.status != scenario.expect {
+            wrong.push(format!("{}: expected {}, got {}: {res:?}", scenario.name, scenario.expect, res.status));
+        }
+        if let Some(check) = &scenario.check {
+            check.before().await;
+        }
+    }
+    assert!(wrong.is_empty(), "scenarios answering the wrong status:\n{}", wrong.join("\n"));
+}
+
+fn render(
+    args: &Args,
+    scenarios: &[Scenario],
+    results: &[Runs],
+    locks: &[lock::LockScenario],
+    lock_results: &[Vec<f64>],
+    checks: &[String],
+) -> String {
+    let rps_of = |name: &str| {
+        let i = scenarios.iter().position(|s| s.name == name).expect("baseline scenario");
+        median(results[i].0.iter().map(|r| r.requests_per_sec).collect())
+    };
+    let (floor, hello) = (rps_of(FLOOR), rps_of(HELLO));
+
     let mut table = String::new();
-    writeln!(table, "| scenario | req/s | p50 ms | p99 ms | vs floor |").unwrap();
-    writeln!(table, "|---|---:|---:|---:|---:|").unwrap();
-    for scenario in &scenarios {
-        let runs = &results[scenario.name];
+    writeln!(table, "| scenario | req/s | p50 ms | p99 ms | vs floor | vs hello | answer |").unwrap();
+    writeln!(table, "|---|---:|---:|---:|---:|---:|---|").unwrap();
+    for (scenario, runs) in scenarios.iter().zip(results) {
+        let runs = &runs.0;
         let rps = median(runs.iter().map(|r| r.requests_per_sec).collect());
         let p50 = median(runs.iter().map(|r| r.p50_ms).collect());
         let p99 = median(runs.iter().map(|r| r.p99_ms).collect());
-        writeln!(table, "| {} | {:.1}k | {:.2} | {:.2} | {:.2} |", scenario.name, rps / 1000.0, p50, p99, rps / floor)
-            .unwrap();
+        let total: u64 = runs.iter().map(|r| r.requests).sum();
+        let non_2xx: u64 = runs.iter().map(|r| r.non_2xx).sum();
+        let unexpected = if scenario.expect < 400 { non_2xx } else { total - non_2xx };
+        let answer = if unexpected == 0 {
+            scenario.expect.to_string()
+        } else {
+            eprintln!("WARNING: {}: {unexpected} of {total} responses were not {}", scenario.name, scenario.expect);
+            format!("{} (**{unexpected} of {total} other**)", scenario.expect)
+        };
+        writeln!(
+            table,
+            "| {} | {:.1}k | {:.2} | {:.2} | {:.2} | {:.2} | {answer} |",
+            scenario.name,
+            rps / 1000.0,
+            p50,
+            p99,
+            rps / floor,
+            rps / hello
+        )
+        .unwrap();
     }
-    let command = format!(
-        "cargo run --release -p redlayer-bench -- --rounds {} --seconds {} --connections {}",
-        args.rounds, args.seconds, args.connections
+
+    let mut pairs = String::new();
+    for scenario in scenarios {
+        for &other in scenario.versus.iter().filter(|&&o| scenarios.iter().any(|s| s.name == o)) {
+            let ratio = rps_of(scenario.name) / rps_of(other);
+            writeln!(pairs, "- {} vs {}: {ratio:.2}", scenario.name, other).unwrap();
+        }
+    }
+    if !pairs.is_empty() {
+        table = format!("{table}\n{pairs}");
+    }
+
+    let mut lock_table = String::new();
+    if !locks.is_empty() {
+        let median_of = |name: &str| {
+            let i = locks.iter().position(|l| l.name == name).expect("raw lock scenario");
+            median(lock_results[i].clone())
+        };
+        let (raw, shared) = (median_of(lock::RAW), median_of(lock::RAW_SHARED));
+        writeln!(
+            lock_table,
+            "| scenario ({} tasks, in-process) | cycles/s | vs raw floor | vs raw, one shared connection |",
+            lock::TASKS
+        )
+        .unwrap();
+        writeln!(lock_table, "|---|---:|---:|---:|").unwrap();
+        for (scenario, cycles) in locks.iter().zip(lock_results) {
+            let c = median(cycles.clone());
+            writeln!(lock_table, "| {} | {:.1}k | {:.2} | {:.2} |", scenario.name, c / 1000.0, c / raw, c / shared)
+                .unwrap();
+        }
+        lock_table = format!(
+            "## Locks\n\nUncontended acquire + release cycles per second: {} tasks in the benchmark process, each \
+             on its own lock name, for {} s per round, interleaved with the HTTP scenarios.\n\n{lock_table}\n",
+            lock::TASKS,
+            args.seconds
+        );
+    }
+
+    let mut command = format!(
+        "cargo run --release -p redlayer-bench{} -- --rounds {} --seconds {} --connections {}",
+        if cfg!(feature = "peers") { " --features peers" } else { "" },
+        args.rounds,
+        args.seconds,
+        args.connections
     );
-    let doc = format!(
+    if !args.only.is_empty() {
+        command += &format!(" --only {}", args.only.join(","));
+    }
+    let checks = if checks.is_empty() {
+        String::new()
+    } else {
+        format!("## Checks\n\n{}\n", checks.iter().map(|c| format!("- {c}\n")).collect::<String>())
+    };
+    let list: String = scenarios
+        .iter()
+        .map(|s| (s.name, s.about))
+        .chain(locks.iter().map(|l| (l.name, l.about)))
+        .map(|(name, about)| format!("- **{name}**: {about}\n"))
+        .collect();
+    format!(
         "# Benchmarks\n\n\
          Produced by `{command}` on the project's 2-core machine: `wrk -t1 -c{c} -d{s}s` against axum servers on \
          loopback, one redis-server 7 started by the benchmark, scenarios interleaved in {r} rounds, medians shown. \
          Compare ratios within this table only; single rounds vary by 10-20%.\n\n\
-         The floor is an axum handler doing one `INCR` through the redlayer handle: every layer is compared with it.\n\n\
-         {table}\n\
-         ## Scenarios\n\n{list}",
+         The floor is an axum handler doing one `INCR` through the redlayer handle: every layer is compared with it, \
+         and with axum hello (the machine's ceiling). \"answer\" is the status every response had (checked by a \
+         probe before the rounds and by wrk's count of non-2xx answers during them).\n\n\
+         {table}\n{lock_table}{checks}## Scenarios\n\n{list}{peers}",
+        peers = if cfg!(feature = "peers") {
+            ""
+        } else {
+            "\nPeer crates (tower-sessions + fred, tower_governor, rslock) on the same routes run when the benchmark \
+             is built with `--features peers`.\n"
+        },
         c = args.connections,
         s = args.seconds,
         r = args.rounds,
-        list = scenarios.iter().map(|s| format!("- **{}**: {}\n", s.name, s.about)).collect::<String>(),
-    );
-    std::fs::write(&args.out, doc).expect("write BENCHMARKS.md");
-    println!("{table}");
-    println!("wrote {}", args.out);
-    drop(runtime);
+    )
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

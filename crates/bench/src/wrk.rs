@@ -1,12 +1,16 @@
 //! Runs `wrk` and reads its figures.
 
-use std::{process::Command, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 /// One wrk run's figures.
 pub struct Run {
     pub requests_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Responses wrk counted in the run.
+    pub requests: u64,
+    /// Of those, responses with a status outside 2xx/3xx.
+    pub non_2xx: u64,
 }
 
 pub fn check_installed() {
@@ -16,22 +20,39 @@ pub fn check_installed() {
     }
 }
 
-pub fn run(url: &str, connections: u32, duration: Duration) -> Run {
-    let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{}s", duration.as_secs()), "--latency", url])
-        .output()
-        .expect("run wrk");
+/// Runs `wrk -t1 -c<connections> -d<duration> --latency [-s script] url`;
+/// `lua` is the script's text, if any.
+pub fn run(url: &str, lua: Option<&str>, connections: u32, duration: Duration) -> Run {
+    let script = lua.map(|text| {
+        let path: PathBuf = std::env::temp_dir().join(format!("redlayer-bench-{}.lua", std::process::id()));
+        std::fs::write(&path, text).expect("write wrk script");
+        path
+    });
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{}s", duration.as_secs()), "--latency"]);
+    if let Some(path) = &script {
+        cmd.arg("-s").arg(path);
+    }
+    let out = cmd.arg(url).output().expect("run wrk");
+    if let Some(path) = &script {
+        let _ = std::fs::remove_file(path);
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     let rps = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
-    let non_2xx = text.lines().find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"));
-    if let Some(n) = non_2xx {
-        eprintln!("note: {url} answered {} non-2xx responses", n.trim());
-    }
-    Run { requests_per_sec: rps, p50_ms: percentile(&text, "50%"), p99_ms: percentile(&text, "99%") }
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
+        .unwrap_or(0);
+    let non_2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    Run { requests_per_sec: rps, p50_ms: percentile(&text, "50%"), p99_ms: percentile(&text, "99%"), requests, non_2xx }
 }
 
 fn percentile(text: &str, which: &str) -> f64 {
