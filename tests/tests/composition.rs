@@ -1,0 +1,77 @@
+//! How the session and cache layers interact in one stack (memory and Redis).
+//!
+//! The cache refuses responses with `Set-Cookie`, and the session layer adds
+//! `Cache-Control: no-store` when it sets an id. A handler that only READS an
+//! existing session and sends a cacheable `Cache-Control` relies on the session
+//! layer adding `Vary: Cookie` (added to redlayer-session after this test first
+//! showed the cache serving user A's page to user B).
+
+use std::sync::Arc;
+
+use axum::Router;
+use http::StatusCode;
+use redlayer_testkit::RedisServer;
+use redlayer_tests::{Backend, Config, Counters, app, request, send};
+
+async fn two_users(app: &Router) -> (String, String) {
+    let a = send(app, request("GET", "/visits", &[], "")).await.session_cookie().unwrap();
+    let b = send(app, request("GET", "/visits", &[], "")).await.session_cookie().unwrap();
+    let again = send(app, request("GET", "/visits", &[("cookie", &b)], "")).await;
+    assert_eq!(again.body, "2");
+    (a, b)
+}
+
+async fn new_sessions_are_never_cached(app: &Router) {
+    // The first visit sets a cookie: not stored, so the second visit is counted.
+    let first = send(app, request("GET", "/visits", &[], "")).await;
+    assert!(first.session_cookie().is_some());
+    assert!(!first.header("cache-status").contains("stored"), "{}", first.header("cache-status"));
+    assert_eq!(first.header("cache-control"), "no-store");
+}
+
+async fn private_session_pages_are_not_shared(app: &Router) {
+    let (a, b) = two_users(app).await;
+    let pa = send(app, request("GET", "/profile-private", &[("cookie", &a)], "")).await;
+    let pb = send(app, request("GET", "/profile-private", &[("cookie", &b)], "")).await;
+    assert_eq!(pa.body, "visits=Some(1)");
+    assert_eq!(pb.body, "visits=Some(2)", "private answers never reach another user");
+}
+
+/// A session-reading handler that declares itself cacheable: the session
+/// layer adds `Vary: Cookie`, so the shared cache keeps one variant per
+/// session and never serves one user's page to another.
+async fn cacheable_session_page_varies_on_cookie(app: &Router) {
+    let (a, b) = two_users(app).await;
+    let pa = send(app, request("GET", "/profile", &[("cookie", &a)], "")).await;
+    assert_eq!(pa.status, StatusCode::OK);
+    assert_eq!(pa.body, "visits=Some(1)");
+    assert!(pa.header("vary").to_ascii_lowercase().contains("cookie"), "vary: {:?}", pa.header("vary"));
+    // the entry is written by a task spawned when the body ends: give it a moment
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let pb = send(app, request("GET", "/profile", &[("cookie", &b)], "")).await;
+    println!("user B asked /profile and got {:?} (cache-status {:?})", pb.body, pb.header("cache-status"));
+    assert_eq!(pb.body, "visits=Some(2)", "B must never get A's page from the shared cache");
+    let pa2 = send(app, request("GET", "/profile", &[("cookie", &a)], "")).await;
+    assert_eq!(pa2.body, "visits=Some(1)");
+    // no cookie at all: not A's or B's page either
+    let anon = send(app, request("GET", "/profile", &[], "")).await;
+    assert_eq!(anon.body, "visits=None");
+}
+
+async fn suite(backend: Backend) {
+    let app = app(&backend, &Config::default(), Arc::new(Counters::default()));
+    new_sessions_are_never_cached(&app).await;
+    private_session_pages_are_not_shared(&app).await;
+    cacheable_session_page_varies_on_cookie(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_and_cache_memory() {
+    suite(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_and_cache_redis() {
+    let server = RedisServer::start();
+    suite(Backend::Redis(redlayer::Redis::connect(&server.url()).await.unwrap())).await;
+}
