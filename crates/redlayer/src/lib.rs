@@ -20,6 +20,27 @@
 //! let redis = redlayer::Redis::connect("redis://127.0.0.1/").await?;
 //! # let _ = redis; Ok(()) }
 //! ```
+//!
+//! # The order of the layers
+//!
+//! `Router::layer` wraps what is already there, so the last `.layer(..)` is the
+//! outermost. From the outside in:
+//!
+//! 1. **Rate limit**: it must see the client key first (peer IP, trusted
+//!    forwarded headers, an API key) and refuse a flood before any other layer
+//!    spends a Redis round trip on it.
+//! 2. **Cache**: a hit is answered before a session is loaded or a handler runs.
+//! 3. **Session**: before the handlers and the layers that need the user.
+//! 4. **Idempotency**: inside the session layer, so a replayed answer does not
+//!    run the handler's session writes again.
+//! 5. **Per-key lock**: a `route_layer`, after routing, because its key comes
+//!    from the matched path.
+//!
+//! The cache never stores a response with `Set-Cookie` (by default), and the
+//! session layer adds `Vary: Cookie` (or its header) to every response of a
+//! request that used the session, so one user's page never reaches another.
+//! Personal pages should still say `Cache-Control: private`.
+//! `examples/full_stack.rs` is the whole program, with a tonic server too.
 #![deny(missing_docs, unsafe_code)]
 
 pub use redlayer_core as core;
@@ -35,3 +56,8 @@ pub use redlayer_lock as lock;
 pub use redlayer_ratelimit as ratelimit;
 #[cfg(feature = "session")]
 pub use redlayer_session as session;
+
+/// The README's examples, compiled as doc tests.
+#[cfg(all(doctest, feature = "full"))]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
