@@ -44,9 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..10 {
         let (cache, calls) = (cache.clone(), calls.clone());
         tasks.push(tokio::spawn(async move {
-            cache
-                .get_or_insert_tagged("user:42", Duration::from_secs(60), &["users"], || load_user(42, &calls))
-                .await
+            cache.get_or_insert_tagged("user:42", Duration::from_secs(60), &["users"], || load_user(42, &calls)).await
         }));
     }
     for task in tasks {

@@ -66,9 +66,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             SocketAddr::from(([127, 0, 0, 1], port))
         }
     };
-    let origin = arg("--upstream")
-        .or_else(|| std::env::var("ORIGIN").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:8000".into());
+    let origin =
+        arg("--upstream").or_else(|| std::env::var("ORIGIN").ok()).unwrap_or_else(|| "http://127.0.0.1:8000".into());
     let origin: Uri = origin.trim_end_matches('/').parse()?;
     let (scheme, authority) = (
         origin.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
@@ -100,7 +99,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         async move {
             let (mut parts, body) = req.into_parts();
             let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-            parts.uri = Uri::builder().scheme(scheme).authority(authority).path_and_query(pq).build().unwrap_or_default();
+            parts.uri =
+                Uri::builder().scheme(scheme).authority(authority).path_and_query(pq).build().unwrap_or_default();
             parts.version = http::Version::HTTP_11;
             strip_hop_by_hop(&mut parts.headers);
             let response = match client.request(Request::from_parts(parts, body)).await {

@@ -32,7 +32,17 @@
 //! - Hits are served with `Age`; a client whose `If-None-Match` /
 //!   `If-Modified-Since` matches gets a 304.
 //! - Stale entries with a validator are revalidated with a conditional
-//!   request; a 304 refreshes the stored headers.
+//!   request; a 304 refreshes the stored headers (RFC 9111 4.3.4: when the
+//!   client sent no validators of its own, the 304 can only be about the
+//!   stored entry, even without validators; otherwise its `ETag` or
+//!   `Last-Modified` must match the stored one, else the client gets it).
+//! - A single `bytes` range of a stored complete `200` (`Range`, with a
+//!   matching `If-Range` if any) is answered with a `206` from the cache;
+//!   other ranges get the whole stored response.
+//! - Any final status is stored when the response has explicit freshness or
+//!   `public` (RFC 9111 3; e.g. a `500` with `max-age`); heuristic freshness
+//!   only for the heuristically cacheable statuses; `must-understand`
+//!   overrides `no-store` for the statuses `http-cache-semantics` understands.
 //! - Misses are forwarded; the body streams to the client while a copy is
 //!   collected up to [`CacheLayer::max_body_size`]: larger bodies pass
 //!   through unstored. Concurrent misses of one key in one process wait for
@@ -48,7 +58,9 @@
 //!   (`max-age =1` and directives inside quoted strings are ignored; qualified
 //!   `no-cache="f"` / `private="f"` store the response without field `f`;
 //!   `proxy-revalidate` and `s-maxage` forbid serving stale); HTTP dates are
-//!   parsed strictly (an invalid `Expires` means already expired).
+//!   parsed strictly, tolerating only a wrong letter case (an invalid
+//!   `Expires` means already expired); request `Pragma` is ignored when the
+//!   request has `Cache-Control` (RFC 9111 5.4).
 //! - `stale-while-revalidate` serves the stale entry and refreshes it in the
 //!   background; `stale-if-error` (response or request) serves it when the
 //!   origin answers 500, 502, 503 or 504; [`CacheLayer::xfetch`] refreshes hot

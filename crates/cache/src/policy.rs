@@ -75,7 +75,13 @@ fn is_tchar(b: u8) -> bool {
 /// Parses `Cache-Control` fields strictly (RFC 9111 5.2: `token [ "=" (
 /// token / quoted-string ) ]`). Invalid directives (`max-age =1`,
 /// `max-age= 1`) are dropped; commas inside quoted strings are respected.
+///
+/// A valid `CDN-Cache-Control` (RFC 9213) takes the place of `Cache-Control`:
+/// this cache sits at the origin's edge, which is what that field targets.
 pub(crate) fn parse_cc(headers: &HeaderMap) -> Vec<Directive> {
+    if let Some(targeted) = targeted_cc(headers) {
+        return targeted;
+    }
     let mut out = Vec::new();
     for value in headers.get_all(http::header::CACHE_CONTROL) {
         let b = value.as_bytes();
@@ -159,6 +165,47 @@ pub(crate) fn parse_cc(headers: &HeaderMap) -> Vec<Directive> {
     out
 }
 
+/// The directives of `CDN-Cache-Control` (RFC 9213), a Structured Fields
+/// dictionary: `None` when absent, empty, unparsable, or when a known
+/// directive has a value of the wrong type (RFC 9213 2.1: the field is then
+/// ignored as a whole and `Cache-Control` applies).
+fn targeted_cc(headers: &HeaderMap) -> Option<Vec<Directive>> {
+    const TARGETED: &str = "cdn-cache-control";
+    const DELTAS: &[&str] = &["max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"];
+    if !headers.contains_key(TARGETED) {
+        return None;
+    }
+    let joined = headers.get_all(TARGETED).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>().join(&b", "[..]);
+    if joined.len() > 8192 {
+        return None;
+    }
+    let dict: sfv::Dictionary = sfv::Parser::new(&joined).parse().ok()?;
+    let mut out = Vec::new();
+    for (key, member) in &dict {
+        let name = key.as_str();
+        let value = match member {
+            sfv::ListEntry::Item(item) => match &item.bare_item {
+                sfv::BareItem::Boolean(true) => None,
+                sfv::BareItem::Boolean(false) => continue,
+                sfv::BareItem::Integer(n) if i64::from(*n) >= 0 => Some(i64::from(*n).to_string()),
+                _ if DELTAS.contains(&name) => return None,
+                sfv::BareItem::Token(t) => Some(t.as_str().to_owned()),
+                sfv::BareItem::String(v) => Some(v.as_str().to_owned()),
+                _ => None,
+            },
+            // e.g. `no-cache=("a" "b")`: the whole response is concerned.
+            sfv::ListEntry::InnerList(_) if DELTAS.contains(&name) => return None,
+            sfv::ListEntry::InnerList(_) => None,
+        };
+        if DELTAS.contains(&name) && value.is_none() {
+            return None;
+        }
+        let value = if matches!(name, "no-cache" | "private") { None } else { value };
+        out.push(Directive { name: name.to_owned(), value });
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// A `Cache-Control` directive: `None` when absent, `Some(None)` when present
 /// without a valid delta-seconds value, `Some(Some(n))` otherwise.
 pub(crate) fn directive(headers: &HeaderMap, name: &str) -> Option<Option<u64>> {
@@ -191,11 +238,13 @@ pub(crate) fn qualified_fields(headers: &HeaderMap) -> Vec<String> {
 /// means to a shared cache).
 pub(crate) fn policy_view(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
     let dates = [http::header::EXPIRES, http::header::DATE, http::header::LAST_MODIFIED];
-    if !headers.contains_key(http::header::CACHE_CONTROL) && !dates.iter().any(|d| headers.contains_key(d)) {
+    let targeted = headers.contains_key("cdn-cache-control");
+    if !targeted && !headers.contains_key(http::header::CACHE_CONTROL) && !dates.iter().any(|d| headers.contains_key(d))
+    {
         return Cow::Borrowed(headers);
     }
     let mut out = headers.clone();
-    if headers.contains_key(http::header::CACHE_CONTROL) {
+    if targeted || headers.contains_key(http::header::CACHE_CONTROL) {
         let mut parts: Vec<String> = Vec::new();
         for d in parse_cc(headers) {
             if (d.name == "no-cache" || d.name == "private") && d.value.is_some() {
@@ -209,7 +258,9 @@ pub(crate) fn policy_view(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
             }
         }
         out.remove(http::header::CACHE_CONTROL);
-        if let Ok(v) = HeaderValue::from_str(&parts.join(", ")) {
+        if !parts.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&parts.join(", "))
+        {
             out.insert(http::header::CACHE_CONTROL, v);
         }
     }
@@ -218,7 +269,7 @@ pub(crate) fn policy_view(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
     // Date or Last-Modified is ignored.
     for name in dates {
         let Some(value) = headers.get(&name) else { continue };
-        let parsed = value.to_str().ok().and_then(|v| httpdate::parse_http_date(v.trim()).ok());
+        let parsed = value.to_str().ok().and_then(parse_date);
         match parsed {
             Some(t) => {
                 if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(t)) {
@@ -234,6 +285,112 @@ pub(crate) fn policy_view(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Status codes whose semantics `http-cache-semantics` knows (its own list).
+const UNDERSTOOD: &[u16] = &[200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501];
+
+/// The status and headers of a response as `http-cache-semantics` should see
+/// them: headers as in [`policy_view`], and two RFC 9111 rules it lacks.
+/// - Section 3: any final status may be stored when the response has explicit
+///   freshness (`max-age`, `s-maxage`, `Expires`) or `public`; the library
+///   only stores the statuses it understands, so such a response is shown to
+///   it as a `200` (the status itself is stored and served unchanged). 206,
+///   304 and `must-understand` responses keep their status.
+/// - Section 5.2.2.3: `must-understand` with an understood status overrides
+///   `no-store`.
+pub(crate) fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusCode, Cow<'_, HeaderMap>) {
+    let mut view = policy_view(headers);
+    let code = status.as_u16();
+    let must_understand = has_directive(headers, "must-understand");
+    if must_understand && UNDERSTOOD.contains(&code) && has_directive(headers, "no-store") {
+        let kept: Vec<String> = parse_cc(&view)
+            .into_iter()
+            .filter(|d| d.name != "no-store")
+            .map(|d| match d.value {
+                Some(v) => format!("{}={v}", d.name),
+                None => d.name,
+            })
+            .collect();
+        let view = view.to_mut();
+        view.remove(http::header::CACHE_CONTROL);
+        if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+            view.insert(http::header::CACHE_CONTROL, v);
+        }
+        return (status, Cow::Owned(view.clone()));
+    }
+    let final_status = (200..600).contains(&code) && code != 206 && code != 304;
+    let explicit = has_directive(headers, "max-age")
+        || has_directive(headers, "s-maxage")
+        || has_directive(headers, "public")
+        || headers.contains_key(http::header::EXPIRES);
+    if final_status && !UNDERSTOOD.contains(&code) && !must_understand && explicit {
+        return (StatusCode::OK, view);
+    }
+    (status, view)
+}
+
+/// Parses an HTTP-date (RFC 9110 5.6.7: IMF-fixdate and the obsolete RFC 850
+/// and asctime forms, strictly, via `httpdate`), tolerating only a wrong
+/// letter case in day names, month names and `GMT` (as most caches do).
+pub(crate) fn parse_date(value: &str) -> Option<SystemTime> {
+    let value = value.trim();
+    if let Ok(t) = httpdate::parse_http_date(value) {
+        return Some(t);
+    }
+    if !value.is_ascii() || value.len() > 64 {
+        return None;
+    }
+    const NAMES: &[&str] = &[
+        "mon",
+        "tue",
+        "wed",
+        "thu",
+        "fri",
+        "sat",
+        "sun",
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "may",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "oct",
+        "nov",
+        "dec",
+    ];
+    let mut fixed = String::with_capacity(value.len());
+    let mut rest = value;
+    while !rest.is_empty() {
+        let letters = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        if letters == 0 {
+            let other = rest.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(rest.len());
+            fixed.push_str(&rest[..other]);
+            rest = &rest[other..];
+            continue;
+        }
+        let word = rest[..letters].to_ascii_lowercase();
+        if word == "gmt" {
+            fixed.push_str("GMT");
+        } else if NAMES.contains(&word.as_str()) {
+            fixed.push_str(&word[..1].to_ascii_uppercase());
+            fixed.push_str(&word[1..]);
+        } else {
+            fixed.push_str(&rest[..letters]);
+        }
+        rest = &rest[letters..];
+    }
+    httpdate::parse_http_date(&fixed).ok()
 }
 
 pub(crate) fn has_directive(headers: &HeaderMap, name: &str) -> bool {
@@ -262,8 +419,7 @@ pub(crate) fn initial_age(headers: &HeaderMap, request_time: SystemTime, respons
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    let date =
-        headers.get(http::header::DATE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
+    let date = headers.get(http::header::DATE).and_then(|v| v.to_str().ok()).and_then(parse_date);
     let apparent = date.and_then(|d| response_time.duration_since(d).ok()).unwrap_or_default().as_secs();
     let delay = response_time.duration_since(request_time).unwrap_or_default().as_secs();
     apparent.max(age_value + delay)
@@ -273,7 +429,11 @@ pub(crate) fn initial_age(headers: &HeaderMap, request_time: SystemTime, respons
 /// and dates as in [`policy_view`], and the headers named by the entry's
 /// `Vary` normalized the way they were stored.
 pub(crate) fn request_view<'a>(headers: &'a HeaderMap, entry: &Entry) -> Cow<'a, HeaderMap> {
-    let view = policy_view(headers);
+    let mut view = policy_view(headers);
+    // RFC 9111 5.4: with Cache-Control in the request, Pragma is ignored.
+    if view.contains_key(http::header::CACHE_CONTROL) && view.contains_key(http::header::PRAGMA) {
+        view.to_mut().remove(http::header::PRAGMA);
+    }
     match crate::key::vary_spec(&entry.headers) {
         Some(spec) if !spec.is_empty() => {
             let mut owned = view.into_owned();
@@ -287,10 +447,10 @@ pub(crate) fn request_view<'a>(headers: &'a HeaderMap, entry: &Entry) -> Cow<'a,
 impl Entry {
     /// The policy of this entry, rebuilt from what was stored.
     pub(crate) fn policy(&self, opts: CacheOptions) -> CachePolicy {
-        let headers = policy_view(&self.headers);
+        let (status, headers) = response_view(self.status, &self.headers);
         CachePolicy::new_options(
             &Incoming(&self.req_headers),
-            &Res { status: self.status, headers: &headers },
+            &Res { status, headers: &headers },
             self.response_time,
             opts,
         )
@@ -329,12 +489,41 @@ pub(crate) fn has_validator(headers: &HeaderMap) -> bool {
     headers.contains_key(http::header::ETAG) || headers.contains_key(http::header::LAST_MODIFIED)
 }
 
-fn etag_matches(list: &str, etag: &str) -> bool {
-    let etag = etag.trim().trim_start_matches("W/");
-    list.split(',').any(|t| {
-        let t = t.trim();
-        t == "*" || t.trim_start_matches("W/") == etag
+/// An entity-tag without its weakness flag (`W/`), for weak comparison.
+fn opaque(tag: &[u8]) -> &[u8] {
+    let tag = tag.trim_ascii();
+    tag.strip_prefix(b"W/").unwrap_or(tag)
+}
+
+/// True when the `If-None-Match` list matches `etag` (weak comparison, RFC
+/// 9110 13.1.2). Compared as bytes: entity-tags may hold obs-text.
+fn etag_matches(list: &[u8], etag: &[u8]) -> bool {
+    let etag = opaque(etag);
+    list.split(|&b| b == b',').any(|t| {
+        let t = t.trim_ascii();
+        t == b"*" || (!t.is_empty() && opaque(t) == etag)
     })
+}
+
+/// True when the request carries conditional header fields of its own.
+pub(crate) fn is_conditional(headers: &HeaderMap) -> bool {
+    ["if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"]
+        .iter()
+        .any(|name| headers.contains_key(*name))
+}
+
+/// True when a 304 selects the stored response (RFC 9111 4.3.4): its
+/// entity-tag matches the stored one (weak comparison), else its
+/// `Last-Modified` equals the stored one. A 304 without any validator
+/// selects nothing here.
+pub(crate) fn selects_stored(not_modified: &HeaderMap, stored: &HeaderMap) -> bool {
+    if let Some(new) = not_modified.get(http::header::ETAG) {
+        return stored.get(http::header::ETAG).is_some_and(|old| opaque(old.as_bytes()) == opaque(new.as_bytes()));
+    }
+    if let Some(new) = not_modified.get(http::header::LAST_MODIFIED) {
+        return stored.get(http::header::LAST_MODIFIED).is_some_and(|old| old.as_bytes() == new.as_bytes());
+    }
+    false
 }
 
 /// True when the client's own conditional (`If-None-Match`, else
@@ -343,19 +532,14 @@ pub(crate) fn client_not_modified(req: &Parts, stored: &HeaderMap) -> bool {
     if req.method != Method::GET && req.method != Method::HEAD {
         return false;
     }
-    let inm: Vec<&str> =
-        req.headers.get_all(http::header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).collect();
+    let inm: Vec<&[u8]> = req.headers.get_all(http::header::IF_NONE_MATCH).iter().map(HeaderValue::as_bytes).collect();
     if !inm.is_empty() {
-        let Some(etag) = stored.get(http::header::ETAG).and_then(|v| v.to_str().ok()) else {
-            return inm.iter().any(|l| l.trim() == "*");
+        let Some(etag) = stored.get(http::header::ETAG) else {
+            return inm.iter().any(|l| l.trim_ascii() == b"*");
         };
-        return inm.iter().any(|l| etag_matches(l, etag));
+        return inm.iter().any(|l| etag_matches(l, etag.as_bytes()));
     }
-    let Some(ims) = req
-        .headers
-        .get(http::header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
+    let Some(ims) = req.headers.get(http::header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(parse_date)
     else {
         return false;
     };
@@ -363,8 +547,65 @@ pub(crate) fn client_not_modified(req: &Parts, stored: &HeaderMap) -> bool {
         .get(http::header::LAST_MODIFIED)
         .or_else(|| stored.get(http::header::DATE))
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+        .and_then(parse_date);
     last.is_some_and(|last| last <= ims)
+}
+
+/// The byte range (first, last; inclusive) of a stored complete `200`
+/// response that answers the request's `Range`, when there is exactly one
+/// satisfiable `bytes` range and `If-Range`, if any, matches the stored
+/// response (strong comparison). Anything else is ignored: the whole
+/// response is served, as RFC 9110 14.2 allows.
+pub(crate) fn served_range(req: &Parts, entry: &Entry) -> Option<(usize, usize)> {
+    if entry.status != StatusCode::OK || (req.method != Method::GET && req.method != Method::HEAD) {
+        return None;
+    }
+    let mut ranges = req.headers.get_all(http::header::RANGE).iter();
+    let range = ranges.next()?.to_str().ok()?.trim();
+    if ranges.next().is_some() || entry.headers.contains_key(http::header::CONTENT_RANGE) {
+        return None;
+    }
+    if let Some(if_range) = req.headers.get(http::header::IF_RANGE) {
+        let if_range = if_range.as_bytes().trim_ascii();
+        let matches = if if_range.starts_with(b"\"") {
+            entry.headers.get(http::header::ETAG).is_some_and(|e| e.as_bytes().trim_ascii() == if_range)
+        } else {
+            let date = std::str::from_utf8(if_range).ok().and_then(parse_date);
+            let last =
+                entry.headers.get(http::header::LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(parse_date);
+            date.is_some() && date == last
+        };
+        if !matches {
+            return None;
+        }
+    }
+    let (unit, spec) = range.split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.trim().split_once('-')?;
+    let number = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let len = entry.body.len() as u64;
+    if len == 0 {
+        return None;
+    }
+    let (start, end) = if first.trim().is_empty() {
+        let suffix = number(last)?;
+        if suffix == 0 {
+            return None;
+        }
+        (len.saturating_sub(suffix), len - 1)
+    } else {
+        let start = number(first)?;
+        let end = if last.trim().is_empty() { len - 1 } else { number(last)?.min(len - 1) };
+        (start, end)
+    };
+    (start <= end && start < len).then_some((start as usize, end as usize))
 }
 
 /// Removes the client's own conditional headers (before a fill request).
@@ -411,6 +652,35 @@ mod tests {
             h.insert(http::header::EXPIRES, HeaderValue::from_static(bad));
             let view = policy_view(&h);
             assert_eq!(view.get(http::header::EXPIRES).unwrap() != "0", good, "{bad}");
+        }
+        assert!(etag_matches(b"\"x\", W/\"abc\xfc\"", b"\"abc\xfc\""), "obs-text, weak comparison");
+        assert!(!etag_matches(b"\"abc\"", b"\"abd\""));
+        let mut stored = HeaderMap::new();
+        stored.insert(http::header::ETAG, HeaderValue::from_static("\"a\""));
+        let mut not_modified = HeaderMap::new();
+        assert!(!selects_stored(&not_modified, &stored), "no validator: nothing selected");
+        not_modified.insert(http::header::ETAG, HeaderValue::from_static("W/\"a\""));
+        assert!(selects_stored(&not_modified, &stored));
+        not_modified.insert(http::header::ETAG, HeaderValue::from_static("\"b\""));
+        assert!(!selects_stored(&not_modified, &stored));
+        let mut h = cc(&["no-store"]);
+        h.insert("cdn-cache-control", HeaderValue::from_static("max-age=600, stale-if-error=5"));
+        assert_eq!(directive(&h, "max-age"), Some(Some(600)), "CDN-Cache-Control replaces Cache-Control");
+        assert_eq!(directive(&h, "no-store"), None);
+        for invalid in ["max-age=\"600\"", "max-age=600, &&&", "max-age =600", "max-age=-1"] {
+            h.insert("cdn-cache-control", HeaderValue::from_static(invalid));
+            assert_eq!(directive(&h, "no-store"), Some(None), "{invalid} is ignored as a whole");
+        }
+        for (date, good) in [
+            ("THU, 18 Aug 2050 02:01:18 GMT", true),
+            ("Thu, 18 AUG 2050 02:01:18 gMT", true),
+            ("Thursday, 18-aug-50 02:01:18 GMT", true),
+            ("sun Nov  6 08:49:37 1994", true),
+            ("Thu, 18 Aug 2050 02:01:18 UTC", false),
+            ("Thu, 18 Aug 2050 2:01:18 GMT", false),
+            ("Thu, 18-Aug-2050 02:01:18 GMT", false),
+        ] {
+            assert_eq!(parse_date(date).is_some(), good, "{date}");
         }
     }
 }

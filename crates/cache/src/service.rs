@@ -9,7 +9,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header, request::Parts};
 use http_body::Body;
-use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
+use http_cache_semantics::{BeforeRequest, CachePolicy};
 use redlayer_core::{FailurePolicy, report_degraded};
 use tower_service::Service;
 
@@ -150,6 +150,19 @@ impl Ctx {
         let (code, body) = if not_modified {
             headers.remove(header::CONTENT_LENGTH);
             (StatusCode::NOT_MODIFIED, CacheBody::empty())
+        } else if let Some((first, last)) = policy::served_range(parts, entry) {
+            // A byte range of a complete stored response (RFC 9110 14.2, RFC 9111 3.4).
+            let total = entry.body.len();
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+            if let Ok(range) = HeaderValue::from_str(&format!("bytes {first}-{last}/{total}")) {
+                headers.insert(header::CONTENT_RANGE, range);
+            }
+            let body = if parts.method == Method::HEAD {
+                CacheBody::empty()
+            } else {
+                CacheBody::full(entry.body.slice(first..=last))
+            };
+            (StatusCode::PARTIAL_CONTENT, body)
         } else if parts.method == Method::HEAD {
             (entry.status, CacheBody::empty())
         } else {
@@ -282,12 +295,11 @@ impl Ctx {
         }
         if revalidating && code == StatusCode::NOT_MODIFIED {
             let (rparts, _body) = res.into_parts();
-            let req_like = Incoming(&entry.req_headers);
-            if let AfterResponse::NotModified(_, _) = policy.after_response(
-                &req_like,
-                &Res { status: rparts.status, headers: &rparts.headers },
-                response_time,
-            ) {
+            // Which stored response does the 304 validate (RFC 9111 4.3.4)? When the
+            // client sent no validators of its own, only the stored entry's were
+            // sent, so the 304 can only be about it (even when it carries no
+            // validator, as many origins do); otherwise its validators must match.
+            if !policy::is_conditional(&client.headers) || policy::selects_stored(&rparts.headers, &entry.headers) {
                 // Update the stored headers with those of the 304 (RFC 9111 4.3.4).
                 let mut headers = entry.headers.clone();
                 for name in rparts.headers.keys() {
@@ -424,11 +436,11 @@ impl Ctx {
         {
             return None;
         }
-        let res_view = policy::policy_view(&res.headers);
+        let (status, res_view) = policy::response_view(res.status, &res.headers);
         let req_view = policy::policy_view(req_headers);
         let policy = CachePolicy::new_options(
             &Incoming(&req_view),
-            &Res { status: res.status, headers: &res_view },
+            &Res { status, headers: &res_view },
             response_time,
             self.config.opts,
         );
@@ -538,15 +550,24 @@ impl Ctx {
         }
         let entry = Arc::new(Entry { body, ..plan.entry });
         let Guards { flight, lock } = guard;
-        if let Some(flight) = flight {
-            flight.finish(Some(entry.clone()));
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            if let Some(flight) = flight {
+                flight.finish(Some(entry));
+            }
+            return;
+        };
         let store = self.state.store.clone();
         let req_headers = entry.req_headers.clone();
         rt.spawn(async move {
             let value = entry.encode();
-            if let Err(e) = store.put(&plan.key, &plan.uri, &plan.spec, &req_headers, value, plan.ttl).await {
+            let stored = store.put(&plan.key, &plan.uri, &plan.spec, &req_headers, value, plan.ttl).await;
+            // The flight ends once the entry is in the store (or failed to get
+            // there): a request arriving in between joins it instead of missing
+            // the store and going to the origin again.
+            if let Some(flight) = flight {
+                flight.finish(Some(entry.clone()));
+            }
+            if let Err(e) = stored {
                 tracing::debug!(target: "redlayer", %e, "cache: entry not stored");
                 return;
             }
@@ -587,6 +608,15 @@ impl Ctx {
         if parts.method == Method::GET && !policy::has_directive(&parts.headers, "no-store") {
             match self.state.flights.join(&key) {
                 Join::Leader(g) => {
+                    // A fill of this key may have ended (entry stored, then its
+                    // flight closed) since this request's lookup: look again.
+                    if let Ok(Some(entry)) = self.fresh_in_store(&key, &parts).await {
+                        g.finish(Some(entry.clone()));
+                        let at = now();
+                        let policy = entry.policy(self.config.opts);
+                        let status = CacheStatus::hit(secs(policy.time_to_live(at)));
+                        return Ok(self.serve(&entry, &policy, &parts, at, status));
+                    }
                     guards.flight = Some(g);
                     if let Some(locks) = &self.state.locks {
                         match self.coalesce_across(locks, &key, &parts).await {

@@ -458,6 +458,175 @@ async fn hostile_requests_are_bounded(b: Backend) {
     }
 }
 
+/// cache-tests `cc-resp-must-revalidate-stale`, `cc-resp-no-cache-revalidate`:
+/// a 304 without validators answers the cache's own conditional request, so
+/// it refreshes the stored entry; the unconditional client gets the full 200.
+async fn a_304_without_validators_refreshes_the_stored_entry(b: Backend) {
+    let origin = Origin::new(|parts, n| {
+        if parts.headers.contains_key("if-none-match") {
+            return resp(304, &[("x-n", &n.to_string())], "");
+        }
+        match parts.uri.path() {
+            "/mr" => resp(200, &[("cache-control", "max-age=1, must-revalidate"), ("etag", "\"e1\"")], "stored"),
+            _ => resp(200, &[("cache-control", "no-cache"), ("etag", "\"e2\"")], "stored"),
+        }
+    });
+    let app = App::new(b.layer(), &origin);
+    app.get("/mr").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let revalidated = app.get("/mr").await;
+    assert_eq!(origin.last_seen().get("if-none-match").unwrap(), "\"e1\"");
+    assert_eq!(revalidated.status, 200, "{}", revalidated.cache_status());
+    assert_eq!(revalidated.body, "stored");
+    assert_eq!(revalidated.header("x-n"), "2", "headers updated from the 304");
+    assert!(revalidated.cache_status().contains("fwd-status=304"), "{}", revalidated.cache_status());
+    app.get("/nc").await;
+    let nc = app.get("/nc").await;
+    assert_eq!(origin.last_seen().get("if-none-match").unwrap(), "\"e2\"");
+    assert_eq!((nc.status.as_u16(), &nc.body[..]), (200, &b"stored"[..]));
+    // A client with validators of its own still gets the origin's 304.
+    let own = app.send("GET", "/nc", &[("if-none-match", "\"mine\"")]).await;
+    assert_eq!(own.status, 304);
+}
+
+/// cache-tests `partial-*`: single byte ranges of a stored complete response
+/// are answered with 206 from the cache; anything else gets the whole 200.
+async fn byte_ranges_are_served_from_stored_responses(b: Backend) {
+    let origin = Origin::new(|_, n| {
+        resp(200, &[("cache-control", "max-age=60"), ("etag", "\"r\""), ("a", &n.to_string())], "0123456789A")
+    });
+    let app = App::new(b.layer(), &origin);
+    assert_eq!(app.get("/r").await.body, "0123456789A");
+    for (range, body, content_range) in [
+        ("bytes=0-1", "01", "bytes 0-1/11"),
+        ("bytes=1-", "123456789A", "bytes 1-10/11"),
+        ("bytes=-1", "A", "bytes 10-10/11"),
+    ] {
+        let got = app.send("GET", "/r", &[("range", range)]).await;
+        assert_eq!(got.status, 206, "{range}");
+        assert_eq!(got.body, body, "{range}");
+        assert_eq!(got.header("content-range"), content_range);
+        assert_eq!(got.header("content-length"), body.len().to_string());
+        assert_eq!(got.header("a"), "1", "stored header fields are kept");
+        assert!(got.is_hit());
+    }
+    for headers in [
+        &[("range", "bytes=0-1,3-4")][..],
+        &[("range", "bytes=50-")][..],
+        &[("range", "items=0-1")][..],
+        &[("range", "bytes=0-1"), ("if-range", "\"other\"")][..],
+    ] {
+        let got = app.send("GET", "/r", headers).await;
+        assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"0123456789A"[..]), "{headers:?}");
+    }
+    assert_eq!(app.send("GET", "/r", &[("range", "bytes=2-3"), ("if-range", "\"r\"")]).await.body, "23");
+    assert_eq!(origin.hits(), 1);
+}
+
+/// cache-tests `status-5xx-fresh`, `status-599-must-understand`,
+/// `status-200-must-understand`, `heuristic-502-not_cached`: any final status
+/// with explicit freshness is stored (RFC 9111 3); heuristics only for the
+/// heuristically cacheable ones; `must-understand` overrides `no-store` for
+/// understood statuses only.
+async fn any_final_status_with_explicit_freshness_is_stored(b: Backend) {
+    let origin = Origin::new(|parts, n| match parts.uri.path() {
+        "/500" => resp(500, &[("cache-control", "max-age=60")], &format!("e{n}")),
+        "/400" => resp(400, &[("expires", "Thu, 01 Jan 2099 00:00:00 GMT")], &format!("e{n}")),
+        "/502-heuristic" => resp(502, &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")], &format!("e{n}")),
+        "/599-mu" => resp(599, &[("cache-control", "max-age=60, no-store, must-understand")], &format!("e{n}")),
+        "/200-mu" => resp(200, &[("cache-control", "max-age=60, no-store, must-understand")], &format!("e{n}")),
+        _ => resp(200, &[("cache-control", "max-age=60, no-store")], &format!("e{n}")),
+    });
+    let app = App::new(b.layer(), &origin);
+    for (path, stored) in [
+        ("/500", true),
+        ("/400", true),
+        ("/502-heuristic", false),
+        ("/599-mu", false),
+        ("/200-mu", true),
+        ("/200-no-store", false),
+    ] {
+        let first = app.get(path).await;
+        let second = app.get(path).await;
+        assert_eq!(second.status, first.status, "{path}");
+        assert_eq!(second.is_hit(), stored, "{path}: {}", second.cache_status());
+        assert_eq!(first.body == second.body, stored, "{path}");
+    }
+}
+
+/// cache-tests `freshness-expires-wrong-case-*`, `pragma-request-no-cache`,
+/// `conditional-lm-*`: HTTP dates tolerate a wrong letter case (and nothing
+/// else); request `Pragma` is ignored beside `Cache-Control`.
+async fn dates_and_pragma_are_read_like_other_caches(b: Backend) {
+    let origin = Origin::new(|parts, n| match parts.uri.path() {
+        "/case" => resp(200, &[("expires", "THU, 18 AUG 2050 02:01:18 gMT")], &format!("{n}")),
+        "/utc" => resp(200, &[("expires", "Thu, 18 Aug 2050 02:01:18 UTC")], &format!("{n}")),
+        _ => resp(
+            200,
+            &[("cache-control", "max-age=60"), ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+            &format!("{n}"),
+        ),
+    });
+    let app = App::new(b.layer(), &origin);
+    app.get("/case").await;
+    assert!(app.get("/case").await.is_hit(), "wrong letter case in Expires is tolerated");
+    app.get("/utc").await;
+    assert!(!app.get("/utc").await.is_hit(), "an invalid Expires means already expired");
+    app.get("/p").await;
+    let with_cc = app.send("GET", "/p", &[("pragma", "no-cache"), ("cache-control", "x-ext")]).await;
+    assert!(with_cc.is_hit(), "Pragma is ignored with Cache-Control: {}", with_cc.cache_status());
+    let pragma_only = app.send("GET", "/p", &[("pragma", "no-cache")]).await;
+    assert!(!pragma_only.is_hit(), "Pragma: no-cache alone means no-cache");
+    let ims = app.send("GET", "/p", &[("if-modified-since", "MON, 01 JAN 2024 00:00:00 GMT")]).await;
+    assert_eq!(ims.status, 304);
+}
+
+/// cache-tests `cdn-*`: a valid `CDN-Cache-Control` (RFC 9213) takes the
+/// place of `Cache-Control`; an invalid one is ignored as a whole.
+async fn cdn_cache_control_targets_this_cache(b: Backend) {
+    let origin = Origin::new(|parts, n| {
+        let (cc, cdn) = match parts.uri.path() {
+            "/cdn-fresh" => ("no-store", "max-age=600"),
+            "/cdn-private" => ("max-age=600", "private"),
+            "/cdn-short" => ("max-age=600", "max-age=0"),
+            "/cdn-wrong-type" => ("no-store", "max-age=\"600\""),
+            _ => ("no-store", "max-age=600, &&&"),
+        };
+        resp(200, &[("cache-control", cc), ("cdn-cache-control", cdn)], &format!("{n}"))
+    });
+    let app = App::new(b.layer(), &origin);
+    for (path, stored) in [
+        ("/cdn-fresh", true),
+        ("/cdn-private", false),
+        ("/cdn-short", false),
+        ("/cdn-wrong-type", false),
+        ("/cdn-unparsable", false),
+    ] {
+        let first = app.get(path).await;
+        assert!(!first.header("cdn-cache-control").is_empty(), "the field is forwarded");
+        let second = app.get(path).await;
+        assert_eq!(second.is_hit(), stored, "{path}: {}", second.cache_status());
+    }
+}
+
+/// cache-tests `heuristic-*` / `other-*` run a second request right after
+/// the first one's body ends: it must find the entry (the fill's flight lasts
+/// until the entry is in the store), not go to the origin again.
+async fn a_request_right_after_a_fill_finds_the_entry(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("{n}")));
+    let app = App::new(b.layer(), &origin);
+    for i in 0..30 {
+        let uri = format!("/back-to-back/{i}");
+        for _ in 0..2 {
+            let req = http::Request::builder().uri(&uri).header("host", "example.test");
+            let res = tower::ServiceExt::oneshot(app.service(), req.body(axum::body::Body::empty()).unwrap());
+            let res = tokio::time::timeout(Duration::from_secs(10), res).await.unwrap().unwrap();
+            http_body_util::BodyExt::collect(res.into_body()).await.unwrap();
+        }
+    }
+    assert_eq!(origin.hits(), 30, "a back-to-back request went to the origin");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -499,4 +668,10 @@ suite!(
     hostile_cache_control_is_parsed_strictly,
     cache_aside_stale_while_revalidate,
     hostile_requests_are_bounded,
+    a_304_without_validators_refreshes_the_stored_entry,
+    byte_ranges_are_served_from_stored_responses,
+    any_final_status_with_explicit_freshness_is_stored,
+    dates_and_pragma_are_read_like_other_caches,
+    cdn_cache_control_targets_this_cache,
+    a_request_right_after_a_fill_finds_the_entry,
 );
