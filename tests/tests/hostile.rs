@@ -306,16 +306,10 @@ fn garbage_cache_entries_are_misses() {
         .unwrap();
 }
 
-/// Reproducer of a cache-layer bug (run with `--ignored`): every distinct GET
-/// URI that misses takes a cross-instance fill lock (redlayer-lock, fencing
-/// on by default), and the lock's `…:fence` counter key stays in Redis for 24 h,
-/// even when the response is not storable. A client requesting random URIs
-/// grows Redis by one key per request for a day. Fix: the cache's fill and
-/// refresh locks need no fencing (`Locks::redis(..).fencing(false)`, or a
-/// `fence_retention` of the coalesce timeout) in crates/cache/src/layer.rs and
-/// crates/cache/src/aside.rs.
+/// Every distinct GET URI that misses takes a cross-instance fill lock; a
+/// client requesting random URIs must not leave one long-lived key per request
+/// in Redis (the fill locks run without fencing counters).
 #[test]
-#[ignore = "known bug in redlayer-cache: one 24 h fence key per distinct missed URI"]
 fn distinct_misses_leave_no_long_lived_keys() {
     let s = stack();
     for i in 0..50 {

@@ -90,7 +90,7 @@ impl CacheAside {
 
     /// Values in the given store (it may be the one a `CacheLayer` uses).
     pub fn new(store: Store) -> Self {
-        let locks = store.redis_handle().cloned().map(redlayer_lock::Locks::redis);
+        let locks = store.redis_handle().cloned().map(|redis| redlayer_lock::Locks::redis(redis).fencing(false));
         CacheAside {
             store,
             locks,

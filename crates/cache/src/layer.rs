@@ -97,7 +97,7 @@ impl CacheLayer {
                 purge_recheck: Duration::from_secs(2),
             }),
             state: Arc::new(State {
-                locks: store.redis_handle().cloned().map(redlayer_lock::Locks::redis),
+                locks: store.redis_handle().cloned().map(|redis| redlayer_lock::Locks::redis(redis).fencing(false)),
                 store,
                 flights: Arc::new(Flights::default()),
                 epoch: AtomicU64::new(0),
