@@ -7,7 +7,7 @@
 //! cargo run --release -p redlayer-bench -- [--rounds 5] [--seconds 3] [--connections 32] [--out BENCHMARKS.md] [--only NAME[,NAME]]
 //! ```
 //!
-//! `--only` keeps the scenarios whose crate (`core`, `session`, `lock`,
+//! `--only` keeps the scenarios whose crate (`core`, `session`, `lock`, `stack`,
 //! `idempotency`, `ratelimit`, `cache`) is NAME or whose name contains NAME;
 //! the floor, axum hello and the raw lock baselines always run. Build with
 //! `--features peers` to add tower-sessions, tower_governor and rslock.
@@ -25,7 +25,7 @@ use std::{fmt::Write as _, time::Duration};
 use scenarios::{FLOOR, HELLO, Scenario, lock};
 
 /// The values of `--only` that select a whole crate's scenarios.
-const GROUPS: [&str; 6] = ["core", "session", "lock", "idempotency", "ratelimit", "cache"];
+const GROUPS: [&str; 7] = ["core", "session", "lock", "idempotency", "ratelimit", "cache", "stack"];
 
 struct Args {
     rounds: usize,

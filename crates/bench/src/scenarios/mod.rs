@@ -9,6 +9,7 @@ pub mod lock;
 mod peers;
 mod ratelimit;
 mod session;
+mod stack;
 
 use std::{future::Future, net::SocketAddr, pin::Pin};
 
@@ -104,6 +105,7 @@ pub async fn start_all(redis_url: &str) -> Vec<Scenario> {
     all.extend(idempotency::start(&handle).await);
     all.extend(ratelimit::start(&handle).await);
     all.extend(cache::start(&handle).await);
+    all.extend(stack::start(&handle).await);
     #[cfg(feature = "peers")]
     all.extend(peers::start(redis_url).await);
     all
