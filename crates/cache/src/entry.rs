@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! magic 0xC7 | version u8 | response_time_ms u64 | fetch_ms u32 | status u16
+//! | has_freshness u8 | (opts: flags u8, heuristic f32 bits u32, immutable_min_ttl secs u64 + nanos u32,
+//!                      age secs u64, lifetime secs u64 + nanos u32)?
 //! | n_req u16 | (name_len u16, name, value_len u32, value)*  (the Vary'd request headers and Host)
 //! | n_res u16 | (name_len u16, name, value_len u32, value)*  (the response headers as stored)
 //! | body (the rest)
@@ -10,15 +12,64 @@
 //! An entry written by another version (or garbage) decodes to `None`: a
 //! miss, never a wrong answer. Bodies are kept as one [`Bytes`] slice of the
 //! stored value (no copy, no per-byte decoding on a hit).
+//!
+//! Version 2 added the [`Freshness`] summary: what `http-cache-semantics`
+//! computes from the stored response alone (its `Age` and its freshness
+//! lifetime), so that a fresh hit does not rebuild a `CachePolicy`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_cache_semantics::CacheOptions;
 
 const MAGIC: u8 = 0xC7;
 /// The encoding version written by this build.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+
+/// What `http-cache-semantics` derives from a stored response alone, computed
+/// once when the entry is stored: with it a plain fresh hit (no request
+/// `Cache-Control` / `Pragma`, no `Vary`) is decided without a `CachePolicy`.
+/// Only valid for the [`CacheOptions`] it was computed with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Freshness {
+    /// The options of the policy it was computed with.
+    pub opts: OptsKey,
+    /// The response's age when it was received (`CachePolicy::age` at `response_time`).
+    pub age: Duration,
+    /// How long it stays fresh, counted like `Age` (`CachePolicy` `max_age`
+    /// when it exceeds `age`; else `age`: stale from the start).
+    pub lifetime: Duration,
+}
+
+/// The [`CacheOptions`] fields that freshness depends on, comparable.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptsKey {
+    flags: u8,
+    heuristic: u32,
+    immutable_min_ttl: Duration,
+}
+
+impl OptsKey {
+    /// The key of a set of options.
+    pub fn of(opts: &CacheOptions) -> Self {
+        OptsKey {
+            flags: u8::from(opts.shared) | (u8::from(opts.ignore_cargo_cult) << 1),
+            heuristic: opts.cache_heuristic.to_bits(),
+            immutable_min_ttl: opts.immutable_min_time_to_live,
+        }
+    }
+}
+
+impl Freshness {
+    /// The age of the response at `now` (as `CachePolicy::age`).
+    pub fn age_at(&self, response_time: SystemTime, now: SystemTime) -> Duration {
+        match now.duration_since(response_time) {
+            Ok(resident) => self.age + resident,
+            Err(_) => self.age,
+        }
+    }
+}
 
 /// A stored response.
 #[derive(Debug, Clone)]
@@ -35,6 +86,48 @@ pub struct Entry {
     pub headers: HeaderMap,
     /// The complete body.
     pub body: Bytes,
+    /// The precomputed freshness of the stored response (`None`: decide
+    /// with a `CachePolicy`).
+    pub freshness: Option<Freshness>,
+}
+
+fn put_duration(buf: &mut BytesMut, d: Duration) {
+    buf.put_u64(d.as_secs());
+    buf.put_u32(d.subsec_nanos());
+}
+
+fn get_duration(buf: &mut Bytes) -> Option<Duration> {
+    if buf.remaining() < 12 {
+        return None;
+    }
+    let secs = buf.get_u64();
+    let nanos = buf.get_u32();
+    (nanos < 1_000_000_000).then(|| Duration::new(secs, nanos))
+}
+
+fn get_freshness(buf: &mut Bytes) -> Option<Option<Freshness>> {
+    if buf.remaining() < 1 {
+        return None;
+    }
+    match buf.get_u8() {
+        0 => Some(None),
+        1 => {
+            if buf.remaining() < 5 {
+                return None;
+            }
+            let flags = buf.get_u8();
+            let heuristic = buf.get_u32();
+            let immutable_min_ttl = get_duration(buf)?;
+            if buf.remaining() < 8 {
+                return None;
+            }
+            let age = Duration::from_secs(buf.get_u64());
+            let lifetime = get_duration(buf)?;
+            let opts = OptsKey { flags, heuristic, immutable_min_ttl };
+            Some(Some(Freshness { opts, age, lifetime }))
+        }
+        _ => None,
+    }
 }
 
 fn put_headers(buf: &mut BytesMut, headers: &HeaderMap) {
@@ -83,6 +176,17 @@ impl Entry {
         buf.put_u64(ms);
         buf.put_u32(self.fetch_time.as_millis().min(u32::MAX as u128) as u32);
         buf.put_u16(self.status.as_u16());
+        match &self.freshness {
+            Some(f) => {
+                buf.put_u8(1);
+                buf.put_u8(f.opts.flags);
+                buf.put_u32(f.opts.heuristic);
+                put_duration(&mut buf, f.opts.immutable_min_ttl);
+                buf.put_u64(f.age.as_secs());
+                put_duration(&mut buf, f.lifetime);
+            }
+            None => buf.put_u8(0),
+        }
         put_headers(&mut buf, &self.req_headers);
         put_headers(&mut buf, &self.headers);
         buf.put_slice(&self.body);
@@ -97,9 +201,10 @@ impl Entry {
         let response_time = UNIX_EPOCH + Duration::from_millis(buf.get_u64());
         let fetch_time = Duration::from_millis(buf.get_u32() as u64);
         let status = StatusCode::from_u16(buf.get_u16()).ok()?;
+        let freshness = get_freshness(&mut buf)?;
         let req_headers = get_headers(&mut buf)?;
         let headers = get_headers(&mut buf)?;
-        Some(Entry { response_time, fetch_time, status, req_headers, headers, body: buf })
+        Some(Entry { response_time, fetch_time, status, req_headers, headers, body: buf, freshness })
     }
 }
 
@@ -120,6 +225,11 @@ mod tests {
             req_headers: HeaderMap::new(),
             headers,
             body: Bytes::from_static(b"hello"),
+            freshness: Some(Freshness {
+                opts: OptsKey::of(&CacheOptions::default()),
+                age: Duration::from_secs(3),
+                lifetime: Duration::new(60, 5),
+            }),
         };
         let bytes = entry.encode();
         let back = Entry::decode(bytes.clone()).unwrap();
@@ -127,10 +237,13 @@ mod tests {
         assert_eq!(back.headers.get_all("x-multi").iter().count(), 2);
         assert_eq!(back.response_time, entry.response_time);
         assert_eq!(back.fetch_time, entry.fetch_time);
+        assert_eq!(back.freshness, entry.freshness);
+        let none = Entry { freshness: None, ..entry.clone() };
+        assert_eq!(Entry::decode(none.encode()).unwrap().freshness, None);
         let mut other = bytes.to_vec();
         other[1] = VERSION + 1;
         assert!(Entry::decode(Bytes::from(other)).is_none());
-        for cut in 0..bytes.len().min(60) {
+        for cut in 0..bytes.len() {
             let _ = Entry::decode(bytes.slice(..cut));
         }
         assert!(Entry::decode(Bytes::from_static(b"garbage garbage garbage")).is_none());

@@ -18,27 +18,47 @@ pub type NamespaceFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 /// and hex digits uppercased, empty path as `/`. The host comes from the URI
 /// or the `Host` header.
 pub fn normalized_uri(parts: &Parts) -> String {
+    let mut out = String::new();
+    push_normalized_uri(&mut out, parts);
+    out
+}
+
+/// Appends the [`normalized_uri`] of a request to `out`.
+fn push_normalized_uri(out: &mut String, parts: &Parts) {
     let uri = &parts.uri;
-    let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+    let scheme = uri.scheme_str().unwrap_or("http");
     let host = uri
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default();
-    normalize(&scheme, &host, uri.path_and_query().map_or("/", |p| p.as_str()))
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    out.reserve(scheme.len() + host.len() + pq.len() + 4);
+    let start = out.len();
+    out.push_str(scheme);
+    out[start..].make_ascii_lowercase();
+    let https = &out[start..] == "https";
+    push_normalized(out, https, host, pq);
 }
 
 /// Normalizes `scheme://host` + `path_and_query` (see [`normalized_uri`]).
 pub fn normalize(scheme: &str, host: &str, path_and_query: &str) -> String {
-    let mut host = host.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
-    let default_port = if scheme == "https" { ":443" } else { ":80" };
-    if host.ends_with(default_port) {
-        host.truncate(host.len() - default_port.len());
-    }
     let mut out = String::with_capacity(scheme.len() + host.len() + path_and_query.len() + 4);
     out.push_str(scheme);
+    push_normalized(&mut out, scheme == "https", host, path_and_query);
+    out
+}
+
+/// Appends `://host` + `path_and_query`, normalized, after a scheme.
+fn push_normalized(out: &mut String, https: bool, host: &str, path_and_query: &str) {
+    let host = host.rsplit('@').next().unwrap_or("");
+    // Lowercasing ASCII letters does not change a `:443` / `:80` suffix.
+    let default_port = if https { ":443" } else { ":80" };
+    let host = host.strip_suffix(default_port).unwrap_or(host);
     out.push_str("://");
-    out.push_str(&host);
+    let start = out.len();
+    out.push_str(host);
+    out[start..].make_ascii_lowercase();
     let pq = if path_and_query.is_empty() { "/" } else { path_and_query };
     if !pq.starts_with('/') && !pq.starts_with('*') {
         out.push('/');
@@ -65,13 +85,15 @@ pub fn normalize(scheme: &str, host: &str, path_and_query: &str) -> String {
         out.push(b as char);
         i += 1;
     }
-    out
 }
 
 /// The default primary key: `GET <normalized uri>`. HEAD requests use the GET
 /// key (a stored GET answers HEAD).
 pub fn default_key(parts: &Parts) -> Option<String> {
-    Some(format!("GET {}", normalized_uri(parts)))
+    let mut key = String::with_capacity(64);
+    key.push_str("GET ");
+    push_normalized_uri(&mut key, parts);
+    Some(key)
 }
 
 /// The header names listed by `Vary`, lowercased, sorted, joined by `,`;

@@ -6,10 +6,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, request::Parts};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, request::Parts};
 use http_cache_semantics::{CacheOptions, CachePolicy, RequestLike, ResponseLike};
 
-use crate::entry::Entry;
+use crate::entry::{Entry, Freshness, OptsKey};
+
+/// `CDN-Cache-Control` (RFC 9213).
+const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 /// Hop-by-hop headers: never stored, never served from the cache.
 const HOP_BY_HOP: &[&str] = &[
@@ -170,12 +173,12 @@ pub(crate) fn parse_cc(headers: &HeaderMap) -> Vec<Directive> {
 /// directive has a value of the wrong type (RFC 9213 2.1: the field is then
 /// ignored as a whole and `Cache-Control` applies).
 fn targeted_cc(headers: &HeaderMap) -> Option<Vec<Directive>> {
-    const TARGETED: &str = "cdn-cache-control";
+    const TARGETED: HeaderName = CDN_CACHE_CONTROL;
     const DELTAS: &[&str] = &["max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"];
-    if !headers.contains_key(TARGETED) {
+    if !headers.contains_key(&TARGETED) {
         return None;
     }
-    let joined = headers.get_all(TARGETED).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>().join(&b", "[..]);
+    let joined = headers.get_all(&TARGETED).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>().join(&b", "[..]);
     if joined.len() > 8192 {
         return None;
     }
@@ -238,7 +241,7 @@ pub(crate) fn qualified_fields(headers: &HeaderMap) -> Vec<String> {
 /// means to a shared cache).
 pub(crate) fn policy_view(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
     let dates = [http::header::EXPIRES, http::header::DATE, http::header::LAST_MODIFIED];
-    let targeted = headers.contains_key("cdn-cache-control");
+    let targeted = headers.contains_key(&CDN_CACHE_CONTROL);
     if !targeted && !headers.contains_key(http::header::CACHE_CONTROL) && !dates.iter().any(|d| headers.contains_key(d))
     {
         return Cow::Borrowed(headers);
@@ -445,6 +448,49 @@ pub(crate) fn request_view<'a>(headers: &'a HeaderMap, entry: &Entry) -> Cow<'a,
 }
 
 impl Entry {
+    /// Records the freshness summary of this entry, from `policy` (its own,
+    /// [`Entry::policy`] with `opts`): the stored `Age` and the freshness
+    /// lifetime. Entries with `Vary` get none (their hits compare the
+    /// selecting headers through the policy).
+    pub(crate) fn summarize(&mut self, policy: &CachePolicy, opts: &CacheOptions) {
+        self.freshness = (!self.headers.contains_key(http::header::VARY)).then(|| {
+            let age = policy.age(self.response_time);
+            Freshness {
+                opts: OptsKey::of(opts),
+                age,
+                lifetime: policy.time_to_live(self.response_time).saturating_add(age),
+            }
+        });
+    }
+
+    /// A fresh hit decided from the stored [`Freshness`], without a policy:
+    /// `Some((age, time to live))` exactly when the entry's policy would
+    /// answer `Fresh` to these request headers at `now`, for the requests it
+    /// covers (no `Cache-Control`, `CDN-Cache-Control` or `Pragma`, the
+    /// stored `Host`, an entry without `Vary`, the same options); `None`
+    /// otherwise (stale, or not covered: ask the policy).
+    pub(crate) fn quick_fresh(
+        &self,
+        req: &HeaderMap,
+        opts: &CacheOptions,
+        now: SystemTime,
+    ) -> Option<(Duration, Duration)> {
+        let f = self.freshness.as_ref()?;
+        if f.opts != OptsKey::of(opts)
+            || req.contains_key(http::header::CACHE_CONTROL)
+            || req.contains_key(http::header::PRAGMA)
+            || req.contains_key(&CDN_CACHE_CONTROL)
+            || self.headers.contains_key(http::header::VARY)
+            || self.req_headers.get(http::header::HOST) != req.get(http::header::HOST)
+        {
+            return None;
+        }
+        // `CachePolicy`: fresh while `max_age > age(now)`; the lifetime is
+        // `max_age` whenever that can hold, and the ttl `max_age - age`.
+        let age = f.age_at(self.response_time, now);
+        (age < f.lifetime).then(|| (age, f.lifetime - age))
+    }
+
     /// The policy of this entry, rebuilt from what was stored.
     pub(crate) fn policy(&self, opts: CacheOptions) -> CachePolicy {
         let (status, headers) = response_view(self.status, &self.headers);
@@ -682,5 +728,103 @@ mod tests {
         ] {
             assert_eq!(parse_date(date).is_some(), good, "{date}");
         }
+    }
+
+    /// The stored freshness summary answers exactly as the policy does, for
+    /// the requests it covers, and covers nothing else.
+    #[test]
+    fn quick_fresh_agrees_with_the_policy() {
+        use http_cache_semantics::BeforeRequest;
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let date = httpdate::fmt_http_date(t0);
+        let past = httpdate::fmt_http_date(t0 - Duration::from_secs(50_000));
+        let soon = httpdate::fmt_http_date(t0 + Duration::from_secs(90));
+        let responses: Vec<Vec<(&str, String)>> = vec![
+            vec![("cache-control", "max-age=60".into())],
+            vec![("cache-control", "public, max-age=3600".into()), ("age", "100".into())],
+            vec![("cache-control", "max-age=10".into()), ("age", "30".into())],
+            vec![("cache-control", "s-maxage=20, max-age=5".into())],
+            vec![("cache-control", "max-age=60, no-cache".into())],
+            vec![("cache-control", "max-age=60, must-revalidate".into())],
+            vec![("cache-control", "max-age=60, proxy-revalidate".into())],
+            vec![("cache-control", "immutable".into()), ("date", date.clone())],
+            vec![("expires", soon.clone()), ("date", date.clone())],
+            vec![("expires", "0".into())],
+            vec![("last-modified", past.clone()), ("date", date.clone())],
+            vec![("cache-control", "max-age=60".into()), ("set-cookie", "a=b".into())],
+            vec![("pragma", "no-cache".into())],
+            vec![("cache-control", "max-age=60".into()), ("vary", "accept".into())],
+            vec![("cache-control", "no-store, max-age=60".into())],
+            vec![("cache-control", "max-age=99999999999999999999".into())],
+            vec![("cdn-cache-control", "max-age=30".into()), ("cache-control", "no-store".into())],
+        ];
+        let requests: Vec<Vec<(&str, &str)>> = vec![
+            vec![("host", "a.test")],
+            vec![("host", "b.test")],
+            vec![],
+            vec![("host", "a.test"), ("cache-control", "max-age=5")],
+            vec![("host", "a.test"), ("pragma", "no-cache")],
+            vec![("host", "a.test"), ("accept", "text/html")],
+        ];
+        let opts = [CacheOptions::default(), CacheOptions { cache_heuristic: 0.5, ..CacheOptions::default() }];
+        let mut covered = 0;
+        for res in &responses {
+            for status in [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::INTERNAL_SERVER_ERROR] {
+                let mut headers = HeaderMap::new();
+                for (n, v) in res {
+                    headers.append(*n, HeaderValue::from_str(v).unwrap());
+                }
+                let mut stored_req = HeaderMap::new();
+                stored_req.insert(http::header::HOST, HeaderValue::from_static("a.test"));
+                let mut entry = Entry {
+                    response_time: t0,
+                    fetch_time: Duration::ZERO,
+                    status,
+                    req_headers: stored_req,
+                    headers,
+                    body: bytes::Bytes::new(),
+                    freshness: None,
+                };
+                entry.summarize(&entry.policy(opts[0]), &opts[0]);
+                let entry = Entry::decode(entry.encode()).unwrap();
+                for o in &opts {
+                    let policy = entry.policy(*o);
+                    for req in &requests {
+                        let mut rh = HeaderMap::new();
+                        for (n, v) in req {
+                            rh.append(*n, HeaderValue::from_static(v));
+                        }
+                        for after in [0u64, 1, 5, 9, 19, 25, 59, 60, 61, 89, 90, 3000, 3499, 3500, 10_000, 200_000] {
+                            for nanos in [0u32, 999_999_999] {
+                                let now = t0 + Duration::new(after, nanos);
+                                let view = request_view(&rh, &entry);
+                                let fresh =
+                                    matches!(policy.before_request(&Incoming(&view), now), BeforeRequest::Fresh(_));
+                                let quick = entry.quick_fresh(&rh, o, now);
+                                let case = format!("{res:?} {status} {req:?} +{after}.{nanos} {o:?}");
+                                if let Some((age, ttl)) = quick {
+                                    assert!(fresh, "{case}");
+                                    assert_eq!(age, policy.age(now), "{case}");
+                                    assert_eq!(ttl, policy.time_to_live(now), "{case}");
+                                    covered += 1;
+                                }
+                                let plain = !rh.contains_key("cache-control")
+                                    && !rh.contains_key("pragma")
+                                    && !entry.headers.contains_key("vary")
+                                    && rh.get("host") == entry.req_headers.get("host")
+                                    && o.cache_heuristic == opts[0].cache_heuristic;
+                                if plain && fresh {
+                                    assert!(quick.is_some(), "not covered: {case}");
+                                }
+                                if entry.freshness.is_none() {
+                                    assert!(quick.is_none());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(covered > 100, "{covered}");
     }
 }

@@ -132,27 +132,20 @@ impl Ctx {
         res
     }
 
-    /// Builds the response from a stored entry.
-    fn serve<B>(
-        &self,
-        entry: &Entry,
-        policy: &CachePolicy,
-        parts: &Parts,
-        at: SystemTime,
-        status: CacheStatus,
-    ) -> Response<CacheBody<B>> {
-        let mut headers = entry.headers.clone();
-        if let Ok(age) = HeaderValue::from_str(&policy.age(at).as_secs().to_string()) {
-            headers.insert(header::AGE, age);
-        }
+    /// Builds the response from a stored entry (consumed: its headers become
+    /// the response's), `age` being the entry's current age.
+    fn serve<B>(&self, entry: Entry, age: Duration, parts: &Parts, status: CacheStatus) -> Response<CacheBody<B>> {
         // Conditionals only apply to a 2xx selected representation (RFC 9110 13.2.1).
         let not_modified = entry.status.is_success() && policy::client_not_modified(parts, &entry.headers);
+        let range = if not_modified { None } else { policy::served_range(parts, &entry) };
+        let Entry { status: stored_status, mut headers, body: stored_body, .. } = entry;
+        headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
         let (code, body) = if not_modified {
             headers.remove(header::CONTENT_LENGTH);
             (StatusCode::NOT_MODIFIED, CacheBody::empty())
-        } else if let Some((first, last)) = policy::served_range(parts, entry) {
+        } else if let Some((first, last)) = range {
             // A byte range of a complete stored response (RFC 9110 14.2, RFC 9111 3.4).
-            let total = entry.body.len();
+            let total = stored_body.len();
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
             if let Ok(range) = HeaderValue::from_str(&format!("bytes {first}-{last}/{total}")) {
                 headers.insert(header::CONTENT_RANGE, range);
@@ -160,13 +153,13 @@ impl Ctx {
             let body = if parts.method == Method::HEAD {
                 CacheBody::empty()
             } else {
-                CacheBody::full(entry.body.slice(first..=last))
+                CacheBody::full(stored_body.slice(first..=last))
             };
             (StatusCode::PARTIAL_CONTENT, body)
         } else if parts.method == Method::HEAD {
-            (entry.status, CacheBody::empty())
+            (stored_status, CacheBody::empty())
         } else {
-            (entry.status, CacheBody::full(entry.body.clone()))
+            (stored_status, CacheBody::full(stored_body))
         };
         let mut res = Response::new(body);
         *res.status_mut() = code;
@@ -192,12 +185,15 @@ impl Ctx {
             return Ok(self.pass(res, CacheStatus::fwd("bypass").detail("no-key")));
         };
         let key = self.state.store.entry_key(&primary);
-        if policy::has_directive(&parts.headers, "no-store") {
+        // The request's Cache-Control, parsed once.
+        let request_cc = policy::parse_cc(&parts.headers);
+        if request_cc.iter().any(|d| d.name == "no-store") {
             // Nothing of this exchange may be stored; answer it from the origin.
             let res = inner.call(Request::from_parts(parts, body)).await?;
             return Ok(self.pass(res, CacheStatus::fwd("request").detail("no-store")));
         }
-        let only_if_cached = policy::has_directive(&parts.headers, "only-if-cached");
+        let only_if_cached = request_cc.iter().any(|d| d.name == "only-if-cached");
+        drop(request_cc);
         let found = match self.state.store.lookup(&key, &parts.headers).await {
             Ok(found) => found.and_then(|f| Entry::decode(f.value)),
             Err(e) => {
@@ -220,13 +216,20 @@ impl Ctx {
             }
             return self.miss(inner, parts, body, primary, key).await;
         };
+        // The common fresh hit, from the stored freshness summary: the same
+        // answer the policy gives, without rebuilding it.
+        if let Some((age, ttl)) = entry.quick_fresh(&parts.headers, &self.config.opts, at) {
+            self.maybe_xfetch(&inner, &entry, None, ttl, &parts, &key, &primary);
+            let status = CacheStatus::hit(secs(ttl));
+            return Ok(self.serve(entry, age, &parts, status));
+        }
         let policy = entry.policy(self.config.opts);
         let req_view = policy::request_view(&parts.headers, &entry);
         match policy.before_request(&Incoming(&req_view), at) {
             BeforeRequest::Fresh(_) => {
-                self.maybe_xfetch(&inner, &entry, &policy, &parts, &key, &primary, at);
+                self.maybe_xfetch(&inner, &entry, Some(&policy), policy.time_to_live(at), &parts, &key, &primary);
                 let status = CacheStatus::hit(secs(policy.time_to_live(at)));
-                Ok(self.serve(&entry, &policy, &parts, at, status))
+                Ok(self.serve(entry, policy.age(at), &parts, status))
             }
             BeforeRequest::Stale { request, matches } => {
                 let stale_by = policy::staleness(&policy, entry.response_time, at);
@@ -240,7 +243,7 @@ impl Ctx {
                     self.refresh_in_background(inner, &entry, &policy, &parts, &key, &primary);
                     let mut status = CacheStatus::hit(-secs(stale_by)).detail("stale-while-revalidate");
                     status.ttl = Some(-secs(stale_by));
-                    return Ok(self.serve(&entry, &policy, &parts, at, status));
+                    return Ok(self.serve(entry, policy.age(at), &parts, status));
                 }
                 if only_if_cached {
                     return Ok(
@@ -290,7 +293,7 @@ impl Ctx {
                 let mut status = CacheStatus::fwd("stale").detail("stale-if-error");
                 status.fwd_status = Some(code.as_u16());
                 status.ttl = Some(-secs(stale_by));
-                return self.serve(&entry, &policy, &client, response_time, status);
+                return self.serve(entry, policy.age(response_time), &client, status);
             }
         }
         if revalidating && code == StatusCode::NOT_MODIFIED {
@@ -334,6 +337,7 @@ impl Ctx {
                     req_headers: entry.req_headers.clone(),
                     headers,
                     body: entry.body.clone(),
+                    freshness: None,
                 };
                 let new_policy = updated.policy(self.config.opts);
                 let mut status = CacheStatus::fwd(fwd);
@@ -343,7 +347,7 @@ impl Ctx {
                     self.spawn_store(plan, updated.body.clone(), Guards::default());
                 }
                 status.ttl = Some(secs(new_policy.time_to_live(response_time)));
-                let mut res = self.serve(&updated, &new_policy, &client, response_time, status);
+                let mut res = self.serve(updated, new_policy.age(response_time), &client, status);
                 // The 304's own cookies belong to this client (they are never stored).
                 for cookie in rparts.headers.get_all(header::SET_COOKIE) {
                     res.headers_mut().append(header::SET_COOKIE, cookie.clone());
@@ -366,9 +370,10 @@ impl Ctx {
         let spec = vary_spec(&entry.headers)?;
         let policy = entry.policy(self.config.opts);
         let ttl = self.keep_for(&policy, entry)?;
-        let _ = client;
+        let mut stored = Entry { body: Bytes::new(), ..entry.clone() };
+        stored.summarize(&policy, &self.config.opts);
         Some(Plan {
-            entry: Entry { body: Bytes::new(), ..entry.clone() },
+            entry: stored,
             key: key.to_owned(),
             uri: normalized_uri(client),
             spec,
@@ -474,16 +479,18 @@ impl Ctx {
             }
             crate::key::normalize_selecting(&spec, &mut stored_req);
         }
-        let entry = Entry {
+        let mut entry = Entry {
             response_time,
             fetch_time: response_time.duration_since(request_time).unwrap_or_default(),
             status: res.status,
             req_headers: stored_req,
             headers,
             body: Bytes::new(),
+            freshness: None,
         };
         let policy = entry.policy(self.config.opts);
         let ttl = self.keep_for(&policy, &entry)?;
+        entry.summarize(&policy, &self.config.opts);
         Some(Plan {
             tags: self.tags(&entry.headers),
             entry,
@@ -615,7 +622,7 @@ impl Ctx {
                         let at = now();
                         let policy = entry.policy(self.config.opts);
                         let status = CacheStatus::hit(secs(policy.time_to_live(at)));
-                        return Ok(self.serve(&entry, &policy, &parts, at, status));
+                        return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
                     }
                     guards.flight = Some(g);
                     if let Some(locks) = &self.state.locks {
@@ -630,7 +637,7 @@ impl Ctx {
                                 let mut status = CacheStatus::fwd("uri-miss");
                                 status.collapsed = true;
                                 status.ttl = Some(secs(policy.time_to_live(at)));
-                                return Ok(self.serve(&entry, &policy, &parts, at, status));
+                                return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
                             }
                         }
                     }
@@ -644,7 +651,7 @@ impl Ctx {
                             let mut status = CacheStatus::fwd("uri-miss");
                             status.collapsed = true;
                             status.ttl = Some(secs(policy.time_to_live(at)));
-                            return Ok(self.serve(&entry, &policy, &parts, at, status));
+                            return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
                         }
                     }
                 }
@@ -727,11 +734,11 @@ impl Ctx {
         &self,
         inner: &S,
         entry: &Entry,
-        policy: &CachePolicy,
+        policy: Option<&CachePolicy>,
+        left: Duration,
         parts: &Parts,
         key: &str,
         primary: &str,
-        at: SystemTime,
     ) where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -742,10 +749,18 @@ impl Ctx {
         if beta <= 0.0 {
             return;
         }
-        let left = policy.time_to_live(at).as_secs_f64();
+        let left = left.as_secs_f64();
         let delta = entry.fetch_time.as_secs_f64().max(0.001);
         let r: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
         if delta * beta * -r.ln() >= left {
+            let built;
+            let policy = match policy {
+                Some(policy) => policy,
+                None => {
+                    built = entry.policy(self.config.opts);
+                    &built
+                }
+            };
             self.refresh_in_background(inner.clone(), entry, policy, parts, key, primary);
         }
     }

@@ -1,8 +1,7 @@
 //! The `Cache-Status` response header (RFC 9211).
 
-use std::fmt::Write as _;
-
-use http::{HeaderMap, HeaderValue};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// What this cache did with one request, written as one `Cache-Status` member.
 #[derive(Debug, Clone, Default)]
@@ -39,10 +38,12 @@ impl CacheStatus {
             s.push_str("; hit");
         }
         if let Some(fwd) = self.fwd {
-            let _ = write!(s, "; fwd={fwd}");
+            s.push_str("; fwd=");
+            s.push_str(fwd);
         }
         if let Some(status) = self.fwd_status {
-            let _ = write!(s, "; fwd-status={status}");
+            s.push_str("; fwd-status=");
+            push_int(&mut s, i64::from(status));
         }
         if self.stored {
             s.push_str("; stored");
@@ -51,17 +52,52 @@ impl CacheStatus {
             s.push_str("; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(s, "; ttl={ttl}");
+            s.push_str("; ttl=");
+            push_int(&mut s, ttl);
         }
         if let Some(detail) = self.detail {
-            let _ = write!(s, "; detail={detail}");
+            s.push_str("; detail=");
+            s.push_str(detail);
         }
-        let existing: Vec<&str> =
-            headers.get_all("cache-status").iter().filter_map(|v| v.to_str().ok()).filter(|v| !v.is_empty()).collect();
-        let value = if existing.is_empty() { s } else { format!("{}, {s}", existing.join(", ")) };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert("cache-status", v);
+        let value = if headers.contains_key(&CACHE_STATUS) {
+            let existing: Vec<&str> = headers
+                .get_all(&CACHE_STATUS)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .collect();
+            if existing.is_empty() { s } else { format!("{}, {s}", existing.join(", ")) }
+        } else {
+            s
+        };
+        // No copy: the header value takes the string's buffer.
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+            headers.insert(CACHE_STATUS, v);
         }
+    }
+}
+
+/// The `Cache-Status` header name.
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Appends the decimal form of `n` (as `Display` writes it).
+fn push_int(s: &mut String, n: i64) {
+    if n < 0 {
+        s.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        s.push(d as char);
     }
 }
 
@@ -81,5 +117,10 @@ mod tests {
         let mut h = HeaderMap::new();
         CacheStatus::hit(7).write("redlayer", &mut h);
         assert_eq!(h["cache-status"], "redlayer; hit; ttl=7");
+        for n in [0, 7, -7, 10, -120, i64::MAX, i64::MIN] {
+            let mut s = String::new();
+            push_int(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, LazyLock, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -49,7 +49,7 @@ struct MemHash {
 }
 
 enum Backend {
-    Memory { entries: ExpiringMap<String, MemHash>, tags: ExpiringMap<String, HashSet<String>> },
+    Memory { entries: ExpiringMap<String, Arc<MemHash>>, tags: ExpiringMap<String, HashSet<String>> },
     Redis(Redis),
 }
 
@@ -58,8 +58,24 @@ struct Inner {
     keys: KeyBuilder,
     /// Last Vary spec seen per entry key: lets a lookup be one round trip.
     specs: Mutex<HashMap<String, String>>,
+    /// How many specs `specs` holds (read without the lock: most entries
+    /// have no Vary, and then a lookup need not take it).
+    spec_count: AtomicUsize,
     down_until_ms: AtomicU64,
+    /// Unique per store (its key builder may differ from another's).
+    id: u64,
 }
+
+/// Entry keys remembered per thread (see [`Store::entry_key`]).
+const ENTRY_KEY_MEMO: usize = 1024;
+/// Longest primary key remembered (longer ones are rare and would use memory).
+const ENTRY_KEY_MEMO_LEN: usize = 512;
+
+thread_local! {
+    static ENTRY_KEYS: std::cell::RefCell<HashMap<String, (u64, String)>> = std::cell::RefCell::new(HashMap::new());
+}
+
+static STORE_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// The storage of cached responses and cache-aside values: Redis (shared by
 /// every instance) or memory (one process). Cheap to clone.
@@ -89,6 +105,14 @@ pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn bound(ttl: Duration) -> Duration {
     ttl.clamp(Duration::from_millis(1), MAX_TTL)
+}
+
+/// The hash field of a variant: `v:<variant id>` (`v:` when nothing varies).
+fn variant_field(spec: &str, req: &HeaderMap) -> std::borrow::Cow<'static, str> {
+    if spec.is_empty() {
+        return std::borrow::Cow::Borrowed("v:");
+    }
+    std::borrow::Cow::Owned(format!("v:{}", variant_id(spec, req)))
 }
 
 fn now_ms() -> u64 {
@@ -122,7 +146,9 @@ impl Store {
                 backend,
                 keys,
                 specs: Mutex::new(HashMap::new()),
+                spec_count: AtomicUsize::new(0),
                 down_until_ms: AtomicU64::new(0),
+                id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
             }),
         }
     }
@@ -142,7 +168,26 @@ impl Store {
 
     /// The Redis key of the entry hash of a primary key.
     pub fn entry_key(&self, primary: &str) -> String {
-        self.inner.keys.key("cache", &KeyPart::client(primary))
+        // A primary key is rarely "plain" (`GET http://...` has a space), so
+        // its key part is a SHA-256 digest: remember the recent ones per
+        // thread (a pure function of the store's key builder and the primary).
+        ENTRY_KEYS.with(|memo| {
+            let mut memo = memo.borrow_mut();
+            if let Some((id, key)) = memo.get(primary)
+                && *id == self.inner.id
+            {
+                return key.clone();
+            }
+            let key = self.inner.keys.key("cache", &KeyPart::client(primary));
+            if primary.len() > ENTRY_KEY_MEMO_LEN {
+                return key;
+            }
+            if memo.len() >= ENTRY_KEY_MEMO {
+                memo.clear();
+            }
+            memo.insert(primary.to_owned(), (self.inner.id, key.clone()));
+            key
+        })
     }
 
     fn tag_key(&self, tag: &str) -> String {
@@ -176,6 +221,9 @@ impl Store {
     }
 
     fn guess(&self, key: &str) -> String {
+        if self.inner.spec_count.load(Ordering::Relaxed) == 0 {
+            return String::new();
+        }
         self.inner.specs.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned().unwrap_or_default()
     }
 
@@ -183,12 +231,13 @@ impl Store {
         let mut specs = self.inner.specs.lock().unwrap_or_else(|p| p.into_inner());
         if spec.is_empty() {
             specs.remove(key);
-            return;
+        } else {
+            if specs.len() >= MAX_SPEC_GUESSES {
+                specs.clear();
+            }
+            specs.insert(key.to_owned(), spec.to_owned());
         }
-        if specs.len() >= MAX_SPEC_GUESSES {
-            specs.clear();
-        }
-        specs.insert(key.to_owned(), spec.to_owned());
+        self.inner.spec_count.store(specs.len(), Ordering::Relaxed);
     }
 
     /// The stored variant of `key` that matches the request headers.
@@ -209,7 +258,7 @@ impl Store {
         let redis = self.live()?;
         let mut conn = redis.connection().await?;
         let guess = self.guess(key);
-        let field = format!("v:{}", variant_id(&guess, req));
+        let field = variant_field(&guess, req);
         let (spec, value): (Option<String>, Option<Vec<u8>>) =
             redis::cmd("HMGET").arg(key).arg("vary").arg(&field).query_async(&mut conn).await?;
         let Some(spec) = spec else { return Ok(None) };
@@ -217,7 +266,7 @@ impl Store {
             return Ok(value.map(|v| Found { value: Bytes::from(v) }));
         }
         self.remember(key, &spec);
-        let field = format!("v:{}", variant_id(&spec, req));
+        let field = variant_field(&spec, req);
         let value: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg(&field).query_async(&mut conn).await?;
         Ok(value.map(|v| Found { value: Bytes::from(v) }))
     }
@@ -239,13 +288,13 @@ impl Store {
                 entries.update(key.to_owned(), |old, now| {
                     let _ = now;
                     let mut hash = match old {
-                        Some(h) if h.spec == spec => std::mem::take(h),
+                        Some(h) if h.spec == spec => Arc::unwrap_or_clone(std::mem::take(h)),
                         _ => MemHash::default(),
                     };
                     hash.uri = uri.to_owned();
                     hash.spec = spec.to_owned();
                     hash.variants.insert(field, value);
-                    (Update::Set(hash, Some(ttl)), ())
+                    (Update::Set(Arc::new(hash), Some(ttl)), ())
                 });
                 Ok(())
             }
@@ -507,7 +556,7 @@ impl Store {
             Backend::Memory { entries, .. } => {
                 let mut hash = MemHash::default();
                 hash.variants.insert(String::new(), value);
-                entries.insert(vkey.clone(), hash, Some(ttl));
+                entries.insert(vkey.clone(), Arc::new(hash), Some(ttl));
             }
             Backend::Redis(_) => {
                 let result = async {

@@ -162,3 +162,37 @@ async fn cache_aside_fetches_once_across_instances() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(values.len(), 1);
 }
+
+/// A fresh hit costs one Redis command (the HMGET of the entry) and is served
+/// with the stored body, `Age` and `Cache-Status`; the summary stored with the
+/// entry decides it, and a request the summary does not cover (`max-age=0`)
+/// still goes through the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_hit_is_one_redis_command() {
+    let server = RedisServer::start();
+    let redis = redlayer_core::Redis::connect(&server.url()).await.unwrap();
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "public, max-age=3600")], &format!("v{n}")));
+    let app = App::new(CacheLayer::new(redis), &origin);
+    let mut stored = false;
+    for _ in 0..40 {
+        if app.get("/one").await.is_hit() {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(stored, "entry never stored");
+    let before = server.total_commands();
+    for _ in 0..10 {
+        let got = app.get("/one").await;
+        assert!(got.is_hit(), "{}", got.cache_status());
+        assert_eq!(got.body, "v1");
+        assert!(got.header("age").parse::<u64>().is_ok_and(|a| a < 60), "age {}", got.header("age"));
+        assert!(got.cache_status().contains("ttl=35"), "{}", got.cache_status());
+    }
+    // + 1: the INFO of the first count.
+    assert_eq!(server.total_commands() - before, 10 + 1);
+    let got = app.send("GET", "/one", &[("cache-control", "max-age=0")]).await;
+    assert!(!got.is_hit(), "max-age=0 must not be a hit: {}", got.cache_status());
+    assert_eq!(origin.hits(), 2);
+}
