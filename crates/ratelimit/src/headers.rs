@@ -136,16 +136,25 @@ pub(crate) fn apply(headers: &mut HeaderMap, decision: &Decision, legacy: bool) 
 
 /// Appends the members of `value` to the list field `name` (one field line).
 fn join(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-    let joined = match headers.get(name) {
-        Some(existing) if !existing.is_empty() => {
-            let mut bytes = existing.as_bytes().to_vec();
-            bytes.extend_from_slice(b", ");
-            bytes.extend_from_slice(value.as_bytes());
-            HeaderValue::from_bytes(&bytes).unwrap_or(value)
+    // One lookup: the usual case is a response without the field.
+    match headers.entry(name) {
+        http::header::Entry::Vacant(slot) => {
+            slot.insert(value);
         }
-        _ => value,
-    };
-    headers.insert(name.clone(), joined);
+        http::header::Entry::Occupied(mut slot) => {
+            let existing = slot.get();
+            let joined = if existing.is_empty() {
+                value
+            } else {
+                let mut bytes = existing.as_bytes().to_vec();
+                bytes.extend_from_slice(b", ");
+                bytes.extend_from_slice(value.as_bytes());
+                HeaderValue::from_bytes(&bytes).unwrap_or(value)
+            };
+            // `insert` replaces every value of the field, as before.
+            slot.insert(joined);
+        }
+    }
 }
 
 /// The answer to a denied request: 429 problem+json, or gRPC RESOURCE_EXHAUSTED.

@@ -432,6 +432,24 @@ impl ClientIp {
         }
     }
 
+    /// `KeyPart::client(self.group(ip))`, formatted on the stack (one allocation fewer per request).
+    fn group_key(&self, ip: IpAddr) -> KeyPart {
+        use std::io::Write as _;
+        let mut buf = [0u8; 64];
+        let mut out = &mut buf[..];
+        let written = match canonical(ip) {
+            IpAddr::V4(v4) if self.v4_prefix >= 32 => write!(out, "{v4}"),
+            IpAddr::V4(v4) => write!(out, "{}/{}", mask_v4(v4, self.v4_prefix), self.v4_prefix),
+            IpAddr::V6(v6) if self.v6_prefix >= 128 => write!(out, "{v6}"),
+            IpAddr::V6(v6) => write!(out, "{}/{}", mask_v6(v6, self.v6_prefix), self.v6_prefix),
+        };
+        let len = 64 - out.len();
+        match written {
+            Ok(()) => KeyPart::client(&buf[..len]),
+            Err(_) => KeyPart::client(self.group(ip)),
+        }
+    }
+
     fn group(&self, ip: IpAddr) -> String {
         match canonical(ip) {
             IpAddr::V4(v4) if self.v4_prefix >= 32 => v4.to_string(),
@@ -460,7 +478,7 @@ fn parse_node(s: &str) -> Option<IpAddr> {
 
 impl Extract for ClientIp {
     fn extract(&self, parts: &Parts) -> Extracted {
-        Extracted::Ready(self.client_ip(parts).map(|ip| KeyPart::client(self.group(ip))))
+        Extracted::Ready(self.client_ip(parts).map(|ip| self.group_key(ip)))
     }
 }
 
@@ -472,6 +490,23 @@ impl From<ClientIp> for Key {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stack_formatted_ip_keys_are_the_string_ones() {
+        let ips: [IpAddr; 4] = [
+            "198.51.100.7".parse().unwrap(),
+            "2001:db8:1234:5678:9abc:def0:1234:5678".parse().unwrap(),
+            "::ffff:192.0.2.1".parse().unwrap(),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+        ];
+        for client in
+            [ClientIp::peer(), ClientIp::peer().ipv4_prefix(24).ipv6_prefix(128), ClientIp::peer().ipv6_prefix(48)]
+        {
+            for ip in ips {
+                assert_eq!(client.group_key(ip), KeyPart::client(client.group(ip)), "{ip}");
+            }
+        }
+    }
+
     use super::*;
 
     fn parts(peer: &str, headers: &[(&str, &str)]) -> Parts {

@@ -3,8 +3,10 @@
 //!
 //! - **Algorithms** ([`Algorithm`]): GCRA (default), token bucket, fixed
 //!   window, sliding window counter, sliding window log. Every decision is one
-//!   Lua script (`src/scripts/limit.lua`), one round trip, with `now` from Redis
-//!   `TIME` (app-server clocks do not matter).
+//!   Lua script (`src/scripts/limit.lua`; `src/scripts/gcra.lua`, the same
+//!   decision at a smaller cost to Redis, for a limiter of one GCRA or token
+//!   bucket policy), one round trip, with `now` from Redis `TIME` (app-server
+//!   clocks do not matter).
 //! - **Several policies** (10/s *and* 1000/day; per IP *and* per API key)
 //!   decided atomically in that one script: a request denied by any policy is
 //!   charged to none, and all are reported together.

@@ -52,9 +52,12 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) policies: Vec<Policy>,
     specs: Vec<PolicySpec>,
-    pub(crate) tag: KeyPart,
-    /// `{policy}:{alg}` of each policy, the key suffix.
-    suffixes: Vec<String>,
+    /// `{prefix}:rl:{` : the start of every shared key (see [`RateLimiter::shared_key`]).
+    shared_head: String,
+    /// `}:{policy}:{alg}` of each policy: the end of its shared key.
+    shared_tails: Vec<String>,
+    /// `{prefix}:rl:{tag}:{policy}:{alg}:` of each policy: the start of its tagged key.
+    tagged_heads: Vec<String>,
     /// `RateLimit-Policy` listing every policy.
     policy_field: Option<http::HeaderValue>,
     failure: FailurePolicy,
@@ -163,15 +166,25 @@ impl RateLimiter {
 
     /// Key of policy `p` when every policy counts the same client: the client
     /// is the hash tag (one slot per client: spreads over a cluster).
+    /// (`key_with("rl", id, "{policy}:{alg}")`, from parts rendered once.)
     pub(crate) fn shared_key(&self, id: &KeyPart, policy: usize) -> String {
-        self.inner.store.keys().key_with("rl", id, &self.inner.suffixes[policy])
+        let (head, id, tail) = (&self.inner.shared_head, id.as_str(), &self.inner.shared_tails[policy]);
+        let mut key = String::with_capacity(head.len() + id.len() + tail.len());
+        key.push_str(head);
+        key.push_str(id);
+        key.push_str(tail);
+        key
     }
 
     /// Key of policy `p` when policies count different clients: the limiter's
     /// name is the hash tag, so one decision's keys share a slot.
+    /// (`key_with("rl", tag, "{policy}:{alg}:{id}")`, from parts rendered once.)
     pub(crate) fn tagged_key(&self, id: &KeyPart, policy: usize) -> String {
-        let suffix = format!("{}:{}", self.inner.suffixes[policy], id.as_str());
-        self.inner.store.keys().key_with("rl", &self.inner.tag, &suffix)
+        let (head, id) = (&self.inner.tagged_heads[policy], id.as_str());
+        let mut key = String::with_capacity(head.len() + id.len());
+        key.push_str(head);
+        key.push_str(id);
+        key
     }
 
     async fn timed<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
@@ -377,14 +390,22 @@ impl RateLimiterBuilder {
             .timeout
             .or_else(|| self.store.redis_handle().map(|r| r.timeout()))
             .unwrap_or(redlayer_core::DEFAULT_TIMEOUT);
+        let keys = self.store.keys();
+        let suffixes: Vec<String> =
+            self.policies.iter().map(|p| format!("{}:{}", p.name, p.algorithm.state_name())).collect();
+        // The keys are `KeyBuilder::key_with` keys; their constant parts are rendered here once.
+        let shared_head = format!("{}:rl:{{", keys.prefix());
+        let shared_tails = suffixes.iter().map(|s| format!("}}:{s}")).collect();
+        let tagged_heads = suffixes.iter().map(|s| keys.key_with("rl", &self.tag, &format!("{s}:"))).collect();
         RateLimiter {
             inner: Arc::new(Inner {
-                suffixes: self.policies.iter().map(|p| format!("{}:{}", p.name, p.algorithm.state_name())).collect(),
+                shared_head,
+                shared_tails,
+                tagged_heads,
                 policy_field: crate::headers::policy_field(&self.policies),
                 specs: self.policies.iter().map(Policy::spec).collect(),
                 store: self.store,
                 policies: self.policies,
-                tag: self.tag,
                 failure: self.failure,
                 fallback: MemoryStore::bounded(None, self.fallback_keys),
                 deny_cache: (self.deny_cache > 0).then(|| DenyCache::new(self.deny_cache)),
@@ -399,6 +420,24 @@ impl RateLimiterBuilder {
 mod tests {
     use super::*;
     use crate::Quota;
+
+    /// The keys built from parts rendered once are the `KeyBuilder` keys.
+    #[test]
+    fn keys_are_key_builder_keys() {
+        let limiter = RateLimiter::builder(Store::memory())
+            .name("api")
+            .policy(Policy::gcra("burst", Quota::per_second(5)))
+            .policy(Policy::sliding_log("daily", Quota::per_day(100)))
+            .build();
+        let keys = redlayer_core::KeyBuilder::default();
+        let id = KeyPart::client("198.51.100.7");
+        for i in 0..2 {
+            let suffix = format!("{}:{}", limiter.policies()[i].name, limiter.policies()[i].algorithm.state_name());
+            assert_eq!(limiter.shared_key(&id, i), keys.key_with("rl", &id, &suffix));
+            let tagged = format!("{suffix}:{}", id.as_str());
+            assert_eq!(limiter.tagged_key(&id, i), keys.key_with("rl", &KeyPart::fixed("api"), &tagged));
+        }
+    }
 
     /// While Redis is down, client-chosen keys (random API keys) must not grow
     /// the local fallback without bound: past its bound, new keys share one

@@ -68,25 +68,19 @@ fn verdict(limiter: &RateLimiter, config: &LayerConfig, parts: &Parts) -> Decide
     let cost = config.cost.as_ref().map_or(1, |f| f(parts));
     let policies = &limiter.inner.policies;
     let shared = policies.iter().all(|p| p.key.is_none());
+    let no_key = config.no_key;
     let extracted: Vec<Extracted> = if shared {
-        vec![config.key.extract(parts)]
+        match config.key.extract(parts) {
+            // The usual case: one key for every policy, known now.
+            Extracted::Ready(id) => return decide_now(limiter, shared, [id], no_key, grpc, cost),
+            pending => vec![pending],
+        }
     } else {
         policies.iter().map(|p| p.key.as_ref().unwrap_or(&config.key).extract(parts)).collect()
     };
-    let no_key = config.no_key;
     if extracted.iter().all(|e| matches!(e, Extracted::Ready(_))) {
-        let ids = extracted.into_iter().map(|e| if let Extracted::Ready(id) = e { id } else { None }).collect();
-        let (keys, active) = match plan(limiter, shared, ids, no_key, grpc) {
-            Ok(plan) => plan,
-            Err(verdict) => return Decide::Ready(Some(verdict)),
-        };
-        if let Some(decision) = limiter.decide_locally(&keys, &active, cost) {
-            return Decide::Ready(Some(to_verdict(decision, grpc)));
-        }
-        let limiter = limiter.clone();
-        return Decide::Pending(Box::pin(async move {
-            to_verdict(limiter.decide_in_store(keys, active, cost).await, grpc)
-        }));
+        let ids = extracted.into_iter().map(|e| if let Extracted::Ready(id) = e { id } else { None });
+        return decide_now(limiter, shared, ids, no_key, grpc, cost);
     }
     let limiter = limiter.clone();
     Decide::Pending(Box::pin(async move {
@@ -104,11 +98,32 @@ fn verdict(limiter: &RateLimiter, config: &LayerConfig, parts: &Parts) -> Decide
     }))
 }
 
-/// The state keys of the policies that apply (`keys[i]` belongs to policy `active[i]`).
+/// The decision once every key is known: from the deny cache, or a future of the store's.
+fn decide_now(
+    limiter: &RateLimiter,
+    shared: bool,
+    ids: impl IntoIterator<Item = Option<KeyPart>>,
+    no_key: NoKey,
+    grpc: bool,
+    cost: u64,
+) -> Decide {
+    let (keys, active) = match plan(limiter, shared, ids, no_key, grpc) {
+        Ok(plan) => plan,
+        Err(verdict) => return Decide::Ready(Some(verdict)),
+    };
+    if let Some(decision) = limiter.decide_locally(&keys, &active, cost) {
+        return Decide::Ready(Some(to_verdict(decision, grpc)));
+    }
+    let limiter = limiter.clone();
+    Decide::Pending(Box::pin(async move { to_verdict(limiter.decide_in_store(keys, active, cost).await, grpc) }))
+}
+
+/// The state keys of the policies that apply (`keys[i]` belongs to policy `active[i]`):
+/// `ids` holds one key for all policies when `shared`, else one per policy.
 fn plan(
     limiter: &RateLimiter,
     shared: bool,
-    mut ids: Vec<Option<KeyPart>>,
+    ids: impl IntoIterator<Item = Option<KeyPart>>,
     no_key: NoKey,
     grpc: bool,
 ) -> Result<(Vec<String>, Vec<usize>), Verdict> {
@@ -120,7 +135,7 @@ fn plan(
         KeyPart::hashed("redlayer:no-key")
     };
     if shared {
-        let id = match (ids.pop().flatten(), no_key) {
+        let id = match (ids.into_iter().next().flatten(), no_key) {
             (Some(id), _) => id,
             (None, NoKey::Reject) => return Err(Verdict::NoKey { grpc }),
             (None, NoKey::Skip) => return Err(Verdict::Allow { decision: None }),

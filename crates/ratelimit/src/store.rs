@@ -11,6 +11,9 @@ use crate::memory::MemoryStore;
 
 /// The one Lua script of every decision (see `src/scripts/limit.lua`).
 static LIMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/limit.lua")));
+/// The same decision for a limiter of one GCRA policy, at a smaller cost to
+/// Redis (see `src/scripts/gcra.lua`).
+static GCRA: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/gcra.lua")));
 
 /// Where limiter state lives: Redis (shared by every instance) or this
 /// process's memory (same semantics, one instance).
@@ -85,31 +88,59 @@ impl Store {
         match &self.kind {
             StoreKind::Memory(m, _) => Ok(m.decide(keys, specs, cost)),
             StoreKind::Redis(redis) => {
-                let mut invocation = LIMIT.prepare_invoke();
-                for key in keys {
-                    invocation.key(key);
-                }
-                invocation.arg(cost).arg(specs.len());
-                for s in specs {
-                    invocation.arg(s.algorithm).arg(s.count).arg(s.period_us).arg(s.burst);
-                }
+                // EVALSHA built straight into one command (what `Script::invoke_async`
+                // does, without its intermediate copies of every key and argument).
+                let key_bytes: usize = keys.iter().map(|k| k.len()).sum();
+                let mut cmd = redis::Cmd::with_capacity(5 + keys.len() + 4 * specs.len(), 96 + key_bytes);
+                let (script, single) = match specs {
+                    [only] if only.algorithm == crate::quota::Algorithm::Gcra.code() => {
+                        cmd.arg("EVALSHA").arg(GCRA.get_hash()).arg(1).arg(keys[0].as_str());
+                        cmd.arg(cost).arg(only.gcra_interval()).arg(only.burst);
+                        (&*GCRA, true)
+                    }
+                    _ => {
+                        cmd.arg("EVALSHA").arg(LIMIT.get_hash()).arg(keys.len());
+                        for key in keys {
+                            cmd.arg(key.as_str());
+                        }
+                        cmd.arg(cost).arg(specs.len());
+                        for s in specs {
+                            cmd.arg(s.algorithm).arg(s.count).arg(s.period_us).arg(s.burst);
+                        }
+                        (&*LIMIT, false)
+                    }
+                };
                 let mut conn = redis.connection().await?;
-                let raw: Vec<i64> = invocation.invoke_async(&mut conn).await?;
-                parse(&raw, specs.len())
+                let raw: Vec<i64> = match cmd.query_async(&mut conn).await {
+                    // Not loaded yet (or Redis restarted): load it and run it again, as redis-rs does.
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        script.load_async(&mut conn).await?;
+                        cmd.query_async(&mut conn).await?
+                    }
+                    other => other?,
+                };
+                match (single, raw.as_slice()) {
+                    // gcra.lua's short answer: allowed, with remaining and reset.
+                    (true, &[remaining, reset_us]) => {
+                        Ok((true, vec![RawOutcome { allowed: true, remaining, reset_us, retry_us: 0 }]))
+                    }
+                    _ => parse(&raw, specs.len()),
+                }
             }
         }
     }
 }
 
+/// The scripts answer 4 values per policy; the request is allowed when every policy allows it.
 fn parse(raw: &[i64], n: usize) -> Result<(bool, Vec<RawOutcome>)> {
-    if raw.len() != 1 + 4 * n {
+    if raw.len() != 4 * n {
         return Err(redlayer_core::Error::Decode(format!("rate-limit script answered {} values", raw.len())));
     }
-    let outcomes = raw[1..]
+    let outcomes: Vec<RawOutcome> = raw
         .chunks_exact(4)
         .map(|c| RawOutcome { allowed: c[0] == 1, remaining: c[1], reset_us: c[2], retry_us: c[3] })
         .collect();
-    Ok((raw[0] == 1, outcomes))
+    Ok((outcomes.iter().all(|o| o.allowed), outcomes))
 }
 
 /// One policy's parameters, as the script takes them.
@@ -119,6 +150,14 @@ pub(crate) struct PolicySpec {
     pub(crate) count: i64,
     pub(crate) period_us: i64,
     pub(crate) burst: i64,
+}
+
+impl PolicySpec {
+    /// GCRA's emission interval (microseconds), as `limit.lua` computes it:
+    /// `max(1, floor(period / count))` (exact: both are below 2^53).
+    pub(crate) fn gcra_interval(&self) -> i64 {
+        (self.period_us / self.count.max(1)).max(1)
+    }
 }
 
 /// One policy's outcome, as the script returns it.

@@ -274,3 +274,37 @@ async fn forwarded_header_spoofing_is_refused() {
     assert_eq!(trusted.clone().oneshot(spoof("2.2.2.2")).await.unwrap().status(), 200);
     assert_eq!(trusted.clone().oneshot(spoof("9.9.9.9, 1.1.1.1")).await.unwrap().status(), 429);
 }
+
+/// A limiter of one GCRA policy runs `gcra.lua`; with more policies the
+/// generic `limit.lua` decides. Both must answer the same for that policy:
+/// reads (cost 0), allowed and denied requests, and costs above the burst.
+#[tokio::test]
+async fn the_single_gcra_script_answers_as_the_generic_one() {
+    let server = RedisServer::start();
+    let handle = redis(&server).await;
+    let quota = Quota::per_minute(6).burst(3);
+    let single =
+        RateLimiter::builder(Store::redis(handle.clone())).policy(Policy::gcra("p", quota)).deny_cache(0).build();
+    let generic = RateLimiter::builder(Store::redis(handle.clone()))
+        .policy(Policy::gcra("p", quota))
+        .policy(Policy::gcra("wide", Quota::per_second(1_000_000)))
+        .deny_cache(0)
+        .build();
+    let evals = server.command_calls("evalsha");
+    for cost in [0, 1, 0, 2, 1, 0, 1, 4, 0, 2] {
+        let a = single.check("client-a", cost).await;
+        let b = generic.check("client-b", cost).await;
+        let (pa, pb) = (&a.policies()[0], &b.policies()[0]);
+        assert_eq!(a.is_allowed(), b.is_allowed(), "cost {cost}: {a:?} / {b:?}");
+        assert_eq!((pa.allowed, pa.remaining), (pb.allowed, pb.remaining), "cost {cost}: {pa:?} / {pb:?}");
+        assert_eq!(pa.retry_after.is_some(), pb.retry_after.is_some(), "cost {cost}: {pa:?} / {pb:?}");
+        let close = |x: Duration, y: Duration| x.abs_diff(y) < Duration::from_millis(500);
+        assert!(close(pa.reset, pb.reset), "cost {cost}: {pa:?} / {pb:?}");
+        if let (Some(x), Some(y)) = (pa.retry_after, pb.retry_after) {
+            assert!(close(x, y), "cost {cost}: {pa:?} / {pb:?}");
+        }
+    }
+    // One EVALSHA per decision (the first of each script also loads it).
+    let evals = server.command_calls("evalsha") - evals;
+    assert!((20..=22).contains(&evals), "{evals} EVALSHA for 20 decisions");
+}

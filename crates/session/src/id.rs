@@ -2,8 +2,9 @@
 
 use std::fmt;
 
-use base64::Engine as _;
-use redlayer_core::{KeyBuilder, KeyPart, keys::digest_b64};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use redlayer_core::{KeyBuilder, KeyPart};
+use sha2::{Digest as _, Sha256};
 
 use crate::SessionError;
 
@@ -14,6 +15,9 @@ const FAMILY_BYTES: usize = 16;
 const ID_BYTES: usize = 48;
 /// Length of an encoded id (base64url without padding).
 pub(crate) const ID_LEN: usize = 64;
+
+/// Length of an URL-safe base64 SHA-256 digest without padding.
+const DIGEST_B64_LEN: usize = 43;
 
 /// The redis key kind of session hashes.
 pub(crate) const KIND: &str = "sess";
@@ -68,8 +72,20 @@ impl SessionId {
 
     /// The Redis key of this session: `{prefix}:sess:{#sha256(family)}:sha256(id)`.
     /// Neither part can be turned back into the id.
+    ///
+    /// That is `keys.key_with(KIND, &KeyPart::hashed(family), &digest_b64(id))`,
+    /// written into one buffer (it is built on every request that uses a session).
     pub(crate) fn store_key(&self, keys: &KeyBuilder) -> String {
-        keys.key_with(KIND, &KeyPart::hashed(&self.0[..FAMILY_BYTES]), &digest_b64(&self.0))
+        let prefix = keys.prefix();
+        let mut key = String::with_capacity(prefix.len() + KIND.len() + 2 * DIGEST_B64_LEN + 7);
+        key.push_str(prefix);
+        key.push(':');
+        key.push_str(KIND);
+        key.push_str(":{#");
+        B64.encode_string(Sha256::digest(&self.0[..FAMILY_BYTES]), &mut key);
+        key.push_str("}:");
+        B64.encode_string(Sha256::digest(self.0), &mut key);
+        key
     }
 }
 
@@ -107,6 +123,13 @@ mod tests {
             redlayer_core::keys::cluster_slot(&id.store_key(&keys)),
             redlayer_core::keys::cluster_slot(&next.store_key(&keys))
         );
+        // The key is the one `KeyBuilder` builds from the two digests.
+        let family = KeyPart::hashed(&id.0[..FAMILY_BYTES]);
+        let expected = keys.key_with(KIND, &family, &redlayer_core::keys::digest_b64(&id.0));
+        assert_eq!(id.store_key(&keys), expected);
+        let prefixed = KeyBuilder::new("app-1").unwrap();
+        let expected = prefixed.key_with(KIND, &family, &redlayer_core::keys::digest_b64(&id.0));
+        assert_eq!(id.store_key(&prefixed), expected);
         // The secret part is fresh: 256 new bits.
         assert_ne!(id.0[FAMILY_BYTES..], next.0[FAMILY_BYTES..]);
     }

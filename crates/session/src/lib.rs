@@ -40,8 +40,10 @@
 //! - **Expiry**, enforced in the store and usable together: an idle timeout
 //!   (the key's TTL, refreshed on load at most once per
 //!   [`touch interval`](SessionLayer::touch_interval)) and an absolute
-//!   lifetime (a deadline in the hash, checked on every load and write against
-//!   Redis `TIME`).
+//!   lifetime (a deadline in the hash, checked on every write against Redis
+//!   `TIME`; every write caps the key's TTL at it, so Redis ends the session
+//!   there; loads check it against Redis's clock as last read, at most a
+//!   second ago, and confirm an ending on Redis's own clock).
 //! - **Per-user index**: [`Session::set_user`] attaches a user; then
 //!   [`Session::sessions`] / [`Store::sessions_of`] list that user's sessions
 //!   (created, last seen), and [`Store::revoke`], [`Session::revoke_others`],

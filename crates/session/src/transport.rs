@@ -68,19 +68,24 @@ pub(crate) fn read_id(transport: &Transport, headers: &HeaderMap) -> Option<Sess
     match transport {
         Transport::Header(name) => headers.get(name).and_then(|v| SessionId::parse(v.as_bytes())),
         Transport::Cookie(config) => {
-            let name = config.full_name();
+            // `k == config.full_name()`, without building the name for every request.
+            let is_ours = |k: &str| match config.host_prefix {
+                true => k.strip_prefix("__Host-") == Some(config.name.as_str()),
+                false => k == config.name,
+            };
             for value in headers.get_all(header::COOKIE) {
                 let Ok(value) = value.to_str() else { continue };
                 for pair in value.split(';') {
                     let Some((k, v)) = pair.split_once('=') else { continue };
-                    if k.trim() != name {
+                    let name = k.trim();
+                    if !is_ours(name) {
                         continue;
                     }
                     let v = v.trim().trim_matches('"');
                     if v.len() > MAX_VALUE_LEN {
                         continue;
                     }
-                    if let Some(id) = verify(config, &name, v) {
+                    if let Some(id) = verify(config, name, v) {
                         return Some(id);
                     }
                 }
@@ -143,7 +148,11 @@ pub(crate) fn add_vary(transport: &Transport, headers: &mut HeaderMap) {
             if lines == 1 {
                 headers.remove(header::VARY);
             }
-            headers.append(header::VARY, HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("Cookie")));
+            let value = match transport {
+                Transport::Cookie(_) => HeaderValue::from_static("Cookie"),
+                Transport::Header(_) => HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("Cookie")),
+            };
+            headers.append(header::VARY, value);
         }
     }
 }

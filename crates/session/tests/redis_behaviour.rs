@@ -42,10 +42,24 @@ async fn lazy_untouched_sessions_cost_no_command_reads_one_writes_only_changes()
     // With a live session cookie, still nothing.
     let (n, _) = commands_during(&server, c.clone().call("GET", "/untouched")).await;
     assert_eq!(n, 0);
-    // A read: one round trip (TIME + HGETALL, pipelined); no write after.
+    // A read: one round trip (HGETALL, with TIME pipelined when the estimate of
+    // Redis's clock is due for a reading: at most once a second); no write after.
     let (n, a) = commands_during(&server, c.clone().call("GET", "/get/a")).await;
     assert_eq!(a.body, "1");
     assert_eq!(n, 2, "TIME + HGETALL; no TTL refresh within the touch interval");
+    let (times, hgetalls) = (server.command_calls("time"), server.command_calls("hgetall"));
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let (n, a) = commands_during(&server, c.clone().call("GET", "/get/a")).await;
+        assert_eq!(a.body, "1");
+        assert!(n == 1 || n == 2, "{n} commands for a read");
+    }
+    assert_eq!(server.command_calls("hgetall") - hgetalls, 10);
+    let times = server.command_calls("time") - times;
+    assert!(
+        times <= started.elapsed().as_secs() + 1,
+        "{times} TIME for 10 reads: Redis's clock is read at most every second"
+    );
     // A write: one script for the changed field.
     let saves = server.command_calls("hset");
     let (_, a) = commands_during(&server, c.clone().call("POST", "/set/b/2")).await;

@@ -11,8 +11,8 @@
 -- Phase 1 evaluates every policy without writing; phase 2 writes only when all
 -- of them allow: a request denied by any policy consumes from none.
 --
--- Returns {allowed, then per policy: allowed, remaining, reset_us, retry_us}
--- where retry_us is -1 when the cost can never fit (cost > limit) and 0 when allowed.
+-- Returns per policy: allowed, remaining, reset_us, retry_us (the request is
+-- allowed when every policy allows it), where retry_us is -1 when the cost can never fit (cost > limit) and 0 when allowed.
 
 local call, floor, ceil, format = redis.call, math.floor, math.ceil, string.format
 local t = call('TIME')
@@ -29,7 +29,7 @@ local function ms_ceil(us)
   return format('%d', ms)
 end
 
-local results = {0}
+local results = {}
 local writes = {}
 local all = 1
 local before = {}
@@ -153,7 +153,7 @@ for i = 1, n do
   if remaining < 0 then remaining = 0 end
   if reset < 0 then reset = 0 end
   if ok == 0 then all = 0 end
-  local r = 4 * i - 2
+  local r = 4 * i - 3
   results[r], results[r + 1], results[r + 2], results[r + 3] = ok, remaining, reset, retry
 end
 
@@ -184,10 +184,9 @@ if all == 0 or cost == 0 then
     local rb, tb = before[2 * i - 1], before[2 * i]
     if rb < 0 then rb = 0 end
     if tb < 0 then tb = 0 end
-    results[4 * i - 1] = rb
-    results[4 * i] = tb
+    results[4 * i - 2] = rb
+    results[4 * i - 1] = tb
   end
 end
 
-results[1] = all
 return results

@@ -38,6 +38,8 @@ pub struct Store {
 struct StoreInner {
     backend: Backend,
     keys: KeyBuilder,
+    /// The estimate of Redis's clock used by loads (Redis backend only).
+    clock: redis_backend::RedisClock,
 }
 
 enum Backend {
@@ -153,7 +155,13 @@ impl Store {
     /// Sessions in Redis (standalone or cluster), under the handle's key prefix.
     pub fn redis(redis: Redis) -> Self {
         let keys = redis.keys().clone();
-        Store { inner: Arc::new(StoreInner { backend: Backend::Redis(redis), keys }) }
+        Store {
+            inner: Arc::new(StoreInner {
+                backend: Backend::Redis(redis),
+                keys,
+                clock: redis_backend::RedisClock::new(),
+            }),
+        }
     }
 
     /// Sessions in this process's memory, on the system clock.
@@ -168,6 +176,7 @@ impl Store {
             inner: Arc::new(StoreInner {
                 backend: Backend::Memory(memory::MemoryBackend::new(clock)),
                 keys: KeyBuilder::default(),
+                clock: redis_backend::RedisClock::new(),
             }),
         }
     }
@@ -193,7 +202,7 @@ impl Store {
 
     pub(crate) async fn load(&self, key: &str, idle_ms: u64, touch_ms: u64) -> Result<Option<Loaded>, SessionError> {
         match &self.inner.backend {
-            Backend::Redis(redis) => redis_backend::load(redis, key, idle_ms, touch_ms).await,
+            Backend::Redis(redis) => redis_backend::load(redis, &self.inner.clock, key, idle_ms, touch_ms).await,
             Backend::Memory(m) => Ok(m.load(key, idle_ms, touch_ms)),
         }
     }

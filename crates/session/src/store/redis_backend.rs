@@ -1,6 +1,13 @@
 //! The Redis backend: one hash per session, changed in Lua scripts.
 
-use std::{collections::HashMap, sync::LazyLock};
+use std::{
+    collections::HashMap,
+    sync::{
+        LazyLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use redis::Value;
 use redlayer_core::Redis;
@@ -34,23 +41,85 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// One round trip: `TIME` and `HGETALL` pipelined (plain commands are much
-/// cheaper for Redis than a script, and this is the hot path). The absolute
-/// deadline is checked against Redis's clock; the idle refresh, when due
-/// (at most once per touch interval), is a second call to `touch.lua`.
+/// Redis's clock, as this process estimates it between two readings: the
+/// load path compares a session's times with Redis's clock, and reading
+/// `TIME` on every load costs a command (and its reply) per request.
+///
+/// `TIME` is read with `HGETALL` (in one pipeline) at most every
+/// [`CLOCK_SYNC_MS`]; in between, Redis's time is the last reading plus the
+/// time elapsed here (monotonic clock). The reading is paired with the local
+/// time taken before it was sent, so the estimate runs ahead of Redis by at
+/// most the round trip: a touch may come that much early; a session found
+/// past its absolute deadline by the estimate is checked again by
+/// `touch.lua` on Redis's own clock before it is treated as ended. Redis
+/// itself ends every session at its deadline (every write caps the key's TTL
+/// there), so the estimate never keeps a session alive.
+pub(crate) struct RedisClock {
+    base: Instant,
+    /// Local ms (since `base`) of the last reading, plus one; 0: never read.
+    synced_at: AtomicU64,
+    /// Redis ms minus local ms at the last reading.
+    offset: AtomicI64,
+}
+
+/// Longest time between two readings of Redis's clock (ms).
+const CLOCK_SYNC_MS: u64 = 1000;
+
+impl RedisClock {
+    pub(crate) fn new() -> Self {
+        RedisClock { base: Instant::now(), synced_at: AtomicU64::new(0), offset: AtomicI64::new(0) }
+    }
+
+    fn local_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// Redis's time at local time `local`, if the last reading is fresh.
+    fn estimate(&self, local: u64) -> Option<i64> {
+        let synced_at = self.synced_at.load(Ordering::Acquire);
+        if synced_at == 0 || local.saturating_sub(synced_at - 1) >= CLOCK_SYNC_MS {
+            return None;
+        }
+        Some(local as i64 + self.offset.load(Ordering::Relaxed))
+    }
+
+    fn record(&self, redis_ms: i64, local: u64) {
+        self.offset.store(redis_ms - local as i64, Ordering::Relaxed);
+        self.synced_at.store(local + 1, Ordering::Release);
+    }
+
+    /// Reads `TIME` again on the next load.
+    fn invalidate(&self) {
+        self.synced_at.store(0, Ordering::Release);
+    }
+}
+
+/// One round trip: `HGETALL` (with `TIME` in the same pipeline when the
+/// estimate of Redis's clock is due for a new reading, see [`RedisClock`]).
+/// The absolute deadline is checked against Redis's clock; the idle refresh,
+/// when due (at most once per touch interval), is a second call to `touch.lua`.
 pub(super) async fn load(
     redis: &Redis,
+    clock: &RedisClock,
     key: &str,
     idle_ms: u64,
     touch_ms: u64,
 ) -> Result<Option<Loaded>, SessionError> {
     let mut conn = redis.connection().await?;
-    let ((secs, micros), flat): ((u64, u64), Vec<String>) =
-        redis::pipe().cmd("TIME").cmd("HGETALL").arg(key).query_async(&mut conn).await?;
+    let local = clock.local_ms();
+    let (now, flat): (i64, Vec<String>) = match clock.estimate(local) {
+        Some(now) => (now, redis::cmd("HGETALL").arg(key).query_async(&mut conn).await?),
+        None => {
+            let ((secs, micros), flat): ((u64, u64), Vec<String>) =
+                redis::pipe().cmd("TIME").cmd("HGETALL").arg(key).query_async(&mut conn).await?;
+            let now = (secs * 1000 + micros / 1000) as i64;
+            clock.record(now, local);
+            (now, flat)
+        }
+    };
     if flat.is_empty() {
         return Ok(None);
     }
-    let now = (secs * 1000 + micros / 1000) as i64;
     let mut loaded = Loaded { fields: HashMap::with_capacity(flat.len() / 2), user: None };
     let (mut seen, mut deadline) = (None, None);
     let mut it = flat.into_iter();
@@ -66,12 +135,19 @@ pub(super) async fn load(
             }
         }
     }
+    if let Some(seen) = seen
+        && seen > now
+    {
+        // Redis wrote a later time than the estimate of its clock: read it again next time.
+        clock.invalidate();
+    }
     match deadline {
         Some(deadline) if now < deadline => {}
         _ => {
-            // Past its absolute lifetime (or not a session we wrote): end it.
-            let _: i64 = TOUCH.key(key).arg(idle_ms).invoke_async(&mut conn).await?;
-            return Ok(None);
+            // Past its absolute lifetime (or not a session we wrote): `touch.lua`
+            // checks on Redis's clock and ends it; a live one is refreshed.
+            let touched: i64 = TOUCH.key(key).arg(idle_ms).invoke_async(&mut conn).await?;
+            return Ok((touched == 1).then_some(loaded));
         }
     }
     if seen.is_none_or(|seen| now - seen >= touch_ms as i64) {
@@ -192,4 +268,23 @@ pub(super) async fn index_rows(redis: &Redis, index: &str) -> Result<Vec<IndexRo
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_estimate_is_fresh_for_a_second_and_can_be_dropped() {
+        let clock = RedisClock::new();
+        assert_eq!(clock.estimate(0), None, "never read");
+        clock.record(1_000_000, 5);
+        assert_eq!(clock.estimate(5), Some(1_000_000));
+        assert_eq!(clock.estimate(500), Some(1_000_495), "last reading + local time elapsed");
+        assert_eq!(clock.estimate(5 + CLOCK_SYNC_MS), None, "read again every second");
+        clock.record(2_000_000, 2000);
+        assert_eq!(clock.estimate(2001), Some(2_000_001));
+        clock.invalidate();
+        assert_eq!(clock.estimate(2001), None);
+    }
 }
