@@ -18,12 +18,22 @@ pub(crate) type OnComplete = Box<dyn FnOnce(Option<Bytes>) + Send>;
 pub struct Collector {
     buf: BytesMut,
     max: usize,
+    /// The body's exact length when known: once that much is collected the
+    /// copy is complete, even if the server stops polling the body there
+    /// (hyper drops a body once its `Content-Length` is written, without
+    /// polling it for its end).
+    exact: Option<u64>,
     done: Option<OnComplete>,
 }
 
 impl Collector {
-    pub fn new(max: usize, expected: usize, done: OnComplete) -> Self {
-        Collector { buf: BytesMut::with_capacity(expected.min(max)), max, done: Some(done) }
+    pub fn new(max: usize, exact: Option<u64>, done: OnComplete) -> Self {
+        let expected = exact.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        Collector { buf: BytesMut::with_capacity(expected.min(max)), max, exact, done: Some(done) }
+    }
+
+    fn has_all(&self) -> bool {
+        self.exact.is_some_and(|n| n > 0 && self.buf.len() as u64 == n)
     }
 
     fn push(&mut self, data: &Bytes) {
@@ -126,7 +136,7 @@ where
                     if let Some(data) = frame.data_ref() {
                         collector.push(data);
                     }
-                    if body.is_end_stream() {
+                    if body.is_end_stream() || collector.has_all() {
                         collector.complete();
                     }
                     Poll::Ready(Some(Ok(frame)))

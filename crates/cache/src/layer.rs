@@ -21,6 +21,10 @@ use crate::{
 /// Default largest body stored (1 MiB); larger bodies pass through unstored.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
+/// Default time a key whose origin response was not storable skips
+/// coalescing (see [`CacheLayer::hit_for_pass`]).
+pub const DEFAULT_HIT_FOR_PASS: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 pub(crate) struct Config {
     pub max_body: usize,
@@ -35,6 +39,7 @@ pub(crate) struct Config {
     pub store_set_cookie: bool,
     pub opts: CacheOptions,
     pub purge_recheck: Duration,
+    pub hit_for_pass: Duration,
 }
 
 pub(crate) struct State {
@@ -95,6 +100,7 @@ impl CacheLayer {
                 store_set_cookie: false,
                 opts: CacheOptions::default(),
                 purge_recheck: Duration::from_secs(2),
+                hit_for_pass: DEFAULT_HIT_FOR_PASS,
             }),
             state: Arc::new(State {
                 locks: store.redis_handle().cloned().map(|redis| redlayer_lock::Locks::redis(redis).fencing(false)),
@@ -162,6 +168,22 @@ impl CacheLayer {
     /// goes to the origin itself (default 5 s).
     pub fn coalesce_timeout(self, d: Duration) -> Self {
         self.config(|c| c.coalesce_timeout = d)
+    }
+
+    /// Hit-for-pass (Varnish's hit-for-miss): when the origin's response to
+    /// a miss is not storable (no freshness, `private`, `no-store`,
+    /// `Set-Cookie`, too large by `Content-Length`...), the key is marked for
+    /// `d` (default 30 s; zero disables) and its following misses go straight
+    /// to the origin, without waiting for a concurrent fill or taking the
+    /// cross-instance fill lock. The marker is a field of the entry's hash,
+    /// read by the lookup's own round trip, so every instance sees it; it
+    /// never serves a response: a storable response is still stored (which
+    /// clears the marker), and an unsafe request or a purge of the key
+    /// removes it. Cost of a repeated uncacheable GET on Redis: one `HMGET`
+    /// instead of two `HMGET`s plus the lock's acquire and release.
+    /// `Cache-Status` of such a request: `fwd=uri-miss; ...; detail=hit-for-pass`.
+    pub fn hit_for_pass(self, d: Duration) -> Self {
+        self.config(|c| c.hit_for_pass = d.min(crate::store::MAX_TTL))
     }
 
     /// Store responses that carry `Set-Cookie` (when otherwise storable);

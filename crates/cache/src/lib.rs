@@ -45,7 +45,9 @@
 //!   overrides `no-store` for the statuses `http-cache-semantics` understands.
 //! - Misses are forwarded; the body streams to the client while a copy is
 //!   collected up to [`CacheLayer::max_body_size`]: larger bodies pass
-//!   through unstored. Concurrent misses of one key in one process wait for
+//!   through unstored (the copy is complete once the body's exact length or
+//!   `Content-Length` is collected: servers stop polling a body there).
+//!   Concurrent misses of one key in one process wait for
 //!   the first (waiters get the shared entry, never its `Set-Cookie`).
 //! - Responses with `Set-Cookie` are not stored by default
 //!   ([`CacheLayer::store_set_cookie`] stores them without the cookie, which
@@ -71,6 +73,7 @@
 //!
 //! `Cache-Status` values: `hit; ttl=N`, `hit; ttl=-N; detail=stale-while-revalidate`,
 //! `fwd=uri-miss; fwd-status=200; stored`, `fwd=uri-miss; collapsed`,
+//! `fwd=uri-miss; fwd-status=200; detail=hit-for-pass`,
 //! `fwd=stale; fwd-status=304`, `fwd=stale; fwd-status=503; detail=stale-if-error`,
 //! `fwd=method` (unsafe and uncacheable methods), `fwd=request; detail=no-store`,
 //! `fwd=bypass` (no key, or `detail=store-unavailable`).
@@ -91,15 +94,32 @@
 //! coalesce timeout, default 5 s); the others poll the store (10 ms doubling
 //! to 100 ms) until the entry appears, and go to the origin themselves when
 //! the lock is free again without an entry (the leader's response was not
-//! storable, or the leader died) or when the coalesce timeout ends. Background
+//! storable, or the leader died), when the key turns hit-for-pass (below), or
+//! when the coalesce timeout ends. Background
 //! refreshes (stale-while-revalidate, XFetch) take `cache-refresh:<entry key>`
 //! so one instance refreshes a key at a time.
+//!
+//! A fill releases its lock only once its entry is stored (or the store
+//! failed), and an instance that takes the lock looks up the store once more
+//! before going to the origin: a request reaching another instance right
+//! after the first response was sent finds the entry.
+//!
+//! # Hit-for-pass
+//!
+//! When the origin's response to a miss is not storable, the key gets a
+//! short marker (field `pass` of its hash: a deadline from Redis `TIME`,
+//! default 30 s, [`CacheLayer::hit_for_pass`]; zero disables). Until then its
+//! misses skip coalescing (no single flight, no fill lock) and go straight
+//! to the origin: a repeated uncacheable GET costs one `HMGET` on Redis. The
+//! marker only skips the lock, it never serves anything: a response that is
+//! storable again is stored, which clears it. On the memory store the marker
+//! lives in the same in-process map as the entries.
 //!
 //! # Keys and cluster safety
 //!
 //! | kind | key | type | expiry |
 //! |---|---|---|---|
-//! | `cache` | `{prefix}:cache:{<GET uri>}` | HASH: `uri`, `vary`, `v:<variant>` = entry | longest variant: freshness + stale windows + retention |
+//! | `cache` | `{prefix}:cache:{<GET uri>}` | HASH: `uri`, `vary`, `v:<variant>` = entry, `pass` = hit-for-pass deadline (ms) | longest variant: freshness + stale windows + retention; a hash holding only `pass`: the hit-for-pass time |
 //! | `cachetag` | `{prefix}:cachetag:{<tag>}` | SET of entry keys | longest member |
 //! | `cacheval` | `{prefix}:cacheval:{<key>}` | STRING: version byte + JSON | the ttl given |
 //!
@@ -128,7 +148,7 @@ mod store;
 pub use aside::CacheAside;
 pub use body::CacheBody;
 pub use future::ResponseFuture;
-pub use layer::{CacheLayer, DEFAULT_MAX_BODY};
+pub use layer::{CacheLayer, DEFAULT_HIT_FOR_PASS, DEFAULT_MAX_BODY};
 pub use service::Cache;
 pub use store::Store;
 

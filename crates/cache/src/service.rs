@@ -25,11 +25,34 @@ use crate::{
 };
 
 /// What a fill holds until its entry is stored: the in-process flight (its
-/// waiters get the entry) and the cross-instance fill lock.
+/// waiters get the entry) and the cross-instance fill lock; and whether an
+/// unstorable response leaves a hit-for-pass marker.
 #[derive(Default)]
 pub(crate) struct Guards {
     flight: Option<FlightGuard>,
     lock: Option<redlayer_lock::LockGuard>,
+    mark_pass: bool,
+}
+
+/// A look at the store while coalescing.
+enum Probe {
+    Fresh(Arc<Entry>),
+    /// A hit-for-pass marker: go to the origin without waiting.
+    Pass,
+    Miss,
+    Failed,
+}
+
+/// How cross-instance coalescing ended.
+enum Across {
+    /// Go to the origin, holding the fill lock if taken.
+    Fill(Option<redlayer_lock::LockGuard>),
+    /// Found in the store right after taking the lock (a fill just ended).
+    Hit(Arc<Entry>),
+    /// Found in the store while waiting for another instance's fill.
+    Collapsed(Arc<Entry>),
+    /// The key is hit-for-pass: go to the origin without the lock.
+    Pass,
 }
 
 /// Most tags taken from one response, and the longest tag kept.
@@ -194,8 +217,11 @@ impl Ctx {
         }
         let only_if_cached = request_cc.iter().any(|d| d.name == "only-if-cached");
         drop(request_cc);
-        let found = match self.state.store.lookup(&key, &parts.headers).await {
-            Ok(found) => found.and_then(|f| Entry::decode(f.value)),
+        let (found, pass) = match self.state.store.lookup(&key, &parts.headers).await {
+            Ok(looked) => {
+                let pass = looked.pass(self.config.hit_for_pass);
+                (looked.found.and_then(|f| Entry::decode(f.value)), pass)
+            }
             Err(e) => {
                 report_degraded("cache", FailurePolicy::FailOpen, &e);
                 if only_if_cached {
@@ -214,7 +240,7 @@ impl Ctx {
                     self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::fwd("uri-miss").detail("only-if-cached"))
                 );
             }
-            return self.miss(inner, parts, body, primary, key).await;
+            return self.miss(inner, parts, body, primary, key, pass).await;
         };
         // The common fresh hit, from the stored freshness summary: the same
         // answer the policy gives, without rebuilding it.
@@ -527,11 +553,16 @@ impl Ctx {
         let mut res = match plan {
             Some(plan) => {
                 status.stored = true;
-                let expected = body.size_hint().exact().unwrap_or(0) as usize;
+                // The body's exact length, or its Content-Length (a server
+                // stops polling a body once that much is written).
+                let exact = body
+                    .size_hint()
+                    .exact()
+                    .or_else(|| rparts.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse::<u64>().ok());
                 let ctx = self.clone();
                 let collector = Collector::new(
                     self.config.max_body,
-                    expected,
+                    exact,
                     Box::new(move |body: Option<Bytes>| match body {
                         Some(body) => ctx.spawn_store(plan, body, guard),
                         None => drop(guard),
@@ -540,12 +571,33 @@ impl Ctx {
                 Response::from_parts(rparts, CacheBody::tee(body, collector))
             }
             None => {
-                drop(guard);
+                if guard.mark_pass && method == Method::GET && !self.config.hit_for_pass.is_zero() {
+                    self.spawn_mark_pass(key, client, guard);
+                } else {
+                    drop(guard);
+                }
                 Response::from_parts(rparts, CacheBody::inner(body))
             }
         };
         self.write_status(&mut res, &status);
         res
+    }
+
+    /// Marks `key` hit-for-pass (in the background). The in-process waiters
+    /// go to the origin at once; the fill lock is released after the marker
+    /// is written, so that other instances' waiters see it.
+    fn spawn_mark_pass(&self, key: &str, client: &Parts, guard: Guards) {
+        let Guards { flight, lock, .. } = guard;
+        drop(flight);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (store, key, uri, ttl) =
+            (self.state.store.clone(), key.to_owned(), normalized_uri(client), self.config.hit_for_pass);
+        rt.spawn(async move {
+            if let Err(e) = store.mark_pass(&key, &uri, ttl).await {
+                tracing::debug!(target: "redlayer", %e, "cache: hit-for-pass marker not stored");
+            }
+            drop(lock);
+        });
     }
 
     /// Stores a completed entry (in the background) and hands it to waiters.
@@ -556,7 +608,7 @@ impl Ctx {
             return;
         }
         let entry = Arc::new(Entry { body, ..plan.entry });
-        let Guards { flight, lock } = guard;
+        let Guards { flight, lock, .. } = guard;
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             if let Some(flight) = flight {
                 flight.finish(Some(entry));
@@ -574,12 +626,14 @@ impl Ctx {
             if let Some(flight) = flight {
                 flight.finish(Some(entry.clone()));
             }
+            // Only now (entry stored, or the store failed) is the fill lock
+            // released: another instance that takes it next looks up the
+            // store first, and finds the entry.
+            drop(lock);
             if let Err(e) = stored {
                 tracing::debug!(target: "redlayer", %e, "cache: entry not stored");
                 return;
             }
-            // Other instances waiting on the fill lock now find the entry.
-            drop(lock);
             for tag in &plan.tags {
                 let _ = store.add_tag(tag, &plan.key, plan.ttl).await;
             }
@@ -595,6 +649,7 @@ impl Ctx {
         res
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn miss<S, ReqBody, ResBody>(
         self,
         mut inner: S,
@@ -602,6 +657,7 @@ impl Ctx {
         body: ReqBody,
         primary: String,
         key: String,
+        pass: bool,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -611,39 +667,60 @@ impl Ctx {
     {
         let _ = primary;
         let mut guards = Guards::default();
-        let mut collapsed_wait = false;
-        if parts.method == Method::GET && !policy::has_directive(&parts.headers, "no-store") {
+        let mut detail = None;
+        if pass {
+            // Hit-for-pass: the last response was not storable; no
+            // coalescing (a storable response is still stored below).
+            detail = Some("hit-for-pass");
+        } else if parts.method == Method::GET && !policy::has_directive(&parts.headers, "no-store") {
+            // Only a miss that coalesced leaves a marker (a pass that stays
+            // unstorable does not rewrite it); a request with credentials
+            // says nothing about the response to others.
+            guards.mark_pass = !parts.headers.contains_key(header::AUTHORIZATION);
             match self.state.flights.join(&key) {
                 Join::Leader(g) => {
-                    // A fill of this key may have ended (entry stored, then its
-                    // flight closed) since this request's lookup: look again.
-                    if let Ok(Some(entry)) = self.fresh_in_store(&key, &parts).await {
-                        g.finish(Some(entry.clone()));
-                        let at = now();
-                        let policy = entry.policy(self.config.opts);
-                        let status = CacheStatus::hit(secs(policy.time_to_live(at)));
-                        return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
-                    }
                     guards.flight = Some(g);
-                    if let Some(locks) = &self.state.locks {
-                        match self.coalesce_across(locks, &key, &parts).await {
-                            Ok(lock) => guards.lock = lock,
-                            Err(entry) => {
-                                let at = now();
-                                let policy = entry.policy(self.config.opts);
-                                if let Some(flight) = guards.flight.take() {
-                                    flight.finish(Some(entry.clone()));
-                                }
-                                let mut status = CacheStatus::fwd("uri-miss");
-                                status.collapsed = true;
-                                status.ttl = Some(secs(policy.time_to_live(at)));
-                                return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
+                    let across = match &self.state.locks {
+                        Some(locks) => self.coalesce_across(locks, &key, &parts).await,
+                        // A fill of this key may have ended (entry stored, then
+                        // its flight closed) since this request's lookup: look again.
+                        None => match self.probe(&key, &parts).await {
+                            Probe::Fresh(entry) => Across::Hit(entry),
+                            Probe::Pass => Across::Pass,
+                            Probe::Miss | Probe::Failed => Across::Fill(None),
+                        },
+                    };
+                    match across {
+                        Across::Fill(lock) => guards.lock = lock,
+                        Across::Pass => {
+                            guards = Guards::default();
+                            detail = Some("hit-for-pass");
+                        }
+                        Across::Hit(entry) => {
+                            let at = now();
+                            let policy = entry.policy(self.config.opts);
+                            if let Some(flight) = guards.flight.take() {
+                                flight.finish(Some(entry.clone()));
                             }
+                            let status = CacheStatus::hit(secs(policy.time_to_live(at)));
+                            return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
+                        }
+                        Across::Collapsed(entry) => {
+                            let at = now();
+                            let policy = entry.policy(self.config.opts);
+                            if let Some(flight) = guards.flight.take() {
+                                flight.finish(Some(entry.clone()));
+                            }
+                            let mut status = CacheStatus::fwd("uri-miss");
+                            status.collapsed = true;
+                            status.ttl = Some(secs(policy.time_to_live(at)));
+                            return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
                         }
                     }
                 }
                 Join::Waiter(rx) => {
-                    collapsed_wait = true;
+                    guards.mark_pass = false;
+                    detail = Some("coalesce-fallthrough");
                     let waited = tokio::time::timeout(self.config.coalesce_timeout, flight::wait(rx)).await;
                     if let Ok(Some(entry)) = waited {
                         let at = now();
@@ -661,9 +738,7 @@ impl Ctx {
         let client = clone_parts(&parts);
         let res = inner.call(Request::from_parts(parts, body)).await?;
         let mut status = CacheStatus::fwd("uri-miss");
-        if collapsed_wait {
-            status = status.detail("coalesce-fallthrough");
-        }
+        status.detail = detail;
         Ok(self.fill(res, &client, client.method.clone(), &key, request_time, guards, status))
     }
 
@@ -674,58 +749,80 @@ impl Ctx {
         matches!(policy.before_request(&Incoming(&req_view), at), BeforeRequest::Fresh(_)).then_some(policy)
     }
 
-    async fn fresh_in_store(&self, key: &str, parts: &Parts) -> Result<Option<Arc<Entry>>, ()> {
+    /// Looks at the store for a fresh entry of this request, or a
+    /// hit-for-pass marker.
+    async fn probe(&self, key: &str, parts: &Parts) -> Probe {
         match self.state.store.lookup(key, &parts.headers).await {
-            Ok(Some(found)) => {
-                Ok(Entry::decode(found.value).filter(|e| self.fresh_for(e, parts, now()).is_some()).map(Arc::new))
+            Ok(looked) => {
+                let pass = looked.pass(self.config.hit_for_pass);
+                let fresh = looked
+                    .found
+                    .and_then(|f| Entry::decode(f.value))
+                    .filter(|e| self.fresh_for(e, parts, now()).is_some());
+                match fresh {
+                    Some(entry) => Probe::Fresh(Arc::new(entry)),
+                    None if pass => Probe::Pass,
+                    None => Probe::Miss,
+                }
             }
-            Ok(None) => Ok(None),
-            Err(_) => Err(()),
+            Err(_) => Probe::Failed,
         }
     }
 
     /// Cross-instance coalescing of a cold key: the instance that takes the
-    /// short fill lock goes to the origin; the others poll the store until
-    /// the entry appears (`Err(entry)`), the lock is free again (the leader
-    /// finished without storing, or died: they go to the origin), or the
-    /// coalesce timeout ends. `Ok(Some(lock))`: this instance fills.
-    async fn coalesce_across(
-        &self,
-        locks: &redlayer_lock::Locks,
-        key: &str,
-        parts: &Parts,
-    ) -> Result<Option<redlayer_lock::LockGuard>, Arc<Entry>> {
+    /// short fill lock looks up the store once more (a fill releases the lock
+    /// only after storing its entry) and goes to the origin; the others poll
+    /// the store until the entry appears, the key turns hit-for-pass, the
+    /// lock is free again (the leader finished without storing, or died:
+    /// they go to the origin), or the coalesce timeout ends.
+    async fn coalesce_across(&self, locks: &redlayer_lock::Locks, key: &str, parts: &Parts) -> Across {
         let name = format!("cache-fill:{key}");
         let ttl = self.config.coalesce_timeout.max(Duration::from_millis(100));
-        match locks.try_acquire(&name, ttl).await {
-            Ok(Some(lock)) => return Ok(Some(lock)),
-            Ok(None) => {}
-            Err(_) => return Ok(None),
+        let lock = match locks.try_acquire(&name, ttl).await {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => None,
+            // No lock service: fill without it.
+            Err(_) => {
+                return match self.probe(key, parts).await {
+                    Probe::Fresh(entry) => Across::Hit(entry),
+                    Probe::Pass => Across::Pass,
+                    Probe::Miss | Probe::Failed => Across::Fill(None),
+                };
+            }
+        };
+        if let Some(lock) = lock {
+            // Taken: any fill that held it before has stored its entry.
+            return match self.probe(key, parts).await {
+                Probe::Fresh(entry) => Across::Hit(entry),
+                Probe::Pass => Across::Pass,
+                Probe::Miss | Probe::Failed => Across::Fill(Some(lock)),
+            };
         }
         let deadline = tokio::time::Instant::now() + self.config.coalesce_timeout;
         let mut poll = Duration::from_millis(10);
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(poll).await;
             poll = (poll * 2).min(Duration::from_millis(100));
-            match self.fresh_in_store(key, parts).await {
-                Ok(Some(entry)) => return Err(entry),
-                Ok(None) => {}
-                Err(()) => return Ok(None),
+            match self.probe(key, parts).await {
+                Probe::Fresh(entry) => return Across::Collapsed(entry),
+                Probe::Pass => return Across::Pass,
+                Probe::Miss => {}
+                Probe::Failed => return Across::Fill(None),
             }
             match locks.try_acquire(&name, ttl).await {
                 Ok(Some(lock)) => {
                     // Free again: the entry may have just landed.
-                    if let Ok(Some(entry)) = self.fresh_in_store(key, parts).await {
-                        return Err(entry);
+                    if let Probe::Fresh(entry) = self.probe(key, parts).await {
+                        return Across::Collapsed(entry);
                     }
                     drop(lock);
-                    return Ok(None);
+                    return Across::Fill(None);
                 }
                 Ok(None) => {}
-                Err(_) => return Ok(None),
+                Err(_) => return Across::Fill(None),
             }
         }
-        Ok(None)
+        Across::Fill(None)
     }
 
     /// XFetch: maybe refresh a fresh entry before it expires.

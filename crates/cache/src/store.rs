@@ -8,6 +8,11 @@
 //!   variant (an encoded [`Entry`](crate::entry::Entry)). Expires with its
 //!   longest-lived variant. Written by one Lua script (`scripts/store.lua`),
 //!   single key, so it is cluster-safe.
+//!   A `pass` field (written by `scripts/pass.lua`) holds a hit-for-pass
+//!   deadline (ms since the Unix epoch, from Redis `TIME`): the last
+//!   response of this key was not storable, so misses skip coalescing until
+//!   then. It is read by the lookup's `HMGET` (no extra round trip) and
+//!   removed by `store.lua` when a storable response is stored.
 //! - `{prefix}:cachetag:{<tag>}`: a SET of entry keys carrying that tag.
 //!   A tag index can not share a slot with every entry it names, so it lives
 //!   in the tag's own slot and a purge deletes each member with its own
@@ -33,6 +38,7 @@ use redlayer_core::{
 use crate::key::variant_id;
 
 static STORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/store.lua")));
+static PASS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/pass.lua")));
 static TAG: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/tag.lua")));
 
 /// How long the store is skipped after Redis failed (it steps aside instead
@@ -46,10 +52,16 @@ struct MemHash {
     uri: String,
     spec: String,
     variants: HashMap<String, Bytes>,
+    /// Hit-for-pass deadline (ms on the store's clock), 0: none.
+    pass_until_ms: u64,
 }
 
 enum Backend {
-    Memory { entries: ExpiringMap<String, Arc<MemHash>>, tags: ExpiringMap<String, HashSet<String>> },
+    Memory {
+        entries: ExpiringMap<String, Arc<MemHash>>,
+        tags: ExpiringMap<String, HashSet<String>>,
+        clock: Arc<dyn Clock>,
+    },
     Redis(Redis),
 }
 
@@ -100,6 +112,30 @@ pub(crate) struct Found {
     pub value: Bytes,
 }
 
+/// What a lookup found: the matching variant, and the hit-for-pass deadline
+/// of the key if it has one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Lookup {
+    pub found: Option<Found>,
+    /// The `pass` deadline (ms since the Unix epoch), if set.
+    pub pass_until_ms: Option<u64>,
+    /// Now, on the clock the deadline is compared with (ms since the Unix epoch).
+    pub now_ms: u64,
+}
+
+impl Lookup {
+    /// True while a hit-for-pass marker is in force. A deadline further away
+    /// than `max` (plus a second of clock skew between Redis and this
+    /// process) is ignored, so a skewed clock can only shorten a marker.
+    pub fn pass(&self, max: Duration) -> bool {
+        if max.is_zero() {
+            return false;
+        }
+        let limit = self.now_ms.saturating_add(max.as_millis() as u64).saturating_add(1000);
+        self.pass_until_ms.is_some_and(|until| until > self.now_ms && until <= limit)
+    }
+}
+
 /// Longest time anything is kept (a hostile `max-age` cannot overflow a clock).
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -135,7 +171,11 @@ impl Store {
     /// expiry; freshness decisions always use the system clock).
     pub fn memory_with_clock(clock: Arc<dyn Clock>) -> Self {
         Self::build(
-            Backend::Memory { entries: ExpiringMap::with_clock(clock.clone()), tags: ExpiringMap::with_clock(clock) },
+            Backend::Memory {
+                entries: ExpiringMap::with_clock(clock.clone()),
+                tags: ExpiringMap::with_clock(clock.clone()),
+                clock,
+            },
             KeyBuilder::default(),
         )
     }
@@ -241,12 +281,19 @@ impl Store {
     }
 
     /// The stored variant of `key` that matches the request headers.
-    pub(crate) async fn lookup(&self, key: &str, req: &HeaderMap) -> Result<Option<Found>> {
+    pub(crate) async fn lookup(&self, key: &str, req: &HeaderMap) -> Result<Lookup> {
         match &self.inner.backend {
-            Backend::Memory { entries, .. } => Ok(entries.get(&key.to_owned()).and_then(|h| {
-                let field = variant_id(&h.spec, req);
-                h.variants.get(&field).map(|v| Found { value: v.clone() })
-            })),
+            Backend::Memory { entries, clock, .. } => {
+                let now_ms = clock.now().as_millis() as u64;
+                Ok(entries.get(&key.to_owned()).map_or(Lookup { now_ms, ..Lookup::default() }, |h| {
+                    let field = variant_id(&h.spec, req);
+                    Lookup {
+                        found: h.variants.get(&field).map(|v| Found { value: v.clone() }),
+                        pass_until_ms: (h.pass_until_ms > 0).then_some(h.pass_until_ms),
+                        now_ms,
+                    }
+                }))
+            }
             Backend::Redis(_) => {
                 let result = self.lookup_redis(key, req).await;
                 self.observe(result)
@@ -254,21 +301,63 @@ impl Store {
         }
     }
 
-    async fn lookup_redis(&self, key: &str, req: &HeaderMap) -> Result<Option<Found>> {
+    async fn lookup_redis(&self, key: &str, req: &HeaderMap) -> Result<Lookup> {
         let redis = self.live()?;
         let mut conn = redis.connection().await?;
         let guess = self.guess(key);
         let field = variant_field(&guess, req);
-        let (spec, value): (Option<String>, Option<Vec<u8>>) =
-            redis::cmd("HMGET").arg(key).arg("vary").arg(&field).query_async(&mut conn).await?;
-        let Some(spec) = spec else { return Ok(None) };
+        // One round trip: the Vary spec, the guessed variant and the
+        // hit-for-pass deadline.
+        let (spec, value, pass): (Option<String>, Option<Vec<u8>>, Option<String>) =
+            redis::cmd("HMGET").arg(key).arg("vary").arg(&field).arg("pass").query_async(&mut conn).await?;
+        let mut looked =
+            Lookup { found: None, pass_until_ms: pass.and_then(|p| p.trim().parse::<u64>().ok()), now_ms: now_ms() };
+        let Some(spec) = spec else { return Ok(looked) };
         if spec == guess {
-            return Ok(value.map(|v| Found { value: Bytes::from(v) }));
+            looked.found = value.map(|v| Found { value: Bytes::from(v) });
+            return Ok(looked);
         }
         self.remember(key, &spec);
         let field = variant_field(&spec, req);
         let value: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg(&field).query_async(&mut conn).await?;
-        Ok(value.map(|v| Found { value: Bytes::from(v) }))
+        looked.found = value.map(|v| Found { value: Bytes::from(v) });
+        Ok(looked)
+    }
+
+    /// Records that `key`'s last origin response was not storable: until
+    /// `ttl` from now, misses of it skip coalescing (hit-for-pass). Stored
+    /// responses clear it ([`Store::put`]).
+    pub(crate) async fn mark_pass(&self, key: &str, uri: &str, ttl: Duration) -> Result<()> {
+        let ttl = bound(ttl);
+        let ttl_ms = ttl.as_millis() as u64;
+        match &self.inner.backend {
+            Backend::Memory { entries, .. } => {
+                entries.update(key.to_owned(), |old, now| {
+                    let until = (now.as_millis() as u64).saturating_add(ttl_ms);
+                    match old {
+                        Some(hash) => {
+                            Arc::make_mut(hash).pass_until_ms = until;
+                            (Update::Keep, ())
+                        }
+                        None => {
+                            let hash = MemHash { uri: uri.to_owned(), pass_until_ms: until, ..MemHash::default() };
+                            (Update::Set(Arc::new(hash), Some(ttl)), ())
+                        }
+                    }
+                });
+                Ok(())
+            }
+            Backend::Redis(_) => {
+                let result = async {
+                    let redis = self.live()?;
+                    let mut conn = redis.connection().await?;
+                    let _: i64 = PASS.key(key).arg(uri).arg(ttl_ms).invoke_async(&mut conn).await?;
+                    Ok(())
+                }
+                .await;
+                self.observe(result)
+            }
+        }
     }
 
     /// Stores one variant (replacing all variants when the Vary spec changed).
@@ -293,6 +382,7 @@ impl Store {
                     };
                     hash.uri = uri.to_owned();
                     hash.spec = spec.to_owned();
+                    hash.pass_until_ms = 0;
                     hash.variants.insert(field, value);
                     (Update::Set(Arc::new(hash), Some(ttl)), ())
                 });
@@ -367,7 +457,7 @@ impl Store {
     pub async fn purge_tag(&self, tag: &str) -> Result<usize> {
         let tag_key = self.tag_key(tag);
         match &self.inner.backend {
-            Backend::Memory { entries, tags } => {
+            Backend::Memory { entries, tags, .. } => {
                 let members = tags.get(&tag_key).unwrap_or_default();
                 tags.remove(&tag_key);
                 let mut n = 0;

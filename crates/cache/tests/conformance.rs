@@ -627,6 +627,125 @@ async fn a_request_right_after_a_fill_finds_the_entry(b: Backend) {
     assert_eq!(origin.hits(), 30, "a back-to-back request went to the origin");
 }
 
+/// Calls of `cmd` on the Redis backend (0 on memory).
+fn calls(b: &Backend, cmd: &str) -> u64 {
+    if let Some(server) = &b.server {
+        return server.command_calls(cmd);
+    }
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &b.cluster {
+        return cluster.command_calls(cmd);
+    }
+    0
+}
+
+/// The commands a cache request can send: lookups, the fill lock (`SET NX`
+/// + release script), stores and markers (scripts).
+fn cache_commands(b: &Backend) -> [u64; 4] {
+    [calls(b, "hmget"), calls(b, "hget"), calls(b, "set"), calls(b, "evalsha") + calls(b, "eval")]
+}
+
+/// Whether the entry hash of `path` holds a hit-for-pass marker (Redis only).
+async fn has_pass_marker(b: &Backend, path: &str) -> Option<bool> {
+    let redis = b.redis.as_ref()?;
+    let key = b.store.entry_key(&format!("GET http://example.test{path}"));
+    let mut conn = redis.connection().await.unwrap();
+    let n: i64 = redis::cmd("HEXISTS").arg(&key).arg("pass").query_async(&mut conn).await.unwrap();
+    Some(n == 1)
+}
+
+/// Hit-for-pass: after an unstorable response, the key's misses go straight
+/// to the origin (one HMGET on Redis: no second lookup, no fill lock), and a
+/// storable response is stored again and clears the marker.
+async fn uncacheable_routes_skip_the_fill_lock_until_they_become_cacheable(b: Backend) {
+    let cacheable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cacheable.clone();
+    let origin = Origin::new(move |_, n| {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            resp(200, &[("cache-control", "max-age=60")], &format!("v{n}"))
+        } else {
+            resp(200, &[("set-cookie", "sid=1")], &format!("v{n}"))
+        }
+    });
+    let app = App::new(b.layer(), &origin);
+    let first = app.get("/hfp").await;
+    // The marker is written in the background.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!first.cache_status().contains("hit-for-pass"), "{}", first.cache_status());
+    assert!(!first.cache_status().contains("stored"), "{}", first.cache_status());
+    if let Some(marked) = has_pass_marker(&b, "/hfp").await {
+        assert!(marked, "an unstorable miss leaves a marker");
+    }
+    let before = cache_commands(&b);
+    for i in 0..10 {
+        let got = app.get("/hfp").await;
+        assert_eq!(got.body, format!("v{}", i + 2), "a pass marker never serves a response");
+        assert!(!got.is_hit());
+        assert!(got.cache_status().contains("fwd=uri-miss"), "{}", got.cache_status());
+        assert!(got.cache_status().contains("detail=hit-for-pass"), "{}", got.cache_status());
+    }
+    let after = cache_commands(&b);
+    if b.redis.is_some() {
+        let [hmget, hget, set, scripts] = std::array::from_fn::<u64, 4, _>(|i| after[i] - before[i]);
+        eprintln!("hit-for-pass: 10 uncacheable GETs: hmget {hmget}, hget {hget}, set {set}, scripts {scripts}");
+        assert_eq!(hmget, 10, "one lookup per request");
+        assert_eq!((hget, set, scripts), (0, 0, 0), "no fill lock, no re-check, no marker rewrite");
+    }
+    assert_eq!(origin.hits(), 11);
+    // The route becomes cacheable: the next response is stored (without the
+    // lock) and clears the marker.
+    cacheable.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stored = app.get("/hfp").await;
+    assert!(stored.cache_status().contains("stored"), "{}", stored.cache_status());
+    assert_eq!(stored.body, "v12");
+    let hit = app.get("/hfp").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.body, "v12");
+    assert_eq!(origin.hits(), 12);
+    if let Some(marked) = has_pass_marker(&b, "/hfp").await {
+        assert!(!marked, "a stored response clears the marker");
+    }
+    // Once the entry is gone, a miss coalesces again (no marker).
+    b.layer().purge_key("GET http://example.test/hfp").await.unwrap();
+    cacheable.store(false, std::sync::atomic::Ordering::SeqCst);
+    let again = app.get("/hfp").await;
+    assert!(!again.cache_status().contains("hit-for-pass"), "{}", again.cache_status());
+}
+
+/// The marker lasts the configured time; zero disables hit-for-pass (every
+/// uncacheable miss then pays the re-check and the fill lock on Redis).
+async fn hit_for_pass_expires_and_can_be_disabled(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "private, max-age=60")], &format!("v{n}")));
+    let app = App::new(b.layer().hit_for_pass(Duration::from_millis(1500)), &origin);
+    app.get("/short").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(app.get("/short").await.cache_status().contains("detail=hit-for-pass"));
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let expired = app.get("/short").await;
+    assert!(!expired.cache_status().contains("hit-for-pass"), "{}", expired.cache_status());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // That miss marked the key again.
+    assert!(app.get("/short").await.cache_status().contains("detail=hit-for-pass"));
+
+    let off = App::new(b.layer().hit_for_pass(Duration::ZERO), &origin);
+    let before = cache_commands(&b);
+    for _ in 0..10 {
+        let got = off.get("/off").await;
+        assert!(!got.cache_status().contains("hit-for-pass"), "{}", got.cache_status());
+        assert!(!got.is_hit());
+    }
+    // The last lock release is sent in the background.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = cache_commands(&b);
+    if b.redis.is_some() {
+        let total: u64 = (0..4).map(|i| after[i] - before[i]).sum();
+        eprintln!("hit-for-pass disabled: 10 uncacheable GETs: {total} commands");
+        assert!(total >= 30, "lookup, re-check and fill lock per miss: {total}");
+        assert_eq!(has_pass_marker(&b, "/off").await, Some(false));
+    }
+    assert_eq!(origin.hits(), 14);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -674,4 +793,6 @@ suite!(
     dates_and_pragma_are_read_like_other_caches,
     cdn_cache_control_targets_this_cache,
     a_request_right_after_a_fill_finds_the_entry,
+    uncacheable_routes_skip_the_fill_lock_until_they_become_cacheable,
+    hit_for_pass_expires_and_can_be_disabled,
 );

@@ -4,6 +4,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
+
 use redlayer_cache::{CacheLayer, Store};
 use redlayer_testkit::RedisServer;
 use support::{App, Origin, resp};
@@ -195,4 +197,149 @@ async fn a_fresh_hit_is_one_redis_command() {
     let got = app.send("GET", "/one", &[("cache-control", "max-age=0")]).await;
     assert!(!got.is_hit(), "max-age=0 must not be a hit: {}", got.cache_status());
     assert_eq!(origin.hits(), 2);
+}
+
+/// A repeated uncacheable GET costs one Redis command (the lookup's HMGET,
+/// which also reads the hit-for-pass marker) once the first miss marked the
+/// key; with hit-for-pass disabled it costs the lookup, the re-check and the
+/// fill lock's acquire and release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_uncacheable_get_is_one_redis_command() {
+    let server = RedisServer::start();
+    let redis = redlayer_core::Redis::connect(&server.url()).await.unwrap();
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "no-store")], &format!("v{n}")));
+    let app = App::new(CacheLayer::new(redis.clone()), &origin);
+    app.get("/uncacheable").await;
+    // The marker is written in the background.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = server.total_commands();
+    for i in 0..10 {
+        let got = app.get("/uncacheable").await;
+        assert_eq!(got.body, format!("v{}", i + 2));
+        assert!(got.cache_status().contains("detail=hit-for-pass"), "{}", got.cache_status());
+    }
+    // + 1: the INFO of the first count.
+    let with = server.total_commands() - before - 1;
+    assert_eq!(with, 10, "one HMGET per request");
+
+    let off = App::new(CacheLayer::new(redis).hit_for_pass(Duration::ZERO), &origin);
+    off.get("/uncacheable-off").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let round_trips = || ["hmget", "set", "evalsha"].map(|c| server.command_calls(c));
+    let trips_before = round_trips();
+    let before = server.total_commands();
+    for _ in 0..10 {
+        off.get("/uncacheable-off").await;
+    }
+    // The last lock release is sent in the background.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // + 1: the INFO of the first count.
+    let without = server.total_commands() - before - 1;
+    let trips_after = round_trips();
+    let [hmget, set, evalsha] = std::array::from_fn(|i| trips_after[i] - trips_before[i]);
+    eprintln!(
+        "10 uncacheable GETs: {with} Redis commands with hit-for-pass; without: {without} commands \
+         ({hmget} HMGET, {set} SET NX, {evalsha} EVALSHA release)"
+    );
+    assert_eq!((hmget, set, evalsha), (20, 10, 10), "lookup, lock, re-check, release per request");
+}
+
+/// Cross-instance fill ordering: a request reaching another instance right
+/// after the first instance's response was sent finds the entry (the fill
+/// lock is released only once the entry is stored, and its next holder looks
+/// again), and a hit-for-pass marker written by one instance is seen by the
+/// others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_another_instance_right_after_a_fill_finds_the_entry() {
+    let server = RedisServer::start();
+    let origin = Origin::new(|parts, n| {
+        if parts.uri.path().starts_with("/private") {
+            resp(200, &[("cache-control", "private")], &format!("v{n}"))
+        } else {
+            resp(200, &[("cache-control", "max-age=60")], &format!("v{n}"))
+        }
+    });
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let redis = redlayer_core::Redis::connect(&server.url()).await.unwrap();
+        apps.push(App::new(CacheLayer::new(redis), &origin));
+    }
+    async fn fetch(app: &App, uri: &str) -> (String, String) {
+        let req = http::Request::builder().uri(uri).header("host", "example.test");
+        let res = tower::ServiceExt::oneshot(app.service(), req.body(axum::body::Body::empty()).unwrap());
+        let res = tokio::time::timeout(Duration::from_secs(10), res).await.unwrap().unwrap();
+        let status = res.headers().get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+        (String::from_utf8_lossy(&body).into_owned(), status)
+    }
+    for i in 0..40 {
+        let uri = format!("/across/{i}");
+        let (first, _) = fetch(&apps[i % 2], &uri).await;
+        let (second, status) = fetch(&apps[(i + 1) % 2], &uri).await;
+        assert_eq!(first, second, "request {i} on the other instance missed: {status}");
+    }
+    assert_eq!(origin.hits(), 40, "a back-to-back request on another instance went to the origin");
+
+    fetch(&apps[0], "/private").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, status) = fetch(&apps[1], "/private").await;
+    assert!(status.contains("detail=hit-for-pass"), "{status}");
+}
+
+/// The same over real HTTP/1 servers (hyper stops polling a body once its
+/// `Content-Length` is written): two instances on one Redis, an origin that
+/// streams its body (like a proxied one); a request to the second instance
+/// right after the first instance's response was read is answered from the
+/// cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_request_on_another_instance_right_after_a_fill_finds_the_entry() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let redis = redlayer_core::Redis::connect(&server.url()).await.unwrap();
+        let calls = calls.clone();
+        let app = axum::Router::new()
+            .fallback(move |req: axum::extract::Request| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let body = format!("{} #{n}", req.uri().path());
+                    let len = body.len().to_string();
+                    let body = if req.uri().path().starts_with("/streamed") {
+                        let data = [Ok::<_, std::convert::Infallible>(bytes::Bytes::from(body))];
+                        let stream = futures_util::stream::iter(data).chain(futures_util::stream::pending());
+                        axum::body::Body::from_stream(stream.boxed())
+                    } else {
+                        axum::body::Body::from(body)
+                    };
+                    ([("cache-control", "max-age=60".to_owned()), ("content-length", len)], body)
+                }
+            })
+            .layer(CacheLayer::new(redis));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: example.test\r\nconnection: close\r\n\r\n");
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw)).await.unwrap().unwrap();
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        (head.to_owned(), body.to_owned())
+    }
+    for i in 0..40 {
+        let path = if i % 4 < 2 { format!("/streamed/{i}") } else { format!("/page/{i}") };
+        let (_, first) = get(addrs[i % 2], &path).await;
+        let (head, second) = get(addrs[(i + 1) % 2], &path).await;
+        assert_eq!(first, second, "the other instance missed:\n{head}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 40);
 }

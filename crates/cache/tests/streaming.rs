@@ -42,3 +42,32 @@ async fn the_first_bytes_arrive_before_the_origin_finishes() {
     assert!(hit.headers()["cache-status"].to_str().unwrap().contains("hit"));
     assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), "first second");
 }
+
+/// A server stops polling a body once its `Content-Length` is written (hyper
+/// drops it without waiting for its end): the copy is complete then, and the
+/// entry is stored for the next request (on this or another instance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_dropped_after_its_content_length_is_stored() {
+    let app = Router::new()
+        .route(
+            "/len",
+            get(|| async {
+                // The data, then a stream that never ends.
+                let stream = futures_util::stream::iter([Ok::<_, Infallible>(Bytes::from_static(b"twelve bytes"))])
+                    .chain(futures_util::stream::pending());
+                ([("cache-control", "max-age=60"), ("content-length", "12")], Body::from_stream(stream.boxed()))
+            }),
+        )
+        .layer(CacheLayer::memory());
+    let req = || http::Request::get("/len").header("host", "h").body(Body::empty()).unwrap();
+    let res = app.clone().oneshot(req()).await.unwrap();
+    let mut body = res.into_body();
+    let frame = tokio::time::timeout(Duration::from_secs(2), body.frame()).await.expect("data streamed");
+    assert_eq!(frame.unwrap().unwrap().into_data().unwrap(), "twelve bytes");
+    // Like hyper once Content-Length bytes are written: the body is dropped.
+    drop(body);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let hit = app.oneshot(req()).await.unwrap();
+    assert!(hit.headers()["cache-status"].to_str().unwrap().contains("hit"), "{:?}", hit.headers());
+    assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), "twelve bytes");
+}
