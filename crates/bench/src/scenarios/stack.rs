@@ -53,8 +53,8 @@ pub async fn start(handle: &redlayer::Redis) -> Vec<Scenario> {
         Scenario::new(
             "stack",
             "full stack: uncacheable GET doing INCR",
-            "rate limit (GCRA per IP; per-API-key policy skipped without a key) + cache (lookup, miss, \
-             cross-instance fill lock, not stored) + session (untouched: no command) + idempotency (GET passes) \
+            "rate limit (GCRA per IP; per-API-key policy skipped without a key) + cache (one lookup: the \
+             route is marked hit-for-pass after its first unstorable answer) + session (untouched: no command) + idempotency (GET passes) \
              around the floor's INCR handler",
             addr.clone(),
             Request::get("/incr"),
