@@ -289,30 +289,7 @@ impl Locks {
     /// (bounded, with jittered backoff). Store errors that mean "unreachable"
     /// are retried within the same budget; others are returned at once.
     pub async fn acquire(&self, name: &str, ttl: Duration, retry: Retry) -> Result<LockGuard, AcquireError> {
-        let start = Instant::now();
-        let deadline = start + retry.max_wait;
-        let mut last_error = None;
-        for attempt in 0u32.. {
-            let holder_ttl = match self.attempt(name, ttl).await {
-                Ok(Ok(guard)) => return Ok(guard),
-                Ok(Err(holder_ttl)) => {
-                    last_error = None;
-                    Some(holder_ttl)
-                }
-                Err(e) if e.is_unavailable() => {
-                    last_error = Some(e);
-                    None
-                }
-                Err(e) => return Err(AcquireError::Store(e)),
-            };
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let delay = retry.delay(attempt, holder_ttl).min(deadline - now);
-            tokio::time::sleep(delay).await;
-        }
-        Err(AcquireError::TimedOut { waited: start.elapsed(), last_error })
+        retry.run(|| self.attempt(name, ttl)).await
     }
 
     /// Runs `work` while holding the lock `name`: acquires it with this

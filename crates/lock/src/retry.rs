@@ -1,6 +1,10 @@
 //! [`Retry`]: how long and how often [`Locks::acquire`](crate::Locks::acquire) tries again.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
+
+use tokio::time::Instant;
+
+use crate::AcquireError;
 
 /// A bounded retry policy for taking a busy lock: exponential backoff with
 /// jitter between `min_delay` and `max_delay`, never waiting past `max_wait`
@@ -55,6 +59,42 @@ impl Retry {
             delay = delay.min(soon);
         }
         delay.max(Duration::from_millis(1))
+    }
+}
+
+impl Retry {
+    /// Calls `attempt` until it succeeds or `max_wait` has passed. An attempt
+    /// answers `Ok(Err(hint))` when the resource is busy (`hint`: the holder's
+    /// remaining time-to-live), and an error when the store failed: an
+    /// unavailable store is tried again until the deadline, any other error ends at once.
+    pub(crate) async fn run<T, F, Fut>(self, mut attempt: F) -> Result<T, AcquireError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = redlayer_core::Result<Result<T, Duration>>>,
+    {
+        let start = Instant::now();
+        let deadline = start + self.max_wait;
+        let mut last_error = None;
+        for round in 0u32.. {
+            let hint = match attempt().await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(hint)) => {
+                    last_error = None;
+                    Some(hint)
+                }
+                Err(e) if e.is_unavailable() => {
+                    last_error = Some(e);
+                    None
+                }
+                Err(e) => return Err(AcquireError::Store(e)),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(self.delay(round, hint).min(deadline - now)).await;
+        }
+        Err(AcquireError::TimedOut { waited: start.elapsed(), last_error })
     }
 }
 

@@ -3,7 +3,7 @@
 use std::{
     fmt,
     sync::{Arc, LazyLock},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use redlayer_core::{
@@ -68,29 +68,7 @@ impl Semaphore {
 
     /// Takes a permit, waiting according to `retry`.
     pub async fn acquire(&self, lease: Duration, retry: Retry) -> Result<Permit, AcquireError> {
-        let start = Instant::now();
-        let deadline = start + retry.max_wait;
-        let mut last_error = None;
-        for attempt in 0u32.. {
-            let wait_hint = match self.attempt(lease).await {
-                Ok(Ok(permit)) => return Ok(permit),
-                Ok(Err(hint)) => {
-                    last_error = None;
-                    Some(hint)
-                }
-                Err(e) if e.is_unavailable() => {
-                    last_error = Some(e);
-                    None
-                }
-                Err(e) => return Err(AcquireError::Store(e)),
-            };
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            tokio::time::sleep(retry.delay(attempt, wait_hint).min(deadline - now)).await;
-        }
-        Err(AcquireError::TimedOut { waited: start.elapsed(), last_error })
+        retry.run(|| self.attempt(lease)).await
     }
 
     async fn attempt(&self, lease: Duration) -> Result<std::result::Result<Permit, Duration>> {
