@@ -147,14 +147,15 @@ async fn claim<B: Body>(
 ) -> redlayer_core::Result<Result<LockGuard, Answer<B>>> {
     let store = &config.store;
     match store.locks.try_acquire(id, config.lease).await? {
-        Some(guard) => {
-            guard.start_watchdog(config.max_hold);
-            match store.begin(id, fp, guard.fencing_token(), config.retention).await? {
-                Begin::Run => Ok(Ok(guard)),
-                Begin::Replay(stored) => Ok(Err(replay(stored))),
-                Begin::Mismatch => Ok(Err(mismatch(grpc))),
+        Some(guard) => match store.begin(id, fp, guard.fencing_token(), config.retention).await? {
+            Begin::Run => {
+                // Renew the lease only while a handler actually runs.
+                guard.start_watchdog(config.max_hold);
+                Ok(Ok(guard))
             }
-        }
+            Begin::Replay(stored) => Ok(Err(replay(stored))),
+            Begin::Mismatch => Ok(Err(mismatch(grpc))),
+        },
         None => Ok(Err(match store.peek(id, fp).await? {
             Peek::Busy => conflict(grpc),
             Peek::Replay(stored) => replay(stored),

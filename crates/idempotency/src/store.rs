@@ -128,20 +128,15 @@ fn from_answer(mut answer: Answer) -> Result<Option<std::result::Result<StoredRe
     }
 }
 
-/// How long a lease's fencing counter is kept. A counter that expired restarts
-/// from the Redis clock in microseconds, so fences still only increase; a short
-/// retention keeps no per-key state beyond the records' own retention.
-const FENCE_RETENTION: Duration = Duration::from_secs(60);
-
 impl Store {
     /// Records and leases in Redis (standalone or cluster), shared by every instance.
     pub fn redis(redis: Redis) -> Self {
-        Store { locks: Locks::redis(redis.clone()).fence_retention(FENCE_RETENTION), records: Records::Redis(redis) }
+        Store { locks: Locks::redis(redis.clone()), records: Records::Redis(redis) }
     }
 
     /// Records and leases in this process only, with the same semantics.
     pub fn memory() -> Self {
-        Store { locks: Locks::memory().fence_retention(FENCE_RETENTION), records: Records::Memory(Arc::default()) }
+        Store { locks: Locks::memory(), records: Records::Memory(Arc::default()) }
     }
 
     /// The record key of a digest.

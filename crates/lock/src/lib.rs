@@ -36,7 +36,8 @@
 //!
 //! Keys (see `docs/KEYS.md`): `{prefix}:lock:{{name}}` (string: the owner
 //! token, `PX` ttl) and `{prefix}:lock:{{name}}:fence` (string: the last
-//! fencing token, kept 24 h by default). Both share a hash tag, so the
+//! fencing token, kept one minute by default, then restarted from the
+//! Redis clock in microseconds). Both share a hash tag, so the
 //! acquire script works on Redis Cluster. Semaphores: `{prefix}:sem:{{name}}`
 //! (sorted set: token → lease end in ms).
 //!
@@ -71,6 +72,6 @@ mod retry;
 mod semaphore;
 
 pub use guard::LockGuard;
-pub use locks::{AcquireError, KIND, Locks};
+pub use locks::{AcquireError, DEFAULT_FENCE_RETENTION, KIND, Locks};
 pub use retry::Retry;
 pub use semaphore::{Permit, SEMAPHORE_KIND, Semaphore};

@@ -22,6 +22,12 @@ pub(crate) static EXTEND: LazyLock<redis::Script> =
 /// The key kind of locks: `{prefix}:lock:{{name}}` and `{prefix}:lock:{{name}}:fence`.
 pub const KIND: &str = "lock";
 
+/// How long a name's fence counter is kept by default. A counter that expired
+/// restarts from the Redis server time in microseconds, so fences still only
+/// increase; a short retention means a lock taken under a client-chosen name
+/// leaves nothing behind for long.
+pub const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(60);
+
 /// Why [`Locks::acquire`] or [`Locks::with_lock`] gave up.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -153,7 +159,7 @@ impl Locks {
             backend,
             retry: Retry::default(),
             max_hold: Duration::from_secs(60),
-            fence_retention: Duration::from_secs(24 * 3600),
+            fence_retention: DEFAULT_FENCE_RETENTION,
             fencing: true,
         }
     }
@@ -173,8 +179,8 @@ impl Locks {
         self
     }
 
-    /// How long the fence counter of a name lives (default 24 h from its
-    /// first acquisition). After that the next fence restarts from the Redis
+    /// How long the fence counter of a name lives (default
+    /// [`DEFAULT_FENCE_RETENTION`], one minute, from its first acquisition). After that the next fence restarts from the Redis
     /// server time in microseconds, which is still larger than any fence issued
     /// before, so the counter's expiry does not break monotonicity, and no
     /// per-name key lives forever.

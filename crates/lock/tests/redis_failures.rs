@@ -134,3 +134,20 @@ async fn without_fencing_locks_are_still_exclusive() {
     }
     assert_eq!(overlaps.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_under_client_chosen_names_leave_nothing_long_lived() {
+    let server = RedisServer::start();
+    let locks = locks(&server).await;
+    for i in 0..20 {
+        let guard = locks.try_acquire(&format!("order-{i}"), 5_000 * MS).await.unwrap().unwrap();
+        assert!(guard.release().await.unwrap());
+    }
+    let keys = server.cli(&["--scan"]);
+    assert_eq!(keys.lines().count(), 20, "one fence counter per name: {keys}");
+    for key in keys.lines() {
+        let pttl: i64 = server.cli(&["PTTL", key]).trim().parse().unwrap();
+        let limit = redlayer_lock::DEFAULT_FENCE_RETENTION.as_millis() as i64;
+        assert!(pttl > 0 && pttl <= limit, "{key} lives {pttl} ms");
+    }
+}
