@@ -54,6 +54,9 @@ struct MemHash {
     variants: HashMap<String, Bytes>,
     /// Hit-for-pass deadline (ms on the store's clock), 0: none.
     pass_until_ms: u64,
+    /// When the entry expires (the store's clock): it lives as long as its
+    /// longest-lived variant, as `store.lua` keeps it in Redis.
+    expires_at: Duration,
 }
 
 enum Backend {
@@ -340,7 +343,12 @@ impl Store {
                             (Update::Keep, ())
                         }
                         None => {
-                            let hash = MemHash { uri: uri.to_owned(), pass_until_ms: until, ..MemHash::default() };
+                            let hash = MemHash {
+                                uri: uri.to_owned(),
+                                pass_until_ms: until,
+                                expires_at: now + ttl,
+                                ..MemHash::default()
+                            };
                             (Update::Set(Arc::new(hash), Some(ttl)), ())
                         }
                     }
@@ -375,7 +383,6 @@ impl Store {
         match &self.inner.backend {
             Backend::Memory { entries, .. } => {
                 entries.update(key.to_owned(), |old, now| {
-                    let _ = now;
                     let mut hash = match old {
                         Some(h) if h.spec == spec => Arc::unwrap_or_clone(std::mem::take(h)),
                         _ => MemHash::default(),
@@ -384,6 +391,8 @@ impl Store {
                     hash.spec = spec.to_owned();
                     hash.pass_until_ms = 0;
                     hash.variants.insert(field, value);
+                    hash.expires_at = hash.expires_at.max(now + ttl);
+                    let ttl = hash.expires_at - now;
                     (Update::Set(Arc::new(hash), Some(ttl)), ())
                 });
                 Ok(())

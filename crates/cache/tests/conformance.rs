@@ -93,6 +93,23 @@ async fn vary_keeps_variants_apart(b: Backend) {
     assert!(!app.get("/star").await.is_hit(), "Vary: * is never served from the cache");
 }
 
+async fn a_short_lived_variant_does_not_shorten_the_others(b: Backend) {
+    let origin = Origin::new(|parts, _| {
+        let lang = parts.headers.get("accept-language").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned();
+        let cc = if lang == "fr" { "max-age=1" } else { "max-age=60" };
+        resp(200, &[("cache-control", cc), ("vary", "Accept-Language")], &lang)
+    });
+    let app = App::new(b.layer(), &origin);
+    app.send("GET", "/v", &[("accept-language", "en")]).await;
+    assert!(app.send("GET", "/v", &[("accept-language", "en")]).await.is_hit());
+    app.send("GET", "/v", &[("accept-language", "fr")]).await;
+    assert!(app.send("GET", "/v", &[("accept-language", "fr")]).await.is_hit());
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let en = app.send("GET", "/v", &[("accept-language", "en")]).await;
+    assert!(en.is_hit(), "the entry lives as long as its longest-lived variant");
+    assert_eq!(en.body, "en");
+}
+
 async fn clients_with_matching_validators_get_304(b: Backend) {
     let origin = Origin::new(|_, _| {
         resp(
@@ -770,6 +787,7 @@ suite!(
     no_store_private_and_set_cookie_are_not_stored,
     authorization_is_shared_only_when_the_response_allows,
     vary_keeps_variants_apart,
+    a_short_lived_variant_does_not_shorten_the_others,
     clients_with_matching_validators_get_304,
     stale_entries_are_revalidated_and_refreshed_by_304,
     unsafe_methods_invalidate_target_and_locations,
