@@ -77,20 +77,7 @@ struct Inner {
     /// have no Vary, and then a lookup need not take it).
     spec_count: AtomicUsize,
     down_until_ms: AtomicU64,
-    /// Unique per store (its key builder may differ from another's).
-    id: u64,
 }
-
-/// Entry keys remembered per thread (see [`Store::entry_key`]).
-const ENTRY_KEY_MEMO: usize = 1024;
-/// Longest primary key remembered (longer ones are rare and would use memory).
-const ENTRY_KEY_MEMO_LEN: usize = 512;
-
-thread_local! {
-    static ENTRY_KEYS: std::cell::RefCell<HashMap<String, (u64, String)>> = std::cell::RefCell::new(HashMap::new());
-}
-
-static STORE_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// The storage of cached responses and cache-aside values: Redis (shared by
 /// every instance) or memory (one process). Cheap to clone.
@@ -191,7 +178,6 @@ impl Store {
                 specs: Mutex::new(HashMap::new()),
                 spec_count: AtomicUsize::new(0),
                 down_until_ms: AtomicU64::new(0),
-                id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
             }),
         }
     }
@@ -211,26 +197,7 @@ impl Store {
 
     /// The Redis key of the entry hash of a primary key.
     pub fn entry_key(&self, primary: &str) -> String {
-        // A primary key is rarely "plain" (`GET http://...` has a space), so
-        // its key part is a SHA-256 digest: remember the recent ones per
-        // thread (a pure function of the store's key builder and the primary).
-        ENTRY_KEYS.with(|memo| {
-            let mut memo = memo.borrow_mut();
-            if let Some((id, key)) = memo.get(primary)
-                && *id == self.inner.id
-            {
-                return key.clone();
-            }
-            let key = self.inner.keys.key("cache", &KeyPart::client(primary));
-            if primary.len() > ENTRY_KEY_MEMO_LEN {
-                return key;
-            }
-            if memo.len() >= ENTRY_KEY_MEMO {
-                memo.clear();
-            }
-            memo.insert(primary.to_owned(), (self.inner.id, key.clone()));
-            key
-        })
+        self.inner.keys.key("cache", &KeyPart::client(primary))
     }
 
     fn tag_key(&self, tag: &str) -> String {
