@@ -10,7 +10,8 @@
 //! `--only` keeps the scenarios whose crate (`core`, `session`, `lock`, `stack`,
 //! `idempotency`, `ratelimit`, `cache`) is NAME or whose name contains NAME;
 //! the floor, axum hello and the raw lock baselines always run. Build with
-//! `--features peers` to add tower-sessions, tower_governor and rslock.
+//! `--features peers` to add tower-sessions, tower_governor, rslock and
+//! tower-http-cache.
 //!
 //! Run it alone on the machine: the figures are ratios within one run.
 //! Before the rounds every scenario's request is sent once and its status
@@ -255,7 +256,7 @@ fn render(
         peers = if cfg!(feature = "peers") {
             ""
         } else {
-            "\nPeer crates (tower-sessions + fred, tower_governor, rslock) on the same routes run when the benchmark \
+            "\nPeer crates (tower-sessions + fred, tower_governor, rslock, tower-http-cache) on the same routes run when the benchmark \
              is built with `--features peers`.\n"
         },
         c = args.connections,

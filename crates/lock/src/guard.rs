@@ -94,11 +94,15 @@ impl Shared {
 ///
 /// # Fencing tokens
 ///
-/// [`LockGuard::fencing_token`] is issued by the same Lua script that takes the
-/// lock: `max(last + 1, Redis server time in µs)`. Per lock name, on one Redis
-/// server, it is strictly larger than every token issued before, even after the
-/// counter key expired, was evicted, or Redis restarted without persistence,
-/// as long as the server clock does not go backwards. After a failover to a
+/// [`LockGuard::fencing_token`] is issued atomically with the lock (one
+/// `MULTI`/`EXEC` of `SET NX PX` and `INCR` of the name's counter). A counter
+/// that is new (expired after its retention, evicted, lost in a restart
+/// without persistence) first starts from the Redis server time in µs, while
+/// the lock is held, so per lock name on one Redis server a token is strictly
+/// larger than every token issued before, as long as the server clock does not
+/// go backwards and the name sees fewer acquisition attempts than one per
+/// microsecond (failed attempts count too; each costs Redis far more than a
+/// microsecond). After a failover to a
 /// replica (asynchronous replication) the counter may be behind, and the
 /// guarantee then rests on the new primary's clock being no further behind the
 /// old one's than the time the failover took. With Redlock, each node counts on

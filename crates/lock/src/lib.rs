@@ -3,8 +3,8 @@
 //! - [`Locks`]: `try_acquire`, `acquire` (bounded retry with jitter),
 //!   `with_lock` (acquire, renew, run, release); backends on the shared
 //!   [`Redis`](redlayer_core::Redis) handle (standalone or cluster) and in memory.
-//! - [`LockGuard`]: a fencing token strictly increasing per name (issued by the
-//!   same Lua script that takes the lock), owner-checked `release` and
+//! - [`LockGuard`]: a fencing token strictly increasing per name (issued in
+//!   the same `MULTI`/`EXEC` transaction that takes the lock), owner-checked `release` and
 //!   `extend`, a watchdog with a cap on the total hold time, and
 //!   [`LockGuard::lost`], a future that resolves the moment the lock can no
 //!   longer be guaranteed. Dropping a guard releases it in a spawned task.
@@ -28,8 +28,8 @@
 //! lock can no longer be guaranteed, and [`Locks::with_lock`] cancels the
 //! work at that moment.
 //!
-//! Which crate does what: `redis` runs the three Lua scripts (`EVALSHA`,
-//! reloaded on `NOSCRIPT`); `redlayer-core` provides the handle, the key
+//! Which crate does what: `redis` sends the acquire transaction and runs the
+//! Lua scripts (`EVALSHA`, reloaded on `NOSCRIPT`); `redlayer-core` provides the handle, the key
 //! schema and the in-memory expiring map; `tokio` runs the watchdog, the
 //! timers and the release-on-drop task; `rand` makes 128-bit owner tokens (ChaCha, OS-seeded) and
 //! `rand` jitters retry delays.
@@ -38,7 +38,7 @@
 //! token, `PX` ttl) and `{prefix}:lock:{{name}}:fence` (string: the last
 //! fencing token, kept one minute by default, then restarted from the
 //! Redis clock in microseconds). Both share a hash tag, so the
-//! acquire script works on Redis Cluster. Semaphores: `{prefix}:sem:{{name}}`
+//! acquire transaction works on Redis Cluster. Semaphores: `{prefix}:sem:{{name}}`
 //! (sorted set: token → lease end in ms).
 //!
 //! Redis 6.2+ commands only; time in scripts comes from Redis `TIME`.

@@ -14,6 +14,8 @@ use crate::{Retry, guard::LockGuard, memory::MemoryLocks};
 
 pub(crate) static ACQUIRE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/acquire.lua")));
+static FENCE_START: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/fence_start.lua")));
 pub(crate) static RELEASE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/release.lua")));
 pub(crate) static EXTEND: LazyLock<redis::Script> =
@@ -27,6 +29,12 @@ pub const KIND: &str = "lock";
 /// increase; a short retention means a lock taken under a client-chosen name
 /// leaves nothing behind for long.
 pub const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(60);
+
+/// Fences start from the Redis clock in microseconds (past 10^15 since
+/// September 2001), so a smaller counter value is one that `INCR` just
+/// created: it is raised to the clock (`fence_start.lua`) before a fence is
+/// issued, never handed out.
+const FENCE_FROM_CLOCK: i64 = 1_000_000_000_000_000;
 
 /// Why [`Locks::acquire`] or [`Locks::with_lock`] gave up.
 #[derive(Debug)]
@@ -192,8 +200,8 @@ impl Locks {
 
     /// Whether to issue fencing tokens (default true). Without them an
     /// acquisition on standalone Redis or a cluster is a plain `SET NX PX`
-    /// instead of a Lua script (measured about 25 % more lock cycles per
-    /// second), and [`LockGuard::fencing_token`] is always 0. Keep them
+    /// instead of a `MULTI`/`EXEC` of `SET NX PX`, `INCR` and `PTTL` (see
+    /// BENCHMARKS.md for both), and [`LockGuard::fencing_token`] is always 0. Keep them
     /// whenever the lock protects a write to storage that can check them.
     #[must_use]
     pub fn fencing(mut self, fencing: bool) -> Self {
@@ -254,27 +262,55 @@ impl Locks {
                     // No holder ttl without a second round trip: the retry policy's own delays apply.
                     Ok(None) => Err(Duration::MAX),
                     Err(e) => {
-                        self.undo_in_background(redis, key, token, &e);
+                        self.undo_in_background(redis, key, token, Some(&e));
                         return Err(e);
                     }
                 }
             }
             Backend::Redis(redis) => {
                 let mut conn = redis.connection().await?;
-                let answer: Result<(i64, i64)> = ACQUIRE
-                    .key(&key)
-                    .key(&fence_key)
+                // One MULTI/EXEC: atomic like a script, at about half the
+                // Redis CPU of one (see `FENCE_FROM_CLOCK`).
+                let answer: Result<(Option<String>, i64, i64)> = redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&key)
                     .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
                     .arg(ms)
-                    .arg(self.fence_retention.as_millis() as u64)
-                    .invoke_async(&mut conn)
+                    .cmd("INCR")
+                    .arg(&fence_key)
+                    .cmd("PTTL")
+                    .arg(&key)
+                    .query_async(&mut conn)
                     .await
                     .map_err(Error::from);
                 match answer {
-                    Ok((1, fence)) => Ok(fence.max(0) as u64),
-                    Ok((_, pttl)) => Err(Duration::from_millis(pttl.max(0) as u64)),
+                    Ok((Some(_), fence, _)) if fence >= FENCE_FROM_CLOCK => Ok(fence as u64),
+                    Ok((Some(_), _, _)) => {
+                        let started: Result<i64> = FENCE_START
+                            .key(&key)
+                            .key(&fence_key)
+                            .arg(&token)
+                            .arg(self.fence_retention.as_millis() as u64)
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(Error::from);
+                        match started {
+                            Ok(fence) if fence > 0 => Ok(fence as u64),
+                            // Expired before its fence was issued: busy, as far as we know.
+                            Ok(_) => Err(Duration::ZERO),
+                            Err(e) => {
+                                self.undo_in_background(redis, key, token, None);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok((None, _, pttl)) => Err(Duration::from_millis(pttl.max(0) as u64)),
                     Err(e) => {
-                        self.undo_in_background(redis, key, token, &e);
+                        // Also when only INCR failed (a fence key someone overwrote): SET may have run.
+                        self.undo_in_background(redis, key, token, None);
                         return Err(e);
                     }
                 }
@@ -285,8 +321,10 @@ impl Locks {
 
     /// Takes the lock `name` for `ttl` if it is free; `Ok(None)` when it is held.
     ///
-    /// One round trip (one `EVALSHA`); the guard carries a fencing token that
-    /// is larger than every token issued before for this name.
+    /// One round trip (one `MULTI`/`EXEC`: `SET NX PX`, `INCR` of the fence,
+    /// `PTTL`; a second one, a script, once per fence retention when the
+    /// counter starts again from the Redis clock); the guard carries a fencing
+    /// token that is larger than every token issued before for this name.
     pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
         Ok(self.attempt(name, ttl).await?.ok())
     }
@@ -322,11 +360,11 @@ impl Locks {
         Ok(output)
     }
 
-    /// The command may have run although its answer was lost: release our
-    /// token in the background, so that the lock does not stay taken by
-    /// nobody until its ttl ends.
-    fn undo_in_background(&self, redis: &Redis, key: String, token: String, error: &Error) {
-        if error.is_unavailable() {
+    /// The command may have run although its answer was lost (or was an
+    /// error, `None`): release our token in the background, so that the lock
+    /// does not stay taken by nobody until its ttl ends.
+    fn undo_in_background(&self, redis: &Redis, key: String, token: String, error: Option<&Error>) {
+        if error.is_none_or(Error::is_unavailable) {
             let redis = redis.clone();
             tokio::spawn(async move {
                 if let Ok(mut conn) = redis.connection().await {

@@ -151,3 +151,40 @@ async fn locks_under_client_chosen_names_leave_nothing_long_lived() {
         assert!(pttl > 0 && pttl <= limit, "{key} lives {pttl} ms");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_keep_increasing_when_the_counter_is_lost_or_overwritten() {
+    let server = RedisServer::start();
+    let locks = locks(&server).await;
+    let first = locks.try_acquire("ledger", 5_000 * MS).await.unwrap().unwrap();
+    let lock_key = first.key().to_owned();
+    let fence_key = format!("{lock_key}:fence");
+    let mut last = first.fencing_token();
+    // From the Redis clock in µs: far above what INCR alone would give.
+    assert!(last > 1_000_000_000_000_000, "{last}");
+    first.release().await.unwrap();
+
+    for damage in [["DEL", fence_key.as_str(), ""], ["SET", fence_key.as_str(), "7"]] {
+        server.cli(&damage[..if damage[2].is_empty() { 2 } else { 3 }]);
+        let guard = locks.try_acquire("ledger", 5_000 * MS).await.unwrap().unwrap();
+        assert!(guard.fencing_token() > last, "{damage:?}: {} after {last}", guard.fencing_token());
+        last = guard.fencing_token();
+        // The counter was started again, with its retention.
+        let pttl: i64 = server.cli(&["PTTL", &fence_key]).trim().parse().unwrap();
+        assert!(pttl > 0, "{damage:?}: counter without expiry");
+        guard.release().await.unwrap();
+        let next = locks.try_acquire("ledger", 5_000 * MS).await.unwrap().unwrap();
+        assert_eq!(next.fencing_token(), last + 1, "{damage:?}: counts on by one");
+        last = next.fencing_token();
+        next.release().await.unwrap();
+    }
+
+    // A counter someone overwrote with garbage: an error, and the lock is not left taken.
+    server.cli(&["SET", &fence_key, "garbage"]);
+    assert!(locks.try_acquire("ledger", 5_000 * MS).await.is_err());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.cli(&["EXISTS", &lock_key]).trim() != "0" {
+        assert!(Instant::now() < deadline, "the failed acquisition left the lock taken");
+        tokio::time::sleep(10 * MS).await;
+    }
+}

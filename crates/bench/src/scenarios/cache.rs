@@ -16,6 +16,8 @@ use super::{Scenario, serve};
 use crate::http::Request;
 
 const UNCACHED: &str = "cache: 1 KB page, no cache layer";
+/// The tower-http-cache scenario (feature `peers`), for the comparison.
+pub(super) const THC_HIT: &str = "tower-http-cache 0.6 (Redis): 1 KB page, hit";
 
 /// A 1 KB page.
 fn page() -> String {
@@ -27,7 +29,8 @@ fn page() -> String {
     body + "</p>"
 }
 
-fn app(cache_control: &'static str) -> Router {
+/// `GET /page`: the 1 KB page with `cache_control`.
+pub(super) fn app(cache_control: &'static str) -> Router {
     let body = page();
     Router::new().route(
         "/page",
@@ -75,7 +78,8 @@ pub async fn start(handle: &redlayer::Redis) -> Vec<Scenario> {
             hit,
             Request::get("/page"),
         )
-        .versus(UNCACHED),
+        .versus(UNCACHED)
+        .versus(THC_HIT),
         Scenario::new(
             "cache",
             "cache: 1 KB page, miss + store",
