@@ -18,6 +18,7 @@
 //! checked (`BENCH_DEBUG=1` prints those answers and the wrk scripts).
 
 mod http;
+mod redis_cpu;
 mod scenarios;
 mod wrk;
 
@@ -62,15 +63,18 @@ impl Args {
     }
 }
 
-/// A wrk scenario's runs over all rounds.
+/// A wrk scenario's runs over all rounds, and the CPU seconds redis-server
+/// used during them.
 #[derive(Default)]
-struct Runs(Vec<wrk::Run>);
+struct Runs(Vec<wrk::Run>, f64);
 
 fn main() {
     let args = parse_args();
     wrk::check_installed();
     let redis_server = redlayer_testkit::RedisServer::start();
     let url = redis_server.url();
+    let redis_pid = redis_server.pid().expect("redis-server pid");
+    let redis_cpu = || redis_cpu::seconds(redis_pid).unwrap_or(0.0);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
 
     let (scenarios, locks, stampede) = runtime.block_on(async {
@@ -93,15 +97,22 @@ fn main() {
     let duration = Duration::from_secs(args.seconds);
     let mut results: Vec<Runs> = scenarios.iter().map(|_| Runs::default()).collect();
     let mut lock_results: Vec<Vec<f64>> = locks.iter().map(|_| Vec::new()).collect();
+    // Redis CPU seconds and cycles made, per lock scenario.
+    let mut lock_costs: Vec<(f64, u64)> = locks.iter().map(|_| (0.0, 0)).collect();
     for round in 1..=args.rounds {
         for (i, scenario) in scenarios.iter().enumerate() {
             let lua = scenario.wrk_lua(&format!("r{round}s{i}p{}", std::process::id()));
+            let cpu_before = redis_cpu();
             let run = wrk::run(&scenario.url(), lua.as_deref(), args.connections, duration);
+            results[i].1 += redis_cpu() - cpu_before;
             eprintln!("round {round}: {:<48} {:>9.0} req/s", scenario.name, run.requests_per_sec);
             results[i].0.push(run);
         }
         for (i, scenario) in locks.iter().enumerate() {
-            let cycles = runtime.block_on(scenario.run(duration));
+            let cpu_before = redis_cpu();
+            let (cycles, made) = runtime.block_on(scenario.run(duration));
+            lock_costs[i].0 += redis_cpu() - cpu_before;
+            lock_costs[i].1 += made;
             eprintln!("round {round}: {:<48} {:>9.0} cycles/s", scenario.name, cycles);
             lock_results[i].push(cycles);
         }
@@ -115,7 +126,7 @@ fn main() {
         }
     }
 
-    let doc = render(&args, &scenarios, &results, &locks, &lock_results, &checks);
+    let doc = render(&args, &scenarios, &results, &locks, &lock_results, &lock_costs, &checks);
     std::fs::write(&args.out, &doc).expect("write BENCHMARKS.md");
     println!("{doc}");
     println!("wrote {}", args.out);
@@ -147,8 +158,10 @@ fn render(
     results: &[Runs],
     locks: &[lock::LockScenario],
     lock_results: &[Vec<f64>],
+    lock_costs: &[(f64, u64)],
     checks: &[String],
 ) -> String {
+    let cost = |cpu: f64, ops: u64| redis_cpu::micros_per_op(cpu, ops).map_or("-".to_owned(), |us| format!("{us:.1}"));
     let rps_of = |name: &str| {
         let i = scenarios.iter().position(|s| s.name == name).expect("baseline scenario");
         median(results[i].0.iter().map(|r| r.requests_per_sec).collect())
@@ -156,10 +169,11 @@ fn render(
     let (floor, hello) = (rps_of(FLOOR), rps_of(HELLO));
 
     let mut table = String::new();
-    writeln!(table, "| scenario | req/s | p50 ms | p99 ms | vs floor | vs hello | answer |").unwrap();
-    writeln!(table, "|---|---:|---:|---:|---:|---:|---|").unwrap();
+    writeln!(table, "| scenario | req/s | p50 ms | p99 ms | vs floor | vs hello | Redis CPU µs/req | answer |")
+        .unwrap();
+    writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---|").unwrap();
     for (scenario, runs) in scenarios.iter().zip(results) {
-        let runs = &runs.0;
+        let (runs, runs_cpu) = (&runs.0, runs.1);
         let rps = median(runs.iter().map(|r| r.requests_per_sec).collect());
         let p50 = median(runs.iter().map(|r| r.p50_ms).collect());
         let p99 = median(runs.iter().map(|r| r.p99_ms).collect());
@@ -174,13 +188,14 @@ fn render(
         };
         writeln!(
             table,
-            "| {} | {:.1}k | {:.2} | {:.2} | {:.2} | {:.2} | {answer} |",
+            "| {} | {:.1}k | {:.2} | {:.2} | {:.2} | {:.2} | {} | {answer} |",
             scenario.name,
             rps / 1000.0,
             p50,
             p99,
             rps / floor,
-            rps / hello
+            rps / hello,
+            cost(runs_cpu, total)
         )
         .unwrap();
     }
@@ -205,15 +220,23 @@ fn render(
         let (raw, shared) = (median_of(lock::RAW), median_of(lock::RAW_SHARED));
         writeln!(
             lock_table,
-            "| scenario ({} tasks, in-process) | cycles/s | vs raw floor | vs raw, one shared connection |",
+            "| scenario ({} tasks, in-process) | cycles/s | vs raw floor | vs raw, one shared connection | Redis CPU µs/cycle |",
             lock::TASKS
         )
         .unwrap();
-        writeln!(lock_table, "|---|---:|---:|---:|").unwrap();
-        for (scenario, cycles) in locks.iter().zip(lock_results) {
+        writeln!(lock_table, "|---|---:|---:|---:|---:|").unwrap();
+        for ((scenario, cycles), &(cpu, made)) in locks.iter().zip(lock_results).zip(lock_costs) {
             let c = median(cycles.clone());
-            writeln!(lock_table, "| {} | {:.1}k | {:.2} | {:.2} |", scenario.name, c / 1000.0, c / raw, c / shared)
-                .unwrap();
+            writeln!(
+                lock_table,
+                "| {} | {:.1}k | {:.2} | {:.2} | {} |",
+                scenario.name,
+                c / 1000.0,
+                c / raw,
+                c / shared,
+                cost(cpu, made)
+            )
+            .unwrap();
         }
         lock_table = format!(
             "## Locks\n\nUncontended acquire + release cycles per second: {} tasks in the benchmark process, each \
@@ -251,7 +274,10 @@ fn render(
          Compare ratios within this table only; single rounds vary by 10-20%.\n\n\
          The floor is an axum handler doing one `INCR` through the redlayer handle: every layer is compared with it, \
          and with axum hello (the machine's ceiling). \"answer\" is the status every response had (checked by a \
-         probe before the rounds and by wrk's count of non-2xx answers during them).\n\n\
+         probe before the rounds and by wrk's count of non-2xx answers during them). \"Redis CPU µs/req\" is the \
+         CPU time redis-server used during the scenario's runs (from `/proc`, user + system, so the loopback \
+         socket work too) divided by the requests answered: on this 2-core machine Redis shares the cores with \
+         wrk and the server, so a layer's Redis cost comes straight off its throughput.\n\n\
          {table}\n{lock_table}{checks}## Scenarios\n\n{list}{peers}",
         peers = if cfg!(feature = "peers") {
             ""

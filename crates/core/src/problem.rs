@@ -74,19 +74,14 @@ impl Problem {
         self.status
     }
 
-    /// The JSON document.
+    /// The JSON document: `type`, `title`, `status`, `detail`, then the
+    /// extension members in the order they were added (one whose name is a
+    /// standard member's is left out).
     pub fn to_json(&self) -> Bytes {
-        let mut doc = serde_json::Map::new();
-        doc.insert("type".into(), self.type_uri.into());
-        doc.insert("title".into(), self.title.into());
-        doc.insert("status".into(), self.status.as_u16().into());
-        if let Some(detail) = &self.detail {
-            doc.insert("detail".into(), detail.clone().into());
-        }
-        for (name, value) in &self.extra {
-            doc.insert((*name).into(), value.clone());
-        }
-        Bytes::from(serde_json::Value::Object(doc).to_string())
+        let mut out = Vec::with_capacity(192);
+        // Serializing borrowed fields cannot fail: no map keys other than strings, no I/O.
+        let _ = serde_json::to_writer(&mut out, self);
+        Bytes::from(out)
     }
 
     /// The HTTP response: the status, `content-type: application/problem+json`, the document.
@@ -96,6 +91,27 @@ impl Problem {
         *response.status_mut() = self.status;
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         response
+    }
+}
+
+/// Written member by member, straight from the borrowed fields (no
+/// intermediate `serde_json::Value` map: the 429 of a rate-limit flood is
+/// built for every request).
+impl serde::Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        const STANDARD: [&str; 4] = ["type", "title", "status", "detail"];
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("type", self.type_uri)?;
+        map.serialize_entry("title", self.title)?;
+        map.serialize_entry("status", &self.status.as_u16())?;
+        if let Some(detail) = &self.detail {
+            map.serialize_entry("detail", detail)?;
+        }
+        for (name, value) in self.extra.iter().filter(|(name, _)| !STANDARD.contains(name)) {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
     }
 }
 
@@ -142,6 +158,21 @@ mod tests {
         assert_eq!(doc["status"], 429);
         assert_eq!(doc["title"], "Too Many Requests");
         assert_eq!(doc["retry_after"], 3);
+    }
+
+    #[test]
+    fn problem_document_escapes_text_and_keeps_the_standard_members() {
+        let json = Problem::new(StatusCode::CONFLICT, "Conflict")
+            .detail("key \"a\\b\"\n in flight")
+            .extension("status", 200)
+            .extension("policies", serde_json::Value::from(vec!["per-ip", "per-\"key\""]))
+            .to_json();
+        let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(doc["status"], 409, "an extension cannot replace a standard member: {doc}");
+        assert_eq!(doc["detail"], "key \"a\\b\"\n in flight");
+        assert_eq!(doc["policies"][1], "per-\"key\"");
+        assert_eq!(doc["type"], "about:blank");
+        assert_eq!(std::str::from_utf8(&json).unwrap().matches("\"status\"").count(), 1);
     }
 
     #[test]

@@ -74,8 +74,9 @@ pub async fn start(redis_url: &str, handle: &redlayer::Redis) -> Vec<LockScenari
 }
 
 impl LockScenario {
-    /// Cycles per second over `duration`, `TASKS` tasks at once.
-    pub async fn run(&self, duration: Duration) -> f64 {
+    /// Cycles per second over `duration`, `TASKS` tasks at once, and the
+    /// number of cycles made.
+    pub async fn run(&self, duration: Duration) -> (f64, u64) {
         let release = Arc::new(redis::Script::new(RELEASE));
         let count = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
@@ -94,7 +95,8 @@ impl LockScenario {
         for task in tasks {
             task.await.expect("lock task");
         }
-        count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+        let made = count.load(Ordering::Relaxed);
+        (made as f64 / start.elapsed().as_secs_f64(), made)
     }
 }
 

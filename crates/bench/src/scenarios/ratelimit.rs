@@ -1,7 +1,12 @@
 //! redlayer-ratelimit: a GCRA layer that never limits, and a flood of one
 //! blocked key (with and without the local deny cache).
 
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    http::{HeaderName, HeaderValue, StatusCode},
+    response::IntoResponse,
+    routing::get,
+};
 use redlayer::ratelimit::{Key, Policy, Quota, RateLimitLayer, RateLimiter, Store};
 
 use super::{Scenario, serve_with_peer};
@@ -10,6 +15,8 @@ use crate::http::Request;
 /// The tower_governor scenarios (feature `peers`), for the comparisons.
 pub(super) const GOVERNOR_OPEN: &str = "tower_governor 0.8: never limiting";
 pub(super) const GOVERNOR_BLOCKED: &str = "tower_governor 0.8: blocked (429)";
+/// The deny cache's answer from a plain handler.
+const STATIC_429: &str = "ratelimit: the same 429 from a handler, no layer";
 
 fn hello() -> Router {
     Router::new().route("/", get(|| async { "hello" }))
@@ -30,6 +37,34 @@ async fn blocked(handle: &redlayer::Redis, name: &str, deny_cache: Option<usize>
     addr
 }
 
+/// A server answering every request with a copy of `answer` (status, the
+/// headers the layer set, body) from a plain handler: what the deny cache's
+/// 429 costs without any layer, since it is larger than axum hello's answer.
+async fn same_answer_without_layer(answer: &crate::http::Response) -> String {
+    let status = StatusCode::from_u16(answer.status).expect("status");
+    let headers: Vec<(HeaderName, HeaderValue)> = answer
+        .headers
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "content-length" | "date" | "connection"))
+        .map(|(name, value)| (name.parse().expect("header name"), value.parse().expect("header value")))
+        .collect();
+    let body = answer.body.clone();
+    let app = Router::new().route(
+        "/",
+        get(move || {
+            let (headers, body) = (headers.clone(), body.clone());
+            async move {
+                let mut response = (status, body).into_response();
+                for (name, value) in headers {
+                    response.headers_mut().insert(name, value);
+                }
+                response
+            }
+        }),
+    );
+    serve_with_peer(app).await
+}
+
 fn blocked_request() -> Request {
     Request::get("/").header("x-api-key", "blocked")
 }
@@ -40,6 +75,11 @@ pub async fn start(handle: &redlayer::Redis) -> Vec<Scenario> {
         .policy(Policy::gcra("per-ip", Quota::per_second(1_000_000)))
         .build();
     let open_addr = serve_with_peer(hello().layer(RateLimitLayer::new(open))).await;
+
+    let deny_cache = blocked(handle, "bench-deny-cache", None).await;
+    let answer = blocked_request().send(&deny_cache, "").await;
+    assert_eq!(answer.status, 429, "ratelimit setup: {answer:?}");
+    let static_429 = same_answer_without_layer(&answer).await;
 
     vec![
         Scenario::new(
@@ -56,11 +96,22 @@ pub async fn start(handle: &redlayer::Redis) -> Vec<Scenario> {
             "ratelimit: blocked key, deny cache (429)",
             "the same layer keyed by `x-api-key`, 1/hour, every request with a key already over its quota: \
              answered 429 from the local deny cache (default on), no Redis call",
-            blocked(handle, "bench-deny-cache", None).await,
+            deny_cache,
             blocked_request(),
         )
         .expect(429)
-        .versus(GOVERNOR_BLOCKED),
+        .versus(GOVERNOR_BLOCKED)
+        .versus(STATIC_429),
+        Scenario::new(
+            "ratelimit",
+            STATIC_429,
+            "axum without any layer answering a copy of the deny cache's 429 (status, `RateLimit-Policy`, \
+             `RateLimit`, `Retry-After`, problem+json body: about 390 bytes against hello's 130): the cost of \
+             the answer itself",
+            static_429,
+            blocked_request(),
+        )
+        .expect(429),
         Scenario::new(
             "ratelimit",
             "ratelimit: blocked key, no deny cache (429)",
