@@ -331,7 +331,8 @@ impl Locks {
 
     /// Takes the lock `name` for `ttl`, waiting for it according to `retry`
     /// (bounded, with jittered backoff). Store errors that mean "unreachable"
-    /// are retried within the same budget; others are returned at once.
+    /// are retried for [`Retry::unavailable_wait`] in a row (default 1 s)
+    /// within the same budget; others are returned at once.
     pub async fn acquire(&self, name: &str, ttl: Duration, retry: Retry) -> Result<LockGuard, AcquireError> {
         retry.run(|| self.attempt(name, ttl)).await
     }

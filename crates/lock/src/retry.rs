@@ -11,13 +11,22 @@ use crate::AcquireError;
 /// in total. A delay is also cut short to the remaining time-to-live of the
 /// current holder (Redis tells it on each failed attempt), plus jitter, so a
 /// waiter does not sleep long past a lock that expired.
+///
+/// An unreachable store is retried too, but only for
+/// [`unavailable_wait`](Retry::unavailable_wait) in a row (default 1 s, enough
+/// to ride out a reconnect), so that a Redis that is down is reported quickly
+/// instead of holding every waiter for the whole `max_wait`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct Retry {
     pub(crate) max_wait: Duration,
     pub(crate) min_delay: Duration,
     pub(crate) max_delay: Duration,
+    pub(crate) unavailable_wait: Duration,
 }
+
+/// How long an unreachable store is retried by default.
+const UNAVAILABLE_WAIT: Duration = Duration::from_secs(1);
 
 impl Default for Retry {
     /// Wait up to 5 s, backing off from 10 ms to 200 ms.
@@ -29,7 +38,20 @@ impl Default for Retry {
 impl Retry {
     /// Retry for at most `max_wait` in total (delays 10 ms to 200 ms).
     pub fn new(max_wait: Duration) -> Self {
-        Retry { max_wait, min_delay: Duration::from_millis(10), max_delay: Duration::from_millis(200) }
+        Retry {
+            max_wait,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(200),
+            unavailable_wait: UNAVAILABLE_WAIT,
+        }
+    }
+
+    /// How long to keep trying while the store is unreachable, counted from
+    /// the first failure in a row (default 1 s; never more than the total
+    /// wait). `Duration::ZERO` gives up at the first failure.
+    pub fn unavailable_wait(mut self, wait: Duration) -> Self {
+        self.unavailable_wait = wait;
+        self
     }
 
     /// One attempt, no waiting.
@@ -66,7 +88,8 @@ impl Retry {
     /// Calls `attempt` until it succeeds or `max_wait` has passed. An attempt
     /// answers `Ok(Err(hint))` when the resource is busy (`hint`: the holder's
     /// remaining time-to-live), and an error when the store failed: an
-    /// unavailable store is tried again until the deadline, any other error ends at once.
+    /// unavailable store is tried again for `unavailable_wait` in a row (and
+    /// never past the deadline), any other error ends at once.
     pub(crate) async fn run<T, F, Fut>(self, mut attempt: F) -> Result<T, AcquireError>
     where
         F: FnMut() -> Fut,
@@ -75,21 +98,24 @@ impl Retry {
         let start = Instant::now();
         let deadline = start + self.max_wait;
         let mut last_error = None;
+        let mut unavailable_since = None;
         for round in 0u32.. {
             let hint = match attempt().await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(hint)) => {
-                    last_error = None;
+                    (last_error, unavailable_since) = (None, None);
                     Some(hint)
                 }
                 Err(e) if e.is_unavailable() => {
                     last_error = Some(e);
+                    unavailable_since.get_or_insert_with(Instant::now);
                     None
                 }
                 Err(e) => return Err(AcquireError::Store(e)),
             };
             let now = Instant::now();
-            if now >= deadline {
+            let gave_up_on_store = unavailable_since.is_some_and(|since| now >= since + self.unavailable_wait);
+            if now >= deadline || gave_up_on_store {
                 break;
             }
             tokio::time::sleep(self.delay(round, hint).min(deadline - now)).await;

@@ -188,3 +188,21 @@ async fn fences_keep_increasing_when_the_counter_is_lost_or_overwritten() {
         tokio::time::sleep(10 * MS).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_is_down_is_reported_after_the_unavailable_wait_not_the_whole_wait() {
+    let mut server = RedisServer::start();
+    let locks = locks(&server).await;
+    server.kill();
+    for (retry, within) in [
+        (Retry::new(Duration::from_secs(10)), Duration::from_millis(1_800)),
+        (Retry::new(Duration::from_secs(10)).unavailable_wait(Duration::ZERO), Duration::from_millis(700)),
+    ] {
+        let started = Instant::now();
+        match locks.acquire("job", 5_000 * MS, retry).await {
+            Err(AcquireError::TimedOut { last_error: Some(e), .. }) => assert!(e.is_unavailable(), "{e}"),
+            other => panic!("expected a timeout with the store error, got {other:?}"),
+        }
+        assert!(started.elapsed() < within, "{retry:?}: {:?}", started.elapsed());
+    }
+}

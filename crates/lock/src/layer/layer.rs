@@ -22,7 +22,7 @@ pub(crate) struct Config {
 ///
 /// Defaults: lock ttl 10 s renewed while the handler runs (at most 5
 /// minutes); wait at most 5 s, then `409 Conflict`; fail closed (`503`) when
-/// Redis is unreachable.
+/// Redis stays unreachable for 1 s.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct LockLayer<K> {
@@ -77,8 +77,10 @@ impl<K> LockLayer<K> {
         self
     }
 
-    /// When Redis is unreachable: `FailClosed` (default, 503) or `FailOpen`
-    /// (run without the lock). `LocalFallback` is treated as `FailClosed`.
+    /// When Redis is unreachable (for the wait's
+    /// [`unavailable_wait`](Retry::unavailable_wait), 1 s by default):
+    /// `FailClosed` (default, 503) or `FailOpen` (run without the lock).
+    /// `LocalFallback` is treated as `FailClosed`.
     pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
         self.config().failure = policy;
         self
