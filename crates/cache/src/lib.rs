@@ -28,7 +28,9 @@
 //! - GET and HEAD are looked up under `GET <normalized URI>` (a custom
 //!   [`CacheLayer::key_fn`] and a [`CacheLayer::namespace`] hook exist), and
 //!   the variant chosen by the request headers named in the stored `Vary`.
-//!   `Vary: *` is never stored.
+//!   `Vary: *` is never stored. At most [`MAX_VARIANTS`] variants are kept
+//!   per URI (a new one replaces an older one), so clients inventing header
+//!   values cannot grow an entry without bound.
 //! - Hits are served with `Age`; a client whose `If-None-Match` /
 //!   `If-Modified-Since` matches gets a 304.
 //! - Stale entries with a validator are revalidated with a conditional
@@ -150,7 +152,7 @@ pub use body::CacheBody;
 pub use future::ResponseFuture;
 pub use layer::{CacheLayer, DEFAULT_HIT_FOR_PASS, DEFAULT_MAX_BODY};
 pub use service::Cache;
-pub use store::Store;
+pub use store::{MAX_VARIANTS, Store};
 
 mod future;
 

@@ -46,6 +46,10 @@ static TAG: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(includ
 const BACKOFF: Duration = Duration::from_millis(500);
 const BACKOFF_MSG: &str = "redis failed recently; the cache steps aside for a moment";
 const MAX_SPEC_GUESSES: usize = 10_000;
+/// The most variants (responses for different values of the `Vary`
+/// headers) kept per entry: a new one beyond that replaces an older one, so
+/// clients sending ever new header values cannot grow one entry without bound.
+pub const MAX_VARIANTS: usize = 32;
 
 #[derive(Debug, Clone, Default)]
 struct MemHash {
@@ -357,6 +361,10 @@ impl Store {
                     hash.uri = uri.to_owned();
                     hash.spec = spec.to_owned();
                     hash.pass_until_ms = 0;
+                    if hash.variants.len() >= MAX_VARIANTS && !hash.variants.contains_key(&field) {
+                        let older = hash.variants.keys().next().cloned();
+                        older.map(|older| hash.variants.remove(&older));
+                    }
                     hash.variants.insert(field, value);
                     hash.expires_at = hash.expires_at.max(now + ttl);
                     let ttl = hash.expires_at - now;
@@ -375,6 +383,7 @@ impl Store {
                         .arg(format!("v:{field}"))
                         .arg(value.as_ref())
                         .arg(ttl.as_millis() as u64)
+                        .arg(MAX_VARIANTS)
                         .invoke_async(&mut conn)
                         .await?;
                     self.remember(key, spec);

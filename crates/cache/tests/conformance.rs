@@ -93,6 +93,29 @@ async fn vary_keeps_variants_apart(b: Backend) {
     assert!(!app.get("/star").await.is_hit(), "Vary: * is never served from the cache");
 }
 
+/// A client sending ever new values of a `Vary` header cannot grow one entry
+/// without bound: at most `MAX_VARIANTS` are kept, the newest among them.
+async fn variants_per_entry_are_bounded(b: Backend) {
+    let origin = Origin::new(|parts, _| {
+        let lang = parts.headers.get("accept-language").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned();
+        resp(200, &[("cache-control", "max-age=60"), ("vary", "Accept-Language")], &lang)
+    });
+    let app = App::new(b.layer(), &origin);
+    let total = redlayer_cache::MAX_VARIANTS + 8;
+    for i in 0..total {
+        assert_eq!(app.send("GET", "/many", &[("accept-language", &format!("l{i}"))]).await.body, format!("l{i}"));
+    }
+    let newest = app.send("GET", "/many", &[("accept-language", &format!("l{}", total - 1))]).await;
+    assert!(newest.is_hit(), "the newest variant is kept: {}", newest.cache_status());
+    let mut hits = 0;
+    for i in 0..total {
+        let got = app.send("GET", "/many", &[("accept-language", &format!("l{i}"))]).await;
+        assert_eq!(got.body, format!("l{i}"), "a variant answered for another");
+        hits += usize::from(got.is_hit());
+    }
+    assert!(hits <= redlayer_cache::MAX_VARIANTS, "{hits} of {total} variants were kept");
+}
+
 async fn a_short_lived_variant_does_not_shorten_the_others(b: Backend) {
     let origin = Origin::new(|parts, _| {
         let lang = parts.headers.get("accept-language").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned();
@@ -787,6 +810,7 @@ suite!(
     no_store_private_and_set_cookie_are_not_stored,
     authorization_is_shared_only_when_the_response_allows,
     vary_keeps_variants_apart,
+    variants_per_entry_are_bounded,
     a_short_lived_variant_does_not_shorten_the_others,
     clients_with_matching_validators_get_304,
     stale_entries_are_revalidated_and_refreshed_by_304,

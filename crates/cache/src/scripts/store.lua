@@ -1,12 +1,26 @@
 -- Stores one variant of a cached response.
 -- KEYS[1] the entry hash; ARGV[1] normalized uri, ARGV[2] vary spec,
--- ARGV[3] variant field, ARGV[4] encoded entry, ARGV[5] ttl in ms.
+-- ARGV[3] variant field, ARGV[4] encoded entry, ARGV[5] ttl in ms,
+-- ARGV[6] the most variants kept (a new variant beyond it replaces one).
 -- A different Vary spec replaces every stored variant. The key lives as long
 -- as its longest-lived variant. A stored response clears the hit-for-pass
 -- marker (field `pass`).
 local spec = redis.call('HGET', KEYS[1], 'vary')
 if spec and spec ~= ARGV[2] then
   redis.call('DEL', KEYS[1])
+end
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then
+  -- Variant fields are the ones named v:...; the others are uri, vary, pass.
+  local variants = {}
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(field, 1, 2) == 'v:' then variants[#variants + 1] = field end
+  end
+  local max = tonumber(ARGV[6])
+  local i = 1
+  while #variants - i + 1 >= max do
+    redis.call('HDEL', KEYS[1], variants[i])
+    i = i + 1
+  end
 end
 redis.call('HSET', KEYS[1], 'uri', ARGV[1], 'vary', ARGV[2], ARGV[3], ARGV[4])
 redis.call('HDEL', KEYS[1], 'pass')
