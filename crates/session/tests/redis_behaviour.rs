@@ -193,3 +193,19 @@ async fn redis_killed_mid_traffic_answers_503_within_the_timeout_and_recovers() 
     assert!(statuses.contains(&StatusCode::SERVICE_UNAVAILABLE));
     assert!(recovered < 1500 * MS, "recovered after {recovered:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_index_does_not_keep_growing_with_sessions_that_ended() {
+    let server = RedisServer::start();
+    let client = setup(&server, |layer| layer).await;
+    let drop_sessions = "for _, k in ipairs(redis.call('KEYS', '*:sess:*')) do redis.call('DEL', k) end return 1";
+    for _ in 0..300 {
+        let mut c = client.clone();
+        assert_eq!(c.login("erin").await.status, StatusCode::OK);
+        // The session ends without a logout (as by its idle timeout).
+        server.cli(&["EVAL", drop_sessions, "0"]);
+    }
+    let index = server.cli(&["--scan", "--pattern", "*:sessu:*"]);
+    let entries: usize = server.cli(&["HLEN", index.trim()]).trim().parse().unwrap();
+    assert!(entries < 256, "{entries} index entries for 0 live sessions");
+}

@@ -142,12 +142,14 @@ impl MemoryBackend {
         self.sessions.remove(&key.to_owned())
     }
 
-    pub(super) fn index_add(&self, index: &str, key: &str, created_ms: i64, absolute_ms: u64) {
+    /// Adds the session to the index; returns how many entries it has.
+    pub(super) fn index_add(&self, index: &str, key: &str, created_ms: i64, absolute_ms: u64) -> usize {
         self.users.update(index.to_owned(), |entry, _| {
             let mut map = entry.map(|m| m.clone()).unwrap_or_default();
             map.insert(key.to_owned(), created_ms);
-            (Update::Set(map, Some(Duration::from_millis(absolute_ms))), ())
-        });
+            let entries = map.len();
+            (Update::Set(map, Some(Duration::from_millis(absolute_ms))), entries)
+        })
     }
 
     pub(super) fn index_remove(&self, index: &str, key: &str) {

@@ -17,6 +17,11 @@ use redlayer_core::{
 
 use crate::{SessionError, id};
 
+/// A user's index is pruned of ended sessions from this many entries on ...
+const PRUNE_FROM: usize = 256;
+/// ... each time it has grown by this many.
+const PRUNE_EVERY: usize = 128;
+
 /// The session store: Redis for production, memory for one process and tests.
 /// Both have the same semantics (one conformance suite runs on memory,
 /// standalone Redis and Redis Cluster). Cheap to clone.
@@ -237,13 +242,18 @@ impl Store {
         absolute_ms: u64,
     ) -> Result<(), SessionError> {
         let index = id::user_key(&self.inner.keys, user);
-        match &self.inner.backend {
-            Backend::Redis(redis) => redis_backend::index_add(redis, &index, key, created_ms, absolute_ms).await,
-            Backend::Memory(m) => {
-                m.index_add(&index, key, created_ms, absolute_ms);
-                Ok(())
-            }
+        let entries = match &self.inner.backend {
+            Backend::Redis(redis) => redis_backend::index_add(redis, &index, key, created_ms, absolute_ms).await?,
+            Backend::Memory(m) => m.index_add(&index, key, created_ms, absolute_ms),
+        };
+        // Entries of ended sessions are otherwise dropped only when the index
+        // is listed: a user who logs in again and again without listing would
+        // grow it for as long as it lives. Every `PRUNE_EVERY` entries past
+        // `PRUNE_FROM`, drop them (one read per entry).
+        if entries >= PRUNE_FROM && entries % PRUNE_EVERY == 0 {
+            self.index_rows(user).await?;
         }
+        Ok(())
     }
 
     pub(crate) async fn index_remove(&self, user: &str, key: &str) -> Result<(), SessionError> {

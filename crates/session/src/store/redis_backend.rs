@@ -230,10 +230,10 @@ pub(super) async fn index_add(
     key: &str,
     created_ms: i64,
     absolute_ms: u64,
-) -> Result<(), SessionError> {
+) -> Result<usize, SessionError> {
     let mut conn = redis.connection().await?;
-    let _: i64 = INDEX_ADD.key(index).arg(key).arg(created_ms).arg(absolute_ms).invoke_async(&mut conn).await?;
-    Ok(())
+    let entries: i64 = INDEX_ADD.key(index).arg(key).arg(created_ms).arg(absolute_ms).invoke_async(&mut conn).await?;
+    Ok(entries.max(0) as usize)
 }
 
 pub(super) async fn index_remove(redis: &Redis, index: &str, key: &str) -> Result<(), SessionError> {
