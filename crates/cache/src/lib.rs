@@ -152,7 +152,7 @@ pub use body::CacheBody;
 pub use future::ResponseFuture;
 pub use layer::{CacheLayer, DEFAULT_HIT_FOR_PASS, DEFAULT_MAX_BODY};
 pub use service::Cache;
-pub use store::{MAX_VARIANTS, Store};
+pub use store::{DEFAULT_MEMORY_BUDGET, MAX_VARIANTS, Store};
 
 mod future;
 

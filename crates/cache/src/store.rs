@@ -51,6 +51,12 @@ const MAX_SPEC_GUESSES: usize = 10_000;
 /// clients sending ever new header values cannot grow one entry without bound.
 pub const MAX_VARIANTS: usize = 32;
 
+/// How much memory the memory store may hold by default: 256 MiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+/// What an entry, a variant or a tag member costs besides its bytes (map
+/// slots, allocations), for the memory budget.
+const ENTRY_OVERHEAD: usize = 64;
+
 #[derive(Debug, Clone, Default)]
 struct MemHash {
     uri: String,
@@ -149,6 +155,14 @@ fn now_ms() -> u64 {
     SystemClock.now().as_millis() as u64
 }
 
+impl MemHash {
+    /// About the memory it holds, for the memory store's budget.
+    fn weight(hash: &Arc<MemHash>) -> usize {
+        let variants: usize = hash.variants.iter().map(|(k, v)| k.len() + v.len() + ENTRY_OVERHEAD).sum();
+        hash.uri.len() + hash.spec.len() + variants + ENTRY_OVERHEAD
+    }
+}
+
 impl Store {
     /// A store in Redis: shared by every instance on that Redis.
     pub fn redis(redis: Redis) -> Self {
@@ -156,18 +170,43 @@ impl Store {
         Self::build(Backend::Redis(redis), keys)
     }
 
-    /// A store in this process's memory.
+    /// A store in this process's memory, holding at most
+    /// [`DEFAULT_MEMORY_BUDGET`] bytes of entries.
     pub fn memory() -> Self {
-        Self::memory_with_clock(Arc::new(SystemClock))
+        Self::memory_with_budget(DEFAULT_MEMORY_BUDGET)
+    }
+
+    /// A store in this process's memory holding about `max_bytes` of entries
+    /// (bodies, headers, keys) and a quarter of that of tag sets. Past it,
+    /// expired entries are dropped first, then arbitrary others, as Redis does
+    /// under `maxmemory` with `allkeys-random`; an entry larger than a
+    /// sixteenth of the budget is not stored.
+    pub fn memory_with_budget(max_bytes: usize) -> Self {
+        Self::memory_with(Arc::new(SystemClock), max_bytes)
     }
 
     /// A memory store whose keys expire on the given clock (for tests of
     /// expiry; freshness decisions always use the system clock).
     pub fn memory_with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::memory_with(clock, DEFAULT_MEMORY_BUDGET)
+    }
+
+    /// About the memory the memory store's entries and tags hold, in bytes
+    /// (`None` for Redis, whose `INFO memory` tells).
+    pub fn memory_used(&self) -> Option<usize> {
+        match &self.inner.backend {
+            Backend::Memory { entries, tags, .. } => Some(entries.weight() + tags.weight()),
+            Backend::Redis(_) => None,
+        }
+    }
+
+    fn memory_with(clock: Arc<dyn Clock>, max_bytes: usize) -> Self {
         Self::build(
             Backend::Memory {
-                entries: ExpiringMap::with_clock(clock.clone()),
-                tags: ExpiringMap::with_clock(clock.clone()),
+                entries: ExpiringMap::with_clock(clock.clone()).weighed(max_bytes, MemHash::weight),
+                tags: ExpiringMap::with_clock(clock.clone()).weighed(max_bytes / 4, |keys: &HashSet<String>| {
+                    keys.iter().map(|k| k.len() + ENTRY_OVERHEAD).sum::<usize>() + ENTRY_OVERHEAD
+                }),
                 clock,
             },
             KeyBuilder::default(),

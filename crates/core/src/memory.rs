@@ -70,6 +70,8 @@ pub enum Ttl {
 struct Entry<V> {
     value: V,
     expires_at: Option<Duration>,
+    /// The entry's weight when the map is [`weighed`](ExpiringMap::weighed), else 0.
+    weight: usize,
 }
 
 const SHARDS: usize = 16;
@@ -78,15 +80,47 @@ const MIN_SWEEP_AT: usize = 1024;
 struct Shard<K, V> {
     map: HashMap<K, Entry<V>>,
     sweep_at: usize,
+    /// The sum of the entries' weights.
+    weight: usize,
+}
+
+impl<K: Hash + Eq, V> Shard<K, V> {
+    fn remove(&mut self, key: &K) -> Option<Entry<V>> {
+        let entry = self.map.remove(key)?;
+        self.weight -= entry.weight;
+        Some(entry)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&K, &Entry<V>) -> bool) {
+        let mut dropped = 0;
+        self.map.retain(|k, e| {
+            let kept = keep(k, e);
+            if !kept {
+                dropped += e.weight;
+            }
+            kept
+        });
+        self.weight -= dropped;
+    }
+}
+
+/// How a weighed map measures its entries, and the most it holds per shard.
+struct Budget<V> {
+    weigh: Box<dyn Fn(&V) -> usize + Send + Sync>,
+    per_shard: usize,
 }
 
 /// A concurrent map whose entries expire, with Redis semantics: an expired
 /// entry is never returned, and memory stays bounded by the live entries
-/// (expired ones are swept whenever a shard doubles in size).
+/// (expired ones are swept whenever a shard doubles in size). A
+/// [`weighed`](ExpiringMap::weighed) map also holds at most a total weight:
+/// past it, expired entries go first, then arbitrary others (as Redis's
+/// `allkeys-random` under `maxmemory`).
 pub struct ExpiringMap<K, V> {
     shards: Box<[Mutex<Shard<K, V>>]>,
     hasher: RandomState,
     clock: Arc<dyn Clock>,
+    budget: Option<Budget<V>>,
 }
 
 impl<K, V> fmt::Debug for ExpiringMap<K, V> {
@@ -110,10 +144,32 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
     /// An empty map on the given clock.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         ExpiringMap {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard { map: HashMap::new(), sweep_at: MIN_SWEEP_AT })).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard { map: HashMap::new(), sweep_at: MIN_SWEEP_AT, weight: 0 }))
+                .collect(),
             hasher: RandomState::new(),
             clock,
+            budget: None,
         }
+    }
+
+    /// Bounds the map to about `max_weight` in all, each entry weighing what
+    /// `weigh` says (e.g. its size in bytes). The budget is kept per shard
+    /// (a sixteenth each): an entry heavier than that is not stored at all
+    /// (its `Set` removes the key).
+    #[must_use]
+    pub fn weighed(mut self, max_weight: usize, weigh: impl Fn(&V) -> usize + Send + Sync + 'static) -> Self {
+        self.budget = Some(Budget { weigh: Box::new(weigh), per_shard: (max_weight / SHARDS).max(1) });
+        self
+    }
+
+    /// The total weight held (0 unless [`weighed`](ExpiringMap::weighed)).
+    pub fn weight(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).weight).sum()
+    }
+
+    fn weigh(&self, value: &V) -> usize {
+        self.budget.as_ref().map_or(0, |b| (b.weigh)(value))
     }
 
     /// The map's clock.
@@ -139,23 +195,47 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
             None => false,
         };
         if !live {
-            shard.map.remove(&key);
+            shard.remove(&key);
         }
         let (update, result) = f(shard.map.get_mut(&key).map(|e| &mut e.value), now);
-        match update {
-            Update::Keep => {}
-            Update::KeepWithTtl(ttl) => {
+        let grew = match update {
+            Update::Keep | Update::KeepWithTtl(_) => {
+                let reweigh = self.budget.as_ref().and_then(|_| shard.map.get(&key)).map(|e| self.weigh(&e.value));
+                let mut grew = false;
                 if let Some(entry) = shard.map.get_mut(&key) {
-                    entry.expires_at = ttl.map(|t| now + t);
+                    if let Update::KeepWithTtl(ttl) = update {
+                        entry.expires_at = ttl.map(|t| now + t);
+                    }
+                    if let Some(weight) = reweigh {
+                        let old = std::mem::replace(&mut entry.weight, weight);
+                        shard.weight = shard.weight - old + weight;
+                        grew = weight > old;
+                    }
                 }
+                grew
             }
             Update::Set(value, ttl) => {
-                shard.map.insert(key, Entry { value, expires_at: ttl.map(|t| now + t) });
+                let weight = self.weigh(&value);
+                shard.remove(&key);
+                if let Some(budget) = &self.budget {
+                    if weight > budget.per_shard {
+                        return result;
+                    }
+                    // Make room before the entry goes in, so that it is not the one evicted.
+                    enforce(&mut shard, budget.per_shard - weight, None, now);
+                }
+                shard.weight += weight;
+                shard.map.insert(key, Entry { value, expires_at: ttl.map(|t| now + t), weight });
                 maybe_sweep(&mut shard, now);
+                return result;
             }
             Update::Remove => {
-                shard.map.remove(&key);
+                shard.remove(&key);
+                false
             }
+        };
+        if grew && let Some(budget) = &self.budget {
+            enforce(&mut shard, budget.per_shard, Some(&key), now);
         }
         result
     }
@@ -201,7 +281,7 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
         let now = self.clock.now();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            shard.map.retain(|_, e| !is_expired(e, now));
+            shard.retain(|_, e| !is_expired(e, now));
         }
     }
 
@@ -211,7 +291,7 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             let before = shard.map.len();
-            shard.map.retain(|k, _| !f(k));
+            shard.retain(|k, _| !f(k));
             removed += before - shard.map.len();
         }
         removed
@@ -244,11 +324,29 @@ fn is_expired<V>(entry: &Entry<V>, now: Duration) -> bool {
     matches!(entry.expires_at, Some(at) if at <= now)
 }
 
-fn maybe_sweep<K, V>(shard: &mut Shard<K, V>, now: Duration) {
+fn maybe_sweep<K: Hash + Eq, V>(shard: &mut Shard<K, V>, now: Duration) {
     if shard.map.len() >= shard.sweep_at {
-        shard.map.retain(|_, e| !is_expired(e, now));
+        shard.retain(|_, e| !is_expired(e, now));
         shard.sweep_at = (shard.map.len() * 2).max(MIN_SWEEP_AT);
     }
+}
+
+/// Brings a shard's weight down to `limit`: expired entries first, then
+/// arbitrary ones other than `keep` (the map's iteration order, which its
+/// random hasher makes unpredictable), in one pass.
+fn enforce<K: Hash + Eq, V>(shard: &mut Shard<K, V>, limit: usize, keep: Option<&K>, now: Duration) {
+    if shard.weight <= limit {
+        return;
+    }
+    shard.retain(|_, e| !is_expired(e, now));
+    let mut excess = shard.weight.saturating_sub(limit);
+    shard.retain(|k, e| {
+        if excess == 0 || Some(k) == keep {
+            return true;
+        }
+        excess = excess.saturating_sub(e.weight);
+        false
+    });
 }
 
 #[cfg(test)]
@@ -287,6 +385,37 @@ mod tests {
             (Update::Set(next, Some(Duration::from_secs(1))), next)
         });
         assert_eq!(seen, 1, "INCR on an expired key starts from zero");
+    }
+
+    #[test]
+    fn a_weighed_map_stays_within_its_budget_and_keeps_the_newest() {
+        let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+        let map: ExpiringMap<String, Vec<u8>> =
+            ExpiringMap::with_clock(Arc::new(clock.clone())).weighed(16 * 10_000, |v: &Vec<u8>| v.len());
+        for i in 0..5_000 {
+            let key = format!("k{i}");
+            map.insert(key.clone(), vec![0; 100 + i % 900], Some(Duration::from_secs(3600)));
+            assert!(map.get(&key).is_some(), "the entry just stored was evicted");
+            assert!(map.weight() <= 16 * 10_000, "{} after {i}", map.weight());
+        }
+        assert!(map.len() < 5_000 && map.len() > 100, "{} entries", map.len());
+        // Growing an entry in place is weighed too.
+        map.update("grown".into(), |_, _| (Update::Set(vec![0; 10], None), ()));
+        map.update("grown".into(), |v, _| {
+            v.unwrap().resize(9_000, 0);
+            (Update::Keep, ())
+        });
+        assert!(map.weight() <= 16 * 10_000);
+        assert_eq!(map.get(&"grown".into()).map(|v| v.len()), Some(9_000));
+        // Heavier than a shard's share: not stored.
+        map.insert("huge".into(), vec![0; 20_000], None);
+        assert_eq!(map.get(&"huge".into()), None);
+        // Removals and expiry give the weight back.
+        clock.advance(Duration::from_secs(7200));
+        map.sweep();
+        assert_eq!(map.weight(), 9_000, "only the persistent entry is left");
+        assert!(map.remove(&"grown".into()));
+        assert_eq!(map.weight(), 0);
     }
 
     #[test]

@@ -1,0 +1,26 @@
+//! The memory store holds at most its byte budget, whatever clients ask for.
+
+mod support;
+
+use redlayer_cache::{CacheLayer, Store};
+use support::{App, Origin, resp};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_distinct_uris_stays_within_the_memory_budget() {
+    const BUDGET: usize = 256 * 1024;
+    let store = Store::memory_with_budget(BUDGET);
+    let body = "x".repeat(4_000);
+    let origin = Origin::new(move |_, _| resp(200, &[("cache-control", "max-age=3600"), ("cache-tag", "all")], &body));
+    let app = App::new(CacheLayer::with_store(store.clone()), &origin);
+    for i in 0..300 {
+        let uri = format!("/flood?n={i}");
+        assert_eq!(app.get(&uri).await.status, 200);
+        // The newest entries are the ones kept: a repeat is a hit.
+        if i % 50 == 49 {
+            assert!(app.get(&uri).await.is_hit(), "{uri} was not kept");
+        }
+    }
+    let used = store.memory_used().unwrap();
+    assert!(used <= BUDGET + BUDGET / 4, "{used} bytes held for a budget of {BUDGET}");
+    assert!(used > BUDGET / 4, "{used} bytes: the budget was not used");
+}
