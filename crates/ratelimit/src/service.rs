@@ -131,7 +131,17 @@ fn plan(
     let mut keys = Vec::with_capacity(policies.len());
     let mut active = Vec::with_capacity(policies.len());
     let none = || {
-        tracing::debug!(target: "redlayer", "rate limit: no key for this request; using the shared no-key bucket");
+        // Once per process at warn level: usually a server not giving the peer address.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                target: "redlayer",
+                "rate limit: a request had no key; keyless requests share one bucket (NoKey::Shared). With the \
+                 peer-IP key, serve axum with `into_make_service_with_connect_info::<SocketAddr>()`"
+            );
+        } else {
+            tracing::debug!(target: "redlayer", "rate limit: no key for this request; using the shared no-key bucket");
+        }
         KeyPart::hashed("redlayer:no-key")
     };
     if shared {
