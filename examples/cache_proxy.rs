@@ -87,7 +87,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             CacheLayer::memory()
         }
     }
-    .store_set_cookie(true);
+    // As RFC 9111 3.1 has a shared cache do: responses with Set-Cookie are
+    // stored with it (the origin marks per-user answers private).
+    .replay_set_cookie(true);
 
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));

@@ -8,7 +8,7 @@ use std::{
 
 use http::{HeaderName, request::Parts};
 use http_cache_semantics::CacheOptions;
-use redlayer_core::{Redis, Result};
+use redlayer_core::{Redis, Result, memory::ExpiringMap};
 use tower_layer::Layer;
 
 use crate::{
@@ -37,6 +37,7 @@ pub(crate) struct Config {
     pub xfetch_beta: f64,
     pub coalesce_timeout: Duration,
     pub store_set_cookie: bool,
+    pub replay_set_cookie: bool,
     pub opts: CacheOptions,
     pub purge_recheck: Duration,
     pub hit_for_pass: Duration,
@@ -45,12 +46,50 @@ pub(crate) struct Config {
 pub(crate) struct State {
     pub store: Store,
     pub flights: Arc<Flights>,
-    /// Bumped by every purge and invalidation: fills that started before it
+    /// Bumped by every purge (tag, key, prefix): fills that started before it
     /// are not stored (no stale copy survives a purge).
     pub epoch: AtomicU64,
+    /// Entry keys invalidated by unsafe requests: only fills of those keys
+    /// that started before are dropped (a global bump would drop every fill
+    /// in flight whenever any POST succeeds).
+    pub invalidated: Invalidated,
     pub refreshing: Mutex<HashSet<String>>,
     /// Cross-instance coalescing (Redis backend only).
     pub locks: Option<redlayer_lock::Locks>,
+}
+
+/// Per-key invalidations, numbered: a fill records the number current when it
+/// started and is dropped if its key was invalidated after that.
+pub(crate) struct Invalidated {
+    seq: AtomicU64,
+    keys: ExpiringMap<String, u64>,
+}
+
+/// How long an invalidation is remembered; a fill running longer is dropped.
+pub(crate) const INVALIDATION_MEMORY: Duration = Duration::from_secs(600);
+
+impl Default for Invalidated {
+    fn default() -> Self {
+        Invalidated { seq: AtomicU64::new(0), keys: ExpiringMap::new().weighed(8 << 20, |_| 64) }
+    }
+}
+
+impl Invalidated {
+    /// The current number, for a fill that starts now.
+    pub(crate) fn current(&self) -> u64 {
+        self.seq.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records that `key` was invalidated now.
+    pub(crate) fn record(&self, key: &str) {
+        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.keys.insert(key.to_owned(), n, Some(INVALIDATION_MEMORY));
+    }
+
+    /// True when `key` was invalidated after a fill that started at `since`.
+    pub(crate) fn since(&self, key: &str, since: u64) -> bool {
+        self.keys.get(&key.to_owned()).is_some_and(|n| n > since)
+    }
 }
 
 /// A tower layer that acts as an RFC 9111 shared cache in front of the inner
@@ -98,6 +137,7 @@ impl CacheLayer {
                 xfetch_beta: 0.0,
                 coalesce_timeout: Duration::from_secs(5),
                 store_set_cookie: false,
+                replay_set_cookie: false,
                 opts: CacheOptions::default(),
                 purge_recheck: Duration::from_secs(2),
                 hit_for_pass: DEFAULT_HIT_FOR_PASS,
@@ -107,6 +147,7 @@ impl CacheLayer {
                 store,
                 flights: Arc::new(Flights::default()),
                 epoch: AtomicU64::new(0),
+                invalidated: Invalidated::default(),
                 refreshing: Mutex::new(HashSet::new()),
             }),
         }
@@ -190,6 +231,16 @@ impl CacheLayer {
     /// the cookie itself is never stored or served from the cache. Default: false.
     pub fn store_set_cookie(self, yes: bool) -> Self {
         self.config(|c| c.store_set_cookie = yes)
+    }
+
+    /// Store responses that carry `Set-Cookie` *with* the cookie, and send it
+    /// with every hit, as RFC 9111 3.1 has a shared cache store every header
+    /// field. Only for origins that mark per-user answers `private` or
+    /// `no-store`: otherwise one client's cookie reaches others. For a
+    /// standards-following reverse proxy (see `examples/cache_proxy.rs`).
+    /// Default: false.
+    pub fn replay_set_cookie(self, yes: bool) -> Self {
+        self.config(|c| c.replay_set_cookie = yes)
     }
 
     /// The fraction of (Date - Last-Modified) used as heuristic freshness (default 0.1).

@@ -50,10 +50,14 @@
 //!   through unstored (the copy is complete once the body's exact length or
 //!   `Content-Length` is collected: servers stop polling a body there).
 //!   Concurrent misses of one key in one process wait for
-//!   the first (waiters get the shared entry, never its `Set-Cookie`).
+//!   the first (waiters get the shared entry, never its `Set-Cookie`
+//!   unless [`CacheLayer::replay_set_cookie`]).
 //! - Responses with `Set-Cookie` are not stored by default
 //!   ([`CacheLayer::store_set_cookie`] stores them without the cookie, which
-//!   then only reaches the client whose request produced it); responses to
+//!   then only reaches the client whose request produced it;
+//!   [`CacheLayer::replay_set_cookie`] stores and replays it, as RFC 9111
+//!   has a shared cache do, for origins that mark per-user answers
+//!   `private`); responses to
 //!   requests with `Authorization` only when `public`, `s-maxage` or
 //!   `must-revalidate` allow it; `private` and `no-store` never.
 //! - A successful POST/PUT/PATCH/DELETE (any non-safe method) deletes the

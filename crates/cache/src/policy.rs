@@ -238,15 +238,23 @@ pub(crate) fn qualified_fields(headers: &HeaderMap) -> Vec<String> {
 /// rewritten from the strict parse (invalid directives dropped, quoted values
 /// unquoted, qualified `no-cache` / `private` dropped since their fields are
 /// not stored, `proxy-revalidate` as `must-revalidate`, which is what it
-/// means to a shared cache).
+/// means to a shared cache), and without `Set-Cookie`: the layer decides
+/// about cookies itself (not stored by default; `store_set_cookie` and
+/// `replay_set_cookie` opt in), where the library would silently give such
+/// responses no freshness unless `public`.
 pub(crate) fn policy_view(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
     let dates = [http::header::EXPIRES, http::header::DATE, http::header::LAST_MODIFIED];
     let targeted = headers.contains_key(&CDN_CACHE_CONTROL);
-    if !targeted && !headers.contains_key(http::header::CACHE_CONTROL) && !dates.iter().any(|d| headers.contains_key(d))
+    let cookie = headers.contains_key(http::header::SET_COOKIE);
+    if !targeted
+        && !cookie
+        && !headers.contains_key(http::header::CACHE_CONTROL)
+        && !dates.iter().any(|d| headers.contains_key(d))
     {
         return Cow::Borrowed(headers);
     }
     let mut out = headers.clone();
+    out.remove(http::header::SET_COOKIE);
     if targeted || headers.contains_key(http::header::CACHE_CONTROL) {
         let mut parts: Vec<String> = Vec::new();
         for d in parse_cc(headers) {
@@ -420,7 +428,8 @@ pub(crate) fn initial_age(headers: &HeaderMap, request_time: SystemTime, respons
     let age_value = headers
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        // A list (`Age: 7200, 0`): its first member, as caches read a repeated field.
+        .and_then(|v| v.split(',').next().unwrap_or_default().trim().parse::<u64>().ok())
         .unwrap_or(0);
     let date = headers.get(http::header::DATE).and_then(|v| v.to_str().ok()).and_then(parse_date);
     let apparent = date.and_then(|d| response_time.duration_since(d).ok()).unwrap_or_default().as_secs();

@@ -123,7 +123,10 @@ struct Plan {
     spec: String,
     ttl: Duration,
     tags: Vec<String>,
+    /// The purge epoch and the invalidation number when the fill started.
     epoch: u64,
+    invalidations: u64,
+    started: std::time::Instant,
 }
 
 fn now() -> SystemTime {
@@ -406,6 +409,8 @@ impl Ctx {
             ttl,
             tags: self.tags(&entry.headers),
             epoch: self.state.epoch.load(Ordering::SeqCst),
+            invalidations: self.state.invalidated.current(),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -455,7 +460,10 @@ impl Ctx {
         if method != Method::GET {
             return None;
         }
-        if res.headers.contains_key(header::SET_COOKIE) && !self.config.store_set_cookie {
+        if res.headers.contains_key(header::SET_COOKIE)
+            && !self.config.store_set_cookie
+            && !self.config.replay_set_cookie
+        {
             return None;
         }
         if res
@@ -483,7 +491,9 @@ impl Ctx {
         for name in policy::qualified_fields(&res.headers) {
             headers.remove(name.as_str());
         }
-        headers.remove(header::SET_COOKIE);
+        if !self.config.replay_set_cookie {
+            headers.remove(header::SET_COOKIE);
+        }
         headers.remove("cache-status");
         headers.insert(header::AGE, HeaderValue::from(policy::initial_age(&res.headers, request_time, response_time)));
         if !headers.contains_key(header::DATE)
@@ -525,6 +535,8 @@ impl Ctx {
             spec,
             ttl,
             epoch: self.state.epoch.load(Ordering::SeqCst),
+            invalidations: self.state.invalidated.current(),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -602,8 +614,11 @@ impl Ctx {
 
     /// Stores a completed entry (in the background) and hands it to waiters.
     fn spawn_store(&self, plan: Plan, body: Bytes, guard: Guards) {
-        if self.state.epoch.load(Ordering::SeqCst) != plan.epoch {
-            // A purge or invalidation happened while this fill ran.
+        if self.state.epoch.load(Ordering::SeqCst) != plan.epoch
+            || self.state.invalidated.since(&plan.key, plan.invalidations)
+            || plan.started.elapsed() >= crate::layer::INVALIDATION_MEMORY
+        {
+            // A purge, or an invalidation of this key, happened while this fill ran.
             drop(guard);
             return;
         }
@@ -963,7 +978,6 @@ impl Ctx {
         let res = inner.call(req).await?;
         let mut status = CacheStatus::fwd("method");
         if res.status().is_success() || res.status().is_redirection() {
-            self.state.epoch.fetch_add(1, Ordering::SeqCst);
             let mut targets = vec![parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned()];
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(v) = res.headers().get(&name).and_then(|v| v.to_str().ok()) {
@@ -975,6 +989,7 @@ impl Ctx {
                 let Some(get) = same_origin_get(&parts, &target, &origin) else { continue };
                 if let Some(primary) = self.primary(&get, &parts) {
                     let key = self.state.store.entry_key(&primary);
+                    self.state.invalidated.record(&key);
                     if self.state.store.delete_entry_key(&key).await.is_err() {
                         status = status.detail("invalidation-failed");
                     }

@@ -38,6 +38,18 @@ async fn age_counts_upstream_age_and_expires_entries(b: Backend) {
     assert_eq!(origin.hits(), 2);
 }
 
+/// cache-tests `age-parse-suffix`: `Age: 7200, 0` is read as its first
+/// member, 7200, so a `max-age=3600` response is already stale.
+async fn a_list_valued_age_counts_its_first_member(b: Backend) {
+    let origin =
+        Origin::new(|_, n| resp(200, &[("cache-control", "max-age=3600"), ("age", "7200, 0")], &format!("v{n}")));
+    let app = App::new(b.layer(), &origin);
+    app.get("/age-list").await;
+    let second = app.get("/age-list").await;
+    assert!(!second.is_hit(), "served although 7200 s old: {}", second.cache_status());
+    assert_eq!(origin.hits(), 2);
+}
+
 async fn no_store_private_and_set_cookie_are_not_stored(b: Backend) {
     let origin = Origin::new(|parts, n| match parts.uri.path() {
         "/nostore" => resp(200, &[("cache-control", "max-age=60, no-store")], &format!("{n}")),
@@ -338,6 +350,22 @@ async fn concurrent_misses_reach_the_origin_once(b: Backend) {
     assert_eq!(origin.hits(), 1);
     assert_eq!(cookies, 1, "only the leader's client gets its Set-Cookie");
     assert!(!app.get("/cold").await.headers.contains_key("set-cookie"));
+}
+
+/// cache-tests `headers-store-Set-Cookie`: with `replay_set_cookie` the
+/// response is stored with its cookie and replayed, as RFC 9111 3.1 asks;
+/// without any option it is not stored at all.
+async fn set_cookie_is_replayed_only_when_asked(b: Backend) {
+    let origin =
+        Origin::new(|_, n| resp(200, &[("cache-control", "max-age=3600"), ("set-cookie", "a=c")], &format!("{n}")));
+    let replaying = App::new(b.layer().replay_set_cookie(true), &origin);
+    replaying.get("/sc").await;
+    let hit = replaying.get("/sc").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.header("set-cookie"), "a=c");
+    let default = App::new(b.layer(), &origin);
+    default.get("/sc-default").await;
+    assert!(!default.get("/sc-default").await.is_hit());
 }
 
 async fn purge_by_prefix(b: Backend) {
@@ -807,7 +835,9 @@ macro_rules! suite {
 suite!(
     fresh_responses_are_hits_with_age_and_cache_status,
     age_counts_upstream_age_and_expires_entries,
+    a_list_valued_age_counts_its_first_member,
     no_store_private_and_set_cookie_are_not_stored,
+    set_cookie_is_replayed_only_when_asked,
     authorization_is_shared_only_when_the_response_allows,
     vary_keeps_variants_apart,
     variants_per_entry_are_bounded,

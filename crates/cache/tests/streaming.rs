@@ -71,3 +71,49 @@ async fn a_body_dropped_after_its_content_length_is_stored() {
     assert!(hit.headers()["cache-status"].to_str().unwrap().contains("hit"), "{:?}", hit.headers());
     assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), "twelve bytes");
 }
+
+/// A successful POST invalidates its own URI: a fill of that URI still
+/// streaming is not stored, while fills of other URIs are (cache-tests
+/// `headers-store-Transfer-Encoding` ran beside invalidation tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_request_drops_only_the_fills_of_the_uris_it_invalidates() {
+    type Gate = std::sync::Arc<tokio::sync::Notify>;
+    let gate: Gate = Gate::default();
+    let slow = {
+        let gate = gate.clone();
+        move || {
+            let gate = gate.clone();
+            async move {
+                // The head now, the body once the gate opens.
+                let stream = futures_util::stream::once(async move {
+                    gate.notified().await;
+                    Ok::<_, Infallible>(Bytes::from_static(b"slow body"))
+                });
+                ([("cache-control", "max-age=60")], Body::from_stream(stream.boxed()))
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/a", get(slow.clone()).post(|| async { "posted" }))
+        .route("/b", get(slow).post(|| async { "posted" }))
+        .layer(CacheLayer::memory());
+    let req = |method: &str, uri: &str| {
+        http::Request::builder().method(method).uri(uri).header("host", "h").body(Body::empty()).unwrap()
+    };
+    for (filled, posted, kept) in [("/a", "/b", true), ("/b", "/b", false)] {
+        let res = app.clone().oneshot(req("GET", filled)).await.unwrap();
+        let body = tokio::spawn(res.into_body().collect());
+        let post = app.clone().oneshot(req("POST", posted)).await.unwrap();
+        assert_eq!(post.status(), 200);
+        gate.notify_one();
+        assert_eq!(body.await.unwrap().unwrap().to_bytes(), "slow body");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let again = app.clone().oneshot(req("GET", filled)).await.unwrap();
+        let status = again.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert_eq!(status.contains("hit"), kept, "GET {filled} after POST {posted} during its fill: {status}");
+        if !kept {
+            gate.notify_one();
+        }
+        let _ = again.into_body().collect().await;
+    }
+}
