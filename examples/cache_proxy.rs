@@ -17,7 +17,8 @@
 //! with hyper-util's client; hop-by-hop headers are dropped both ways. GET and
 //! HEAD go through the cache; successful unsafe methods invalidate. Each
 //! response carries a `Cache-Status` header saying what the cache did. An
-//! unreachable origin answers `502 Bad Gateway`.
+//! unreachable origin answers `502 Bad Gateway`, or the stale copy the cache
+//! holds when the copy allows it (`redlayer::cache::OriginUnreachable`).
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
@@ -115,6 +116,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     tracing::warn!(%e, "origin unreachable");
                     let mut res = Response::new(Body::from("bad gateway"));
                     *res.status_mut() = StatusCode::BAD_GATEWAY;
+                    // The cache may answer with a stale copy instead (RFC 9111 4.2.4).
+                    res.extensions_mut().insert(redlayer::cache::OriginUnreachable);
                     res
                 }
             };

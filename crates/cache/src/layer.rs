@@ -193,7 +193,9 @@ impl CacheLayer {
 
     /// How long a stale entry with a validator is kept for revalidation
     /// after its freshness (plus any stale-while-revalidate / stale-if-error
-    /// window) ends (default 300 s).
+    /// window) ends (default 300 s). Entries without a validator are kept at
+    /// most 10 s more (a grace to answer stale while the origin is
+    /// unreachable, see [`OriginUnreachable`](crate::OriginUnreachable)).
     pub fn stale_retention(self, d: Duration) -> Self {
         self.config(|c| c.stale_retention = d)
     }

@@ -158,6 +158,16 @@ pub use layer::{CacheLayer, DEFAULT_HIT_FOR_PASS, DEFAULT_MAX_BODY};
 pub use service::Cache;
 pub use store::{DEFAULT_MEMORY_BUDGET, MAX_VARIANTS, Store};
 
+/// A marker the inner service puts in its response's extensions when it
+/// could not reach the origin (a proxy's connect error or timeout, answered
+/// `502`/`504`). The cache is then "disconnected" (RFC 9111 4.2.4) and serves
+/// the stale entry it holds, unless the entry forbids it (`must-revalidate`,
+/// `proxy-revalidate`, `no-cache`, `s-maxage`) or the request asks for a
+/// fresh answer; `Cache-Status` says `fwd=stale; detail=origin-unreachable`.
+/// `examples/cache_proxy.rs` sets it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OriginUnreachable;
+
 mod future;
 
 /// The encoding version of stored entries; entries of other versions are misses.

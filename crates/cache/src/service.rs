@@ -57,6 +57,8 @@ enum Across {
 
 /// Most tags taken from one response, and the longest tag kept.
 const MAX_TAGS: usize = 32;
+/// How long an entry without a validator is kept past its freshness.
+const GRACE: Duration = Duration::from_secs(10);
 const MAX_TAG_LEN: usize = 256;
 
 /// The cache middleware; built by [`CacheLayer`](crate::CacheLayer).
@@ -311,6 +313,16 @@ impl Ctx {
     {
         let response_time = now();
         let code = res.status();
+        // Disconnected from the origin (RFC 9111 4.2.4): stale unless forbidden.
+        if res.extensions().get::<crate::OriginUnreachable>().is_some()
+            && !policy::forbids_stale(&entry.headers)
+            && !policy::request_limits_staleness(&client.headers)
+        {
+            let mut status = CacheStatus::fwd("stale").detail("origin-unreachable");
+            status.fwd_status = Some(code.as_u16());
+            status.ttl = Some(-secs(stale_by));
+            return self.serve(entry, policy.age(response_time), &client, status);
+        }
         // stale-if-error: the origin failed; serve the stale entry if allowed.
         if matches!(code.as_u16(), 500 | 502 | 503 | 504) && !policy::forbids_stale(&entry.headers) {
             let window = policy::directive(&client.headers, "stale-if-error").flatten().or(policy::directive(
@@ -422,8 +434,14 @@ impl Ctx {
             .filter_map(|d| policy::directive(&entry.headers, d).flatten())
             .max()
             .unwrap_or(0);
-        let retention =
-            if policy::has_validator(&entry.headers) { self.config.stale_retention } else { Duration::ZERO };
+        // Kept past freshness: with a validator, to revalidate it; without one,
+        // a short grace (as Varnish's default 10 s) to answer stale while the
+        // origin is unreachable (`OriginUnreachable`).
+        let retention = if policy::has_validator(&entry.headers) {
+            self.config.stale_retention
+        } else {
+            self.config.stale_retention.min(GRACE)
+        };
         let keep = fresh.saturating_add(Duration::from_secs(windows)).saturating_add(retention);
         (!keep.is_zero()).then_some(keep)
     }

@@ -368,6 +368,40 @@ async fn set_cookie_is_replayed_only_when_asked(b: Backend) {
     assert!(!default.get("/sc-default").await.is_hit());
 }
 
+/// cache-tests `stale-close` and `stale-close-*`: when the inner service
+/// could not reach the origin ([`OriginUnreachable`]) a stale entry answers,
+/// unless it forbids staleness (`must-revalidate`, `no-cache`, ...).
+async fn a_stale_entry_answers_when_the_origin_is_unreachable(b: Backend) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let down = Arc::new(AtomicBool::new(false));
+    let origin = Origin::new({
+        let down = down.clone();
+        move |parts, n| {
+            if down.load(Ordering::SeqCst) {
+                let mut r = resp(502, &[], "bad gateway");
+                r.extensions_mut().insert(redlayer_cache::OriginUnreachable);
+                return r;
+            }
+            let cc = if parts.uri.path() == "/mr" { "max-age=1, must-revalidate" } else { "max-age=1" };
+            resp(200, &[("cache-control", cc)], &format!("v{n}"))
+        }
+    });
+    let app = App::new(b.layer(), &origin);
+    let (plain, strict) = (app.get("/plain").await.body, app.get("/mr").await.body);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    down.store(true, Ordering::SeqCst);
+    let stale = app.get("/plain").await;
+    assert_eq!((stale.status.as_u16(), &stale.body), (200, &plain), "{}", stale.cache_status());
+    assert!(stale.cache_status().contains("origin-unreachable"), "{}", stale.cache_status());
+    let refused = app.get("/mr").await;
+    assert_eq!(refused.status, 502, "must-revalidate served stale: {:?} (stored {strict:?})", refused.body);
+    let asked_fresh = app.send("GET", "/plain", &[("cache-control", "no-cache")]).await;
+    assert_eq!(asked_fresh.status, 502, "the client asked for a fresh answer");
+}
+
 async fn purge_by_prefix(b: Backend) {
     let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("{n}")));
     let layer = b.layer();
@@ -838,6 +872,7 @@ suite!(
     a_list_valued_age_counts_its_first_member,
     no_store_private_and_set_cookie_are_not_stored,
     set_cookie_is_replayed_only_when_asked,
+    a_stale_entry_answers_when_the_origin_is_unreachable,
     authorization_is_shared_only_when_the_response_allows,
     vary_keeps_variants_apart,
     variants_per_entry_are_bounded,
