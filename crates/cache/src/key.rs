@@ -118,24 +118,32 @@ pub fn vary_spec(headers: &HeaderMap) -> Option<String> {
 
 /// The values of a request header as one normalized value: every field
 /// line joined, split on commas, each member trimmed (`a,b`, ` a, b ` and two
-/// lines `a` / `b` are the same selection). `None` when absent.
+/// lines `a` / `b` are the same selection); `Accept-Language` members also
+/// lowercased, without inner whitespace, and sorted. `None` when absent.
 pub fn normalized_value(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
     let mut values = headers.get_all(name).iter().peekable();
     values.peek()?;
-    let mut out: Vec<u8> = Vec::new();
+    let mut members: Vec<Vec<u8>> = Vec::new();
+    let languages = name.eq_ignore_ascii_case("accept-language");
     for value in values {
         for member in value.as_bytes().split(|b| *b == b',') {
             let member = member.trim_ascii();
             if member.is_empty() {
                 continue;
             }
-            if !out.is_empty() {
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(member);
+            members.push(if languages {
+                // Language ranges are case-insensitive; `de;q=1` is `de; q=1`.
+                member.iter().filter(|b| !b.is_ascii_whitespace()).map(u8::to_ascii_lowercase).collect()
+            } else {
+                member.to_vec()
+            });
         }
     }
-    Some(out)
+    if languages {
+        // The same ranges in another order select the same representations.
+        members.sort();
+    }
+    Some(members.join(&b", "[..]))
 }
 
 /// The variant id of a request under a Vary spec: empty when nothing varies,
@@ -206,5 +214,12 @@ mod tests {
         two.append("foo", "2".parse().unwrap());
         assert_eq!(variant_id("foo", &one), variant_id("foo", &two));
         assert_ne!(variant_id("foo", &one), variant_id("foo", &HeaderMap::new()));
+        let lang = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("accept-language", v.parse().unwrap());
+            variant_id("accept-language", &h)
+        };
+        assert_eq!(lang("en, de;q=0.5"), lang("DE; q=0.5,en"));
+        assert_ne!(lang("en"), lang("de"));
     }
 }

@@ -401,7 +401,20 @@ pub(crate) fn parse_date(value: &str) -> Option<SystemTime> {
         }
         rest = &rest[letters..];
     }
-    httpdate::parse_http_date(&fixed).ok()
+    if let Ok(t) = httpdate::parse_http_date(&fixed) {
+        return Some(t);
+    }
+    // The weekday is redundant and often wrong (`Thu Aug  8 ... 2050` is a
+    // Monday); the parser checks it, other caches ignore it: try each one.
+    const SHORT: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const LONG: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+    let day_len = fixed.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(0);
+    let (day, tail) = fixed.split_at(day_len);
+    let names = if day.len() == 3 { SHORT } else { LONG };
+    if !names.contains(&day) {
+        return None;
+    }
+    names.iter().find_map(|name| httpdate::parse_http_date(&format!("{name}{tail}")).ok())
 }
 
 pub(crate) fn has_directive(headers: &HeaderMap, name: &str) -> bool {
@@ -680,6 +693,15 @@ mod tests {
             h.append(http::header::CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn dates_with_a_wrong_weekday_still_parse() {
+        let expected = httpdate::parse_http_date("Mon Aug  8 02:01:18 2050").unwrap();
+        assert_eq!(parse_date("Thu Aug  8 02:01:18 2050"), Some(expected));
+        assert_eq!(parse_date("Fri, 08 Aug 2050 02:01:18 GMT"), Some(expected));
+        assert_eq!(parse_date("Xyz Aug  8 02:01:18 2050"), None);
+        assert_eq!(parse_date("Thu Aug 32 02:01:18 2050"), None);
     }
 
     #[test]
