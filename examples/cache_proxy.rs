@@ -75,9 +75,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         origin.authority().cloned().ok_or("ORIGIN needs a host")?,
     );
 
-    // RFC 9111 lets a shared cache store a response that carries Set-Cookie
-    // when it is explicitly cacheable; the cookie itself is never stored nor
-    // served to anyone but the client whose request produced it.
     let layer = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
             println!("cache_proxy: entries in Redis at {url}");
@@ -88,13 +85,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             CacheLayer::memory()
         }
     }
-    // As RFC 9111 3.1 has a shared cache do: responses with Set-Cookie are
-    // stored with it (the origin marks per-user answers private).
+    // As RFC 9111 3.1 has a shared cache do: a cacheable response with
+    // Set-Cookie is stored with its cookie (the origin marks per-user answers
+    // private). Library users keep the default: not stored.
     .replay_set_cookie(true);
 
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build(connector);
+    // Idle connections are dropped before common keep-alive timeouts (Node's
+    // 5 s), so a connection the origin is closing is not picked from the pool.
+    let client: Client<HttpConnector, Body> =
+        Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(4)).build(connector);
 
     let forward = tower::service_fn(move |req: Request<Body>| {
         let client = client.clone();
@@ -106,7 +107,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Uri::builder().scheme(scheme).authority(authority).path_and_query(pq).build().unwrap_or_default();
             parts.version = http::Version::HTTP_11;
             strip_hop_by_hop(&mut parts.headers);
-            let response = match client.request(Request::from_parts(parts, body)).await {
+            // An idempotent request without a body is sent once more if the
+            // first attempt fails (a pooled connection closed under it).
+            let again = (parts.method.is_idempotent() && http_body::Body::size_hint(&body).exact() == Some(0))
+                .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+            let mut result = client.request(Request::from_parts(parts, body)).await;
+            if result.is_err()
+                && let Some((method, uri, headers)) = again
+            {
+                let mut retry = Request::new(Body::empty());
+                (*retry.method_mut(), *retry.uri_mut(), *retry.headers_mut()) = (method, uri, headers);
+                result = client.request(retry).await;
+            }
+            let response = match result {
                 Ok(res) => {
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
