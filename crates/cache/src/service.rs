@@ -436,11 +436,14 @@ impl Ctx {
             .unwrap_or(0);
         // Kept past freshness: with a validator, to revalidate it; without one,
         // a short grace (as Varnish's default 10 s) to answer stale while the
-        // origin is unreachable (`OriginUnreachable`).
+        // origin is unreachable (`OriginUnreachable`), if it was fresh at all.
         let retention = if policy::has_validator(&entry.headers) {
             self.config.stale_retention
-        } else {
+        } else if !fresh.is_zero() {
             self.config.stale_retention.min(GRACE)
+        } else {
+            // Never fresh and nothing to revalidate with: not worth storing.
+            Duration::ZERO
         };
         let keep = fresh.saturating_add(Duration::from_secs(windows)).saturating_add(retention);
         (!keep.is_zero()).then_some(keep)

@@ -759,6 +759,18 @@ async fn has_pass_marker(b: &Backend, path: &str) -> Option<bool> {
 /// Hit-for-pass: after an unstorable response, the key's misses go straight
 /// to the origin (one HMGET on Redis: no second lookup, no fill lock), and a
 /// storable response is stored again and clears the marker.
+/// A response that is never fresh (no freshness information, no heuristic)
+/// and has no validator is not stored at all, not even for the stale grace.
+async fn never_fresh_responses_without_validators_are_not_stored(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[], &format!("v{n}")));
+    let app = App::new(b.layer(), &origin);
+    let first = app.get("/plain-page").await;
+    assert!(!first.cache_status().contains("stored"), "{}", first.cache_status());
+    let second = app.get("/plain-page").await;
+    assert_eq!(second.body, "v2");
+    assert!(second.cache_status().contains("fwd=uri-miss"), "{}", second.cache_status());
+}
+
 async fn uncacheable_routes_skip_the_fill_lock_until_they_become_cacheable(b: Backend) {
     let cacheable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = cacheable.clone();
@@ -873,6 +885,7 @@ suite!(
     no_store_private_and_set_cookie_are_not_stored,
     set_cookie_is_replayed_only_when_asked,
     a_stale_entry_answers_when_the_origin_is_unreachable,
+    never_fresh_responses_without_validators_are_not_stored,
     authorization_is_shared_only_when_the_response_allows,
     vary_keeps_variants_apart,
     variants_per_entry_are_bounded,
