@@ -94,7 +94,8 @@ impl Shared {
 ///
 /// # Fencing tokens
 ///
-/// [`LockGuard::fencing_token`] is issued atomically with the lock (one
+/// [`LockGuard::fencing_token`] is issued atomically with the lock (the
+/// acquire script, or for a name this process locked recently one
 /// `MULTI`/`EXEC` of `SET NX PX` and `INCR` of the name's counter). A counter
 /// that is new (expired after its retention, evicted, lost in a restart
 /// without persistence) first starts from the Redis server time in µs, while

@@ -3,8 +3,9 @@
 //! - [`Locks`]: `try_acquire`, `acquire` (bounded retry with jitter),
 //!   `with_lock` (acquire, renew, run, release); backends on the shared
 //!   [`Redis`](redlayer_core::Redis) handle (standalone or cluster) and in memory.
-//! - [`LockGuard`]: a fencing token strictly increasing per name (issued in
-//!   the same `MULTI`/`EXEC` transaction that takes the lock), owner-checked `release` and
+//! - [`LockGuard`]: a fencing token strictly increasing per name (issued
+//!   atomically with the lock: by the acquire script, or by one
+//!   `MULTI`/`EXEC` for names this process locked recently), owner-checked `release` and
 //!   `extend`, a watchdog with a cap on the total hold time, and
 //!   [`LockGuard::lost`], a future that resolves the moment the lock can no
 //!   longer be guaranteed. Dropping a guard releases it in a spawned task.

@@ -8,7 +8,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use redlayer_core::{Error, KeyPart, Redis, Result};
+use redlayer_core::{Error, KeyPart, Redis, Result, memory::ExpiringMap};
 
 use crate::{Retry, guard::LockGuard, memory::MemoryLocks};
 
@@ -94,7 +94,14 @@ pub struct Locks {
     max_hold: Duration,
     fence_retention: Duration,
     fencing: bool,
+    /// Fence counters this process knows to exist in Redis: those names are
+    /// acquired with the cheaper `MULTI`/`EXEC`, others with the acquire
+    /// script, which also starts a new counter in the same round trip.
+    counters: Arc<ExpiringMap<String, ()>>,
 }
+
+/// The most lock names whose fence counters are remembered.
+const KNOWN_COUNTERS: usize = 16_384;
 
 impl fmt::Debug for Locks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -169,6 +176,7 @@ impl Locks {
             max_hold: Duration::from_secs(60),
             fence_retention: DEFAULT_FENCE_RETENTION,
             fencing: true,
+            counters: Arc::new(ExpiringMap::new().weighed(KNOWN_COUNTERS, |_| 1)),
         }
     }
 
@@ -267,6 +275,31 @@ impl Locks {
                     }
                 }
             }
+            Backend::Redis(redis) if self.counters.get(&fence_key).is_none() => {
+                // A counter this process has not seen: the script takes the
+                // lock and starts (or counts on) the counter in one round trip.
+                let mut conn = redis.connection().await?;
+                let answer: Result<(i64, i64)> = ACQUIRE
+                    .key(&key)
+                    .key(&fence_key)
+                    .arg(&token)
+                    .arg(ms)
+                    .arg(self.fence_retention.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(Error::from);
+                match answer {
+                    Ok((1, fence)) => {
+                        self.remember_counter(&fence_key);
+                        Ok(fence.max(0) as u64)
+                    }
+                    Ok((_, pttl)) => Err(Duration::from_millis(pttl.max(0) as u64)),
+                    Err(e) => {
+                        self.undo_in_background(redis, key, token, Some(&e));
+                        return Err(e);
+                    }
+                }
+            }
             Backend::Redis(redis) => {
                 let mut conn = redis.connection().await?;
                 // One MULTI/EXEC: atomic like a script, at about half the
@@ -298,7 +331,10 @@ impl Locks {
                             .await
                             .map_err(Error::from);
                         match started {
-                            Ok(fence) if fence > 0 => Ok(fence as u64),
+                            Ok(fence) if fence > 0 => {
+                                self.remember_counter(&fence_key);
+                                Ok(fence as u64)
+                            }
                             // Expired before its fence was issued: busy, as far as we know.
                             Ok(_) => Err(Duration::ZERO),
                             Err(e) => {
@@ -321,10 +357,11 @@ impl Locks {
 
     /// Takes the lock `name` for `ttl` if it is free; `Ok(None)` when it is held.
     ///
-    /// One round trip (one `MULTI`/`EXEC`: `SET NX PX`, `INCR` of the fence,
-    /// `PTTL`; a second one, a script, once per fence retention when the
-    /// counter starts again from the Redis clock); the guard carries a fencing
-    /// token that is larger than every token issued before for this name.
+    /// One round trip: the acquire script for a name this process has not
+    /// locked in the last half fence retention (it starts the fence counter
+    /// from the Redis clock), else one `MULTI`/`EXEC` (`SET NX PX`, `INCR` of
+    /// the fence, `PTTL`; about half the Redis CPU). The guard carries a
+    /// fencing token that is larger than every token issued before for this name.
     pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
         Ok(self.attempt(name, ttl).await?.ok())
     }
@@ -359,6 +396,12 @@ impl Locks {
         };
         let _ = guard.release().await;
         Ok(output)
+    }
+
+    /// Remembers that the fence counter exists, for part of its retention
+    /// (it expires a retention after it started, whatever its use).
+    fn remember_counter(&self, fence_key: &str) {
+        self.counters.insert(fence_key.to_owned(), (), Some(self.fence_retention / 2));
     }
 
     /// The command may have run although its answer was lost (or was an

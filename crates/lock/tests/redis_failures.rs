@@ -179,6 +179,17 @@ async fn fences_keep_increasing_when_the_counter_is_lost_or_overwritten() {
         next.release().await.unwrap();
     }
 
+    // Another process (which never saw this counter) takes the script path: same rule.
+    server.cli(&["SET", &fence_key, "7"]);
+    let other = Locks::redis(redlayer_core::Redis::connect(&server.url()).await.unwrap());
+    let guard = other.try_acquire("ledger", 5_000 * MS).await.unwrap().unwrap();
+    assert!(guard.fencing_token() > last, "script path: {} after {last}", guard.fencing_token());
+    last = guard.fencing_token();
+    guard.release().await.unwrap();
+    let next = other.try_acquire("ledger", 5_000 * MS).await.unwrap().unwrap();
+    assert_eq!(next.fencing_token(), last + 1, "then the transaction counts on");
+    next.release().await.unwrap();
+
     // A counter someone overwrote with garbage: an error, and the lock is not left taken.
     server.cli(&["SET", &fence_key, "garbage"]);
     assert!(locks.try_acquire("ledger", 5_000 * MS).await.is_err());

@@ -11,7 +11,9 @@ end
 -- fence issued before as long as the server clock does not go back: the
 -- counter's expiry never breaks monotonicity, and no per-name key lives forever.
 local fence = redis.call('INCR', KEYS[2])
-if fence == 1 then
+-- A small value is a counter INCR just created (here, or in the MULTI/EXEC
+-- acquisition of locks.rs whose follow-up did not run): never a fence.
+if fence < 1000000000000000 then
   local t = redis.call('TIME')
   fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
   redis.call('SET', KEYS[2], string.format('%.0f', fence), 'PX', ARGV[3])
