@@ -56,7 +56,8 @@ pub async fn start(redis_url: &str, handle: &redlayer::Redis) -> Vec<LockScenari
         LockScenario {
             name: "Locks::try_acquire + release (fencing on)",
             about: "`Locks::redis(handle)` defaults: `try_acquire(name, 10 s)` (lock + fencing token in one \
-                    script) then `guard.release()`",
+                    `MULTI`/`EXEC`, each name known to the process after its first acquisition) then \
+                    `guard.release()`",
             mode: Mode::Locks(locks.clone()),
         },
         LockScenario {
