@@ -400,9 +400,11 @@ impl Store {
                     hash.uri = uri.to_owned();
                     hash.spec = spec.to_owned();
                     hash.pass_until_ms = 0;
-                    if hash.variants.len() >= MAX_VARIANTS && !hash.variants.contains_key(&field) {
-                        let older = hash.variants.keys().next().cloned();
-                        older.map(|older| hash.variants.remove(&older));
+                    if hash.variants.len() >= MAX_VARIANTS
+                        && !hash.variants.contains_key(&field)
+                        && let Some(older) = hash.variants.keys().next().cloned()
+                    {
+                        hash.variants.remove(&older);
                     }
                     hash.variants.insert(field, value);
                     hash.expires_at = hash.expires_at.max(now + ttl);

@@ -200,19 +200,15 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
         let (update, result) = f(shard.map.get_mut(&key).map(|e| &mut e.value), now);
         let grew = match update {
             Update::Keep | Update::KeepWithTtl(_) => {
-                let reweigh = self.budget.as_ref().and_then(|_| shard.map.get(&key)).map(|e| self.weigh(&e.value));
-                let mut grew = false;
-                if let Some(entry) = shard.map.get_mut(&key) {
-                    if let Update::KeepWithTtl(ttl) = update {
-                        entry.expires_at = ttl.map(|t| now + t);
-                    }
-                    if let Some(weight) = reweigh {
-                        let old = std::mem::replace(&mut entry.weight, weight);
-                        shard.weight = shard.weight - old + weight;
-                        grew = weight > old;
-                    }
+                let Some(entry) = shard.map.get_mut(&key) else { return result };
+                if let Update::KeepWithTtl(ttl) = update {
+                    entry.expires_at = ttl.map(|t| now + t);
                 }
-                grew
+                // The closure may have changed the value in place: weigh it again.
+                let (old, weight) = (entry.weight, self.weigh(&entry.value));
+                entry.weight = weight;
+                shard.weight = shard.weight - old + weight;
+                weight > old
             }
             Update::Set(value, ttl) => {
                 let weight = self.weigh(&value);
