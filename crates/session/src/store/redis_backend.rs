@@ -150,7 +150,9 @@ pub(super) async fn load(
             return Ok((touched == 1).then_some(loaded));
         }
     }
-    if seen.is_none_or(|seen| now - seen >= touch_ms as i64) {
+    // A zero interval refreshes on every read, whatever the estimate of Redis's
+    // clock says (it may trail the last `m:s` Redis wrote by a millisecond).
+    if touch_ms == 0 || seen.is_none_or(|seen| now - seen >= touch_ms as i64) {
         let touched: i64 = TOUCH.key(key).arg(idle_ms).invoke_async(&mut conn).await?;
         if touched == 0 {
             return Ok(None);
