@@ -208,6 +208,11 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
                 let (old, weight) = (entry.weight, self.weigh(&entry.value));
                 entry.weight = weight;
                 shard.weight = shard.weight - old + weight;
+                if self.budget.as_ref().is_some_and(|budget| weight > budget.per_shard) {
+                    // Grown past what a shard may hold: dropped, as `Set` would not store it.
+                    shard.remove(&key);
+                    return result;
+                }
                 weight > old
             }
             Update::Set(value, ttl) => {
@@ -403,9 +408,16 @@ mod tests {
         });
         assert!(map.weight() <= 16 * 10_000);
         assert_eq!(map.get(&"grown".into()).map(|v| v.len()), Some(9_000));
-        // Heavier than a shard's share: not stored.
+        // Heavier than a shard's share: not stored, nor kept when grown in place.
         map.insert("huge".into(), vec![0; 20_000], None);
         assert_eq!(map.get(&"huge".into()), None);
+        map.insert("swelling".into(), vec![0; 10], None);
+        map.update("swelling".into(), |v, _| {
+            v.unwrap().resize(20_000, 0);
+            (Update::Keep, ())
+        });
+        assert_eq!(map.get(&"swelling".into()), None);
+        assert_eq!(map.get(&"grown".into()).map(|v| v.len()), Some(9_000), "the others stay");
         // Removals and expiry give the weight back.
         clock.advance(Duration::from_secs(7200));
         map.sweep();

@@ -82,4 +82,4 @@ pub use future::ResponseFuture;
 pub use key::Scope;
 pub use layer::IdempotencyLayer;
 pub use service::Idempotency;
-pub use store::{KIND, Store, StoredResponse};
+pub use store::{DEFAULT_MEMORY_BUDGET, KIND, Store, StoredResponse};

@@ -92,6 +92,21 @@ struct MemRecord {
     done: Option<StoredResponse>,
 }
 
+/// How much memory the memory store's records may hold by default: 256 MiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+
+impl MemRecord {
+    /// About the memory it holds (its key, a 43-byte digest, and map slots
+    /// counted as a fixed 128), for the memory store's budget.
+    fn weight(&self) -> usize {
+        let stored = self.done.as_ref().map_or(0, |done| {
+            let headers: usize = done.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum();
+            headers + done.body.len()
+        });
+        128 + self.fingerprint.len() + stored
+    }
+}
+
 #[derive(Clone)]
 enum Records {
     Redis(Redis),
@@ -134,9 +149,30 @@ impl Store {
         Store { locks: Locks::redis(redis.clone()), records: Records::Redis(redis) }
     }
 
-    /// Records and leases in this process only, with the same semantics.
+    /// Records and leases in this process only, with the same semantics,
+    /// holding at most [`DEFAULT_MEMORY_BUDGET`] bytes of records.
     pub fn memory() -> Self {
-        Store { locks: Locks::memory(), records: Records::Memory(Arc::default()) }
+        Self::memory_with_budget(DEFAULT_MEMORY_BUDGET)
+    }
+
+    /// Records in this process's memory, about `max_bytes` of them (stored
+    /// responses, fingerprints, keys). Past it, expired records are dropped
+    /// first, then arbitrary others, as Redis does under `maxmemory` with
+    /// `allkeys-random`: a retry whose record was dropped runs the handler
+    /// again, so size the budget for the retention you promise. A response
+    /// larger than a sixteenth of the budget is not kept for replay.
+    pub fn memory_with_budget(max_bytes: usize) -> Self {
+        let records = ExpiringMap::new().weighed(max_bytes, MemRecord::weight);
+        Store { locks: Locks::memory(), records: Records::Memory(Arc::new(records)) }
+    }
+
+    /// About the memory the memory store's records hold, in bytes (`None` for
+    /// Redis, whose `INFO memory` tells).
+    pub fn memory_used(&self) -> Option<usize> {
+        match &self.records {
+            Records::Memory(map) => Some(map.weight()),
+            Records::Redis(_) => None,
+        }
     }
 
     /// The record key of a digest.

@@ -150,4 +150,4 @@ pub use policy::{MAX_SLIDING_LOG_COUNT, Policy};
 pub use quota::{Algorithm, Quota};
 pub use redlayer_core::FailurePolicy;
 pub use service::RateLimit;
-pub use store::Store;
+pub use store::{DEFAULT_MEMORY_MAX_KEYS, Store};

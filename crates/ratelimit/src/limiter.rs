@@ -471,6 +471,24 @@ mod tests {
         assert!(!limiter.check("client-3", 1).await.is_allowed());
     }
 
+    /// The memory store as primary store is bounded the same way: a flood of
+    /// client-chosen keys never grows it past its bound.
+    #[tokio::test]
+    async fn the_memory_store_is_bounded_and_overflow_is_limited_together() {
+        let limiter = RateLimiter::builder(Store::memory_with_max_keys(10))
+            .policy(Policy::gcra("p", Quota::per_minute(2)))
+            .deny_cache(0)
+            .build();
+        for i in 0..10 {
+            assert!(limiter.check(&format!("client-{i}"), 1).await.is_allowed());
+        }
+        assert!(limiter.check("new-1", 1).await.is_allowed());
+        assert!(limiter.check("new-2", 1).await.is_allowed());
+        assert!(!limiter.check("new-3", 1).await.is_allowed(), "overflow clients are limited together");
+        assert!(limiter.check("client-3", 1).await.is_allowed(), "known clients keep their own state");
+        assert!(!limiter.check("client-3", 1).await.is_allowed());
+    }
+
     /// Expired denials count in the map until swept: a cache once filled must
     /// still take new denials after the old ones ended (it used to stop
     /// caching for good after `max` denials over the process's life).

@@ -43,6 +43,7 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
+    #[cfg(test)]
     pub(crate) fn new(clock: Option<Arc<dyn Clock>>) -> Self {
         Self::bounded(clock, usize::MAX)
     }

@@ -45,20 +45,34 @@ impl fmt::Debug for Store {
     }
 }
 
+/// Default bound of [`Store::memory`] (live keys; about 100 bytes each,
+/// more for sliding-log policies).
+pub const DEFAULT_MEMORY_MAX_KEYS: usize = 1_000_000;
+
 impl Store {
     /// State in Redis, through the shared handle: exact across instances.
     pub fn redis(redis: Redis) -> Self {
         Store { kind: StoreKind::Redis(redis) }
     }
 
-    /// State in this process's memory, on the system clock.
+    /// State in this process's memory, on the system clock, for at most
+    /// [`DEFAULT_MEMORY_MAX_KEYS`] keys (see [`Store::memory_with_max_keys`]).
     pub fn memory() -> Self {
         Self::memory_with_clock(None)
     }
 
+    /// State in memory for at most `max_keys` live keys: once full, each
+    /// policy counts every new key together in one overflow bucket (so a flood
+    /// of client-chosen keys is limited as one client, never unbounded), until
+    /// expired keys make room.
+    pub fn memory_with_max_keys(max_keys: usize) -> Self {
+        Store { kind: StoreKind::Memory(Arc::new(MemoryStore::bounded(None, max_keys.max(1))), KeyBuilder::default()) }
+    }
+
     /// State in memory on a given clock (e.g. [`redlayer_core::memory::ManualClock`] in tests).
     pub fn memory_with_clock(clock: Option<Arc<dyn Clock>>) -> Self {
-        Store { kind: StoreKind::Memory(Arc::new(MemoryStore::new(clock)), KeyBuilder::default()) }
+        let store = MemoryStore::bounded(clock, DEFAULT_MEMORY_MAX_KEYS);
+        Store { kind: StoreKind::Memory(Arc::new(store), KeyBuilder::default()) }
     }
 
     /// The key builder (prefix) of this store.

@@ -117,4 +117,4 @@ pub use future::ResponseFuture;
 pub use layer::{DEFAULT_ABSOLUTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, SessionLayer};
 pub use service::SessionService;
 pub use session::{MAX_KEY_LEN, MAX_USER_LEN, Session};
-pub use store::{SessionInfo, SessionRef, Store};
+pub use store::{DEFAULT_MEMORY_BUDGET, SessionInfo, SessionRef, Store};

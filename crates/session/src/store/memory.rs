@@ -34,9 +34,33 @@ fn is_integer(v: &str) -> bool {
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// What a session, a field or an index row costs besides its bytes (its key,
+/// map slots, allocations), for the memory budget.
+const OVERHEAD: usize = 64;
+
+impl Record {
+    fn weight(&self) -> usize {
+        let fields: usize = self.fields.iter().map(|(k, v)| k.len() + v.len() + OVERHEAD).sum();
+        fields + self.user.as_ref().map_or(0, String::len) + 2 * OVERHEAD
+    }
+}
+
+fn index_weight(rows: &HashMap<String, i64>) -> usize {
+    rows.keys().map(|k| k.len() + OVERHEAD).sum::<usize>() + OVERHEAD
+}
+
 impl MemoryBackend {
-    pub(super) fn new(clock: Arc<dyn Clock>) -> Self {
-        MemoryBackend { sessions: ExpiringMap::with_clock(clock.clone()), users: ExpiringMap::with_clock(clock) }
+    /// Sessions holding about `max_bytes` (and user indexes a quarter of that).
+    pub(super) fn new(clock: Arc<dyn Clock>, max_bytes: usize) -> Self {
+        MemoryBackend {
+            sessions: ExpiringMap::with_clock(clock.clone()).weighed(max_bytes, Record::weight),
+            users: ExpiringMap::with_clock(clock).weighed(max_bytes / 4, index_weight),
+        }
+    }
+
+    /// About the memory held, in bytes.
+    pub(super) fn used(&self) -> usize {
+        self.sessions.weight() + self.users.weight()
     }
 
     pub(super) fn load(&self, key: &str, idle_ms: u64, touch_ms: u64) -> Option<Loaded> {

@@ -17,6 +17,9 @@ use redlayer_core::{
 
 use crate::{SessionError, id};
 
+/// How much memory the memory store may hold by default: 256 MiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+
 /// A user's index is pruned of ended sessions from this many entries on ...
 const PRUNE_FROM: usize = 256;
 /// ... each time it has grown by this many.
@@ -169,20 +172,42 @@ impl Store {
         }
     }
 
-    /// Sessions in this process's memory, on the system clock.
+    /// Sessions in this process's memory, on the system clock, holding at
+    /// most [`DEFAULT_MEMORY_BUDGET`] bytes.
     pub fn memory() -> Self {
-        Self::memory_with_clock(Arc::new(SystemClock))
+        Self::memory_with_budget(DEFAULT_MEMORY_BUDGET)
+    }
+
+    /// Sessions in this process's memory holding about `max_bytes` (fields,
+    /// keys; user indexes get a quarter more). Past it, expired sessions are
+    /// dropped first, then arbitrary others (their users are logged out), as
+    /// Redis does under `maxmemory` with `allkeys-random`.
+    pub fn memory_with_budget(max_bytes: usize) -> Self {
+        Self::memory_with(Arc::new(SystemClock), max_bytes)
     }
 
     /// Sessions in memory on the given clock (a
     /// [`ManualClock`](redlayer_core::memory::ManualClock) tests expiry without sleeping).
     pub fn memory_with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::memory_with(clock, DEFAULT_MEMORY_BUDGET)
+    }
+
+    fn memory_with(clock: Arc<dyn Clock>, max_bytes: usize) -> Self {
         Store {
             inner: Arc::new(StoreInner {
-                backend: Backend::Memory(memory::MemoryBackend::new(clock)),
+                backend: Backend::Memory(memory::MemoryBackend::new(clock, max_bytes)),
                 keys: KeyBuilder::default(),
                 clock: redis_backend::RedisClock::new(),
             }),
+        }
+    }
+
+    /// About the memory the memory store holds, in bytes (`None` for Redis,
+    /// whose `INFO memory` tells).
+    pub fn memory_used(&self) -> Option<usize> {
+        match &self.inner.backend {
+            Backend::Memory(m) => Some(m.used()),
+            Backend::Redis(_) => None,
         }
     }
 

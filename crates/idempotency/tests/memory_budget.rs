@@ -1,0 +1,52 @@
+//! The memory store holds at most its byte budget, however many keys clients
+//! send.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use axum::{Router, body::Body, http::Request, routing::post};
+use http_body_util::BodyExt;
+use redlayer_idempotency::{IdempotencyLayer, Store};
+use tower::ServiceExt;
+
+async fn post_with_key(app: &Router, key: &str) -> (u16, bool, String) {
+    let request = Request::post("/payments").header("idempotency-key", format!("\"{key}\"")).body(Body::from("{}"));
+    let response = app.clone().oneshot(request.unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, replayed, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_keys_stays_within_the_memory_budget() {
+    const BUDGET: usize = 256 * 1024;
+    let store = Store::memory_with_budget(BUDGET);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let app = Router::new()
+        .route(
+            "/payments",
+            post(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move { (axum::http::StatusCode::CREATED, format!("{n}:{}", "p".repeat(1_000))) }
+            }),
+        )
+        .layer(IdempotencyLayer::new(store.clone()));
+    for i in 0..1_000 {
+        let key = format!("key-{i}");
+        let (status, replayed, first) = post_with_key(&app, &key).await;
+        assert_eq!((status, replayed), (201, false));
+        if i % 200 == 199 {
+            // The newest record is kept: a retry replays it.
+            let again = post_with_key(&app, &key).await;
+            assert_eq!(again, (201, true, first), "{key} was not kept");
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1_000, "every new key ran the handler once");
+    let used = store.memory_used().unwrap();
+    assert!(used <= BUDGET + BUDGET / 4, "{used} bytes held for a budget of {BUDGET}");
+    assert!(used > BUDGET / 4, "{used} bytes: the budget was not used");
+}
