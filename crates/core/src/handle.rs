@@ -300,6 +300,10 @@ impl RedisBuilder {
         let pool = bb8::Pool::builder()
             .max_size(self.connections as u32)
             .test_on_check_out(true)
+            // Each checkout that finds no connection tries to connect at once
+            // (bb8's own retries back off up to half a second, which a
+            // restarted Redis would wait out).
+            .retry_connection(false)
             .connection_timeout(Duration::from_secs(1))
             .build_unchecked(manager);
         Ok(self.from_pool(pool))
@@ -338,6 +342,10 @@ impl RedisBuilder {
         let pool = bb8::Pool::builder()
             .max_size(self.connections as u32)
             .test_on_check_out(true)
+            // Each checkout that finds no connection tries to connect at once
+            // (bb8's own retries back off up to half a second, which a
+            // restarted Redis would wait out).
+            .retry_connection(false)
             .connection_timeout(Duration::from_secs(1))
             .build_unchecked(client);
         Ok(self.from_cluster_pool(pool))

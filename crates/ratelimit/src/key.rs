@@ -387,15 +387,18 @@ impl ClientIp {
         let mut chain: Vec<Option<IpAddr>> = Vec::new();
         let name = if self.source == Source::XForwardedFor { "x-forwarded-for" } else { "forwarded" };
         'lines: for line in parts.headers.get_all(name).iter().rev() {
-            let Ok(line) = line.to_str() else {
-                // An unreadable line is one unknown hop: nothing left of it is believed.
-                chain.push(None);
-                break;
-            };
-            for element in line.rsplit(',') {
+            // Bytes, split from the right: only the elements read are checked,
+            // so the header's length does not matter.
+            for element in line.as_bytes().rsplit(|&b| b == b',') {
                 if chain.len() == MAX_CHAIN {
                     break 'lines;
                 }
+                let readable = element.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+                let Some(element) = std::str::from_utf8(element).ok().filter(|_| readable) else {
+                    // An unreadable element is one unknown hop: nothing left of it is believed.
+                    chain.push(None);
+                    break 'lines;
+                };
                 chain.push(match self.source {
                     Source::XForwardedFor => parse_node(element.trim()),
                     _ => element
@@ -591,6 +594,14 @@ mod tests {
         assert_eq!(key(&cidrs, &p).as_deref(), Some("7.7.7.7"));
         let two: Key = ClientIp::x_forwarded_for().trusted_hops(2).into();
         assert_eq!(key(&two, &p).as_deref(), Some("7.7.7.7"));
+        // An unreadable element is an unknown hop: what is right of it is read,
+        // nothing left of it is believed.
+        let line = http::HeaderValue::from_bytes(b"6.6.6.6, \xff\xfe, 7.7.7.7").unwrap();
+        let mut p = parts("10.0.0.2:1", &[]);
+        p.headers.insert("x-forwarded-for", line);
+        assert_eq!(key(&cidrs, &p).as_deref(), Some("7.7.7.7"));
+        let three: Key = ClientIp::x_forwarded_for().trusted_hops(3).into();
+        assert_eq!(key(&three, &p).as_deref(), Some("10.0.0.2"), "the unknown hop is not a client");
     }
 
     #[test]

@@ -32,6 +32,18 @@ async fn redis(server: &RedisServer) -> Redis {
     Redis::builder().timeout(Duration::from_millis(200)).connect_lazy(&server.url()).unwrap()
 }
 
+/// Connects and loads the limiter's script (a read, cost 0, charges nothing)
+/// before the test's first decision, which the short timeout would otherwise
+/// bound on a slow machine.
+async fn warm(limiter: RateLimiter) -> RateLimiter {
+    let started = Instant::now();
+    while limiter.check("warm-up", 0).await.degraded().is_some() {
+        assert!(started.elapsed() < Duration::from_secs(10), "Redis did not answer for 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    limiter
+}
+
 /// Redis is killed mid-traffic and restarted: under each failure policy no
 /// request waits past the timeout, the policy holds, and decisions come from
 /// Redis again within about a second of its return.
@@ -39,10 +51,13 @@ async fn redis(server: &RedisServer) -> Redis {
 async fn kill_and_restart_honours_the_failure_policy() {
     for policy in [FailurePolicy::FailOpen, FailurePolicy::FailClosed, FailurePolicy::LocalFallback] {
         let mut server = RedisServer::start();
-        let limiter = RateLimiter::builder(Store::redis(redis(&server).await))
-            .policy(Policy::gcra("p", Quota::per_hour(3)))
-            .failure_policy(policy)
-            .build();
+        let limiter = warm(
+            RateLimiter::builder(Store::redis(redis(&server).await))
+                .policy(Policy::gcra("p", Quota::per_hour(3)))
+                .failure_policy(policy)
+                .build(),
+        )
+        .await;
         let app = app(RateLimitLayer::new(limiter.clone()));
         // Traffic from other clients runs throughout.
         let stop = Arc::new(AtomicUsize::new(0));
@@ -101,10 +116,13 @@ async fn kill_and_restart_honours_the_failure_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_never_holds_a_request_past_the_timeout() {
     let server = RedisServer::start();
-    let limiter = RateLimiter::builder(Store::redis(redis(&server).await))
-        .policy(Policy::gcra("p", Quota::per_hour(3)))
-        .timeout(Duration::from_millis(150))
-        .build();
+    let limiter = warm(
+        RateLimiter::builder(Store::redis(redis(&server).await))
+            .policy(Policy::gcra("p", Quota::per_hour(3)))
+            .timeout(Duration::from_millis(150))
+            .build(),
+    )
+    .await;
     assert!(limiter.check("k", 1).await.degraded().is_none());
     server.pause();
     let started = Instant::now();
@@ -126,9 +144,12 @@ async fn paused_redis_never_holds_a_request_past_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_cache_answers_blocked_keys_without_redis() {
     let server = RedisServer::start();
-    let limiter = RateLimiter::builder(Store::redis(redis(&server).await))
-        .policy(Policy::gcra("p", Quota::per_minute(2)))
-        .build();
+    let limiter = warm(
+        RateLimiter::builder(Store::redis(redis(&server).await))
+            .policy(Policy::gcra("p", Quota::per_minute(2)))
+            .build(),
+    )
+    .await;
     let app = app(RateLimitLayer::new(limiter));
     for expected in [200, 200, 429] {
         assert_eq!(app.clone().oneshot(request([7, 7, 7, 7])).await.unwrap().status(), expected);
@@ -284,12 +305,16 @@ async fn the_single_gcra_script_answers_as_the_generic_one() {
     let handle = redis(&server).await;
     let quota = Quota::per_minute(6).burst(3);
     let single =
-        RateLimiter::builder(Store::redis(handle.clone())).policy(Policy::gcra("p", quota)).deny_cache(0).build();
-    let generic = RateLimiter::builder(Store::redis(handle.clone()))
-        .policy(Policy::gcra("p", quota))
-        .policy(Policy::gcra("wide", Quota::per_second(1_000_000)))
-        .deny_cache(0)
-        .build();
+        warm(RateLimiter::builder(Store::redis(handle.clone())).policy(Policy::gcra("p", quota)).deny_cache(0).build())
+            .await;
+    let generic = warm(
+        RateLimiter::builder(Store::redis(handle.clone()))
+            .policy(Policy::gcra("p", quota))
+            .policy(Policy::gcra("wide", Quota::per_second(1_000_000)))
+            .deny_cache(0)
+            .build(),
+    )
+    .await;
     let evals = server.command_calls("evalsha");
     for cost in [0, 1, 0, 2, 1, 0, 1, 4, 0, 2] {
         let a = single.check("client-a", cost).await;

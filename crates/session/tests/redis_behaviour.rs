@@ -14,7 +14,9 @@ use redlayer_testkit::RedisServer;
 const MS: Duration = Duration::from_millis(1);
 
 async fn setup(server: &RedisServer, configure: impl FnOnce(SessionLayer) -> SessionLayer) -> Client {
-    let store = Store::redis(Redis::connect(&server.url()).await.unwrap());
+    // One connection: a second one filled in the background would send its
+    // checkout PING inside a window where commands are counted.
+    let store = Store::redis(Redis::builder().connections(1).connect(&server.url()).await.unwrap());
     Client::new(app(configure(SessionLayer::new(store)), Probe::default()))
 }
 

@@ -95,7 +95,12 @@ impl RedisServer {
                 return false; // port taken, most likely
             }
             if ping(self.port) {
-                return true;
+                // Another test's server may hold the port (it was free when
+                // picked): only our own child counts.
+                let ours = self.child.as_ref().map(|c| c.id());
+                if ours.is_some() && server_pid(self.port) == ours {
+                    return true;
+                }
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -273,6 +278,26 @@ fn free_port(cluster: bool) -> u16 {
             return port;
         }
     }
+}
+
+/// The `process_id` that the server on `port` reports in `INFO server`.
+fn server_pid(port: u16) -> Option<u32> {
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while reply.len() < 64 * 1024 {
+        let n = stream.read(&mut buf).ok().filter(|n| *n > 0)?;
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(rest) = text.split("process_id:").nth(1)
+            && let Some((pid, _)) = rest.split_once("\r\n")
+        {
+            return pid.trim().parse().ok();
+        }
+    }
+    None
 }
 
 fn ping(port: u16) -> bool {
