@@ -158,9 +158,14 @@ async fn in_flight_duplicate_is_409(a: &Router, b: &Router, c: &Counters) {
     let before = c.runs.load(Ordering::SeqCst);
     let slow = {
         let (a, key) = (a.clone(), key.clone());
-        tokio::spawn(async move { send(&a, "/payments", Some(&key), "{}", &[("x-delay-ms", "800")]).await })
+        tokio::spawn(async move { send(&a, "/payments", Some(&key), "{}", &[("x-delay-ms", "1500")]).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first request's handler has started (it holds the lease).
+    let started = std::time::Instant::now();
+    while c.runs.load(Ordering::SeqCst) == before {
+        assert!(started.elapsed() < Duration::from_secs(5), "the first request never ran");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let dup = send(b, "/payments", Some(&key), "{}", &[("x-delay-ms", "800")]).await;
     assert_eq!(dup.status, StatusCode::CONFLICT);
     assert_eq!(dup.headers["retry-after"], "1");

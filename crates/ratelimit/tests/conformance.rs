@@ -22,12 +22,27 @@ enum Backend {
 impl Backend {
     /// A new, independent handle on the backend's shared state.
     async fn store(&self) -> Store {
+        clear_of_the_hour_boundary().await;
+        // A generous timeout: these tests count decisions exactly, and one
+        // decision timed out on a loaded machine would be a degraded answer.
+        let handle = || redlayer_core::Redis::builder().timeout(Duration::from_secs(5));
         match self {
             Backend::Memory(s) => s.clone(),
-            Backend::Standalone(server) => Store::redis(redlayer_core::Redis::connect(&server.url()).await.unwrap()),
+            Backend::Standalone(server) => Store::redis(handle().connect(&server.url()).await.unwrap()),
             #[cfg(feature = "cluster")]
-            Backend::Cluster(c) => Store::redis(redlayer_core::Redis::connect_cluster(c.urls()).await.unwrap()),
+            Backend::Cluster(c) => Store::redis(handle().connect_cluster(c.urls()).await.unwrap()),
         }
+    }
+}
+
+/// Fixed and sliding windows of an hour are aligned to the clock: a test
+/// that counts exactly within one window waits out the last 30 s of an hour
+/// (Redis and the memory store read this machine's clock).
+async fn clear_of_the_hour_boundary() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let into_hour = now.as_secs_f64() % 3600.0;
+    if into_hour > 3570.0 {
+        tokio::time::sleep(Duration::from_secs_f64(3601.0 - into_hour)).await;
     }
 }
 
