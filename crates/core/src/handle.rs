@@ -220,6 +220,16 @@ impl Redis {
             return Ok(Connection::new(self.inner.clone(), index, generation, raw));
         }
         let raw = match &self.inner.source {
+            // The pool holds nothing (first use, or Redis went away and its
+            // connections were dropped): connect directly, so that a refused
+            // connection is an error at once, not when the timeout runs out
+            // (a checkout waits for a connection). The new one joins the pool.
+            Source::Standalone(pool) if pool.state().connections == 0 => {
+                let conn = pool.dedicated_connection().await.map_err(|e| Error::Unavailable(e.to_string()))?;
+                let raw = conn.clone();
+                let _ = pool.add(conn);
+                RawConnection::Single(raw)
+            }
             Source::Standalone(pool) => {
                 let guard = pool.get().await.map_err(pool_error)?;
                 RawConnection::Single(guard.clone())
