@@ -34,7 +34,10 @@ const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 /// concurrent requests share sockets. Only when a connection breaks (I/O error,
 /// dropped, or three timeouts in a row) is it dropped and a fresh one checked
 /// out of the pool, which then runs bb8's `PING` test, so a Redis restart is
-/// recovered from on the next command after Redis is back. Measured on the
+/// recovered from on the next command after Redis is back. When the pool has
+/// no connection left (Redis went away), the handle connects directly: while
+/// Redis refuses connections, commands fail at once rather than at the
+/// timeout, so failure policies answer without delay. Measured on the
 /// project's 2-core machine (see BENCHMARKS.md): this is level with one shared
 /// multiplexed connection and well ahead of checking a connection out per command.
 ///
