@@ -4,16 +4,22 @@
 //! panic, a clear 4xx or a pass-through, and nothing unbounded reaches Redis
 //! (every key on the test server is checked against a length bound).
 //!
-//! Longer runs: `PROPTEST_CASES=100000 cargo test -p redlayer-tests --release --test hostile`.
+//! The runners use a fixed seed, so every CI run checks the same cases and a
+//! failure reproduces. Longer or other runs: `PROPTEST_CASES=100000
+//! PROPTEST_RNG_SEED=<u64> cargo test -p redlayer-tests --release --test hostile`.
 
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
 use axum::Router;
 use http::{HeaderValue, Request, StatusCode};
-use proptest::{prelude::*, test_runner::TestRunner};
+use proptest::{
+    prelude::*,
+    test_runner::{RngSeed, TestRunner},
+};
 use redlayer::{
     cache::key::{default_key, normalize, normalized_uri, variant_id, vary_spec},
     ratelimit::{ClientIp, PeerAddr},
@@ -28,8 +34,16 @@ fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The seed used unless `PROPTEST_RNG_SEED` is set.
+const SEED: u64 = 0x7265_646c_6179_6572;
+
 fn runner(n: u32) -> TestRunner {
-    TestRunner::new(ProptestConfig { cases: cases(n), failure_persistence: None, ..ProptestConfig::default() })
+    let config = ProptestConfig::default();
+    let rng_seed = match config.rng_seed {
+        RngSeed::Random => RngSeed::Fixed(SEED),
+        fixed => fixed,
+    };
+    TestRunner::new(ProptestConfig { cases: cases(n), failure_persistence: None, rng_seed, ..config })
 }
 
 /// Arbitrary bytes that `HeaderValue` accepts: anything but controls (tab
@@ -273,6 +287,22 @@ fn hostile_paths_and_cache_headers_stay_bounded() {
     println!("cache: keys {n:?}, all <= {MAX_KEY_LEN} bytes");
 }
 
+/// Waits (bounded) until no lock key is left: a cache fill releases its lock
+/// (`lock:{cache-fill:...}`, no fence key) only after its entry is stored.
+async fn fill_locks_released(conn: &mut redis::aio::MultiplexedConnection, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let locks: Vec<String> = redis::cmd("KEYS").arg("*:lock:*").query_async(conn).await.unwrap();
+        if locks.is_empty() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 #[test]
 fn garbage_cache_entries_are_misses() {
     let s = stack();
@@ -281,7 +311,7 @@ fn garbage_cache_entries_are_misses() {
         s.rt.block_on(async { redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap() });
     let first = s.rt.block_on(send(&s.app, request("GET", "/cached/entry", &[], "")));
     assert_eq!(first.body, "entry:1");
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(s.rt.block_on(fill_locks_released(&mut conn.clone(), Duration::from_secs(5))), "first fill never ended");
     let key =
         s.server.cli(&["--scan", "--pattern", "*:cache:*"]).lines().next().expect("the entry is stored").to_owned();
     runner(128)
@@ -300,7 +330,11 @@ fn garbage_cache_entries_are_misses() {
             let after = Counters::get(&s.counters.origin);
             prop_assert_eq!(after, before + 1, "a garbage entry must be a miss: {}", reply.header("cache-status"));
             prop_assert_eq!(reply.body, format!("entry:{after}"));
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            // That miss stores the entry again in the background and releases
+            // its fill lock only once the entry is stored: wait for that, or
+            // the store could land on the next case's garbage.
+            let filled = s.rt.block_on(fill_locks_released(&mut conn.clone(), Duration::from_secs(5)));
+            prop_assert!(filled, "the fill lock of the miss was still held after 5 s");
             Ok(())
         })
         .unwrap();

@@ -2,14 +2,24 @@
 //! on a 3-master cluster, under concurrent traffic: limits exact, sessions
 //! shared, idempotent handlers run once, one origin call per cold cache key,
 //! per-key lock exclusive across instances.
+//!
+//! These tests check exact counts, not latency: the handles get a long
+//! command timeout and the rate limit fails closed, so that on a loaded
+//! machine a slow Redis answer is a clear 503 (or a longer wait) instead of a
+//! decision quietly failed open that changes a count.
 
 use std::{sync::Arc, time::Duration};
 
 use axum::Router;
 use http::StatusCode;
-use redlayer::Redis;
+use redlayer::{FailurePolicy, Redis};
 use redlayer_testkit::{RedisCluster, RedisServer};
 use redlayer_tests::{Backend, Config, Counters, app, request, send, unique};
+
+/// The handles' per-command timeout: far above any latency on a loaded
+/// machine. (On a standalone server redis-rs still applies its own 500 ms
+/// response timeout to the connections bb8-redis makes.)
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Instances {
     apps: Vec<Router>,
@@ -126,14 +136,20 @@ async fn one_origin_call_per_cold_key(inst: &Instances) {
             tasks.push(tokio::spawn(async move { send(&app, request("GET", &path, &[], "")).await }));
         }
         let mut bodies = Vec::new();
+        let mut statuses = std::collections::BTreeMap::<String, usize>::new();
         for t in tasks {
             let reply = t.await.unwrap();
             assert_eq!(reply.status, StatusCode::OK);
+            *statuses.entry(reply.header("cache-status").to_owned()).or_default() += 1;
             bodies.push(reply.body);
         }
         bodies.dedup();
-        assert_eq!(bodies.len(), 1, "one answer for everyone: {bodies:?}");
-        assert_eq!(Counters::get(&inst.counters.origin) - before, 1, "200 requests over 4 instances, one origin call");
+        assert_eq!(bodies.len(), 1, "one answer for everyone: {bodies:?} (cache-status: {statuses:?})");
+        assert_eq!(
+            Counters::get(&inst.counters.origin) - before,
+            1,
+            "200 requests over 4 instances, one origin call (cache-status: {statuses:?})"
+        );
     }
 }
 
@@ -153,7 +169,12 @@ async fn per_key_lock_is_exclusive(inst: &Instances) {
 }
 
 async fn suite(handles: Vec<Redis>) {
-    let config = Config { work: Duration::from_millis(20), ..Config::default() };
+    let config = Config {
+        work: Duration::from_millis(20),
+        ratelimit_failure: FailurePolicy::FailClosed,
+        lock_wait: Duration::from_secs(15),
+        ..Config::default()
+    };
     let inst = instances(handles, &config);
     limits_are_exact(&inst).await;
     sessions_are_shared(&inst).await;
@@ -167,7 +188,7 @@ async fn four_instances_on_one_standalone_redis() {
     let server = RedisServer::start();
     let mut handles = Vec::new();
     for _ in 0..4 {
-        handles.push(Redis::connect(&server.url()).await.unwrap());
+        handles.push(Redis::builder().timeout(REDIS_TIMEOUT).connect(&server.url()).await.unwrap());
     }
     suite(handles).await;
 }
@@ -177,7 +198,7 @@ async fn four_instances_on_a_three_master_cluster() {
     let cluster = RedisCluster::start();
     let mut handles = Vec::new();
     for _ in 0..4 {
-        handles.push(Redis::connect_cluster(cluster.urls()).await.unwrap());
+        handles.push(Redis::builder().timeout(REDIS_TIMEOUT).connect_cluster(cluster.urls()).await.unwrap());
     }
     suite(handles).await;
 }

@@ -7,6 +7,26 @@ use std::time::Duration;
 
 use support::{App, Backend, Origin, resp};
 
+/// Checks `check` every 20 ms until it holds or `within` has passed; true
+/// when it held. For background work (stores, refreshes, markers) whose end a
+/// test cannot await: the outcome is polled, then counts are asserted exactly.
+async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn fresh_responses_are_hits_with_age_and_cache_status(b: Backend) {
     let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("v{n}")));
     let app = App::new(b.layer(), &origin);
@@ -261,7 +281,15 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once(b: Backend) {
         assert_eq!(got.body, "v1");
         assert!(got.cache_status().contains("stale-while-revalidate"), "{}", got.cache_status());
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Wait for the refreshed entry with requests that can start nothing: one
+    // that limits staleness is never served stale-while-revalidate, and
+    // `only-if-cached` never goes to the origin (a 504 while still stale).
+    let refreshed = eventually(Duration::from_secs(5), || async {
+        let got = app.send("GET", "/swr", &[("cache-control", "only-if-cached, max-age=60")]).await;
+        got.is_hit() && got.body == "v2"
+    })
+    .await;
+    assert!(refreshed, "the background refresh never stored v2 (origin hits: {})", origin.hits());
     assert_eq!(origin.hits(), 2, "one background refresh");
     let fresh = app.get("/swr").await;
     assert_eq!(fresh.body, "v2");
@@ -450,18 +478,23 @@ async fn cache_aside_runs_the_fetcher_once(b: Backend) {
 }
 
 async fn xfetch_refreshes_hot_keys_before_they_expire(b: Backend) {
-    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=3")], &format!("v{n}")))
+    // v1 stays fresh for 60 s: within the wait below, only an early refresh
+    // can store another body.
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("v{n}")))
         .delay(Duration::from_millis(100));
     // A huge beta: every hit refreshes early (one refresh at a time).
     let app = App::new(b.layer().xfetch(1e9), &origin);
     app.get("/hot").await;
     let hit = app.get("/hot").await;
     assert!(hit.is_hit());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refreshed = eventually(Duration::from_secs(5), || async {
+        let later = app.get("/hot").await;
+        assert!(later.is_hit(), "{}", later.cache_status());
+        later.body != "v1"
+    })
+    .await;
+    assert!(refreshed, "the refreshed entry was never served (origin hits: {})", origin.hits());
     assert!(origin.hits() >= 2, "early refresh happened");
-    let later = app.get("/hot").await;
-    assert!(later.is_hit());
-    assert_ne!(later.body, "v1", "served the refreshed entry");
 }
 
 async fn key_function_and_namespace(b: Backend) {
@@ -517,7 +550,9 @@ async fn cache_aside_stale_while_revalidate(b: Backend) {
             let calls = calls.clone();
             async move {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Slow, so that a read that waited for it is told apart
+                // from a stale read answered at once.
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 Ok::<_, std::io::Error>(n)
             }
         }
@@ -528,9 +563,13 @@ async fn cache_aside_stale_while_revalidate(b: Backend) {
     for _ in 0..5 {
         let started = std::time::Instant::now();
         assert_eq!(cache.get_or_insert_swr("swr", ttl, stale, fetch.clone()).await.unwrap(), 1, "stale value at once");
-        assert!(started.elapsed() < Duration::from_millis(150));
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(500), "a stale read waited {took:?} (the fetch takes 1 s)");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A plain read starts no refresh: wait for the background one to store.
+    let refreshed =
+        eventually(Duration::from_secs(5), || async { cache.get::<usize>("swr").await.unwrap() == Some(2) }).await;
+    assert!(refreshed, "the background refresh never stored 2 (fetches: {})", calls.load(Ordering::SeqCst));
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one background refresh");
     assert_eq!(cache.get_or_insert_swr("swr", ttl, stale, fetch).await.unwrap(), 2);
 }
@@ -756,6 +795,27 @@ async fn has_pass_marker(b: &Backend, path: &str) -> Option<bool> {
     Some(n == 1)
 }
 
+/// Waits until the hit-for-pass marker of `path` is written and the fill
+/// lock held while writing it is released: both happen in the background
+/// after the response. On Redis both are polled (bounded); the memory store
+/// writes the marker in a task without I/O, so a short pause does there.
+async fn wait_for_pass_marker(b: &Backend, path: &str) {
+    let Some(redis) = b.redis.as_ref() else {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return;
+    };
+    let key = b.store.entry_key(&format!("GET http://example.test{path}"));
+    let lock = redis.keys().key("lock", &redlayer_core::KeyPart::client(format!("cache-fill:{key}")));
+    let done = eventually(Duration::from_secs(5), || async {
+        let mut conn = redis.connection().await.unwrap();
+        let marked: i64 = redis::cmd("HEXISTS").arg(&key).arg("pass").query_async(&mut conn).await.unwrap();
+        let locked: i64 = redis::cmd("EXISTS").arg(&lock).query_async(&mut conn).await.unwrap();
+        marked == 1 && locked == 0
+    })
+    .await;
+    assert!(done, "no hit-for-pass marker for {path}, or its fill lock still held, after 5 s");
+}
+
 /// Hit-for-pass: after an unstorable response, the key's misses go straight
 /// to the origin (one HMGET on Redis: no second lookup, no fill lock), and a
 /// storable response is stored again and clears the marker.
@@ -783,8 +843,8 @@ async fn uncacheable_routes_skip_the_fill_lock_until_they_become_cacheable(b: Ba
     });
     let app = App::new(b.layer(), &origin);
     let first = app.get("/hfp").await;
-    // The marker is written in the background.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The marker is written in the background, then the fill lock released.
+    wait_for_pass_marker(&b, "/hfp").await;
     assert!(!first.cache_status().contains("hit-for-pass"), "{}", first.cache_status());
     assert!(!first.cache_status().contains("stored"), "{}", first.cache_status());
     if let Some(marked) = has_pass_marker(&b, "/hfp").await {
@@ -832,12 +892,13 @@ async fn hit_for_pass_expires_and_can_be_disabled(b: Backend) {
     let origin = Origin::new(|_, n| resp(200, &[("cache-control", "private, max-age=60")], &format!("v{n}")));
     let app = App::new(b.layer().hit_for_pass(Duration::from_millis(1500)), &origin);
     app.get("/short").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_pass_marker(&b, "/short").await;
     assert!(app.get("/short").await.cache_status().contains("detail=hit-for-pass"));
     tokio::time::sleep(Duration::from_millis(1700)).await;
     let expired = app.get("/short").await;
     assert!(!expired.cache_status().contains("hit-for-pass"), "{}", expired.cache_status());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // (The expired marker's hash expired with it: a marker found now is new.)
+    wait_for_pass_marker(&b, "/short").await;
     // That miss marked the key again.
     assert!(app.get("/short").await.cache_status().contains("detail=hit-for-pass"));
 

@@ -10,6 +10,39 @@ use redlayer_cache::{CacheLayer, Store};
 use redlayer_testkit::RedisServer;
 use support::{App, Origin, resp};
 
+/// A handle with one connection, made at connect: tests that count the
+/// commands the server runs see no second connection being set up (and
+/// checked with `PING`) in the background.
+async fn one_connection(server: &RedisServer) -> redlayer_core::Redis {
+    redlayer_core::Redis::builder().connections(1).connect(&server.url()).await.unwrap()
+}
+
+/// The entry key of `GET http://example.test{path}` and the key of its fill lock.
+fn entry_and_lock(redis: &redlayer_core::Redis, path: &str) -> (String, String) {
+    let key = Store::redis(redis.clone()).entry_key(&format!("GET http://example.test{path}"));
+    let lock = redis.keys().key("lock", &redlayer_core::KeyPart::client(format!("cache-fill:{key}")));
+    (key, lock)
+}
+
+/// Waits (bounded) until the background work of the last request on `path`
+/// is done: its fill lock released (a fill releases it only after storing
+/// its entry or its hit-for-pass marker) and, with `marker`, the marker written.
+async fn settle(redis: &redlayer_core::Redis, path: &str, marker: bool) {
+    let (key, lock) = entry_and_lock(redis, path);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut conn = redis.connection().await.unwrap();
+        let locked: i64 = redis::cmd("EXISTS").arg(&lock).query_async(&mut conn).await.unwrap();
+        let marked: i64 =
+            if marker { redis::cmd("HEXISTS").arg(&key).arg("pass").query_async(&mut conn).await.unwrap() } else { 1 };
+        if locked == 0 && marked == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path}: fill lock held ({locked}) or no marker ({marked}) after 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn stampede(urls: Vec<String>, cluster: bool) {
     let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("v{n}")))
         .delay(Duration::from_millis(300));
@@ -172,9 +205,9 @@ async fn cache_aside_fetches_once_across_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_hit_is_one_redis_command() {
     let server = RedisServer::start();
-    let redis = redlayer_core::Redis::connect(&server.url()).await.unwrap();
+    let redis = one_connection(&server).await;
     let origin = Origin::new(|_, n| resp(200, &[("cache-control", "public, max-age=3600")], &format!("v{n}")));
-    let app = App::new(CacheLayer::new(redis), &origin);
+    let app = App::new(CacheLayer::new(redis.clone()), &origin);
     let mut stored = false;
     for _ in 0..40 {
         if app.get("/one").await.is_hit() {
@@ -184,6 +217,8 @@ async fn a_fresh_hit_is_one_redis_command() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(stored, "entry never stored");
+    // The fill's lock release runs in the background.
+    settle(&redis, "/one", false).await;
     let before = server.total_commands();
     for _ in 0..10 {
         let got = app.get("/one").await;
@@ -206,12 +241,12 @@ async fn a_fresh_hit_is_one_redis_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_uncacheable_get_is_one_redis_command() {
     let server = RedisServer::start();
-    let redis = redlayer_core::Redis::connect(&server.url()).await.unwrap();
+    let redis = one_connection(&server).await;
     let origin = Origin::new(|_, n| resp(200, &[("cache-control", "no-store")], &format!("v{n}")));
     let app = App::new(CacheLayer::new(redis.clone()), &origin);
     app.get("/uncacheable").await;
-    // The marker is written in the background.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The marker is written in the background, then the fill lock released.
+    settle(&redis, "/uncacheable", true).await;
     let before = server.total_commands();
     for i in 0..10 {
         let got = app.get("/uncacheable").await;
@@ -222,24 +257,22 @@ async fn a_repeated_uncacheable_get_is_one_redis_command() {
     let with = server.total_commands() - before - 1;
     assert_eq!(with, 10, "one HMGET per request");
 
-    let off = App::new(CacheLayer::new(redis).hit_for_pass(Duration::ZERO), &origin);
+    let off = App::new(CacheLayer::new(redis.clone()).hit_for_pass(Duration::ZERO), &origin);
     off.get("/uncacheable-off").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    settle(&redis, "/uncacheable-off", false).await;
     let round_trips = || ["hmget", "set", "evalsha"].map(|c| server.command_calls(c));
     let trips_before = round_trips();
-    let before = server.total_commands();
     for _ in 0..10 {
         off.get("/uncacheable-off").await;
+        // Each lock release is sent in the background: wait for it, so that
+        // the next request takes the lock at once (no waiting, no re-polls).
+        settle(&redis, "/uncacheable-off", false).await;
     }
-    // The last lock release is sent in the background.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // + 1: the INFO of the first count.
-    let without = server.total_commands() - before - 1;
     let trips_after = round_trips();
     let [hmget, set, evalsha] = std::array::from_fn(|i| trips_after[i] - trips_before[i]);
     eprintln!(
-        "10 uncacheable GETs: {with} Redis commands with hit-for-pass; without: {without} commands \
-         ({hmget} HMGET, {set} SET NX, {evalsha} EVALSHA release)"
+        "10 uncacheable GETs: {with} Redis commands with hit-for-pass; without: \
+         {hmget} HMGET, {set} SET NX, {evalsha} EVALSHA release"
     );
     assert_eq!((hmget, set, evalsha), (20, 10, 10), "lookup, lock, re-check, release per request");
 }
@@ -260,9 +293,11 @@ async fn a_request_on_another_instance_right_after_a_fill_finds_the_entry() {
         }
     });
     let mut apps = Vec::new();
+    let mut handles = Vec::new();
     for _ in 0..2 {
         let redis = redlayer_core::Redis::connect(&server.url()).await.unwrap();
-        apps.push(App::new(CacheLayer::new(redis), &origin));
+        apps.push(App::new(CacheLayer::new(redis.clone()), &origin));
+        handles.push(redis);
     }
     async fn fetch(app: &App, uri: &str) -> (String, String) {
         let req = http::Request::builder().uri(uri).header("host", "example.test");
@@ -281,7 +316,8 @@ async fn a_request_on_another_instance_right_after_a_fill_finds_the_entry() {
     assert_eq!(origin.hits(), 40, "a back-to-back request on another instance went to the origin");
 
     fetch(&apps[0], "/private").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The marker is written in the background.
+    settle(&handles[0], "/private", true).await;
     let (_, status) = fetch(&apps[1], "/private").await;
     assert!(status.contains("detail=hit-for-pass"), "{status}");
 }

@@ -229,13 +229,18 @@ impl Redis {
             // (a checkout waits for a connection). The new one joins the pool.
             Source::Standalone(pool) if pool.state().connections == 0 => {
                 let conn = pool.dedicated_connection().await.map_err(|e| Error::Unavailable(e.to_string()))?;
-                let raw = conn.clone();
+                let mut raw = conn.clone();
                 let _ = pool.add(conn);
+                // redis-rs's own response timeout (500 ms on connections it
+                // makes) follows the handle's, so a longer one is honoured.
+                raw.set_response_timeout(self.inner.timeout);
                 RawConnection::Single(raw)
             }
             Source::Standalone(pool) => {
                 let guard = pool.get().await.map_err(pool_error)?;
-                RawConnection::Single(guard.clone())
+                let mut raw = guard.clone();
+                raw.set_response_timeout(self.inner.timeout);
+                RawConnection::Single(raw)
             }
             #[cfg(feature = "cluster")]
             Source::Cluster(pool) => {
@@ -280,8 +285,8 @@ impl Default for RedisBuilder {
 }
 
 impl RedisBuilder {
-    /// Per-command timeout (default 500 ms). redis-rs also has its own response
-    /// timeout of 500 ms on connections it makes; the shorter one wins.
+    /// Per-command timeout (default 500 ms); redis-rs's own response timeout
+    /// on the handle's connections is set to the same.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.max(Duration::from_millis(1));
         self

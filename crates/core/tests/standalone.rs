@@ -127,6 +127,23 @@ async fn a_paused_redis_gives_timeouts_within_the_limit() {
     assert!(back.elapsed() < Duration::from_secs(1));
 }
 
+/// A timeout longer than redis-rs's default response timeout (500 ms) is
+/// honoured: a slow command is not cut short at 500 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_timeout_is_honoured() {
+    let server = RedisServer::start();
+    let timeout = Duration::from_millis(1200);
+    let redis = Redis::builder().timeout(timeout).connect(&server.url()).await.unwrap();
+    incr(&redis, "k").await.unwrap();
+    server.pause();
+    let started = Instant::now();
+    let err = incr(&redis, "k").await.unwrap_err();
+    let took = started.elapsed();
+    server.resume();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(took >= timeout - Duration::from_millis(20), "cut short: {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_reports_a_redis_that_is_not_there_and_lazy_does_not() {
     let server = RedisServer::start();
