@@ -421,7 +421,8 @@ impl Locks {
     pub(crate) async fn release_raw(&self, key: &str, token: &str) -> Result<bool> {
         match &self.backend {
             Backend::Memory(mem) => Ok(mem.release(key, token)),
-            Backend::Redlock(nodes) => Ok(crate::redlock::release(nodes, key, token, Duration::from_secs(1)).await),
+            // No validity to protect on release: each node gets its handle's whole timeout.
+            Backend::Redlock(nodes) => Ok(crate::redlock::release(nodes, key, token, Duration::MAX).await),
             Backend::Redis(redis) => {
                 let mut conn = redis.connection().await?;
                 let n: i64 = RELEASE.key(key).arg(token).invoke_async(&mut conn).await?;

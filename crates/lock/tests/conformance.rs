@@ -17,12 +17,16 @@ const MS: Duration = Duration::from_millis(1);
 async fn suite(handles: Vec<Locks>) {
     exclusive_and_owner_checked(&handles).await;
     fencing_tokens_strictly_increase(&handles).await;
-    stale_holder_cannot_release_or_extend(&handles).await;
     drop_releases_without_blocking(&handles).await;
-    acquire_waits_bounded(&handles).await;
-    watchdog_renews_and_stops_on_release(&handles).await;
-    hold_cap_ends_renewal_and_fires_lost(&handles).await;
-    with_lock_runs_and_releases(&handles).await;
+    // These mostly wait for ttls to run out, each on its own lock name: side
+    // by side, the suite takes as long as the longest of them.
+    tokio::join!(
+        stale_holder_cannot_release_or_extend(&handles),
+        acquire_waits_bounded(&handles),
+        watchdog_renews_and_stops_on_release(&handles),
+        hold_cap_ends_renewal_and_fires_lost(&handles),
+        with_lock_runs_and_releases(&handles),
+    );
     hostile_names_are_fine(&handles).await;
     no_overlap_under_contention(&handles).await;
 }
@@ -62,8 +66,15 @@ async fn stale_holder_cannot_release_or_extend(h: &[Locks]) {
     let lost = a.lost();
     tokio::time::timeout(Duration::from_secs(2), lost).await.expect("lost() fires when the validity ends");
     assert!(!a.is_held());
-    tokio::time::sleep(100 * MS).await;
-    let b = h[1].try_acquire("stale", 5000 * MS).await.unwrap().expect("expired lock is free");
+    // The store's ttl started a little after the local validity did: poll.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let b = loop {
+        if let Some(b) = h[1].try_acquire("stale", 5000 * MS).await.unwrap() {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "expired lock is free");
+        tokio::time::sleep(10 * MS).await;
+    };
     assert!(b.fencing_token() > a.fencing_token());
     assert!(!a.extend(5000 * MS).await.unwrap(), "stale holder cannot extend");
     assert!(!a.release().await.unwrap(), "stale holder cannot release");
@@ -82,25 +93,30 @@ async fn drop_releases_without_blocking(h: &[Locks]) {
 }
 
 async fn acquire_waits_bounded(h: &[Locks]) {
-    let a = h[0].try_acquire("wait", 400 * MS).await.unwrap().unwrap();
+    // Long enough that the 100 ms wait below surely ends before it does.
+    let ttl = 1000 * MS;
+    // Taken before the acquisition: the store starts the ttl after this.
     let started = Instant::now();
+    let a = h[0].try_acquire("wait", ttl).await.unwrap().unwrap();
+    let waiting = Instant::now();
     match h[1].acquire("wait", 5000 * MS, Retry::new(100 * MS)).await {
         Err(AcquireError::TimedOut { waited, .. }) => assert!(waited < 600 * MS, "{waited:?}"),
         other => panic!("expected a timeout, got {other:?}"),
     }
-    assert!(started.elapsed() < 700 * MS);
-    // Without release, the waiter gets it once the ttl ends.
+    assert!(waiting.elapsed() < 700 * MS);
+    // Without release, the waiter gets it once the ttl ends (5 ms: the store's millisecond clock).
     let b = h[1].acquire("wait", 5000 * MS, Retry::new(Duration::from_secs(3))).await.unwrap();
-    assert!(started.elapsed() >= 350 * MS, "{:?}", started.elapsed());
-    assert!(started.elapsed() < 2000 * MS, "{:?}", started.elapsed());
+    assert!(started.elapsed() >= ttl - 5 * MS, "{:?}", started.elapsed());
+    assert!(started.elapsed() < ttl + 1600 * MS, "{:?}", started.elapsed());
     assert!(b.fencing_token() > a.fencing_token());
     b.release().await.unwrap();
 }
 
 async fn watchdog_renews_and_stops_on_release(h: &[Locks]) {
-    let a = h[0].try_acquire("dog", 300 * MS).await.unwrap().unwrap();
+    // Renewed every 333 ms: one renewal may come 600 ms late without losing it.
+    let a = h[0].try_acquire("dog", 1000 * MS).await.unwrap().unwrap();
     a.start_watchdog(Duration::from_secs(30));
-    tokio::time::sleep(1000 * MS).await;
+    tokio::time::sleep(3000 * MS).await;
     assert!(a.is_held(), "renewed past its ttl");
     assert!(h[1].try_acquire("dog", 300 * MS).await.unwrap().is_none(), "still held after 3 ttls");
     let lost = a.lost();
@@ -115,12 +131,14 @@ async fn watchdog_renews_and_stops_on_release(h: &[Locks]) {
 }
 
 async fn hold_cap_ends_renewal_and_fires_lost(h: &[Locks]) {
-    let a = h[0].try_acquire("cap", 200 * MS).await.unwrap().unwrap();
+    // Taken before the acquisition, which starts the cap.
     let started = Instant::now();
-    a.start_watchdog(600 * MS);
-    tokio::time::timeout(Duration::from_secs(3), a.lost()).await.expect("lost() after the cap");
+    // Renewed every 333 ms (one renewal may come 600 ms late) up to the 3 s cap.
+    let a = h[0].try_acquire("cap", 1000 * MS).await.unwrap().unwrap();
+    a.start_watchdog(3000 * MS);
+    tokio::time::timeout(Duration::from_secs(10), a.lost()).await.expect("lost() after the cap");
     let held_for = started.elapsed();
-    assert!(held_for >= 450 * MS && held_for < 1500 * MS, "{held_for:?}");
+    assert!(held_for >= 2500 * MS && held_for < 6000 * MS, "{held_for:?}");
     let b = h[1].acquire("cap", 200 * MS, Retry::new(Duration::from_secs(2))).await.expect("free after the cap");
     b.release().await.unwrap();
 }

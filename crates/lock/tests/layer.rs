@@ -76,9 +76,10 @@ async fn suite(a: Locks, b: Locks) {
     let probe = Probe::default();
     let x = app(a.clone(), probe.clone(), long_wait, StatusCode::CONFLICT);
     let started = Instant::now();
-    let (r1, r2) = tokio::join!(call(&x, "acct-2", 400), call(&x, "acct-3", 400));
+    let (r1, r2) = tokio::join!(call(&x, "acct-2", 1000), call(&x, "acct-3", 1000));
     assert_eq!((r1.0, r2.0), (StatusCode::OK, StatusCode::OK));
-    assert!(started.elapsed() < Duration::from_millis(780), "{:?}", started.elapsed());
+    // One after the other would take at least 2 s.
+    assert!(started.elapsed() < Duration::from_millis(1800), "{:?}", started.elapsed());
 
     // Bounded wait: answered with the configured status.
     for busy in [StatusCode::CONFLICT, StatusCode::SERVICE_UNAVAILABLE] {
@@ -86,7 +87,12 @@ async fn suite(a: Locks, b: Locks) {
         let short = Retry::new(Duration::from_millis(150));
         let (x, y) = (app(a.clone(), probe.clone(), short, busy), app(b.clone(), probe.clone(), short, busy));
         let slow = tokio::spawn(async move { call(&x, "acct-4", 800).await.0 });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Wait until the slow request holds the lock and runs.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while probe.inside.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the slow request never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let started = Instant::now();
         let (status, headers) = call(&y, "acct-4", 10).await;
         assert_eq!(status, busy);

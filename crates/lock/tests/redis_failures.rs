@@ -16,14 +16,14 @@ async fn locks(server: &RedisServer) -> Locks {
 async fn lost_fires_when_redis_loses_the_key() {
     let server = RedisServer::start();
     let locks = locks(&server).await;
-    let guard = locks.try_acquire("job", 600 * MS).await.unwrap().unwrap();
+    let guard = locks.try_acquire("job", 3000 * MS).await.unwrap().unwrap();
     guard.start_watchdog(Duration::from_secs(30));
     let lost = guard.lost();
     server.cli(&["DEL", guard.key()]);
     let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(2), lost).await.expect("lost() fires");
-    // The next renewal (every ttl/3) finds the key gone, well before the ttl ends.
-    assert!(started.elapsed() < 500 * MS, "{:?}", started.elapsed());
+    tokio::time::timeout(Duration::from_secs(5), lost).await.expect("lost() fires");
+    // The next renewal (every ttl/3, here 1 s) finds the key gone, well before the ttl ends.
+    assert!(started.elapsed() < 2000 * MS, "{:?}", started.elapsed());
     assert!(!guard.is_held());
 }
 
@@ -31,20 +31,31 @@ async fn lost_fires_when_redis_loses_the_key() {
 async fn watchdog_sends_nothing_after_release() {
     let server = RedisServer::start();
     let locks = locks(&server).await;
-    let guard = locks.try_acquire("job", 150 * MS).await.unwrap().unwrap();
+    // Renewed every 200 ms; the checks below watch for 500 ms, over two renewals.
+    let ttl = 600 * MS;
+    let guard = locks.try_acquire("job", ttl).await.unwrap().unwrap();
     guard.start_watchdog(Duration::from_secs(30));
-    tokio::time::sleep(400 * MS).await;
-    let before = server.command_calls("evalsha");
-    assert!(before >= 3, "acquire + renewals: {before}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.command_calls("evalsha") < 3 {
+        assert!(Instant::now() < deadline, "acquire + renewals: {}", server.command_calls("evalsha"));
+        tokio::time::sleep(20 * MS).await;
+    }
     guard.release().await.unwrap();
     let after_release = server.command_calls("evalsha");
     tokio::time::sleep(500 * MS).await;
     assert_eq!(server.command_calls("evalsha"), after_release, "renewal stopped");
-    // And after a drop.
-    let guard = locks.try_acquire("job", 150 * MS).await.unwrap().unwrap();
+    // And after a drop, which releases in a spawned task: wait for that
+    // release's DEL (an expiry counts no DEL, and the key would outlive the
+    // drop by about 600 ms), so the count below starts after it.
+    let dels = server.command_calls("del");
+    let guard = locks.try_acquire("job", ttl).await.unwrap().unwrap();
     guard.start_watchdog(Duration::from_secs(30));
     drop(guard);
-    tokio::time::sleep(100 * MS).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.command_calls("del") == dels {
+        assert!(Instant::now() < deadline, "drop released: no DEL");
+        tokio::time::sleep(10 * MS).await;
+    }
     let after_drop = server.command_calls("evalsha");
     tokio::time::sleep(500 * MS).await;
     assert_eq!(server.command_calls("evalsha"), after_drop, "renewal stopped on drop");
@@ -203,17 +214,28 @@ async fn fences_keep_increasing_when_the_counter_is_lost_or_overwritten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_is_down_is_reported_after_the_unavailable_wait_not_the_whole_wait() {
     let mut server = RedisServer::start();
-    let locks = locks(&server).await;
+    // A short timeout: an attempt on a Redis that is down may wait all of it.
+    let redis = redlayer_core::Redis::builder().timeout(200 * MS).connect_lazy(&server.url()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = redis.ping().await {
+        assert!(Instant::now() < deadline, "no connection to a Redis that is up: {e}");
+        tokio::time::sleep(10 * MS).await;
+    }
+    let locks = Locks::redis(redis);
     server.kill();
-    for (retry, within) in [
-        (Retry::new(Duration::from_secs(10)), Duration::from_millis(1_800)),
-        (Retry::new(Duration::from_secs(10)).unavailable_wait(Duration::ZERO), Duration::from_millis(700)),
+    // (retry, at least, less than): the default unavailable wait (1 s), then
+    // none, both far below the whole 10 s wait. An unavailable wait of 1 s
+    // cannot end before 1 s (it counts from the first failure).
+    for (retry, at_least, within) in [
+        (Retry::new(Duration::from_secs(10)), Duration::from_secs(1), Duration::from_secs(3)),
+        (Retry::new(Duration::from_secs(10)).unavailable_wait(Duration::ZERO), Duration::ZERO, Duration::from_secs(1)),
     ] {
         let started = Instant::now();
         match locks.acquire("job", 5_000 * MS, retry).await {
             Err(AcquireError::TimedOut { last_error: Some(e), .. }) => assert!(e.is_unavailable(), "{e}"),
             other => panic!("expected a timeout with the store error, got {other:?}"),
         }
-        assert!(started.elapsed() < within, "{retry:?}: {:?}", started.elapsed());
+        let elapsed = started.elapsed();
+        assert!(elapsed >= at_least && elapsed < within, "{retry:?}: {elapsed:?}");
     }
 }

@@ -14,22 +14,56 @@ use redlayer_core::Redis;
 use redlayer_lock::{Locks, Retry};
 use redlayer_testkit::RedisServer;
 
-const TTL: Duration = Duration::from_millis(1000);
-/// A dead node costs each attempt its node timeout (a tenth of the ttl).
-const SHORT_TTL: Duration = Duration::from_millis(400);
+const TTL: Duration = Duration::from_secs(3);
+/// The lock of the contention test (its holders must never overlap, so it
+/// must outlast a holder that a loaded machine descheduled for a while).
+const SHORT_TTL: Duration = Duration::from_secs(2);
+/// Each node gets min(ttl / 10, its handle's timeout) to answer
+/// (src/redlock.rs). A node that is up gets 300 ms (200 ms with SHORT_TTL),
+/// so that one slow reply on a loaded machine does not count as a dead node
+/// (with exactly a quorum up, every node that is up must answer in time).
+const UP_TIMEOUT: Duration = Duration::from_millis(300);
+/// A node this test paused or killed never answers and can cost each round up
+/// to its timeout: its own handles give up after 50 ms, so that the many
+/// rounds of these tests stay fast. How soon a down node's "no" comes does
+/// not change what a majority decides.
+const DOWN_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// One handle per server: connected (and checked) with `UP_TIMEOUT`.
 async fn handles(servers: &[RedisServer]) -> Vec<Redis> {
     let mut out = Vec::new();
     for s in servers {
-        out.push(Redis::builder().timeout(Duration::from_millis(200)).connect(&s.url()).await.unwrap());
+        out.push(Redis::builder().timeout(UP_TIMEOUT).connect(&s.url()).await.unwrap());
     }
     out
 }
 
+/// One handle per server with `DOWN_TIMEOUT`, for servers that will be
+/// paused or killed while it is used. Connected now, while they are up, as a
+/// real client would be (on a loaded machine a ping may need a few tries).
+async fn down_handles(servers: &[RedisServer]) -> Vec<Redis> {
+    let mut out = Vec::new();
+    for s in servers {
+        let redis = Redis::builder().timeout(DOWN_TIMEOUT).connect_lazy(&s.url()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = redis.ping().await {
+            assert!(Instant::now() < deadline, "no connection to a server that is up: {e}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        out.push(redis);
+    }
+    out
+}
+
+/// Per node, its handle from `up` when `is_up(node)`, else from `down`.
+fn pick(up: &[Redis], down: &[Redis], is_up: impl Fn(usize) -> bool) -> Vec<Redis> {
+    (0..up.len()).map(|i| if is_up(i) { up[i].clone() } else { down[i].clone() }).collect()
+}
+
 async fn every_subset(n: usize) {
     let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::start()).collect();
-    let a = Locks::redlock(handles(&servers).await);
-    let b = Locks::redlock(handles(&servers).await);
+    let (up_a, up_b) = (handles(&servers).await, handles(&servers).await);
+    let (down_a, down_b) = (down_handles(&servers).await, down_handles(&servers).await);
     let quorum = n / 2 + 1;
     for up in 0u32..(1 << n) {
         for (i, s) in servers.iter().enumerate() {
@@ -37,6 +71,9 @@ async fn every_subset(n: usize) {
                 s.pause();
             }
         }
+        let is_up = |i: usize| up & (1 << i) != 0;
+        let a = Locks::redlock(pick(&up_a, &down_a, is_up));
+        let b = Locks::redlock(pick(&up_b, &down_b, is_up));
         let name = format!("subset-{n}-{up}");
         let reachable = up.count_ones() as usize;
         let started = Instant::now();
@@ -77,7 +114,8 @@ async fn redlock_tolerates_killed_minorities_and_never_overlaps() {
         let mut servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::start()).collect();
         let mut pools = Vec::new();
         for _ in 0..3 {
-            pools.push(Locks::redlock(handles(&servers).await));
+            // The nodes about to be killed get short timeouts (see `DOWN_TIMEOUT`).
+            pools.push(Locks::redlock(pick(&handles(&servers).await, &down_handles(&servers).await, |i| i >= kill)));
         }
         for s in servers.iter_mut().take(kill) {
             s.kill();

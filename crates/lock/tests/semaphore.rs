@@ -41,13 +41,16 @@ async fn suite(make: impl Fn(&str) -> Vec<Semaphore>) {
 
     // Leases: a holder that dies (never releases) gives its permit back when the lease ends.
     let sems = make("lease-2");
-    let a = sems[0].try_acquire(Duration::from_millis(300)).await.unwrap().unwrap();
+    let lease = Duration::from_millis(300);
     let b = sems[1].try_acquire(Duration::from_secs(10)).await.unwrap().unwrap();
+    // Taken before the acquisition: the store starts the lease after this.
+    let started = Instant::now();
+    let a = sems[0].try_acquire(lease).await.unwrap().unwrap();
     assert!(sems[0].try_acquire(Duration::from_secs(10)).await.unwrap().is_none(), "2 of 2 taken");
     std::mem::forget(a); // the holder died
-    let started = Instant::now();
     let c = sems[1].acquire(Duration::from_secs(10), Retry::new(Duration::from_secs(3))).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    // 5 ms: the store's millisecond clock.
+    assert!(started.elapsed() >= lease - Duration::from_millis(5), "{:?}", started.elapsed());
     assert!(b.extend(Duration::from_secs(10)).await.unwrap());
     drop(b); // released in the background
     let d = sems[0].acquire(Duration::from_secs(10), Retry::new(Duration::from_secs(2))).await.unwrap();
