@@ -223,22 +223,21 @@ impl Redis {
             return Ok(Connection::new(self.inner.clone(), index, generation, raw));
         }
         let raw = match &self.inner.source {
-            // The pool holds nothing (first use, or Redis went away and its
-            // connections were dropped): connect directly, so that a refused
-            // connection is an error at once, not when the timeout runs out
-            // (a checkout waits for a connection). The new one joins the pool.
-            Source::Standalone(pool) if pool.state().connections == 0 => {
-                let conn = pool.dedicated_connection().await.map_err(|e| Error::Unavailable(e.to_string()))?;
-                let mut raw = conn.clone();
-                let _ = pool.add(conn);
+            Source::Standalone(pool) => {
+                let mut raw = if pool.state().connections == 0 {
+                    // The pool holds nothing (first use, or Redis went away and
+                    // its connections were dropped): connect directly, so that a
+                    // refused connection is an error at once, not when the
+                    // timeout runs out (a checkout waits for a connection).
+                    let conn = pool.dedicated_connection().await.map_err(|e| Error::Unavailable(e.to_string()))?;
+                    let raw = conn.clone();
+                    let _ = pool.add(conn);
+                    raw
+                } else {
+                    pool.get().await.map_err(pool_error)?.clone()
+                };
                 // redis-rs's own response timeout (500 ms on connections it
                 // makes) follows the handle's, so a longer one is honoured.
-                raw.set_response_timeout(self.inner.timeout);
-                RawConnection::Single(raw)
-            }
-            Source::Standalone(pool) => {
-                let guard = pool.get().await.map_err(pool_error)?;
-                let mut raw = guard.clone();
                 raw.set_response_timeout(self.inner.timeout);
                 RawConnection::Single(raw)
             }
@@ -315,15 +314,7 @@ impl RedisBuilder {
     /// while Redis is down, and the layers apply their failure policy until it is up.
     pub fn connect_lazy(self, url: &str) -> Result<Redis> {
         let manager = RedisConnectionManager::new(url).map_err(|e| Error::InvalidInput(format!("redis url: {e}")))?;
-        let pool = bb8::Pool::builder()
-            .max_size(self.connections as u32)
-            .test_on_check_out(true)
-            // Each checkout that finds no connection tries to connect at once
-            // (bb8's own retries back off up to half a second, which a
-            // restarted Redis would wait out).
-            .retry_connection(false)
-            .connection_timeout(Duration::from_secs(1))
-            .build_unchecked(manager);
+        let pool = self.pool_builder().build_unchecked(manager);
         Ok(self.from_pool(pool))
     }
 
@@ -357,15 +348,7 @@ impl RedisBuilder {
             .connection_timeout(Duration::from_secs(1))
             .build()
             .map_err(|e| Error::InvalidInput(format!("redis cluster nodes: {e}")))?;
-        let pool = bb8::Pool::builder()
-            .max_size(self.connections as u32)
-            .test_on_check_out(true)
-            // Each checkout that finds no connection tries to connect at once
-            // (bb8's own retries back off up to half a second, which a
-            // restarted Redis would wait out).
-            .retry_connection(false)
-            .connection_timeout(Duration::from_secs(1))
-            .build_unchecked(client);
+        let pool = self.pool_builder().build_unchecked(client);
         Ok(self.from_cluster_pool(pool))
     }
 
@@ -373,6 +356,18 @@ impl RedisBuilder {
     #[cfg(feature = "cluster")]
     pub fn from_cluster_pool(self, pool: bb8::Pool<redis::cluster::ClusterClient>) -> Redis {
         self.build(Source::Cluster(pool))
+    }
+
+    /// The pool the handle builds for a URL or cluster nodes: as many
+    /// connections as it keeps, each tested on checkout; a checkout that finds
+    /// none connects at once (bb8's own retries back off up to half a second,
+    /// which a restarted Redis would wait out).
+    fn pool_builder<M: bb8::ManageConnection>(&self) -> bb8::Builder<M> {
+        bb8::Pool::builder()
+            .max_size(self.connections as u32)
+            .test_on_check_out(true)
+            .retry_connection(false)
+            .connection_timeout(Duration::from_secs(1))
     }
 
     fn build(self, source: Source) -> Redis {
