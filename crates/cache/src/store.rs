@@ -47,12 +47,12 @@ const BACKOFF: Duration = Duration::from_millis(500);
 const BACKOFF_MSG: &str = "redis failed recently; the cache steps aside for a moment";
 const MAX_SPEC_GUESSES: usize = 10_000;
 /// The most variants (responses for different values of the `Vary`
-/// headers) kept per entry: a new one beyond that replaces an older one, so
+/// headers) kept per entry: a new one beyond that replaces another, so
 /// clients sending ever new header values cannot grow one entry without bound.
 pub const MAX_VARIANTS: usize = 32;
 
-/// How much memory the memory store may hold by default: 256 MiB.
-pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+pub use redlayer_core::memory::DEFAULT_MEMORY_BUDGET;
+
 /// What an entry, a variant or a tag member costs besides its bytes (map
 /// slots, allocations), for the memory budget.
 const ENTRY_OVERHEAD: usize = 64;
@@ -402,9 +402,9 @@ impl Store {
                     hash.pass_until_ms = 0;
                     if hash.variants.len() >= MAX_VARIANTS
                         && !hash.variants.contains_key(&field)
-                        && let Some(older) = hash.variants.keys().next().cloned()
+                        && let Some(other) = hash.variants.keys().next().cloned()
                     {
-                        hash.variants.remove(&older);
+                        hash.variants.remove(&other);
                     }
                     hash.variants.insert(field, value);
                     hash.expires_at = hash.expires_at.max(now + ttl);

@@ -74,6 +74,10 @@ struct Entry<V> {
     weight: usize,
 }
 
+/// How much memory an in-memory store (cache entries, sessions, idempotency
+/// records) holds by default: 256 MiB, each crate's `memory()` constructor.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+
 const SHARDS: usize = 16;
 const MIN_SWEEP_AT: usize = 1024;
 

@@ -92,8 +92,7 @@ struct MemRecord {
     done: Option<StoredResponse>,
 }
 
-/// How much memory the memory store's records may hold by default: 256 MiB.
-pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+pub use redlayer_core::memory::DEFAULT_MEMORY_BUDGET;
 
 impl MemRecord {
     /// About the memory it holds (its key, a 43-byte digest, and map slots

@@ -66,13 +66,16 @@ impl Store {
     /// of client-chosen keys is limited as one client, never unbounded), until
     /// expired keys make room.
     pub fn memory_with_max_keys(max_keys: usize) -> Self {
-        Store { kind: StoreKind::Memory(Arc::new(MemoryStore::bounded(None, max_keys.max(1))), KeyBuilder::default()) }
+        Self::memory_with(None, max_keys.max(1))
     }
 
     /// State in memory on a given clock (e.g. [`redlayer_core::memory::ManualClock`] in tests).
     pub fn memory_with_clock(clock: Option<Arc<dyn Clock>>) -> Self {
-        let store = MemoryStore::bounded(clock, DEFAULT_MEMORY_MAX_KEYS);
-        Store { kind: StoreKind::Memory(Arc::new(store), KeyBuilder::default()) }
+        Self::memory_with(clock, DEFAULT_MEMORY_MAX_KEYS)
+    }
+
+    fn memory_with(clock: Option<Arc<dyn Clock>>, max_keys: usize) -> Self {
+        Store { kind: StoreKind::Memory(Arc::new(MemoryStore::bounded(clock, max_keys)), KeyBuilder::default()) }
     }
 
     /// The key builder (prefix) of this store.

@@ -17,8 +17,7 @@ use redlayer_core::{
 
 use crate::{SessionError, id};
 
-/// How much memory the memory store may hold by default: 256 MiB.
-pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+pub use redlayer_core::memory::DEFAULT_MEMORY_BUDGET;
 
 /// A user's index is pruned of ended sessions from this many entries on ...
 const PRUNE_FROM: usize = 256;
