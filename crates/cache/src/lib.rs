@@ -29,7 +29,7 @@
 //!   [`CacheLayer::key_fn`] and a [`CacheLayer::namespace`] hook exist), and
 //!   the variant chosen by the request headers named in the stored `Vary`.
 //!   `Vary: *` is never stored. At most [`MAX_VARIANTS`] variants are kept
-//!   per URI (a new one replaces an older one), so clients inventing header
+//!   per URI (a new one replaces another), so clients inventing header
 //!   values cannot grow an entry without bound.
 //! - Hits are served with `Age`; a client whose `If-None-Match` /
 //!   `If-Modified-Since` matches gets a 304.

@@ -654,15 +654,12 @@ impl Ctx {
         let store = self.state.store.clone();
         let req_headers = entry.req_headers.clone();
         rt.spawn(async move {
-            // Tags first: once the entry can be found, a purge of any of its
-            // tags finds it too. (A tag left by a failed store names a key
-            // that is not there: a purge deletes nothing for it.) After a
-            // failed tag the store is likely down: skip the rest.
-            for tag in &plan.tags {
-                if store.add_tag(tag, &plan.key, plan.ttl).await.is_err() {
-                    break;
-                }
-            }
+            // Tags first, all at once (they pipeline on one connection): once
+            // the entry can be found, a purge of any of its tags finds it too.
+            // A tag left by a failed store names a key that is not there: a
+            // purge deletes nothing for it.
+            let tagging = plan.tags.iter().map(|tag| store.add_tag(tag, &plan.key, plan.ttl));
+            let _ = futures_util::future::join_all(tagging).await;
             let value = entry.encode();
             let stored = store.put(&plan.key, &plan.uri, &plan.spec, &req_headers, value, plan.ttl).await;
             // The flight ends once the entry is in the store (or failed to get
