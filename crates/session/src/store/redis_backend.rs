@@ -135,12 +135,15 @@ pub(super) async fn load(
             }
         }
     }
-    if let Some(seen) = seen
-        && seen > now
-    {
-        // Redis wrote a later time than the estimate of its clock: read it again next time.
-        clock.invalidate();
-    }
+    // Redis's clock is at least the last time it wrote: when the estimate is
+    // behind that, use it (and read the clock again next time).
+    let now = match seen {
+        Some(seen) if seen > now => {
+            clock.invalidate();
+            seen
+        }
+        _ => now,
+    };
     match deadline {
         Some(deadline) if now < deadline => {}
         _ => {
@@ -150,9 +153,7 @@ pub(super) async fn load(
             return Ok((touched == 1).then_some(loaded));
         }
     }
-    // A zero interval refreshes on every read, whatever the estimate of Redis's
-    // clock says (it may trail the last `m:s` Redis wrote by a millisecond).
-    if touch_ms == 0 || seen.is_none_or(|seen| now - seen >= touch_ms as i64) {
+    if seen.is_none_or(|seen| now - seen >= touch_ms as i64) {
         let touched: i64 = TOUCH.key(key).arg(idle_ms).invoke_async(&mut conn).await?;
         if touched == 0 {
             return Ok(None);
