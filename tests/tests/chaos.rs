@@ -34,8 +34,8 @@ const MAX_LATENCY: Duration = Duration::from_millis(3500);
 /// A request still running after this is "hung" (a failure).
 const HANG: Duration = Duration::from_secs(8);
 /// Longest accepted time until every layer works again after a standalone
-/// Redis returns. Reconnecting can wait out bb8's backoff and the cache
-/// store's 500 ms backoff, while the load keeps running on a slow machine.
+/// Redis returns: the cache steps aside for 500 ms after a failure, and the
+/// load keeps running on a slow machine.
 const MAX_RECOVERY: Duration = Duration::from_secs(6);
 /// How long [`recovery`] keeps trying (past [`MAX_RECOVERY`], so that a slow
 /// recovery is reported with its time).

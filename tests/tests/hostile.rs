@@ -288,7 +288,7 @@ fn hostile_paths_and_cache_headers_stay_bounded() {
 }
 
 /// Waits (bounded) until no lock key is left: a cache fill releases its lock
-/// (`lock:{cache-fill:...}`, no fence key) only after its entry is stored.
+/// (a `{prefix}:lock:{...}` key) only after its entry is stored.
 async fn fill_locks_released(conn: &mut redis::aio::MultiplexedConnection, within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     loop {

@@ -16,9 +16,7 @@ use redlayer::{FailurePolicy, Redis};
 use redlayer_testkit::{RedisCluster, RedisServer};
 use redlayer_tests::{Backend, Config, Counters, app, request, send, unique};
 
-/// The handles' per-command timeout: far above any latency on a loaded
-/// machine. (On a standalone server redis-rs still applies its own 500 ms
-/// response timeout to the connections bb8-redis makes.)
+/// The handles' per-command timeout: far above any latency on a loaded machine.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Instances {

@@ -797,28 +797,15 @@ async fn has_pass_marker(b: &Backend, path: &str) -> Option<bool> {
 
 /// Waits until the hit-for-pass marker of `path` is written and the fill
 /// lock held while writing it is released: both happen in the background
-/// after the response. On Redis both are polled (bounded); the memory store
-/// writes the marker in a task without I/O, so a short pause does there.
+/// after the response. The memory store writes the marker in a task without
+/// I/O, so a short pause does there.
 async fn wait_for_pass_marker(b: &Backend, path: &str) {
-    let Some(redis) = b.redis.as_ref() else {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        return;
-    };
-    let key = b.store.entry_key(&format!("GET http://example.test{path}"));
-    let lock = redis.keys().key("lock", &redlayer_core::KeyPart::client(format!("cache-fill:{key}")));
-    let done = eventually(Duration::from_secs(5), || async {
-        let mut conn = redis.connection().await.unwrap();
-        let marked: i64 = redis::cmd("HEXISTS").arg(&key).arg("pass").query_async(&mut conn).await.unwrap();
-        let locked: i64 = redis::cmd("EXISTS").arg(&lock).query_async(&mut conn).await.unwrap();
-        marked == 1 && locked == 0
-    })
-    .await;
-    assert!(done, "no hit-for-pass marker for {path}, or its fill lock still held, after 5 s");
+    match b.redis.as_ref() {
+        Some(redis) => support::settle(redis, path, true).await,
+        None => tokio::time::sleep(Duration::from_millis(100)).await,
+    }
 }
 
-/// Hit-for-pass: after an unstorable response, the key's misses go straight
-/// to the origin (one HMGET on Redis: no second lookup, no fill lock), and a
-/// storable response is stored again and clears the marker.
 /// A response that is never fresh (no freshness information, no heuristic)
 /// and has no validator is not stored at all, not even for the stale grace.
 async fn never_fresh_responses_without_validators_are_not_stored(b: Backend) {
@@ -831,6 +818,9 @@ async fn never_fresh_responses_without_validators_are_not_stored(b: Backend) {
     assert!(second.cache_status().contains("fwd=uri-miss"), "{}", second.cache_status());
 }
 
+/// Hit-for-pass: after an unstorable response, the key's misses go straight
+/// to the origin (one HMGET on Redis: no second lookup, no fill lock), and a
+/// storable response is stored again and clears the marker.
 async fn uncacheable_routes_skip_the_fill_lock_until_they_become_cacheable(b: Backend) {
     let cacheable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = cacheable.clone();

@@ -8,39 +8,13 @@ use futures_util::StreamExt as _;
 
 use redlayer_cache::{CacheLayer, Store};
 use redlayer_testkit::RedisServer;
-use support::{App, Origin, resp};
+use support::{App, Origin, resp, settle};
 
 /// A handle with one connection, made at connect: tests that count the
 /// commands the server runs see no second connection being set up (and
 /// checked with `PING`) in the background.
 async fn one_connection(server: &RedisServer) -> redlayer_core::Redis {
     redlayer_core::Redis::builder().connections(1).connect(&server.url()).await.unwrap()
-}
-
-/// The entry key of `GET http://example.test{path}` and the key of its fill lock.
-fn entry_and_lock(redis: &redlayer_core::Redis, path: &str) -> (String, String) {
-    let key = Store::redis(redis.clone()).entry_key(&format!("GET http://example.test{path}"));
-    let lock = redis.keys().key("lock", &redlayer_core::KeyPart::client(format!("cache-fill:{key}")));
-    (key, lock)
-}
-
-/// Waits (bounded) until the background work of the last request on `path`
-/// is done: its fill lock released (a fill releases it only after storing
-/// its entry or its hit-for-pass marker) and, with `marker`, the marker written.
-async fn settle(redis: &redlayer_core::Redis, path: &str, marker: bool) {
-    let (key, lock) = entry_and_lock(redis, path);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut conn = redis.connection().await.unwrap();
-        let locked: i64 = redis::cmd("EXISTS").arg(&lock).query_async(&mut conn).await.unwrap();
-        let marked: i64 =
-            if marker { redis::cmd("HEXISTS").arg(&key).arg("pass").query_async(&mut conn).await.unwrap() } else { 1 };
-        if locked == 0 && marked == 1 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{path}: fill lock held ({locked}) or no marker ({marked}) after 5 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn stampede(urls: Vec<String>, cluster: bool) {

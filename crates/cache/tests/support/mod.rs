@@ -175,3 +175,27 @@ impl App {
         self.send("GET", uri, &[]).await
     }
 }
+
+/// Waits (bounded, 5 s) until the background work of the last fill of
+/// `GET http://example.test{path}` is done: its fill lock released (a fill
+/// releases it only after storing its entry or its hit-for-pass marker) and,
+/// with `marker`, the hit-for-pass marker written.
+pub async fn settle(redis: &redlayer_core::Redis, path: &str, marker: bool) {
+    let key = Store::redis(redis.clone()).entry_key(&format!("GET http://example.test{path}"));
+    let lock = redis.keys().key("lock", &redlayer_core::KeyPart::client(format!("cache-fill:{key}")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut conn = redis.connection().await.unwrap();
+        let locked: i64 = redis::cmd("EXISTS").arg(&lock).query_async(&mut conn).await.unwrap();
+        let marked: i64 =
+            if marker { redis::cmd("HEXISTS").arg(&key).arg("pass").query_async(&mut conn).await.unwrap() } else { 1 };
+        if locked == 0 && marked == 1 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path}: fill lock held ({locked}) or no marker ({marked}) after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
