@@ -224,28 +224,15 @@ impl Redis {
         }
         let raw = match &self.inner.source {
             Source::Standalone(pool) => {
-                let mut raw = if pool.state().connections == 0 {
-                    // The pool holds nothing (first use, or Redis went away and
-                    // its connections were dropped): connect directly, so that a
-                    // refused connection is an error at once, not when the
-                    // timeout runs out (a checkout waits for a connection).
-                    let conn = pool.dedicated_connection().await.map_err(|e| Error::Unavailable(e.to_string()))?;
-                    let raw = conn.clone();
-                    let _ = pool.add(conn);
-                    raw
-                } else {
-                    pool.get().await.map_err(pool_error)?.clone()
-                };
+                let mut raw = take(pool).await?;
                 // redis-rs's own response timeout (500 ms on connections it
                 // makes) follows the handle's, so a longer one is honoured.
                 raw.set_response_timeout(self.inner.timeout);
                 RawConnection::Single(raw)
             }
+            // The cluster client was built with the handle's response timeout.
             #[cfg(feature = "cluster")]
-            Source::Cluster(pool) => {
-                let guard = pool.get().await.map_err(pool_error)?;
-                RawConnection::Cluster(guard.clone())
-            }
+            Source::Cluster(pool) => RawConnection::Cluster(take(pool).await?),
         };
         let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, raw.clone()));
@@ -258,6 +245,25 @@ impl Redis {
         let mut conn = self.connection().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
+    }
+}
+
+/// A connection of the pool, to keep in a slot. When the pool holds none
+/// (first use, or Redis went away and its connections were dropped), a new
+/// one is made directly and added to the pool: a refused connection is then
+/// an error at once, where a checkout would wait for a connection until its
+/// timeout.
+async fn take<M>(pool: &bb8::Pool<M>) -> Result<M::Connection>
+where
+    M: bb8::ManageConnection<Error = redis::RedisError>,
+    M::Connection: Clone,
+{
+    if pool.state().connections == 0 {
+        let conn = pool.dedicated_connection().await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        let _ = pool.add(conn.clone());
+        Ok(conn)
+    } else {
+        Ok(pool.get().await.map_err(pool_error)?.clone())
     }
 }
 

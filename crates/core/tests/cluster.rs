@@ -78,3 +78,31 @@ async fn a_restarted_master_is_used_again() {
     }
     println!("cluster recovered {:?} after the master was back", back.elapsed());
 }
+
+/// With the whole cluster gone (connections refused), calls fail at once
+/// once the handle's connections are found dead, not at the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_is_gone_fails_fast() {
+    let mut cluster = RedisCluster::start();
+    let timeout = Duration::from_millis(300);
+    let redis = Redis::builder().timeout(timeout).connect_cluster(cluster.urls()).await.unwrap();
+    let key = redis.keys().key("c", &KeyPart::client("gone"));
+    let incr = || async {
+        let mut conn = redis.connection().await?;
+        redis::cmd("INCR").arg(&key).query_async::<i64>(&mut conn).await.map_err(redlayer_core::Error::from)
+    };
+    incr().await.unwrap();
+    for node in 0..3 {
+        cluster.node_mut(node).kill();
+    }
+    let mut fast = 0;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let err = incr().await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(started.elapsed() < timeout + Duration::from_millis(200), "waited {:?}", started.elapsed());
+        fast += usize::from(started.elapsed() < timeout / 3);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(fast >= 10, "only {fast} of 20 calls failed fast with the cluster gone");
+}
