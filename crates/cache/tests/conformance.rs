@@ -342,6 +342,23 @@ async fn tag_purge_leaves_no_stale_copy(b: Backend) {
     assert!(!app.get("/o/1").await.is_hit());
 }
 
+/// At most 32 tags are taken from one response (the first in sorted order):
+/// an origin cannot make one entry write an unbounded number of tag sets.
+async fn tags_per_response_are_bounded(b: Backend) {
+    let tags: Vec<String> = (0..40).map(|i| format!("t{i:02}")).collect();
+    let header = tags.join(", ");
+    let origin =
+        Origin::new(move |_, n| resp(200, &[("cache-control", "max-age=60"), ("cache-tag", &header)], &format!("{n}")));
+    let layer = b.layer();
+    let app = App::new(layer.clone(), &origin);
+    app.get("/tagged").await;
+    assert!(app.get("/tagged").await.is_hit());
+    assert_eq!(layer.purge_tag("t35").await.unwrap(), 0, "the 36th tag was not recorded");
+    assert!(app.get("/tagged").await.is_hit());
+    assert_eq!(layer.purge_tag("t31").await.unwrap(), 1, "the 32nd tag was recorded");
+    assert!(!app.get("/tagged").await.is_hit());
+}
+
 async fn large_bodies_stream_through_unstored(b: Backend) {
     let origin = Origin::new(|parts, n| {
         let size = if parts.uri.path() == "/big" { 5000 } else { 50 };
@@ -949,6 +966,7 @@ suite!(
     stale_while_revalidate_serves_stale_and_refreshes_once,
     stale_if_error_serves_stale_when_the_origin_fails,
     tag_purge_leaves_no_stale_copy,
+    tags_per_response_are_bounded,
     large_bodies_stream_through_unstored,
     concurrent_misses_reach_the_origin_once,
     purge_by_prefix,
