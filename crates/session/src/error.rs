@@ -48,6 +48,15 @@ impl SessionError {
         }
     }
 
+    /// The gRPC status this error maps to.
+    pub(crate) fn grpc_code(&self) -> redlayer_core::problem::GrpcCode {
+        use redlayer_core::problem::GrpcCode;
+        match self {
+            SessionError::Expired => GrpcCode::Unauthenticated,
+            _ => GrpcCode::Unavailable,
+        }
+    }
+
     pub(crate) fn title(&self) -> &'static str {
         match self {
             SessionError::Store(e) if e.is_unavailable() => "Session store unavailable",

@@ -61,11 +61,11 @@ where
                             this.state.set(State::Finishing { future, response: Some(response) });
                         }
                         Some(session) if session.is_accessed() => {
-                            let mut response = response.map(ResponseBody::inner);
+                            let mut response = answer(response, *this.grpc);
                             transport::add_vary(&this.shared.transport, response.headers_mut());
                             return Poll::Ready(Ok(response));
                         }
-                        _ => return Poll::Ready(Ok(response.map(ResponseBody::inner))),
+                        _ => return Poll::Ready(Ok(answer(response, *this.grpc))),
                     }
                 }
                 StateProj::Finishing { future, response } => {
@@ -82,7 +82,7 @@ where
 /// replaces the handler's answer: the client must not believe it succeeded.
 fn complete<B>(response: Response<B>, finish: Finish, shared: &Shared, grpc: bool) -> Response<ResponseBody<B>> {
     let mut response = match finish.error {
-        None => response.map(ResponseBody::inner),
+        None => answer(response, grpc),
         Some(error) => {
             tracing::warn!(target: "redlayer", layer = "session", %error, "session changes were not saved");
             error_response(&error, grpc)
@@ -96,11 +96,26 @@ fn complete<B>(response: Response<B>, finish: Finish, shared: &Shared, grpc: boo
     response
 }
 
+/// Set on the response a handler's [`SessionError`] turns into (axum's
+/// `IntoResponse` cannot see the request): for a gRPC call the layer answers
+/// with the error's gRPC status instead of the HTTP problem document.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandlerError {
+    pub(crate) code: GrpcCode,
+    pub(crate) title: &'static str,
+}
+
+/// The handler's response, unless it is a session error answered to a gRPC call.
+fn answer<B>(response: Response<B>, grpc: bool) -> Response<ResponseBody<B>> {
+    match response.extensions().get::<HandlerError>() {
+        Some(error) if grpc => grpc_response(error.code, error.title),
+        _ => response.map(ResponseBody::inner),
+    }
+}
+
 pub(crate) fn error_response<B>(error: &SessionError, grpc: bool) -> Response<ResponseBody<B>> {
     if grpc {
-        let code =
-            if matches!(error, SessionError::Expired) { GrpcCode::Unauthenticated } else { GrpcCode::Unavailable };
-        return grpc_response(code, error.title());
+        return grpc_response(error.grpc_code(), error.title());
     }
     let mut problem = Problem::new(error.status(), error.title());
     if let SessionError::Expired = error {

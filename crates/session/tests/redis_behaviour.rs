@@ -175,6 +175,11 @@ async fn redis_killed_mid_traffic_answers_503_within_the_timeout_and_recovers() 
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "failed write reported: {}", a.body);
     assert!(a.headers["content-type"].to_str().unwrap().contains("problem+json"));
     assert_eq!(c.call("GET", "/me").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    // A gRPC call gets UNAVAILABLE (HTTP 200, trailers-only).
+    let mut grpc = c.request("GET", "/me");
+    grpc.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    let a = c.send(grpc).await;
+    assert_eq!((a.status, a.headers.get("grpc-status").map(|v| v.to_str().unwrap())), (StatusCode::OK, Some("14")));
     tokio::time::sleep(500 * MS).await;
     server.restart();
     let back = Instant::now();
