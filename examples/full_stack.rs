@@ -29,9 +29,9 @@
 //! 4. **Idempotency**: inside the session layer, so a replayed answer does
 //!    not run the handler's session writes again; it buffers the request body
 //!    (bounded) to fingerprint it, so keep it after the rate limit.
-//! 5. **Per-key lock**: per route (`route_layer`), i.e. after routing, because
-//!    its key comes from the matched path (`/accounts/{id}/withdraw`): one
-//!    request per account at a time across every instance.
+//! 5. **Per-key lock**: per route (`route_layer`), so only that route takes
+//!    it; its key is the request path (`/accounts/42/withdraw`): one request
+//!    per account at a time across every instance.
 //!
 //! # Sessions and the cache
 //!

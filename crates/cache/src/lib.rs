@@ -127,7 +127,7 @@
 //! |---|---|---|---|
 //! | `cache` | `{prefix}:cache:{<GET uri>}` | HASH: `uri`, `vary`, `v:<variant>` = entry, `pass` = hit-for-pass deadline (ms) | longest variant: freshness + stale windows + retention; a hash holding only `pass`: the hit-for-pass time |
 //! | `cachetag` | `{prefix}:cachetag:{<tag>}` | SET of entry keys | longest member |
-//! | `cacheval` | `{prefix}:cacheval:{<key>}` | STRING: version byte + JSON | the ttl given |
+//! | `cacheval` | `{prefix}:cacheval:{<key>}` | STRING: magic, version, fresh-until ms, JSON | the ttl given (+ stale window) |
 //!
 //! Every script touches one key. A tag index cannot share a slot with all
 //! the entries it names, so it lives in its tag's slot and a purge reads it

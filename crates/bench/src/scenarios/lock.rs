@@ -56,7 +56,7 @@ pub async fn start(redis_url: &str, handle: &redlayer::Redis) -> Vec<LockScenari
         LockScenario {
             name: "Locks::try_acquire + release (fencing on)",
             about: "`Locks::redis(handle)` defaults: `try_acquire(name, 10 s)` (lock + fencing token in one \
-                    `MULTI`/`EXEC`, each name known to the process after its first acquisition) then \
+                    `MULTI`/`EXEC`, the acquire script instead for a name's first acquisition and again every 30 s) then \
                     `guard.release()`",
             mode: Mode::Locks(locks.clone()),
         },
