@@ -6,7 +6,7 @@ use std::{fmt, time::Duration};
 ///
 /// Layers never hand this to HTTP clients: they turn it into their configured
 /// [`FailurePolicy`](crate::FailurePolicy) and a `tracing` event.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// The operation did not finish within its timeout.

@@ -7,13 +7,14 @@ use std::{
 
 use redlayer_core::{KeyBuilder, Redis, Result, memory::Clock};
 
-use crate::memory::MemoryStore;
+use crate::{batch::GcraBatcher, memory::MemoryStore};
 
 /// The one Lua script of every decision (see `src/scripts/limit.lua`).
 static LIMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/limit.lua")));
-/// The same decision for a limiter of one GCRA policy, at a smaller cost to
-/// Redis (see `src/scripts/gcra.lua`).
-static GCRA: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/gcra.lua")));
+/// The same decisions for a limiter of one GCRA policy, at a smaller cost to
+/// Redis, several in one call (see `src/scripts/gcra.lua` and [`GcraBatcher`]).
+pub(crate) static GCRA: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/gcra.lua")));
 
 /// Where limiter state lives: Redis (shared by every instance) or this
 /// process's memory (same semantics, one instance).
@@ -32,14 +33,16 @@ pub struct Store {
 
 #[derive(Clone)]
 pub(crate) enum StoreKind {
-    Redis(Redis),
+    /// The handle, and the batcher of one-GCRA-policy decisions (standalone only:
+    /// on a cluster the keys of one call would have to share a slot).
+    Redis(Redis, Option<Arc<GcraBatcher>>),
     Memory(Arc<MemoryStore>, KeyBuilder),
 }
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            StoreKind::Redis(r) => f.debug_tuple("Store::Redis").field(r).finish(),
+            StoreKind::Redis(r, _) => f.debug_tuple("Store::Redis").field(r).finish(),
             StoreKind::Memory(..) => f.write_str("Store::Memory"),
         }
     }
@@ -52,7 +55,8 @@ pub const DEFAULT_MEMORY_MAX_KEYS: usize = 1_000_000;
 impl Store {
     /// State in Redis, through the shared handle: exact across instances.
     pub fn redis(redis: Redis) -> Self {
-        Store { kind: StoreKind::Redis(redis) }
+        let batcher = (!redis.is_cluster()).then(|| Arc::new(GcraBatcher::new(redis.clone())));
+        Store { kind: StoreKind::Redis(redis, batcher) }
     }
 
     /// State in this process's memory, on the system clock, for at most
@@ -81,7 +85,7 @@ impl Store {
     /// The key builder (prefix) of this store.
     pub(crate) fn keys(&self) -> &KeyBuilder {
         match &self.kind {
-            StoreKind::Redis(r) => r.keys(),
+            StoreKind::Redis(r, _) => r.keys(),
             StoreKind::Memory(_, k) => k,
         }
     }
@@ -89,7 +93,7 @@ impl Store {
     /// The Redis handle, if any.
     pub(crate) fn redis_handle(&self) -> Option<&Redis> {
         match &self.kind {
-            StoreKind::Redis(r) => Some(r),
+            StoreKind::Redis(r, _) => Some(r),
             StoreKind::Memory(..) => None,
         }
     }
@@ -104,18 +108,26 @@ impl Store {
         let cost = cost.min(crate::quota::MAX_COST);
         match &self.kind {
             StoreKind::Memory(m, _) => Ok(m.decide(keys, specs, cost)),
-            StoreKind::Redis(redis) => {
+            StoreKind::Redis(redis, batcher) => {
+                let gcra = match specs {
+                    [only] if only.algorithm == crate::quota::Algorithm::Gcra.code() => Some(only),
+                    _ => None,
+                };
+                if let (Some(only), Some(batcher)) = (gcra, batcher) {
+                    let outcome = batcher.decide(&keys[0], cost, only.gcra_interval(), only.burst).await?;
+                    return Ok((outcome.allowed, vec![outcome]));
+                }
                 // EVALSHA built straight into one command (what `Script::invoke_async`
                 // does, without its intermediate copies of every key and argument).
                 let key_bytes: usize = keys.iter().map(|k| k.len()).sum();
                 let mut cmd = redis::Cmd::with_capacity(5 + keys.len() + 4 * specs.len(), 96 + key_bytes);
-                let (script, single) = match specs {
-                    [only] if only.algorithm == crate::quota::Algorithm::Gcra.code() => {
+                let script = match gcra {
+                    Some(only) => {
                         cmd.arg("EVALSHA").arg(GCRA.get_hash()).arg(1).arg(keys[0].as_str());
                         cmd.arg(cost).arg(only.gcra_interval()).arg(only.burst);
-                        (&*GCRA, true)
+                        &*GCRA
                     }
-                    _ => {
+                    None => {
                         cmd.arg("EVALSHA").arg(LIMIT.get_hash()).arg(keys.len());
                         for key in keys {
                             cmd.arg(key.as_str());
@@ -124,32 +136,30 @@ impl Store {
                         for s in specs {
                             cmd.arg(s.algorithm).arg(s.count).arg(s.period_us).arg(s.burst);
                         }
-                        (&*LIMIT, false)
+                        &*LIMIT
                     }
                 };
-                let mut conn = redis.connection().await?;
-                let raw: Vec<i64> = match cmd.query_async(&mut conn).await {
-                    // Not loaded yet (or Redis restarted): load it and run it again, as redis-rs does.
-                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                        script.load_async(&mut conn).await?;
-                        cmd.query_async(&mut conn).await?
-                    }
-                    other => other?,
-                };
-                match (single, raw.as_slice()) {
-                    // gcra.lua's short answer: allowed, with remaining and reset.
-                    (true, &[remaining, reset_us]) => {
-                        Ok((true, vec![RawOutcome { allowed: true, remaining, reset_us, retry_us: 0 }]))
-                    }
-                    _ => parse(&raw, specs.len()),
-                }
+                parse(&run_script(redis, script, &cmd).await?, specs.len())
             }
         }
     }
 }
 
+/// Runs `cmd`, an `EVALSHA` of `script`, loading the script first if Redis
+/// does not have it yet (or lost it in a restart), as redis-rs does.
+pub(crate) async fn run_script(redis: &Redis, script: &redis::Script, cmd: &redis::Cmd) -> Result<Vec<i64>> {
+    let mut conn = redis.connection().await?;
+    match cmd.query_async(&mut conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(&mut conn).await?;
+            Ok(cmd.query_async(&mut conn).await?)
+        }
+        other => Ok(other?),
+    }
+}
+
 /// The scripts answer 4 values per policy; the request is allowed when every policy allows it.
-fn parse(raw: &[i64], n: usize) -> Result<(bool, Vec<RawOutcome>)> {
+pub(crate) fn parse(raw: &[i64], n: usize) -> Result<(bool, Vec<RawOutcome>)> {
     if raw.len() != 4 * n {
         return Err(redlayer_core::Error::Decode(format!("rate-limit script answered {} values", raw.len())));
     }

@@ -1,47 +1,61 @@
--- redlayer-ratelimit: the decision of a limiter with exactly one policy, a GCRA
--- (or token bucket) one: limit.lua's GCRA branch alone, with the same state and
--- the same answer, for the common case, at a smaller cost to Redis (fewer
--- arguments, no tables of pending writes, no generic loop).
+-- redlayer-ratelimit: the decisions of a limiter with exactly one policy, a
+-- GCRA (or token bucket) one: limit.lua's GCRA branch alone, with the same
+-- state and the same answer, for the common case, at a smaller cost to Redis
+-- (no tables of pending writes, no generic loop over policies).
 --
--- KEYS[1]  the state key (the theoretical arrival time, microseconds)
--- ARGV[1]  cost (integer >= 0; 0 only reads)
--- ARGV[2]  emission interval, microseconds: max(1, floor(period / count)),
---          computed by the caller as limit.lua computes it
--- ARGV[3]  burst
+-- One call decides one or more requests, in order, each on its own key (a key
+-- may come more than once: each decision sees the ones before it). Concurrent
+-- requests of one process share a call on standalone Redis (see batch.rs); on
+-- a cluster each call has one key.
 --
--- Time comes from the Redis server (TIME), never from the application.
--- Returns {remaining, reset_us} when allowed (the usual answer, kept short),
--- {0, remaining, reset_us, retry_us} when denied (see limit.lua).
+-- KEYS[i]         the state key of decision i (the theoretical arrival time, microseconds)
+-- ARGV[3i-2]      its cost (integer >= 0; 0 only reads)
+-- ARGV[3i-1]      its emission interval, microseconds: max(1, floor(period / count)),
+--                 computed by the caller as limit.lua computes it
+-- ARGV[3i]        its burst
+--
+-- Time comes from the Redis server (TIME), never from the application: one
+-- reading for the whole call, which runs atomically.
+-- Returns 4 values per decision, as limit.lua does: allowed (1 or 0),
+-- remaining, reset_us, retry_us (-1 when the cost can never fit, 0 when allowed).
 
-local t = redis.call('TIME')
+local call, floor, ceil, format, tonumber = redis.call, math.floor, math.ceil, string.format, tonumber
+local t = call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cost = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local dvt = interval * tonumber(ARGV[3])
-local key = KEYS[1]
-local tat = tonumber(redis.call('GET', key) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval * cost
-local allow_at = new_tat - dvt
+local out = {}
+local n = 0
 
-if now < allow_at then
-  -- Denied: nothing is charged; report the state as it stands.
-  local retry = allow_at - now
-  if interval * cost > dvt then retry = -1 end
-  local remaining = math.floor((dvt - (tat - now)) / interval)
-  if remaining < 0 then remaining = 0 end
-  return {0, remaining, tat - now, retry}
-end
+for i = 1, #KEYS do
+  local cost = tonumber(ARGV[3 * i - 2])
+  local interval = tonumber(ARGV[3 * i - 1])
+  local dvt = interval * tonumber(ARGV[3 * i])
+  local key = KEYS[i]
+  local tat = tonumber(call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval * cost
+  local allow_at = new_tat - dvt
 
-local after = tat
-if cost > 0 then
-  after = new_tat
-  -- A TTL in whole milliseconds, as an integer string (see limit.lua).
-  local ms = math.ceil((new_tat - now) / 1000)
-  if ms < 1 then ms = 1 end
-  if ms > 1e15 then ms = 1e15 end
-  redis.call('SET', key, string.format('%d', new_tat), 'PX', string.format('%d', ms))
+  if now < allow_at then
+    -- Denied: nothing is charged; report the state as it stands.
+    local retry = allow_at - now
+    if interval * cost > dvt then retry = -1 end
+    local remaining = floor((dvt - (tat - now)) / interval)
+    if remaining < 0 then remaining = 0 end
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 0, remaining, tat - now, retry
+  else
+    local after = tat
+    if cost > 0 then
+      after = new_tat
+      -- A TTL in whole milliseconds, as an integer string (see limit.lua).
+      local ms = ceil((new_tat - now) / 1000)
+      if ms < 1 then ms = 1 end
+      if ms > 1e15 then ms = 1e15 end
+      call('SET', key, format('%d', new_tat), 'PX', format('%d', ms))
+    end
+    local remaining = floor((dvt - (after - now)) / interval)
+    if remaining < 0 then remaining = 0 end
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 1, remaining, after - now, 0
+  end
+  n = n + 4
 end
-local remaining = math.floor((dvt - (after - now)) / interval)
-if remaining < 0 then remaining = 0 end
-return {remaining, after - now}
+return out

@@ -1,0 +1,348 @@
+//! [`GcraBatcher`]: concurrent decisions of a one-GCRA-policy limiter share
+//! one script call on standalone Redis.
+//!
+//! Each call of `gcra.lua` costs Redis a fixed price (the `EVALSHA` itself, the
+//! script's `TIME`) on top of its per-decision work, and on a busy machine
+//! Redis's CPU is what limits throughput. So while [`MAX_RUNNING`] calls are
+//! in flight for a store, decisions that arrive wait, and go together in the
+//! next call (at most [`MAX_BATCH`] per call; a whole batch goes at once, so a
+//! slow Redis never caps throughput). An idle limiter sends a decision at once. Every decision still takes one round trip and is atomic:
+//! the script decides them one after another, in arrival order.
+//!
+//! A call is made by one of the requests it decides (the leader, as in
+//! leader/follower designs: no task is spawned per call). When its answer
+//! comes, the leader hands the next waiting decisions to the first of them,
+//! which leads the next call. A leader that stops waiting (its timeout, a
+//! dropped connection) leaves its call to a spawned task, so the decisions it
+//! carries are never stranded; a decision whose request stopped waiting before
+//! its call was sent is left out of it.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::future::BoxFuture;
+use redlayer_core::{Error, Redis, Result};
+use tokio::sync::oneshot;
+
+use crate::store::{GCRA, RawOutcome, parse, run_script};
+
+/// Script calls in flight at once, per store, unless a whole batch waits.
+pub(crate) const MAX_RUNNING: usize = 2;
+/// Decisions per script call, at most.
+pub(crate) const MAX_BATCH: usize = 64;
+
+/// What one decision asks.
+#[derive(Default)]
+struct Ask {
+    key: String,
+    cost: u64,
+    interval: i64,
+    burst: i64,
+}
+
+/// A decision waiting for a call.
+struct Waiting {
+    ask: Ask,
+    message: oneshot::Sender<Message>,
+}
+
+/// What a waiting decision is told.
+enum Message {
+    /// Its outcome.
+    Answer(Result<RawOutcome>),
+    /// Lead the next call.
+    Lead(Handed),
+}
+
+/// A call's place, handed to the first of the decisions it will carry.
+/// Dropped unused (its request stopped waiting before it read it), it hands
+/// the place on again.
+struct Handed {
+    batcher: Arc<GcraBatcher>,
+    own: Ask,
+    others: Vec<Waiting>,
+    used: bool,
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        if !self.used {
+            let mut queue = self.batcher.queue();
+            let others = std::mem::take(&mut self.others);
+            queue.waiting.splice(0..0, others);
+            hand_off(&self.batcher, &mut queue);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Calls in flight, or handed on and about to be made (at most [`MAX_RUNNING`]).
+    running: usize,
+    waiting: Vec<Waiting>,
+}
+
+/// The one-GCRA-policy decisions of one store on standalone Redis (see the module docs).
+pub(crate) struct GcraBatcher {
+    redis: Redis,
+    queue: Mutex<Queue>,
+}
+
+impl std::fmt::Debug for GcraBatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcraBatcher").finish_non_exhaustive()
+    }
+}
+
+impl GcraBatcher {
+    pub(crate) fn new(redis: Redis) -> Self {
+        GcraBatcher { redis, queue: Mutex::default() }
+    }
+
+    /// Calls in flight (or about to be made) and decisions waiting for one.
+    #[cfg(test)]
+    pub(crate) fn load(&self) -> (usize, usize) {
+        let queue = self.queue();
+        (queue.running, queue.waiting.len())
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides `cost` on `key` (one GCRA policy of `interval` µs and `burst`).
+    pub(crate) async fn decide(
+        self: &Arc<Self>,
+        key: &str,
+        cost: u64,
+        interval: i64,
+        burst: i64,
+    ) -> Result<RawOutcome> {
+        let mut ask = Ask { key: key.to_owned(), cost, interval, burst };
+        let told = {
+            let mut queue = self.queue();
+            if queue.running < MAX_RUNNING || queue.waiting.len() + 1 >= MAX_BATCH {
+                // A place is free (and then nothing waits: see `hand_off`), or a
+                // whole batch is ready: lead a call now, whatever is in flight, so
+                // throughput never stops at MAX_RUNNING calls per round trip.
+                queue.running += 1;
+                Err(std::mem::take(&mut queue.waiting))
+            } else {
+                let (message, told) = oneshot::channel();
+                queue.waiting.push(Waiting { ask: std::mem::take(&mut ask), message });
+                Ok(told)
+            }
+        };
+        let told = match told {
+            Ok(told) => told,
+            Err(others) => return self.lead(ask, others).await,
+        };
+        // Waiting: the call carries it, or this request leads the next one.
+        match told.await {
+            Ok(Message::Answer(outcome)) => outcome,
+            Ok(Message::Lead(mut handed)) => {
+                handed.used = true;
+                let (own, others) = (std::mem::take(&mut handed.own), std::mem::take(&mut handed.others));
+                drop(handed);
+                self.lead(own, others).await
+            }
+            Err(_) => Err(Error::Unavailable("the rate-limit call ended without an answer".into())),
+        }
+    }
+
+    /// Makes the call for `own` and `others`, answers them, hands the next
+    /// waiting decisions on, and returns `own`'s outcome.
+    async fn lead(self: &Arc<Self>, own: Ask, mut others: Vec<Waiting>) -> Result<RawOutcome> {
+        let mut asks = Vec::with_capacity(1 + others.len());
+        asks.push(own);
+        asks.extend(others.iter_mut().map(|w| std::mem::take(&mut w.ask)));
+        let call = Box::pin(call(self.redis.clone(), asks));
+        let mut lead = Lead { batcher: self.clone(), call: Some(call), others, spawn_on_drop: true };
+        let outcomes = lead.call.as_mut().expect("the call").await;
+        lead.call = None;
+        let others = std::mem::take(&mut lead.others);
+        finish(&lead.batcher, outcomes, others)
+    }
+}
+
+/// A call in flight, and the decisions it carries besides the leader's own.
+/// Dropped before its answer (the leader stopped waiting), it finishes the
+/// call in a task of its own; where that cannot be (no runtime, or that task
+/// dropped too), it answers the others with an error and hands the place on.
+struct Lead {
+    batcher: Arc<GcraBatcher>,
+    call: Option<BoxFuture<'static, Result<Vec<RawOutcome>>>>,
+    others: Vec<Waiting>,
+    spawn_on_drop: bool,
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else { return };
+        let (batcher, others) = (self.batcher.clone(), std::mem::take(&mut self.others));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if self.spawn_on_drop => {
+                let mut orphan = Lead { batcher, call: Some(call), others, spawn_on_drop: false };
+                runtime.spawn(async move {
+                    let outcomes = orphan.call.as_mut().expect("the call").await;
+                    orphan.call = None;
+                    let _ = finish(&orphan.batcher, outcomes, std::mem::take(&mut orphan.others));
+                });
+            }
+            _ => {
+                let _ = finish(&batcher, Err(Error::Unavailable("the rate-limit call was dropped".into())), others);
+            }
+        }
+    }
+}
+
+/// Answers `others` (outcomes `1..`), hands on, and returns outcome 0.
+fn finish(batcher: &Arc<GcraBatcher>, outcomes: Result<Vec<RawOutcome>>, others: Vec<Waiting>) -> Result<RawOutcome> {
+    let own = match outcomes {
+        Ok(outcomes) => {
+            let mut outcomes = outcomes.into_iter();
+            let own = outcomes.next();
+            for (waiting, outcome) in others.into_iter().zip(outcomes) {
+                let _ = waiting.message.send(Message::Answer(Ok(outcome)));
+            }
+            own.ok_or_else(|| Error::Decode("the rate-limit script answered no decision".into()))
+        }
+        Err(error) => {
+            for waiting in others {
+                let _ = waiting.message.send(Message::Answer(Err(error.clone())));
+            }
+            Err(error)
+        }
+    };
+    hand_off(batcher, &mut batcher.queue());
+    own
+}
+
+/// Gives this call's place to the oldest waiting decisions (at most
+/// [`MAX_BATCH`]), led by the first of them still waiting; or gives the place
+/// back when none wait. Under the queue's lock, so a decision never waits
+/// while a place is free.
+fn hand_off(batcher: &Arc<GcraBatcher>, queue: &mut Queue) {
+    loop {
+        queue.waiting.retain(|w| !w.message.is_closed());
+        if queue.waiting.is_empty() {
+            queue.running -= 1;
+            return;
+        }
+        let take = queue.waiting.len().min(MAX_BATCH);
+        let mut others = queue.waiting.drain(..take);
+        let first = others.next().expect("one waiting decision at least");
+        let others: Vec<Waiting> = others.collect();
+        let handed = Handed { batcher: batcher.clone(), own: first.ask, others, used: false };
+        match first.message.send(Message::Lead(handed)) {
+            Ok(()) => return,
+            Err(Message::Lead(mut back)) => {
+                // It stopped waiting just now: the others wait again, first in line.
+                back.used = true;
+                queue.waiting.splice(0..0, std::mem::take(&mut back.others));
+            }
+            Err(Message::Answer(_)) => unreachable!("a Lead was sent"),
+        }
+    }
+}
+
+/// One `gcra.lua` call for `asks`, within the handle's timeout.
+async fn call(redis: Redis, asks: Vec<Ask>) -> Result<Vec<RawOutcome>> {
+    let key_bytes: usize = asks.iter().map(|a| a.key.len()).sum();
+    let mut cmd = redis::Cmd::with_capacity(3 + 4 * asks.len(), 64 + key_bytes + 32 * asks.len());
+    cmd.arg("EVALSHA").arg(GCRA.get_hash()).arg(asks.len());
+    for ask in &asks {
+        cmd.arg(ask.key.as_str());
+    }
+    for ask in &asks {
+        cmd.arg(ask.cost).arg(ask.interval).arg(ask.burst);
+    }
+    let raw = match tokio::time::timeout(redis.timeout(), run_script(&redis, &GCRA, &cmd)).await {
+        Ok(raw) => raw?,
+        Err(_) => return Err(Error::Timeout(redis.timeout())),
+    };
+    Ok(parse(&raw, asks.len())?.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use redlayer_core::{FailurePolicy, Redis};
+    use redlayer_testkit::RedisServer;
+
+    use crate::{Policy, Quota, RateLimiter, Store, store::StoreKind};
+
+    fn batcher(limiter: &RateLimiter) -> &super::GcraBatcher {
+        match &limiter.inner.store.kind {
+            StoreKind::Redis(_, Some(batcher)) => batcher,
+            _ => panic!("a standalone Redis store has a batcher"),
+        }
+    }
+
+    async fn limiter(server: &RedisServer, quota: Quota, timeout: Duration) -> RateLimiter {
+        let handle = Redis::builder().timeout(Duration::from_secs(5)).connect(&server.url()).await.unwrap();
+        let limiter = RateLimiter::builder(Store::redis(handle))
+            .policy(Policy::gcra("p", quota))
+            .deny_cache(0)
+            .timeout(timeout)
+            .build();
+        assert!(limiter.check("warm-up", 0).await.degraded().is_none(), "Redis answers");
+        limiter
+    }
+
+    /// Concurrent decisions share script calls, and stay exact: each key
+    /// allows exactly its burst, however the decisions were grouped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_decisions_share_calls_and_stay_exact() {
+        let server = RedisServer::start();
+        let limiter = limiter(&server, Quota::per_hour(50), Duration::from_secs(5)).await;
+        let calls_before = server.command_calls("evalsha");
+        let tasks: Vec<_> = (0..300)
+            .map(|i| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { (i % 3, limiter.check(&format!("key-{}", i % 3), 1).await) })
+            })
+            .collect();
+        let mut allowed = [0; 3];
+        for task in tasks {
+            let (key, decision) = task.await.unwrap();
+            assert!(decision.degraded().is_none(), "{decision:?}");
+            allowed[key] += usize::from(decision.is_allowed());
+        }
+        assert_eq!(allowed, [50, 50, 50]);
+        let calls = server.command_calls("evalsha") - calls_before;
+        assert!(calls < 150, "{calls} script calls for 300 concurrent decisions");
+        assert_eq!(batcher(&limiter).load(), (0, 0), "every call ended and gave its place back");
+    }
+
+    /// Requests that stop waiting (leaders in the middle of their call,
+    /// decisions still queued) strand nothing: once Redis answers again, the
+    /// batcher is idle and decides at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_that_stop_waiting_strand_nothing() {
+        let server = RedisServer::start();
+        let limiter = limiter(&server, Quota::per_hour(1000), Duration::from_millis(100)).await;
+        server.pause();
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let limiter = limiter.clone();
+                // Half are dropped by their caller before the limiter's own timeout.
+                let wait = Duration::from_millis(if i % 2 == 0 { 30 } else { 1000 });
+                tokio::spawn(async move { tokio::time::timeout(wait, limiter.check(&format!("k{i}"), 1)).await })
+            })
+            .collect();
+        for task in tasks {
+            if let Ok(decision) = task.await.unwrap() {
+                assert_eq!(decision.degraded(), Some(FailurePolicy::FailOpen), "{decision:?}");
+            }
+        }
+        server.resume();
+        let started = Instant::now();
+        while batcher(&limiter).load() != (0, 0) {
+            assert!(started.elapsed() < Duration::from_secs(10), "still busy: {:?}", batcher(&limiter).load());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let decision = limiter.check("after", 1).await;
+        assert!(decision.is_allowed() && decision.degraded().is_none(), "{decision:?}");
+    }
+}
