@@ -6,8 +6,9 @@
 //! Redis's CPU is what limits throughput. So while [`MAX_RUNNING`] calls are
 //! in flight for a store, decisions that arrive wait, and go together in the
 //! next call (at most [`MAX_BATCH`] per call; a whole batch goes at once, so a
-//! slow Redis never caps throughput). An idle limiter sends a decision at once. Every decision still takes one round trip and is atomic:
-//! the script decides them one after another, in arrival order.
+//! slow Redis never caps throughput). An idle limiter sends a decision at
+//! once. Every decision still takes one round trip and is atomic: the script
+//! decides them one after another, in arrival order.
 //!
 //! A call is made by one of the requests it decides (the leader, as in
 //! leader/follower designs: no task is spawned per call). When its answer
@@ -76,7 +77,8 @@ impl Drop for Handed {
 
 #[derive(Default)]
 struct Queue {
-    /// Calls in flight, or handed on and about to be made (at most [`MAX_RUNNING`]).
+    /// Calls in flight, or handed on and about to be made: [`MAX_RUNNING`] at
+    /// most, unless whole batches were waiting.
     running: usize,
     waiting: Vec<Waiting>,
 }

@@ -86,7 +86,8 @@ pub async fn start(handle: &redlayer::Redis) -> Vec<Scenario> {
             "ratelimit",
             "ratelimit: GCRA, never limiting",
             "`RateLimitLayer` (Redis, GCRA 1,000,000/s per peer IP, `RateLimit` fields on every answer) \
-             over the hello handler: one script call per request, always allowed",
+             over the hello handler: one decision per request in `gcra.lua` (concurrent decisions share calls), \
+             always allowed",
             open_addr,
             Request::get("/"),
         )
