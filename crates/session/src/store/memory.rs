@@ -168,11 +168,14 @@ impl MemoryBackend {
 
     /// Adds the session to the index; returns how many entries it has.
     pub(super) fn index_add(&self, index: &str, key: &str, created_ms: i64, absolute_ms: u64) -> usize {
-        self.users.update(index.to_owned(), |entry, _| {
-            let mut map = entry.map(|m| m.clone()).unwrap_or_default();
-            map.insert(key.to_owned(), created_ms);
-            let entries = map.len();
-            (Update::Set(map, Some(Duration::from_millis(absolute_ms))), entries)
+        let ttl = Some(Duration::from_millis(absolute_ms));
+        self.users.update(index.to_owned(), |entry, _| match entry {
+            // In place: a user with many sessions is not copied on every login.
+            Some(map) => {
+                map.insert(key.to_owned(), created_ms);
+                (Update::KeepWithTtl(ttl), map.len())
+            }
+            None => (Update::Set(HashMap::from([(key.to_owned(), created_ms)]), ttl), 1),
         })
     }
 
