@@ -18,7 +18,7 @@
 //! checked (`BENCH_DEBUG=1` prints those answers and the wrk scripts).
 
 mod http;
-mod redis_cpu;
+mod cpu;
 mod scenarios;
 mod wrk;
 
@@ -63,10 +63,15 @@ impl Args {
     }
 }
 
-/// A wrk scenario's runs over all rounds, and the CPU seconds redis-server
-/// used during them.
+/// A wrk scenario's runs over all rounds, and the CPU seconds redis-server,
+/// this process (the servers) and wrk used during them.
 #[derive(Default)]
-struct Runs(Vec<wrk::Run>, f64);
+struct Runs {
+    runs: Vec<wrk::Run>,
+    redis_cpu: f64,
+    server_cpu: f64,
+    wrk_cpu: f64,
+}
 
 fn main() {
     let args = parse_args();
@@ -74,7 +79,8 @@ fn main() {
     let redis_server = redlayer_testkit::RedisServer::start();
     let url = redis_server.url();
     let redis_pid = redis_server.pid().expect("redis-server pid");
-    let redis_cpu = || redis_cpu::seconds(redis_pid).unwrap_or(0.0);
+    let redis_cpu = || cpu::seconds(redis_pid).unwrap_or(0.0);
+    let own_cpu = || cpu::own_and_children().unwrap_or((0.0, 0.0));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
 
     let (scenarios, locks, stampede) = runtime.block_on(async {
@@ -102,11 +108,14 @@ fn main() {
     for round in 1..=args.rounds {
         for (i, scenario) in scenarios.iter().enumerate() {
             let lua = scenario.wrk_lua(&format!("r{round}s{i}p{}", std::process::id()));
-            let cpu_before = redis_cpu();
+            let (cpu_before, (own_before, wrk_before)) = (redis_cpu(), own_cpu());
             let run = wrk::run(&scenario.url(), lua.as_deref(), args.connections, duration);
-            results[i].1 += redis_cpu() - cpu_before;
+            let (own_after, wrk_after) = own_cpu();
+            results[i].redis_cpu += redis_cpu() - cpu_before;
+            results[i].server_cpu += own_after - own_before;
+            results[i].wrk_cpu += wrk_after - wrk_before;
             eprintln!("round {round}: {:<48} {:>9.0} req/s", scenario.name, run.requests_per_sec);
-            results[i].0.push(run);
+            results[i].runs.push(run);
         }
         for (i, scenario) in locks.iter().enumerate() {
             let cpu_before = redis_cpu();
@@ -121,7 +130,7 @@ fn main() {
     let mut checks: Vec<String> = stampede.into_iter().collect();
     for (scenario, runs) in scenarios.iter().zip(&results) {
         if let Some(check) = &scenario.check {
-            let sent = runs.0.iter().map(|r| r.requests).sum();
+            let sent = runs.runs.iter().map(|r| r.requests).sum();
             checks.push(runtime.block_on(check.after(sent)));
         }
     }
@@ -161,19 +170,23 @@ fn render(
     lock_costs: &[(f64, u64)],
     checks: &[String],
 ) -> String {
-    let cost = |cpu: f64, ops: u64| redis_cpu::micros_per_op(cpu, ops).map_or("-".to_owned(), |us| format!("{us:.1}"));
+    let cost = |cpu: f64, ops: u64| cpu::micros_per_op(cpu, ops).map_or("-".to_owned(), |us| format!("{us:.1}"));
     let rps_of = |name: &str| {
         let i = scenarios.iter().position(|s| s.name == name).expect("baseline scenario");
-        median(results[i].0.iter().map(|r| r.requests_per_sec).collect())
+        median(results[i].runs.iter().map(|r| r.requests_per_sec).collect())
     };
     let (floor, hello) = (rps_of(FLOOR), rps_of(HELLO));
 
     let mut table = String::new();
-    writeln!(table, "| scenario | req/s | p50 ms | p99 ms | vs floor | vs hello | Redis CPU µs/req | answer |")
-        .unwrap();
-    writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---|").unwrap();
-    for (scenario, runs) in scenarios.iter().zip(results) {
-        let (runs, runs_cpu) = (&runs.0, runs.1);
+    writeln!(
+        table,
+        "| scenario | req/s | p50 ms | p99 ms | vs floor | vs hello | Redis CPU µs/req | server CPU µs/req | \
+         wrk CPU µs/req | answer |"
+    )
+    .unwrap();
+    writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|").unwrap();
+    for (scenario, all) in scenarios.iter().zip(results) {
+        let runs = &all.runs;
         let rps = median(runs.iter().map(|r| r.requests_per_sec).collect());
         let p50 = median(runs.iter().map(|r| r.p50_ms).collect());
         let p99 = median(runs.iter().map(|r| r.p99_ms).collect());
@@ -188,14 +201,16 @@ fn render(
         };
         writeln!(
             table,
-            "| {} | {:.1}k | {:.2} | {:.2} | {:.2} | {:.2} | {} | {answer} |",
+            "| {} | {:.1}k | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {answer} |",
             scenario.name,
             rps / 1000.0,
             p50,
             p99,
             rps / floor,
             rps / hello,
-            cost(runs_cpu, total)
+            cost(all.redis_cpu, total),
+            cost(all.server_cpu, total),
+            cost(all.wrk_cpu, total),
         )
         .unwrap();
     }
@@ -276,8 +291,9 @@ fn render(
          and with axum hello (the machine's ceiling). \"answer\" is the status every response had (checked by a \
          probe before the rounds and by wrk's count of non-2xx answers during them). \"Redis CPU µs/req\" is the \
          CPU time redis-server used during the scenario's runs (from `/proc`, user + system, so the loopback \
-         socket work too) divided by the requests answered: on this 2-core machine Redis shares the cores with \
-         wrk and the server, so a layer's Redis cost comes straight off its throughput.\n\n\
+         socket work too) divided by the requests answered; \"server CPU\" is the same for the benchmark process \
+         (every server under test, mostly kernel time in socket calls) and \"wrk CPU\" for wrk. The three share \
+         the machine's 2 cores, so each layer's throughput follows its total CPU per request.\n\n\
          {table}\n{lock_table}{checks}## Scenarios\n\n{list}{peers}",
         peers = if cfg!(feature = "peers") {
             ""
