@@ -17,8 +17,8 @@
 //! Before the rounds every scenario's request is sent once and its status
 //! checked (`BENCH_DEBUG=1` prints those answers and the wrk scripts).
 
-mod http;
 mod cpu;
+mod http;
 mod scenarios;
 mod wrk;
 
