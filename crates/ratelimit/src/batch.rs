@@ -24,7 +24,7 @@ use futures_util::future::BoxFuture;
 use redlayer_core::{Error, Redis, Result};
 use tokio::sync::oneshot;
 
-use crate::store::{GCRA, RawOutcome, parse, run_script};
+use crate::store::{GCRA, RawOutcome, gcra_outcomes, run_script};
 
 /// Script calls in flight at once, per store, unless a whole batch waits.
 pub(crate) const MAX_RUNNING: usize = 2;
@@ -42,6 +42,7 @@ struct Ask {
 
 /// A decision waiting for a call.
 struct Waiting {
+    id: u64,
     ask: Ask,
     message: oneshot::Sender<Message>,
 }
@@ -81,6 +82,7 @@ struct Queue {
     /// most, unless whole batches were waiting.
     running: usize,
     waiting: Vec<Waiting>,
+    next_id: u64,
 }
 
 /// The one-GCRA-policy decisions of one store on standalone Redis (see the module docs).
@@ -122,24 +124,50 @@ impl GcraBatcher {
         let mut ask = Ask { key: key.to_owned(), cost, interval, burst };
         let told = {
             let mut queue = self.queue();
+            if queue.running >= MAX_RUNNING && queue.waiting.len() + 1 >= MAX_BATCH {
+                // Requests that stopped waiting do not count towards a whole batch.
+                queue.waiting.retain(|w| !w.message.is_closed());
+            }
             if queue.running < MAX_RUNNING || queue.waiting.len() + 1 >= MAX_BATCH {
                 // A place is free (and then nothing waits: see `hand_off`), or a
                 // whole batch is ready: lead a call now, whatever is in flight, so
                 // throughput never stops at MAX_RUNNING calls per round trip.
                 queue.running += 1;
-                Err(std::mem::take(&mut queue.waiting))
+                Err(take_oldest(&mut queue.waiting, MAX_BATCH - 1))
             } else {
                 let (message, told) = oneshot::channel();
-                queue.waiting.push(Waiting { ask: std::mem::take(&mut ask), message });
-                Ok(told)
+                queue.next_id += 1;
+                let id = queue.next_id;
+                queue.waiting.push(Waiting { id, ask: std::mem::take(&mut ask), message });
+                Ok((id, told))
             }
         };
-        let told = match told {
-            Ok(told) => told,
+        let (id, mut told) = match told {
+            Ok(waiting) => waiting,
             Err(others) => return self.lead(ask, others).await,
         };
-        // Waiting: the call carries it, or this request leads the next one.
-        match told.await {
+        // Waiting: the call carries it, or this request leads the next one. A
+        // slow Redis (a quarter of the timeout gone in the queue) is not waited
+        // for twice: the decision then leads a call of its own at once.
+        let message = match tokio::time::timeout(self.redis.timeout() / 4, &mut told).await {
+            Ok(message) => message,
+            Err(_) => {
+                let mine = {
+                    let mut queue = self.queue();
+                    queue.waiting.iter().position(|w| w.id == id).map(|at| {
+                        let mine = queue.waiting.remove(at);
+                        queue.running += 1;
+                        (mine.ask, take_oldest(&mut queue.waiting, MAX_BATCH - 1))
+                    })
+                };
+                match mine {
+                    Some((own, others)) => return self.lead(own, others).await,
+                    // Already on its way in a call (or handed a place): wait for it.
+                    None => told.await,
+                }
+            }
+        };
+        match message {
             Ok(Message::Answer(outcome)) => outcome,
             Ok(Message::Lead(mut handed)) => {
                 handed.used = true;
@@ -154,6 +182,7 @@ impl GcraBatcher {
     /// Makes the call for `own` and `others`, answers them, hands the next
     /// waiting decisions on, and returns `own`'s outcome.
     async fn lead(self: &Arc<Self>, own: Ask, mut others: Vec<Waiting>) -> Result<RawOutcome> {
+        others.retain(|w| !w.message.is_closed());
         let mut asks = Vec::with_capacity(1 + others.len());
         asks.push(own);
         asks.extend(others.iter_mut().map(|w| std::mem::take(&mut w.ask)));
@@ -172,7 +201,7 @@ impl GcraBatcher {
 /// dropped too), it answers the others with an error and hands the place on.
 struct Lead {
     batcher: Arc<GcraBatcher>,
-    call: Option<BoxFuture<'static, Result<Vec<RawOutcome>>>>,
+    call: Option<BoxFuture<'static, Result<Vec<Result<RawOutcome>>>>>,
     others: Vec<Waiting>,
     spawn_on_drop: bool,
 }
@@ -198,15 +227,19 @@ impl Drop for Lead {
 }
 
 /// Answers `others` (outcomes `1..`), hands on, and returns outcome 0.
-fn finish(batcher: &Arc<GcraBatcher>, outcomes: Result<Vec<RawOutcome>>, others: Vec<Waiting>) -> Result<RawOutcome> {
+fn finish(
+    batcher: &Arc<GcraBatcher>,
+    outcomes: Result<Vec<Result<RawOutcome>>>,
+    others: Vec<Waiting>,
+) -> Result<RawOutcome> {
     let own = match outcomes {
         Ok(outcomes) => {
             let mut outcomes = outcomes.into_iter();
             let own = outcomes.next();
             for (waiting, outcome) in others.into_iter().zip(outcomes) {
-                let _ = waiting.message.send(Message::Answer(Ok(outcome)));
+                let _ = waiting.message.send(Message::Answer(outcome));
             }
-            own.ok_or_else(|| Error::Decode("the rate-limit script answered no decision".into()))
+            own.unwrap_or_else(|| Err(Error::Decode("the rate-limit script answered no decision".into())))
         }
         Err(error) => {
             for waiting in others {
@@ -230,10 +263,8 @@ fn hand_off(batcher: &Arc<GcraBatcher>, queue: &mut Queue) {
             queue.running -= 1;
             return;
         }
-        let take = queue.waiting.len().min(MAX_BATCH);
-        let mut others = queue.waiting.drain(..take);
-        let first = others.next().expect("one waiting decision at least");
-        let others: Vec<Waiting> = others.collect();
+        let mut others = take_oldest(&mut queue.waiting, MAX_BATCH);
+        let first = others.remove(0);
         let handed = Handed { batcher: batcher.clone(), own: first.ask, others, used: false };
         match first.message.send(Message::Lead(handed)) {
             Ok(()) => return,
@@ -247,8 +278,13 @@ fn hand_off(batcher: &Arc<GcraBatcher>, queue: &mut Queue) {
     }
 }
 
+/// The `n` oldest waiting decisions (all of them when fewer wait).
+fn take_oldest(waiting: &mut Vec<Waiting>, n: usize) -> Vec<Waiting> {
+    if waiting.len() <= n { std::mem::take(waiting) } else { waiting.drain(..n).collect() }
+}
+
 /// One `gcra.lua` call for `asks`, within the handle's timeout.
-async fn call(redis: Redis, asks: Vec<Ask>) -> Result<Vec<RawOutcome>> {
+async fn call(redis: Redis, asks: Vec<Ask>) -> Result<Vec<Result<RawOutcome>>> {
     let key_bytes: usize = asks.iter().map(|a| a.key.len()).sum();
     let mut cmd = redis::Cmd::with_capacity(3 + 4 * asks.len(), 64 + key_bytes + 32 * asks.len());
     cmd.arg("EVALSHA").arg(GCRA.get_hash()).arg(asks.len());
@@ -262,14 +298,17 @@ async fn call(redis: Redis, asks: Vec<Ask>) -> Result<Vec<RawOutcome>> {
         Ok(raw) => raw?,
         Err(_) => return Err(Error::Timeout(redis.timeout())),
     };
-    Ok(parse(&raw, asks.len())?.1)
+    gcra_outcomes(&raw, asks.len())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::{
+        sync::Arc,
+        time::{Duration, Instant},
+    };
 
-    use redlayer_core::{FailurePolicy, Redis};
+    use redlayer_core::{Error, FailurePolicy, KeyPart, Redis};
     use redlayer_testkit::RedisServer;
 
     use crate::{Policy, Quota, RateLimiter, Store, store::StoreKind};
@@ -299,10 +338,14 @@ mod tests {
         let server = RedisServer::start();
         let limiter = limiter(&server, Quota::per_hour(50), Duration::from_secs(5)).await;
         let calls_before = server.command_calls("evalsha");
+        let start = Arc::new(tokio::sync::Barrier::new(300));
         let tasks: Vec<_> = (0..300)
             .map(|i| {
-                let limiter = limiter.clone();
-                tokio::spawn(async move { (i % 3, limiter.check(&format!("key-{}", i % 3), 1).await) })
+                let (limiter, start) = (limiter.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    (i % 3, limiter.check(&format!("key-{}", i % 3), 1).await)
+                })
             })
             .collect();
         let mut allowed = [0; 3];
@@ -346,5 +389,42 @@ mod tests {
         }
         let decision = limiter.check("after", 1).await;
         assert!(decision.is_allowed() && decision.degraded().is_none(), "{decision:?}");
+    }
+
+    /// A key that holds something else than a GCRA state (a string that is
+    /// not a number, a hash) fails its own decision only: the decisions that
+    /// share its call are made and answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_foreign_value_fails_only_its_own_decision() {
+        let server = RedisServer::start();
+        let limiter = limiter(&server, Quota::per_hour(50), Duration::from_secs(5)).await;
+        let text = limiter.shared_key(&KeyPart::client("text"), 0);
+        let hash = limiter.shared_key(&KeyPart::client("hash"), 0);
+        server.cli(&["SET", &text, "not a number"]);
+        server.cli(&["HSET", &hash, "f", "1"]);
+        let start = Arc::new(tokio::sync::Barrier::new(40));
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let (limiter, start) = (limiter.clone(), start.clone());
+                let client = match i % 4 {
+                    0 => "text".to_owned(),
+                    1 => "hash".to_owned(),
+                    _ => format!("good-{i}"),
+                };
+                tokio::spawn(async move {
+                    start.wait().await;
+                    (i % 4, limiter.try_check(&client, 1).await)
+                })
+            })
+            .collect();
+        for task in tasks {
+            match task.await.unwrap() {
+                (0 | 1, Err(Error::Decode(_))) => {}
+                (0 | 1, other) => panic!("a foreign value must fail its decision: {other:?}"),
+                (_, Ok(decision)) => assert!(decision.is_allowed(), "{decision:?}"),
+                (_, Err(e)) => panic!("a good key failed with the foreign ones: {e}"),
+            }
+        }
+        assert_eq!(server.cli(&["GET", &text]).trim(), "not a number", "left as it was");
     }
 }

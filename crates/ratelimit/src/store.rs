@@ -139,7 +139,12 @@ impl Store {
                         &*LIMIT
                     }
                 };
-                parse(&run_script(redis, script, &cmd).await?, specs.len())
+                let raw = run_script(redis, script, &cmd).await?;
+                if gcra.is_some() {
+                    let outcome = gcra_outcomes(&raw, 1)?.remove(0)?;
+                    return Ok((outcome.allowed, vec![outcome]));
+                }
+                parse(&raw, specs.len())
             }
         }
     }
@@ -168,6 +173,19 @@ pub(crate) fn parse(raw: &[i64], n: usize) -> Result<(bool, Vec<RawOutcome>)> {
         .map(|c| RawOutcome { allowed: c[0] == 1, remaining: c[1], reset_us: c[2], retry_us: c[3] })
         .collect();
     Ok((outcomes.iter().all(|o| o.allowed), outcomes))
+}
+
+/// `gcra.lua`'s answer for `n` decisions: each one's outcome, or an error for
+/// a decision whose key held something else than a GCRA state.
+pub(crate) fn gcra_outcomes(raw: &[i64], n: usize) -> Result<Vec<Result<RawOutcome>>> {
+    if raw.len() != 4 * n {
+        return Err(redlayer_core::Error::Decode(format!("rate-limit script answered {} values", raw.len())));
+    }
+    let outcome = |c: &[i64]| match c[0] {
+        -1 => Err(redlayer_core::Error::Decode("the rate-limit key holds something else than a GCRA state".into())),
+        allowed => Ok(RawOutcome { allowed: allowed == 1, remaining: c[1], reset_us: c[2], retry_us: c[3] }),
+    };
+    Ok(raw.chunks_exact(4).map(outcome).collect())
 }
 
 /// One policy's parameters, as the script takes them.

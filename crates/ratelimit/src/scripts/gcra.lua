@@ -17,45 +17,54 @@
 -- Time comes from the Redis server (TIME), never from the application: one
 -- reading for the whole call, which runs atomically.
 -- Returns 4 values per decision, as limit.lua does: allowed (1 or 0),
--- remaining, reset_us, retry_us (-1 when the cost can never fit, 0 when allowed).
+-- remaining, reset_us, retry_us (-1 when the cost can never fit, 0 when allowed);
+-- allowed is -1 when the key holds something else than a GCRA state.
 
 local call, floor, ceil, format, tonumber = redis.call, math.floor, math.ceil, string.format, tonumber
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {}
-local n = 0
 
-for i = 1, #KEYS do
-  local cost = tonumber(ARGV[3 * i - 2])
-  local interval = tonumber(ARGV[3 * i - 1])
-  local dvt = interval * tonumber(ARGV[3 * i])
-  local key = KEYS[i]
-  local tat = tonumber(call('GET', key) or '0')
+-- One decision on `key`, whose state (the theoretical arrival time) is `tat`.
+local function decide(key, tat, cost, interval, dvt)
   if tat < now then tat = now end
   local new_tat = tat + interval * cost
   local allow_at = new_tat - dvt
-
   if now < allow_at then
     -- Denied: nothing is charged; report the state as it stands.
     local retry = allow_at - now
     if interval * cost > dvt then retry = -1 end
     local remaining = floor((dvt - (tat - now)) / interval)
     if remaining < 0 then remaining = 0 end
-    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 0, remaining, tat - now, retry
-  else
-    local after = tat
-    if cost > 0 then
-      after = new_tat
-      -- A TTL in whole milliseconds, as an integer string (see limit.lua).
-      local ms = ceil((new_tat - now) / 1000)
-      if ms < 1 then ms = 1 end
-      if ms > 1e15 then ms = 1e15 end
-      call('SET', key, format('%d', new_tat), 'PX', format('%d', ms))
-    end
-    local remaining = floor((dvt - (after - now)) / interval)
-    if remaining < 0 then remaining = 0 end
-    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 1, remaining, after - now, 0
+    return 0, remaining, tat - now, retry
   end
-  n = n + 4
+  local after = tat
+  if cost > 0 then
+    after = new_tat
+    -- A TTL in whole milliseconds, as an integer string (see limit.lua).
+    local ms = ceil((new_tat - now) / 1000)
+    if ms < 1 then ms = 1 end
+    if ms > 1e15 then ms = 1e15 end
+    call('SET', key, format('%d', new_tat), 'PX', format('%d', ms))
+  end
+  local remaining = floor((dvt - (after - now)) / interval)
+  if remaining < 0 then remaining = 0 end
+  return 1, remaining, after - now, 0
+end
+
+local out = {}
+for i = 1, #KEYS do
+  local n = 4 * (i - 1)
+  local key = KEYS[i]
+  local stored = redis.pcall('GET', key)
+  local tat = tonumber(stored or '0')
+  if type(stored) == 'table' or tat == nil then
+    -- Not a GCRA state (another type, or not a number): this decision fails
+    -- alone, the others of the call go on.
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = -1, 0, 0, 0
+  else
+    local interval = tonumber(ARGV[3 * i - 1])
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] =
+      decide(key, tat, tonumber(ARGV[3 * i - 2]), interval, interval * tonumber(ARGV[3 * i]))
+  end
 end
 return out
