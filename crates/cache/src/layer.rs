@@ -88,7 +88,7 @@ impl Invalidated {
 
     /// True when `key` was invalidated after a fill that started at `since`.
     pub(crate) fn since(&self, key: &str, since: u64) -> bool {
-        self.keys.get(&key.to_owned()).is_some_and(|n| n > since)
+        self.keys.get(key).is_some_and(|n| n > since)
     }
 }
 

@@ -298,7 +298,7 @@ impl Store {
         match &self.inner.backend {
             Backend::Memory { entries, clock, .. } => {
                 let now_ms = clock.now().as_millis() as u64;
-                Ok(entries.get(&key.to_owned()).map_or(Lookup { now_ms, ..Lookup::default() }, |h| {
+                Ok(entries.get(key).map_or(Lookup { now_ms, ..Lookup::default() }, |h| {
                     let field = variant_id(&h.spec, req);
                     Lookup {
                         found: h.variants.get(&field).map(|v| Found { value: v.clone() }),

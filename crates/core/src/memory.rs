@@ -181,7 +181,7 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
         &self.clock
     }
 
-    fn shard(&self, key: &K) -> std::sync::MutexGuard<'_, Shard<K, V>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> std::sync::MutexGuard<'_, Shard<K, V>> {
         let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -259,7 +259,11 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
     }
 
     /// The remaining time to live of `key`, as Redis `PTTL`.
-    pub fn ttl(&self, key: &K) -> Ttl {
+    pub fn ttl<Q>(&self, key: &Q) -> Ttl
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let now = self.clock.now();
         let shard = self.shard(key);
         match shard.map.get(key) {
@@ -305,7 +309,11 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
 
 impl<K: Hash + Eq, V: Clone> ExpiringMap<K, V> {
     /// A copy of the live value of `key`.
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let now = self.clock.now();
         let shard = self.shard(key);
         shard.map.get(key).filter(|e| !is_expired(e, now)).map(|e| e.value.clone())

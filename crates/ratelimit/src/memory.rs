@@ -68,7 +68,7 @@ impl MemoryStore {
     /// The key to count `key` under: itself, or when the store is full and
     /// `key` is new, the overflow bucket of its policy.
     fn admit<'a>(&self, key: &'a str, index: usize, spec: &PolicySpec) -> Cow<'a, str> {
-        if self.max_keys == usize::MAX || self.map.ttl(&key.to_owned()) != Ttl::Missing {
+        if self.max_keys == usize::MAX || self.map.ttl(key) != Ttl::Missing {
             return Cow::Borrowed(key);
         }
         if self.map.len() >= self.max_keys {

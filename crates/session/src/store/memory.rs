@@ -134,10 +134,10 @@ impl MemoryBackend {
     pub(super) fn cycle(&self, old: &str, new: &str) -> CycleOutcome {
         // The old key is removed under its lock before the new one is written,
         // so no request can use the old id once the new one exists.
-        if self.sessions.get(&new.to_owned()).is_some() {
+        if self.sessions.get(new).is_some() {
             return CycleOutcome::Collision;
         }
-        let left = match self.sessions.ttl(&old.to_owned()) {
+        let left = match self.sessions.ttl(old) {
             redlayer_core::memory::Ttl::ExpiresIn(d) => Some(d),
             _ => None,
         };
@@ -190,11 +190,11 @@ impl MemoryBackend {
     }
 
     pub(super) fn index_contains(&self, index: &str, key: &str) -> bool {
-        self.users.get(&index.to_owned()).is_some_and(|m| m.contains_key(key))
+        self.users.get(index).is_some_and(|m| m.contains_key(key))
     }
 
     pub(super) fn index_keys(&self, index: &str) -> Vec<String> {
-        self.users.get(&index.to_owned()).map(|m| m.into_keys().collect()).unwrap_or_default()
+        self.users.get(index).map(|m| m.into_keys().collect()).unwrap_or_default()
     }
 
     pub(super) fn index_rows(&self, index: &str) -> Vec<IndexRow> {
