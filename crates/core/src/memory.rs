@@ -377,15 +377,15 @@ mod tests {
         let (clock, map) = map();
         map.insert("a".into(), 1, Some(Duration::from_millis(1500)));
         map.insert("b".into(), 2, None);
-        assert_eq!(map.ttl(&"a".into()), Ttl::ExpiresIn(Duration::from_millis(1500)));
-        assert_eq!(map.ttl(&"b".into()), Ttl::Persistent);
-        assert_eq!(map.ttl(&"c".into()), Ttl::Missing);
+        assert_eq!(map.ttl("a"), Ttl::ExpiresIn(Duration::from_millis(1500)));
+        assert_eq!(map.ttl("b"), Ttl::Persistent);
+        assert_eq!(map.ttl("c"), Ttl::Missing);
         clock.advance(Duration::from_millis(1499));
-        assert_eq!(map.get(&"a".into()), Some(1));
+        assert_eq!(map.get("a"), Some(1));
         clock.advance(Duration::from_millis(1));
-        assert_eq!(map.get(&"a".into()), None, "expired at exactly its TTL, as Redis");
-        assert_eq!(map.ttl(&"a".into()), Ttl::Missing);
-        assert_eq!(map.get(&"b".into()), Some(2));
+        assert_eq!(map.get("a"), None, "expired at exactly its TTL, as Redis");
+        assert_eq!(map.ttl("a"), Ttl::Missing);
+        assert_eq!(map.get("b"), Some(2));
     }
 
     #[test]
@@ -419,17 +419,17 @@ mod tests {
             (Update::Keep, ())
         });
         assert!(map.weight() <= 16 * 10_000);
-        assert_eq!(map.get(&"grown".into()).map(|v| v.len()), Some(9_000));
+        assert_eq!(map.get("grown").map(|v| v.len()), Some(9_000));
         // Heavier than a shard's share: not stored, nor kept when grown in place.
         map.insert("huge".into(), vec![0; 20_000], None);
-        assert_eq!(map.get(&"huge".into()), None);
+        assert_eq!(map.get("huge"), None);
         map.insert("swelling".into(), vec![0; 10], None);
         map.update("swelling".into(), |v, _| {
             v.unwrap().resize(20_000, 0);
             (Update::Keep, ())
         });
-        assert_eq!(map.get(&"swelling".into()), None);
-        assert_eq!(map.get(&"grown".into()).map(|v| v.len()), Some(9_000), "the others stay");
+        assert_eq!(map.get("swelling"), None);
+        assert_eq!(map.get("grown").map(|v| v.len()), Some(9_000), "the others stay");
         // Removals and expiry give the weight back.
         clock.advance(Duration::from_secs(7200));
         map.sweep();
