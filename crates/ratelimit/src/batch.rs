@@ -24,26 +24,17 @@ use futures_util::future::BoxFuture;
 use redlayer_core::{Error, Redis, Result};
 use tokio::sync::oneshot;
 
-use crate::store::{GCRA, RawOutcome, gcra_outcomes, run_script};
+use crate::store::{GcraAsk, RawOutcome, decide_gcra};
 
 /// Script calls in flight at once, per store, unless a whole batch waits.
 pub(crate) const MAX_RUNNING: usize = 2;
 /// Decisions per script call, at most.
 pub(crate) const MAX_BATCH: usize = 64;
 
-/// What one decision asks.
-#[derive(Default)]
-struct Ask {
-    key: String,
-    cost: u64,
-    interval: i64,
-    burst: i64,
-}
-
 /// A decision waiting for a call.
 struct Waiting {
     id: u64,
-    ask: Ask,
+    ask: GcraAsk,
     message: oneshot::Sender<Message>,
 }
 
@@ -60,7 +51,7 @@ enum Message {
 /// the place on again.
 struct Handed {
     batcher: Arc<GcraBatcher>,
-    own: Ask,
+    own: GcraAsk,
     others: Vec<Waiting>,
     used: bool,
 }
@@ -91,12 +82,6 @@ pub(crate) struct GcraBatcher {
     queue: Mutex<Queue>,
 }
 
-impl std::fmt::Debug for GcraBatcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GcraBatcher").finish_non_exhaustive()
-    }
-}
-
 impl GcraBatcher {
     pub(crate) fn new(redis: Redis) -> Self {
         GcraBatcher { redis, queue: Mutex::default() }
@@ -113,15 +98,8 @@ impl GcraBatcher {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Decides `cost` on `key` (one GCRA policy of `interval` µs and `burst`).
-    pub(crate) async fn decide(
-        self: &Arc<Self>,
-        key: &str,
-        cost: u64,
-        interval: i64,
-        burst: i64,
-    ) -> Result<RawOutcome> {
-        let mut ask = Ask { key: key.to_owned(), cost, interval, burst };
+    /// Decides `ask`, in a call it makes or shares.
+    pub(crate) async fn decide(self: &Arc<Self>, mut ask: GcraAsk) -> Result<RawOutcome> {
         let told = {
             let mut queue = self.queue();
             if queue.running >= MAX_RUNNING && queue.waiting.len() + 1 >= MAX_BATCH {
@@ -181,7 +159,7 @@ impl GcraBatcher {
 
     /// Makes the call for `own` and `others`, answers them, hands the next
     /// waiting decisions on, and returns `own`'s outcome.
-    async fn lead(self: &Arc<Self>, own: Ask, mut others: Vec<Waiting>) -> Result<RawOutcome> {
+    async fn lead(self: &Arc<Self>, own: GcraAsk, mut others: Vec<Waiting>) -> Result<RawOutcome> {
         others.retain(|w| !w.message.is_closed());
         let mut asks = Vec::with_capacity(1 + others.len());
         asks.push(own);
@@ -283,22 +261,13 @@ fn take_oldest(waiting: &mut Vec<Waiting>, n: usize) -> Vec<Waiting> {
     if waiting.len() <= n { std::mem::take(waiting) } else { waiting.drain(..n).collect() }
 }
 
-/// One `gcra.lua` call for `asks`, within the handle's timeout.
-async fn call(redis: Redis, asks: Vec<Ask>) -> Result<Vec<Result<RawOutcome>>> {
-    let key_bytes: usize = asks.iter().map(|a| a.key.len()).sum();
-    let mut cmd = redis::Cmd::with_capacity(3 + 4 * asks.len(), 64 + key_bytes + 32 * asks.len());
-    cmd.arg("EVALSHA").arg(GCRA.get_hash()).arg(asks.len());
-    for ask in &asks {
-        cmd.arg(ask.key.as_str());
+/// One `gcra.lua` call for `asks`, within the handle's timeout: the call is
+/// shared, so no one request's timeout bounds it.
+async fn call(redis: Redis, asks: Vec<GcraAsk>) -> Result<Vec<Result<RawOutcome>>> {
+    match tokio::time::timeout(redis.timeout(), decide_gcra(&redis, &asks)).await {
+        Ok(outcomes) => outcomes,
+        Err(_) => Err(Error::Timeout(redis.timeout())),
     }
-    for ask in &asks {
-        cmd.arg(ask.cost).arg(ask.interval).arg(ask.burst);
-    }
-    let raw = match tokio::time::timeout(redis.timeout(), run_script(&redis, &GCRA, &cmd)).await {
-        Ok(raw) => raw?,
-        Err(_) => return Err(Error::Timeout(redis.timeout())),
-    };
-    gcra_outcomes(&raw, asks.len())
 }
 
 #[cfg(test)]

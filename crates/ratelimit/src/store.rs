@@ -13,8 +13,7 @@ use crate::{batch::GcraBatcher, memory::MemoryStore};
 static LIMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/limit.lua")));
 /// The same decisions for a limiter of one GCRA policy, at a smaller cost to
 /// Redis, several in one call (see `src/scripts/gcra.lua` and [`GcraBatcher`]).
-pub(crate) static GCRA: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("scripts/gcra.lua")));
+static GCRA: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/gcra.lua")));
 
 /// Where limiter state lives: Redis (shared by every instance) or this
 /// process's memory (same semantics, one instance).
@@ -109,50 +108,70 @@ impl Store {
         match &self.kind {
             StoreKind::Memory(m, _) => Ok(m.decide(keys, specs, cost)),
             StoreKind::Redis(redis, batcher) => {
-                let gcra = match specs {
-                    [only] if only.algorithm == crate::quota::Algorithm::Gcra.code() => Some(only),
-                    _ => None,
-                };
-                if let (Some(only), Some(batcher)) = (gcra, batcher) {
-                    let outcome = batcher.decide(&keys[0], cost, only.gcra_interval(), only.burst).await?;
+                if let [only] = specs
+                    && only.algorithm == crate::quota::Algorithm::Gcra.code()
+                {
+                    let ask = GcraAsk { key: keys[0].clone(), cost, interval: only.gcra_interval(), burst: only.burst };
+                    let outcome = match batcher {
+                        Some(batcher) => batcher.decide(ask).await?,
+                        None => decide_gcra(redis, std::slice::from_ref(&ask)).await?.remove(0)?,
+                    };
                     return Ok((outcome.allowed, vec![outcome]));
                 }
                 // EVALSHA built straight into one command (what `Script::invoke_async`
                 // does, without its intermediate copies of every key and argument).
                 let key_bytes: usize = keys.iter().map(|k| k.len()).sum();
                 let mut cmd = redis::Cmd::with_capacity(5 + keys.len() + 4 * specs.len(), 96 + key_bytes);
-                let script = match gcra {
-                    Some(only) => {
-                        cmd.arg("EVALSHA").arg(GCRA.get_hash()).arg(1).arg(keys[0].as_str());
-                        cmd.arg(cost).arg(only.gcra_interval()).arg(only.burst);
-                        &*GCRA
-                    }
-                    None => {
-                        cmd.arg("EVALSHA").arg(LIMIT.get_hash()).arg(keys.len());
-                        for key in keys {
-                            cmd.arg(key.as_str());
-                        }
-                        cmd.arg(cost).arg(specs.len());
-                        for s in specs {
-                            cmd.arg(s.algorithm).arg(s.count).arg(s.period_us).arg(s.burst);
-                        }
-                        &*LIMIT
-                    }
-                };
-                let raw = run_script(redis, script, &cmd).await?;
-                if gcra.is_some() {
-                    let outcome = gcra_outcomes(&raw, 1)?.remove(0)?;
-                    return Ok((outcome.allowed, vec![outcome]));
+                cmd.arg("EVALSHA").arg(LIMIT.get_hash()).arg(keys.len());
+                for key in keys {
+                    cmd.arg(key.as_str());
                 }
-                parse(&raw, specs.len())
+                cmd.arg(cost).arg(specs.len());
+                for s in specs {
+                    cmd.arg(s.algorithm).arg(s.count).arg(s.period_us).arg(s.burst);
+                }
+                let outcomes: Vec<RawOutcome> =
+                    four_each(&run_script(redis, &LIMIT, &cmd).await?, specs.len())?.map(outcome).collect();
+                Ok((outcomes.iter().all(|o| o.allowed), outcomes))
             }
         }
     }
 }
 
+/// One decision of a limiter of one GCRA policy, as `gcra.lua` takes it.
+#[derive(Debug, Default)]
+pub(crate) struct GcraAsk {
+    pub(crate) key: String,
+    pub(crate) cost: u64,
+    /// The emission interval, µs ([`PolicySpec::gcra_interval`]).
+    pub(crate) interval: i64,
+    pub(crate) burst: i64,
+}
+
+/// Decides `asks` in one `gcra.lua` call, one after another: each one's
+/// outcome, or an error for a decision whose key held something else than a
+/// GCRA state.
+pub(crate) async fn decide_gcra(redis: &Redis, asks: &[GcraAsk]) -> Result<Vec<Result<RawOutcome>>> {
+    let key_bytes: usize = asks.iter().map(|a| a.key.len()).sum();
+    let mut cmd = redis::Cmd::with_capacity(3 + 4 * asks.len(), 64 + key_bytes + 32 * asks.len());
+    cmd.arg("EVALSHA").arg(GCRA.get_hash()).arg(asks.len());
+    for ask in asks {
+        cmd.arg(ask.key.as_str());
+    }
+    for ask in asks {
+        cmd.arg(ask.cost).arg(ask.interval).arg(ask.burst);
+    }
+    let raw = run_script(redis, &GCRA, &cmd).await?;
+    let decided = |c: &[i64]| match c[0] {
+        -1 => Err(redlayer_core::Error::Decode("the rate-limit key holds something else than a GCRA state".into())),
+        _ => Ok(outcome(c)),
+    };
+    Ok(four_each(&raw, asks.len())?.map(decided).collect())
+}
+
 /// Runs `cmd`, an `EVALSHA` of `script`, loading the script first if Redis
 /// does not have it yet (or lost it in a restart), as redis-rs does.
-pub(crate) async fn run_script(redis: &Redis, script: &redis::Script, cmd: &redis::Cmd) -> Result<Vec<i64>> {
+async fn run_script(redis: &Redis, script: &redis::Script, cmd: &redis::Cmd) -> Result<Vec<i64>> {
     let mut conn = redis.connection().await?;
     match cmd.query_async(&mut conn).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -163,29 +182,18 @@ pub(crate) async fn run_script(redis: &Redis, script: &redis::Script, cmd: &redi
     }
 }
 
-/// The scripts answer 4 values per policy; the request is allowed when every policy allows it.
-pub(crate) fn parse(raw: &[i64], n: usize) -> Result<(bool, Vec<RawOutcome>)> {
+/// The scripts answer 4 values per policy (limit.lua) or per decision
+/// (gcra.lua): `n` groups of them.
+fn four_each(raw: &[i64], n: usize) -> Result<std::slice::ChunksExact<'_, i64>> {
     if raw.len() != 4 * n {
         return Err(redlayer_core::Error::Decode(format!("rate-limit script answered {} values", raw.len())));
     }
-    let outcomes: Vec<RawOutcome> = raw
-        .chunks_exact(4)
-        .map(|c| RawOutcome { allowed: c[0] == 1, remaining: c[1], reset_us: c[2], retry_us: c[3] })
-        .collect();
-    Ok((outcomes.iter().all(|o| o.allowed), outcomes))
+    Ok(raw.chunks_exact(4))
 }
 
-/// `gcra.lua`'s answer for `n` decisions: each one's outcome, or an error for
-/// a decision whose key held something else than a GCRA state.
-pub(crate) fn gcra_outcomes(raw: &[i64], n: usize) -> Result<Vec<Result<RawOutcome>>> {
-    if raw.len() != 4 * n {
-        return Err(redlayer_core::Error::Decode(format!("rate-limit script answered {} values", raw.len())));
-    }
-    let outcome = |c: &[i64]| match c[0] {
-        -1 => Err(redlayer_core::Error::Decode("the rate-limit key holds something else than a GCRA state".into())),
-        allowed => Ok(RawOutcome { allowed: allowed == 1, remaining: c[1], reset_us: c[2], retry_us: c[3] }),
-    };
-    Ok(raw.chunks_exact(4).map(outcome).collect())
+/// One group of 4: allowed, remaining, reset_us, retry_us.
+fn outcome(c: &[i64]) -> RawOutcome {
+    RawOutcome { allowed: c[0] == 1, remaining: c[1], reset_us: c[2], retry_us: c[3] }
 }
 
 /// One policy's parameters, as the script takes them.
