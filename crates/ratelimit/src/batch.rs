@@ -165,11 +165,7 @@ impl GcraBatcher {
         asks.push(own);
         asks.extend(others.iter_mut().map(|w| std::mem::take(&mut w.ask)));
         let call = Box::pin(call(self.redis.clone(), asks));
-        let mut lead = Lead { batcher: self.clone(), call: Some(call), others, spawn_on_drop: true };
-        let outcomes = lead.call.as_mut().expect("the call").await;
-        lead.call = None;
-        let others = std::mem::take(&mut lead.others);
-        finish(&lead.batcher, outcomes, others)
+        Lead { batcher: self.clone(), call: Some(call), others, spawn_on_drop: true }.run().await
     }
 }
 
@@ -184,17 +180,25 @@ struct Lead {
     spawn_on_drop: bool,
 }
 
+impl Lead {
+    /// Waits for the call, answers the others, hands the place on, and
+    /// returns the leader's own outcome.
+    async fn run(mut self) -> Result<RawOutcome> {
+        let outcomes = self.call.as_mut().expect("the call").await;
+        self.call = None;
+        finish(&self.batcher, outcomes, std::mem::take(&mut self.others))
+    }
+}
+
 impl Drop for Lead {
     fn drop(&mut self) {
         let Some(call) = self.call.take() else { return };
         let (batcher, others) = (self.batcher.clone(), std::mem::take(&mut self.others));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) if self.spawn_on_drop => {
-                let mut orphan = Lead { batcher, call: Some(call), others, spawn_on_drop: false };
+                let orphan = Lead { batcher, call: Some(call), others, spawn_on_drop: false };
                 runtime.spawn(async move {
-                    let outcomes = orphan.call.as_mut().expect("the call").await;
-                    orphan.call = None;
-                    let _ = finish(&orphan.batcher, outcomes, std::mem::take(&mut orphan.others));
+                    let _ = orphan.run().await;
                 });
             }
             _ => {
