@@ -62,6 +62,9 @@ pub(crate) struct Inner {
     next: AtomicUsize,
     pub(crate) timeout: Duration,
     keys: KeyBuilder,
+    /// Where the handle connects, when it was built from a URL: what a
+    /// [`NearCache`](crate::NearCache) opens its own RESP3 connection to.
+    pub(crate) info: Option<redis::ConnectionInfo>,
 }
 
 enum Source {
@@ -319,9 +322,16 @@ impl RedisBuilder {
     /// Builds the handle without contacting Redis: an application can start
     /// while Redis is down, and the layers apply their failure policy until it is up.
     pub fn connect_lazy(self, url: &str) -> Result<Redis> {
-        let manager = RedisConnectionManager::new(url).map_err(|e| Error::InvalidInput(format!("redis url: {e}")))?;
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| Error::InvalidInput(format!("redis url: {e}")))?;
+        let manager =
+            RedisConnectionManager::new(info.clone()).map_err(|e| Error::InvalidInput(format!("redis url: {e}")))?;
         let pool = self.pool_builder().build_unchecked(manager);
-        Ok(self.from_pool(pool))
+        let mut redis = self.from_pool(pool);
+        if let Some(inner) = Arc::get_mut(&mut redis.inner) {
+            inner.info = Some(info);
+        }
+        Ok(redis)
     }
 
     /// Wraps an existing bb8 pool (see [`Redis::from_pool`]).
@@ -384,6 +394,7 @@ impl RedisBuilder {
                 next: AtomicUsize::new(0),
                 timeout: self.timeout,
                 keys: self.keys,
+                info: None,
             }),
         }
     }

@@ -34,6 +34,7 @@ mod failure;
 mod handle;
 pub mod keys;
 pub mod memory;
+pub mod near;
 pub mod problem;
 
 pub use body::ResponseBody;
@@ -42,6 +43,7 @@ pub use error::{Error, Result};
 pub use failure::{FailurePolicy, report_degraded};
 pub use handle::{DEFAULT_CONNECTIONS, DEFAULT_TIMEOUT, Redis, RedisBuilder};
 pub use keys::{KeyBuilder, KeyPart};
+pub use near::NearCache;
 
 pub use bb8;
 pub use bb8_redis;

@@ -1,0 +1,178 @@
+//! NearCache against a real redis-server: copies are dropped when anyone
+//! writes their key, a read racing a write keeps nothing, and no copy is
+//! served while the tracking connection is down.
+
+use std::time::{Duration, Instant};
+
+use redlayer_core::{Error, NearCache, Redis};
+use redlayer_testkit::RedisServer;
+
+const PREFIX: &str = "t:near:";
+const TTL: Duration = Duration::from_secs(60);
+
+/// Waits (at most `within`) for `done`; false if it never happened.
+async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    done()
+}
+
+async fn started(redis: &Redis) -> NearCache<String> {
+    let near = NearCache::start(redis, PREFIX, 1 << 20, |v: &String| v.len()).unwrap();
+    assert!(eventually(Duration::from_secs(5), || near.is_live()).await, "tracking turned on");
+    near
+}
+
+/// Reads `key` through the handle and keeps the value, as a caller does.
+async fn try_read_through(near: &NearCache<String>, redis: &Redis, key: &str) -> Result<Option<String>, Error> {
+    if let Some(copy) = near.get(key) {
+        return Ok(Some(copy));
+    }
+    let ticket = near.ticket(key);
+    let mut conn = redis.connection().await?;
+    let value: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+    if let Some(value) = &value {
+        near.insert(ticket, key, value.clone(), TTL);
+    }
+    Ok(value)
+}
+
+async fn read_through(near: &NearCache<String>, redis: &Redis, key: &str) -> Option<String> {
+    try_read_through(near, redis, key).await.unwrap()
+}
+
+/// Reads `key` until its copy is held: the push of the write that set it
+/// may come after the first read and drop that read's copy (as it should).
+async fn settle(near: &NearCache<String>, redis: &Redis, key: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while near.get(key).is_none() && Instant::now() < deadline {
+        if let Ok(value) = try_read_through(near, redis, key).await {
+            assert_eq!(value.as_deref(), Some(expected));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(near.get(key).as_deref(), Some(expected), "copy of {key} held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_served_without_redis_and_dropped_when_another_instance_writes() {
+    let server = RedisServer::start();
+    let (redis, other) = (Redis::connect(&server.url()).await.unwrap(), Redis::connect(&server.url()).await.unwrap());
+    let near = started(&redis).await;
+    let key = format!("{PREFIX}page");
+    server.cli(&["SET", &key, "v1"]);
+
+    settle(&near, &redis, &key, "v1").await;
+    let gets = server.command_calls("get");
+    for _ in 0..100 {
+        assert_eq!(read_through(&near, &redis, &key).await.as_deref(), Some("v1"));
+    }
+    assert_eq!(server.command_calls("get"), gets, "copies are served without a command");
+
+    // Another instance (its own handle) writes the key: Redis pushes the
+    // invalidation and the copy goes.
+    let mut conn = other.connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg(&key).arg("v2").query_async(&mut conn).await.unwrap();
+    assert!(eventually(Duration::from_secs(2), || near.get(&key).is_none()).await, "copy dropped");
+    assert_eq!(read_through(&near, &redis, &key).await.as_deref(), Some("v2"));
+
+    // Deletion and expiry invalidate too.
+    server.cli(&["DEL", &key]);
+    assert!(eventually(Duration::from_secs(2), || near.get(&key).is_none()).await, "copy dropped on DEL");
+    server.cli(&["SET", &key, "v3", "PX", "50"]);
+    assert_eq!(read_through(&near, &redis, &key).await.as_deref(), Some("v3"));
+    assert!(eventually(Duration::from_secs(3), || near.get(&key).is_none()).await, "copy dropped on expiry");
+
+    // FLUSHALL drops every copy.
+    server.cli(&["SET", &key, "v4"]);
+    assert_eq!(read_through(&near, &redis, &key).await.as_deref(), Some("v4"));
+    server.cli(&["FLUSHALL"]);
+    assert!(eventually(Duration::from_secs(2), || near.is_empty()).await, "flush drops every copy");
+
+    // Keys outside the prefix are not tracked: writes to them cost nothing here.
+    server.cli(&["SET", &key, "v5"]);
+    settle(&near, &redis, &key, "v5").await;
+    server.cli(&["SET", "elsewhere", "x"]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(near.get(&key).as_deref(), Some("v5"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_read_before_a_write_is_not_kept() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let near = started(&redis).await;
+    let (key, probe) = (format!("{PREFIX}raced"), format!("{PREFIX}probe"));
+    server.cli(&["SET", &key, "old"]);
+    server.cli(&["SET", &probe, "p"]);
+    settle(&near, &redis, &probe, "p").await;
+
+    // A read of `key` starts (ticket) and gets "old"; then another client
+    // writes both keys in one command, and its push is read (the probe's copy
+    // is gone) before the reader keeps its value: nothing is kept.
+    let ticket = near.ticket(&key);
+    server.cli(&["MSET", &key, "new", &probe, "q"]);
+    assert!(eventually(Duration::from_secs(2), || near.get(&probe).is_none()).await, "push read");
+    near.insert(ticket, &key, "old".to_owned(), TTL);
+    assert_eq!(near.get(&key), None, "a value read before the write must not be kept");
+
+    // The same for this process's own write (remove), before any push.
+    let ticket = near.ticket(&key);
+    near.remove(&key);
+    near.insert(ticket, &key, "new".to_owned(), TTL);
+    assert_eq!(near.get(&key), None);
+    // A fresh ticket keeps the value.
+    let ticket = near.ticket(&key);
+    near.insert(ticket, &key, "new".to_owned(), TTL);
+    assert_eq!(near.get(&key).as_deref(), Some("new"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_copy_is_served_while_redis_is_down_or_frozen() {
+    let mut server = RedisServer::start();
+    let redis = Redis::builder().timeout(Duration::from_millis(300)).connect(&server.url()).await.unwrap();
+    let near = started(&redis).await;
+    let key = format!("{PREFIX}k");
+    server.cli(&["SET", &key, "v"]);
+    settle(&near, &redis, &key, "v").await;
+
+    // Killed: the connection's end drops every copy at once.
+    server.kill();
+    assert!(eventually(Duration::from_secs(2), || !near.is_live()).await, "tracking off when redis dies");
+    assert!(near.get(&key).is_none() && near.is_empty());
+    // A read that began while tracking was off keeps nothing.
+    let ticket = near.ticket(&key);
+    near.insert(ticket, &key, "stale".to_owned(), TTL);
+    assert!(near.is_empty());
+
+    // Back (empty, as after a crash): tracking resumes by itself.
+    server.restart();
+    assert!(eventually(Duration::from_secs(10), || near.is_live()).await, "tracking back after restart");
+    server.cli(&["SET", &key, "w"]);
+    // (The handle's own connections learn of the restart on their next command.)
+    settle(&near, &redis, &key, "w").await;
+
+    // Frozen (SIGSTOP): its writes can not be seen, so the heartbeat drops
+    // every copy within a second plus the timeout.
+    server.pause();
+    let frozen = eventually(Duration::from_secs(4), || !near.is_live()).await;
+    server.resume();
+    assert!(frozen, "tracking off while redis is frozen");
+    assert!(eventually(Duration::from_secs(10), || near.is_live()).await, "tracking back after SIGCONT");
+    assert!(near.get(&key).is_none(), "copies from before the freeze are gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_without_a_url_is_refused() {
+    let server = RedisServer::start();
+    let manager = bb8_redis::RedisConnectionManager::new(server.url()).unwrap();
+    let pool = bb8::Pool::builder().max_size(2).build(manager).await.unwrap();
+    let redis = Redis::from_pool(pool);
+    let err = NearCache::<String>::start(&redis, PREFIX, 1 << 20, |v: &String| v.len()).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+}
