@@ -18,11 +18,14 @@
 //!   in the tag's own slot and a purge deletes each member with its own
 //!   single-key `DEL` (no multi-key command ever crosses slots).
 //! - `{prefix}:cacheval:{<key>}`: a STRING per cache-aside value.
+//!
+//! With [`Store::with_near_cache`], hits are also kept in process memory (a
+//! [`NearCache`] from redlayer-core, invalidated by Redis client tracking).
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        Arc, LazyLock, Mutex,
+        Arc, LazyLock, Mutex, OnceLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -31,7 +34,7 @@ use std::{
 use bytes::Bytes;
 use http::HeaderMap;
 use redlayer_core::{
-    Error, KeyBuilder, KeyPart, Redis, Result,
+    Error, KeyBuilder, KeyPart, NearCache, Redis, Result,
     memory::{Clock, ExpiringMap, SystemClock, Update},
 };
 
@@ -56,6 +59,24 @@ pub use redlayer_core::memory::DEFAULT_MEMORY_BUDGET;
 /// What an entry, a variant or a tag member costs besides its bytes (map
 /// slots, allocations), for the memory budget.
 const ENTRY_OVERHEAD: usize = 64;
+/// The longest a near-cache copy is kept (Redis's pushes drop it sooner
+/// when its key changes; freshness is decided on every hit anyway).
+const NEAR_TTL: Duration = Duration::from_secs(30);
+
+/// A variant held by the near cache: what the lookup's `HMGET` found.
+struct NearHit {
+    spec: String,
+    field: String,
+    value: Bytes,
+    pass_until_ms: Option<u64>,
+}
+
+impl NearHit {
+    fn weight(hit: &Arc<NearHit>) -> usize {
+        // The key (not seen here) is counted as a typical one.
+        hit.spec.len() + hit.field.len() + hit.value.len() + 2 * ENTRY_OVERHEAD + 64
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 struct MemHash {
@@ -87,6 +108,7 @@ struct Inner {
     /// have no Vary, and then a lookup need not take it).
     spec_count: AtomicUsize,
     down_until_ms: AtomicU64,
+    near: OnceLock<NearCache<Arc<NearHit>>>,
 }
 
 /// The storage of cached responses and cache-aside values: Redis (shared by
@@ -221,7 +243,53 @@ impl Store {
                 specs: Mutex::new(HashMap::new()),
                 spec_count: AtomicUsize::new(0),
                 down_until_ms: AtomicU64::new(0),
+                near: OnceLock::new(),
             }),
+        }
+    }
+
+    /// Also keeps hits in this process's memory (at most `max_bytes`), so
+    /// that a hot entry is served without a Redis round trip. Copies stay
+    /// coherent through Redis's client tracking (a [`NearCache`]): when any
+    /// instance stores, purges or invalidates an entry, Redis tells every
+    /// instance, which drops its copy as soon as that message is read
+    /// (normally well under a millisecond; this instance's own writes drop
+    /// it at once). A request served in that window may still get the old
+    /// copy: leave this off where a purge must be seen everywhere at once.
+    /// While the tracking connection is down no copy is served.
+    ///
+    /// Only for a Redis store on one server built from a URL
+    /// ([`Redis::connect`]); a memory store is returned as it is. Must be
+    /// called within a Tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), redlayer_core::Error> {
+    /// use redlayer_cache::{CacheLayer, Store};
+    ///
+    /// let redis = redlayer_core::Redis::connect("redis://127.0.0.1/").await?;
+    /// let store = Store::redis(redis).with_near_cache(64 << 20)?;
+    /// let layer = CacheLayer::with_store(store);
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    pub fn with_near_cache(self, max_bytes: usize) -> Result<Self> {
+        let Backend::Redis(redis) = &self.inner.backend else { return Ok(self) };
+        let prefix = format!("{}:cache", self.inner.keys.prefix());
+        let near = NearCache::start(redis, prefix, max_bytes, NearHit::weight)?;
+        if self.inner.near.set(near).is_err() {
+            return Err(Error::InvalidInput("this store already has a near cache".into()));
+        }
+        Ok(self)
+    }
+
+    /// The near cache's copies (see [`Store::with_near_cache`]), if any.
+    pub fn near_cache_len(&self) -> Option<usize> {
+        self.inner.near.get().map(NearCache::len)
+    }
+
+    /// Drops this process's copy of `key` (after its own write of it).
+    fn forget(&self, key: &str) {
+        if let Some(near) = self.inner.near.get() {
+            near.remove(key);
         }
     }
 
@@ -315,10 +383,19 @@ impl Store {
     }
 
     async fn lookup_redis(&self, key: &str, req: &HeaderMap) -> Result<Lookup> {
-        let redis = self.live()?;
-        let mut conn = redis.connection().await?;
         let guess = self.guess(key);
         let field = variant_field(&guess, req);
+        let near = self.inner.near.get();
+        if let Some(hit) = near.and_then(|near| near.get(key))
+            && hit.spec == guess
+            && hit.field == field
+        {
+            let found = Some(Found { value: hit.value.clone() });
+            return Ok(Lookup { found, pass_until_ms: hit.pass_until_ms, now_ms: now_ms() });
+        }
+        let ticket = near.map(|near| near.ticket(key));
+        let redis = self.live()?;
+        let mut conn = redis.connection().await?;
         // One round trip: the Vary spec, the guessed variant and the
         // hit-for-pass deadline.
         let (spec, value, pass): (Option<String>, Option<Vec<u8>>, Option<String>) =
@@ -328,6 +405,15 @@ impl Store {
         let Some(spec) = spec else { return Ok(looked) };
         if spec == guess {
             looked.found = value.map(|v| Found { value: Bytes::from(v) });
+            if let (Some(near), Some(ticket), Some(found)) = (near, ticket, &looked.found) {
+                let hit = NearHit {
+                    spec,
+                    field: field.into_owned(),
+                    value: found.value.clone(),
+                    pass_until_ms: looked.pass_until_ms,
+                };
+                near.insert(ticket, key, Arc::new(hit), NEAR_TTL);
+            }
             return Ok(looked);
         }
         self.remember(key, &spec);
@@ -370,6 +456,7 @@ impl Store {
                     let redis = self.live()?;
                     let mut conn = redis.connection().await?;
                     let _: i64 = PASS.key(key).arg(uri).arg(ttl_ms).invoke_async(&mut conn).await?;
+                    self.forget(key);
                     Ok(())
                 }
                 .await;
@@ -427,6 +514,7 @@ impl Store {
                         .arg(MAX_VARIANTS)
                         .invoke_async(&mut conn)
                         .await?;
+                    self.forget(key);
                     self.remember(key, spec);
                     Ok(())
                 }
@@ -444,6 +532,7 @@ impl Store {
                 let result = async {
                     let mut conn = redis.connection().await?;
                     let n: i64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
+                    self.forget(key);
                     Ok(n > 0)
                 }
                 .await;
@@ -525,6 +614,7 @@ impl Store {
             return Ok(0);
         }
         let mut conn = redis.connection().await?;
+        let _forget = Forget { store: self, keys };
         if redis.is_cluster() {
             let mut n = 0;
             for key in keys {
@@ -653,11 +743,26 @@ impl Store {
         match &self.inner.backend {
             Backend::Memory { entries, .. } => Ok(entries.get(&key).and_then(|h| h.variants.get("").cloned())),
             Backend::Redis(_) => {
+                let near = self.inner.near.get();
+                if let Some(hit) = near.and_then(|near| near.get(&key)) {
+                    return Ok(Some(hit.value.clone()));
+                }
+                let ticket = near.map(|near| near.ticket(&key));
                 let result = async {
                     let redis = self.live()?;
                     let mut conn = redis.connection().await?;
                     let v: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-                    Ok(v.map(Bytes::from))
+                    let v = v.map(Bytes::from);
+                    if let (Some(near), Some(ticket), Some(value)) = (near, ticket, &v) {
+                        let hit = NearHit {
+                            spec: String::new(),
+                            field: String::new(),
+                            value: value.clone(),
+                            pass_until_ms: None,
+                        };
+                        near.insert(ticket, &key, Arc::new(hit), NEAR_TTL);
+                    }
+                    Ok(v)
                 }
                 .await;
                 self.observe(result)
@@ -685,6 +790,7 @@ impl Store {
                         .arg(ttl.as_millis() as u64)
                         .query_async(&mut conn)
                         .await?;
+                    self.forget(&vkey);
                     Ok(())
                 }
                 .await;
@@ -700,5 +806,20 @@ impl Store {
     pub(crate) async fn delete_value(&self, key: &str) -> Result<bool> {
         let vkey = self.value_key(key);
         self.delete_entry_key(&vkey).await
+    }
+}
+
+/// Drops this process's copies of keys being deleted, however the deletion
+/// ends (a failed `DEL` may still have deleted some).
+struct Forget<'a> {
+    store: &'a Store,
+    keys: &'a [String],
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        for key in self.keys {
+            self.store.forget(key);
+        }
     }
 }
