@@ -9,6 +9,10 @@
 //! PORT=8080 ORIGIN=http://127.0.0.1:8000 REDIS_URL=redis://127.0.0.1:6379/ \
 //!     cargo run --release --example cache_proxy
 //!
+//! # and keep hot entries in this process too (a near cache of 64 MiB,
+//! # kept coherent by Redis client tracking):
+//! NEAR_CACHE_MB=64 REDIS_URL=redis://127.0.0.1:6379/ cargo run --release --example cache_proxy
+//!
 //! # the same with arguments:
 //! cargo run --release --example cache_proxy -- --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8000
 //! ```
@@ -78,7 +82,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layer = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
             println!("cache_proxy: entries in Redis at {url}");
-            CacheLayer::new(redlayer::Redis::builder().connect_lazy(&url)?)
+            let store = redlayer::cache::Store::redis(redlayer::Redis::builder().connect_lazy(&url)?);
+            match std::env::var("NEAR_CACHE_MB").ok().and_then(|mb| mb.parse::<usize>().ok()) {
+                Some(mb) if mb > 0 => {
+                    println!("cache_proxy: near cache of {mb} MiB");
+                    CacheLayer::with_store(store.with_near_cache(mb << 20)?)
+                }
+                _ => CacheLayer::with_store(store),
+            }
         }
         _ => {
             println!("cache_proxy: entries in memory (set REDIS_URL to share them in Redis)");

@@ -10,7 +10,7 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use redlayer::cache::CacheLayer;
+use redlayer::cache::{CacheLayer, Store};
 
 use super::{Scenario, serve};
 use crate::http::Request;
@@ -44,6 +44,8 @@ pub(super) fn app(cache_control: &'static str) -> Router {
 pub async fn start(handle: &redlayer::Redis) -> Vec<Scenario> {
     let uncached = serve(app("public, max-age=3600")).await;
     let hit = serve(app("public, max-age=3600").layer(CacheLayer::new(handle.clone()))).await;
+    let near = Store::redis(handle.clone()).with_near_cache(64 << 20).expect("near cache");
+    let near_hit = serve(app("public, max-age=3600").layer(CacheLayer::with_store(near.clone()))).await;
     // Misses store entries that expire after 2 s, so Redis's memory stays small.
     let miss = serve(app("public, max-age=2").layer(CacheLayer::new(handle.clone()))).await;
 
@@ -61,6 +63,16 @@ pub async fn start(handle: &redlayer::Redis) -> Vec<Scenario> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(last.is_none(), "cache setup: no hit after 2 s: {last:?}");
+    // The near cache's instance reads the same entry and keeps a copy.
+    for _ in 0..40 {
+        let res = Request::get("/page").send(&near_hit, "").await;
+        assert_eq!(res.status, 200, "near cache setup: {res:?}");
+        if near.near_cache_len().unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(near.near_cache_len().unwrap_or(0) > 0, "near cache setup: no copy after 2 s");
 
     vec![
         Scenario::new(
@@ -76,6 +88,16 @@ pub async fn start(handle: &redlayer::Redis) -> Vec<Scenario> {
             "`CacheLayer` (Redis, defaults) in front of that handler, the entry stored at setup: every request \
              is a hit served from Redis with `Age` and `Cache-Status`",
             hit,
+            Request::get("/page"),
+        )
+        .versus(UNCACHED)
+        .versus(THC_HIT),
+        Scenario::new(
+            "cache",
+            "cache: 1 KB page, hit, near cache",
+            "the same, on a store with `with_near_cache(64 MiB)`: the hit comes from this process's copy \
+             (kept coherent by Redis client tracking), no Redis command",
+            near_hit,
             Request::get("/page"),
         )
         .versus(UNCACHED)
