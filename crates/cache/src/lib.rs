@@ -76,6 +76,16 @@
 //! - When Redis is slow or down the layer steps aside (the origin serves,
 //!   `Cache-Status: redlayer; fwd=bypass; detail=store-unavailable`), and
 //!   skips the store for 500 ms after a failure.
+//! - Optionally, [`Store::with_near_cache`] keeps hits in process memory as
+//!   well (a `NearCache` from redlayer-core): a hot page is then served
+//!   without a Redis round trip, about as fast as the uncached handler.
+//!   Copies stay coherent through Redis client tracking (RESP3 `CLIENT
+//!   TRACKING ... BCAST` on a connection of its own): any instance's store,
+//!   purge or invalidation makes Redis tell every instance, which drops its
+//!   copy when it reads that message (normally well under a millisecond;
+//!   the writing instance drops its own at once). Off by default, because
+//!   in that short window another instance may still serve the old copy.
+//!   Standalone Redis only.
 //!
 //! `Cache-Status` values: `hit; ttl=N`, `hit; ttl=-N; detail=stale-while-revalidate`,
 //! `fwd=uri-miss; fwd-status=200; stored`, `fwd=uri-miss; collapsed`,
