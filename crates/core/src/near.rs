@@ -283,6 +283,10 @@ impl<V: Send + Sync + 'static> Tracker<V> {
                     tracing::warn!(target: "redlayer", prefix = %self.prefix,
                         "near cache: tracking connection lost; copies dropped, lookups go to redis until it is back");
                 }
+                // Said once per outage (then quietly retried): e.g. Redis
+                // down, older than 6 (no RESP3), or an ACL user without CLIENT.
+                Err(e) if backoff == FIRST_BACKOFF => tracing::warn!(target: "redlayer", error = %e,
+                    "near cache: no tracking connection; lookups go to redis while it is retried"),
                 Err(e) => tracing::debug!(target: "redlayer", error = %e, "near cache: tracking connection failed"),
             }
             tokio::select! {
