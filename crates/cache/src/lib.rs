@@ -85,7 +85,7 @@
 //!   copy when it reads that message (normally well under a millisecond;
 //!   the writing instance drops its own at once). Off by default, because
 //!   in that short window another instance may still serve the old copy.
-//!   Standalone Redis only.
+//!   On a cluster it tracks every master.
 //!
 //! `Cache-Status` values: `hit; ttl=N`, `hit; ttl=-N; detail=stale-while-revalidate`,
 //! `fwd=uri-miss; fwd-status=200; stored`, `fwd=uri-miss; collapsed`,

@@ -258,8 +258,8 @@ impl Store {
     /// copy: leave this off where a purge must be seen everywhere at once.
     /// While the tracking connection is down no copy is served.
     ///
-    /// Only for a Redis store on one server built from a URL
-    /// ([`Redis::connect`]); a memory store is returned as it is. Must be
+    /// For a Redis store whose handle was built from a URL or cluster nodes
+    /// (not from a pool); a memory store is returned as it is. Must be
     /// called within a Tokio runtime.
     ///
     /// ```no_run
@@ -656,7 +656,9 @@ impl Store {
                     // (the cluster connection would send SCAN to one node);
                     // deletes go through the cluster handle.
                     let mut n = 0;
-                    for url in self.cluster_masters(redis).await? {
+                    // Nodes are reached without credentials: on a cluster with AUTH, use tags.
+                    for (host, port) in redis.cluster_masters().await? {
+                        let url = format!("redis://{host}:{port}/");
                         let node = Redis::builder()
                             .timeout(redis.timeout())
                             .connections(1)
@@ -670,31 +672,6 @@ impl Store {
                 self.scan_purge(redis, redis, uri_prefix).await
             }
         }
-    }
-
-    /// `redis://ip:port/` of every master of a cluster (from `CLUSTER SLOTS`).
-    /// Nodes are reached without credentials: on a cluster with AUTH, use tags.
-    async fn cluster_masters(&self, redis: &Redis) -> Result<Vec<String>> {
-        let mut conn = redis.connection().await?;
-        let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await?;
-        let mut urls = Vec::new();
-        if let redis::Value::Array(ranges) = slots {
-            for range in ranges {
-                let redis::Value::Array(items) = range else { continue };
-                let Some(redis::Value::Array(master)) = items.get(2) else { continue };
-                let host = match master.first() {
-                    Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                    Some(redis::Value::SimpleString(s)) => s.clone(),
-                    _ => continue,
-                };
-                let Some(redis::Value::Int(port)) = master.get(1) else { continue };
-                let url = format!("redis://{host}:{port}/");
-                if !urls.contains(&url) {
-                    urls.push(url);
-                }
-            }
-        }
-        Ok(urls)
     }
 
     /// One SCAN pass over `scan_on`, deleting through `delete_on` the entries

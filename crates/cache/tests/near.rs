@@ -10,10 +10,20 @@ use redlayer_cache::{CacheAside, CacheLayer, Store};
 use redlayer_testkit::RedisServer;
 use support::{App, Origin, resp};
 
+/// A handle on one server (one URL) or on a cluster (its nodes' URLs).
+async fn handle(urls: &[String]) -> redlayer_core::Redis {
+    if urls.len() == 1 {
+        return redlayer_core::Redis::connect(&urls[0]).await.unwrap();
+    }
+    #[cfg(feature = "cluster")]
+    return redlayer_core::Redis::connect_cluster(urls).await.unwrap();
+    #[cfg(not(feature = "cluster"))]
+    unreachable!("cluster tests need the cluster feature")
+}
+
 /// One instance: its own handle, its store with a near cache, its app.
-async fn instance(server: &RedisServer, origin: &Origin) -> (Store, App) {
-    let redis = redlayer_core::Redis::connect(&server.url()).await.unwrap();
-    let store = Store::redis(redis).with_near_cache(1 << 20).unwrap();
+async fn instance(urls: &[String], origin: &Origin) -> (Store, App) {
+    let store = Store::redis(handle(urls).await).with_near_cache(1 << 20).unwrap();
     (store.clone(), App::new(CacheLayer::with_store(store), origin))
 }
 
@@ -41,22 +51,35 @@ async fn eventually_empty(store: &Store) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_come_from_memory_and_another_instances_purge_is_seen() {
     let server = RedisServer::start();
+    let lookups = || server.command_calls("hmget");
+    purge_and_post_seen_across_instances(&[server.url()], lookups).await;
+}
+
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_come_from_memory_and_another_instances_purge_is_seen_on_cluster() {
+    let cluster = redlayer_testkit::RedisCluster::start();
+    let lookups = || cluster.command_calls("hmget");
+    purge_and_post_seen_across_instances(&cluster.urls(), lookups).await;
+}
+
+async fn purge_and_post_seen_across_instances(urls: &[String], lookups: impl Fn() -> u64) {
     let origin =
         Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60"), ("cache-tag", "t1")], &format!("v{n}")));
-    let (store_a, a) = instance(&server, &origin).await;
-    let (store_b, b) = instance(&server, &origin).await;
+    let (store_a, a) = instance(urls, &origin).await;
+    let (store_b, b) = instance(urls, &origin).await;
 
     assert_eq!(a.get("/p").await.body, "v1");
     warm(&store_a, &a, "/p", "v1").await;
     warm(&store_b, &b, "/p", "v1").await;
-    let lookups = server.command_calls("hmget");
+    let looked_up = lookups();
     for _ in 0..20 {
         let got = a.get("/p").await;
         assert!(got.is_hit(), "{}", got.cache_status());
         assert_eq!(got.body, "v1");
         assert!(!got.header("age").is_empty(), "Age on a near hit");
     }
-    assert_eq!(server.command_calls("hmget"), lookups, "near hits send no command");
+    assert_eq!(lookups(), looked_up, "near hits send no command");
 
     // A purge through instance A: A's copy goes at once, B's when Redis's
     // push is read; then B asks the origin again.
@@ -111,7 +134,7 @@ async fn cache_aside_values_are_near_cached_and_invalidated_across_instances() {
 async fn no_near_hit_while_redis_is_down() {
     let mut server = RedisServer::start();
     let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("v{n}")));
-    let (store, app) = instance(&server, &origin).await;
+    let (store, app) = instance(&[server.url()], &origin).await;
     assert_eq!(app.get("/d").await.body, "v1");
     warm(&store, &app, "/d", "v1").await;
     server.kill();

@@ -62,8 +62,9 @@ pub(crate) struct Inner {
     next: AtomicUsize,
     pub(crate) timeout: Duration,
     keys: KeyBuilder,
-    /// Where the handle connects, when it was built from a URL: what a
-    /// [`NearCache`](crate::NearCache) opens its own RESP3 connection to.
+    /// Where the handle connects, when it was built from a URL (for a
+    /// cluster: its first node's, whose credentials the other nodes share):
+    /// what a [`NearCache`](crate::NearCache) opens its own connections with.
     pub(crate) info: Option<redis::ConnectionInfo>,
 }
 
@@ -243,6 +244,36 @@ impl Redis {
         Ok(Connection::new(self.inner.clone(), index, generation, raw))
     }
 
+    /// The host and port of every master of a cluster, from `CLUSTER SLOTS`
+    /// (in a stable order). On a single server: an error from Redis.
+    pub async fn cluster_masters(&self) -> Result<Vec<(String, u16)>> {
+        let mut conn = self.connection().await?;
+        let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await?;
+        let mut masters = Vec::new();
+        if let redis::Value::Array(ranges) = slots {
+            for range in ranges {
+                let redis::Value::Array(items) = range else { continue };
+                let Some(redis::Value::Array(master)) = items.get(2) else { continue };
+                let host = match master.first() {
+                    Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    Some(redis::Value::SimpleString(s)) => s.clone(),
+                    _ => continue,
+                };
+                let Some(port) = master.get(1).and_then(|p| match p {
+                    redis::Value::Int(port) => u16::try_from(*port).ok(),
+                    _ => None,
+                }) else {
+                    continue;
+                };
+                if !masters.contains(&(host.clone(), port)) {
+                    masters.push((host, port));
+                }
+            }
+        }
+        masters.sort();
+        Ok(masters)
+    }
+
     /// Sends `PING`; `Ok` when Redis answered within the timeout.
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.connection().await?;
@@ -359,13 +390,18 @@ impl RedisBuilder {
         S: AsRef<str>,
     {
         let nodes: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        let info = nodes.first().and_then(|n| redis::IntoConnectionInfo::into_connection_info(n.as_str()).ok());
         let client = redis::cluster::ClusterClient::builder(nodes)
             .response_timeout(self.timeout)
             .connection_timeout(Duration::from_secs(1))
             .build()
             .map_err(|e| Error::InvalidInput(format!("redis cluster nodes: {e}")))?;
         let pool = self.pool_builder().build_unchecked(client);
-        Ok(self.from_cluster_pool(pool))
+        let mut redis = self.from_cluster_pool(pool);
+        if let Some(inner) = Arc::get_mut(&mut redis.inner) {
+            inner.info = info;
+        }
+        Ok(redis)
     }
 
     /// Wraps an existing bb8 pool of cluster connections.

@@ -1,17 +1,19 @@
 //! [`NearCache`]: an in-process copy of hot values read from Redis, kept
 //! coherent by Redis's server-assisted client-side caching.
 //!
-//! The near cache opens one connection of its own (RESP3) and turns on
+//! The near cache opens a connection of its own (RESP3) to the server, or to
+//! every master of a cluster, and turns on
 //! `CLIENT TRACKING ON BCAST PREFIX <prefix>`. From then on Redis pushes the
 //! name of every key under the prefix that anyone changes, deletes or lets
 //! expire (and a flush notice on `FLUSHDB`), and the near cache drops its copy
 //! of that key as soon as the push is read, inside the connection's own reader.
 //!
 //! What it guarantees:
-//! - Copies are served only while that connection is up. When it breaks
+//! - Copies are served only while those connections are up. When one breaks
 //!   (Redis killed or restarted, or its `PING`, sent every second, fails or
-//!   times out) every copy is dropped, and lookups go to Redis until tracking
-//!   is back.
+//!   times out), or a cluster's set of masters changes (checked every
+//!   second), every copy is dropped, and lookups go to Redis until tracking
+//!   is back on every master.
 //! - A value read from Redis is kept only if no invalidation of its key (and
 //!   no reconnection) came between the read's start and its end: take a
 //!   [`NearCache::ticket`] before the read, hand it to [`NearCache::insert`]
@@ -25,8 +27,13 @@
 //! the old copy. Use it for data where that is acceptable (cached pages,
 //! cache-aside values), never for sessions, limits or locks.
 //!
-//! Standalone Redis only: the handle must have been built from a URL
-//! ([`Redis::connect`], [`RedisBuilder::connect_lazy`](crate::RedisBuilder::connect_lazy)).
+//! The handle must have been built from a URL or from cluster nodes
+//! ([`Redis::connect`], [`RedisBuilder::connect_lazy`](crate::RedisBuilder::connect_lazy),
+//! `Redis::connect_cluster`), not from a pool: the near cache needs an
+//! address to open its own connections. A cluster's masters are reached
+//! with the credentials of the first node given. In the window between a
+//! manual failover or a new master and the next check (a second), writes on
+//! the new master are not seen.
 
 use std::{
     fmt,
@@ -149,8 +156,8 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
     /// within a round trip); until then, and whenever it is off, every lookup
     /// misses. Must be called within a Tokio runtime.
     ///
-    /// Errors: the handle is on a cluster or was built from a pool (no URL
-    /// to open a connection of its own with), or no Tokio runtime is running.
+    /// Errors: the handle was built from a pool (no address to open
+    /// connections of its own with), or no Tokio runtime is running.
     pub fn start(
         redis: &Redis,
         prefix: impl Into<String>,
@@ -158,12 +165,17 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
         weigh: impl Fn(&V) -> usize + Send + Sync + 'static,
     ) -> Result<Self> {
         let info = redis.inner.info.clone().ok_or_else(|| {
-            Error::InvalidInput("a near cache needs a handle on one server built from a URL (Redis::connect)".into())
+            Error::InvalidInput(
+                "a near cache needs a handle built from a URL or cluster nodes (Redis::connect, connect_cluster)"
+                    .into(),
+            )
         })?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::InvalidInput("a near cache must be started within a Tokio runtime".into()))?;
-        let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let nodes = match redis.is_cluster() {
+            true => Nodes::Cluster { template: info, redis: redis.clone() },
+            false => Nodes::One(info),
+        };
         let (stop, stopped) = watch::channel(());
         let shared = Arc::new(Shared {
             map: ExpiringMap::new().weighed(max_bytes, weigh),
@@ -174,7 +186,7 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
             _stop: stop,
         });
         let tracker =
-            Tracker { shared: Arc::downgrade(&shared), client, prefix: prefix.into(), timeout: redis.timeout() };
+            Tracker { shared: Arc::downgrade(&shared), nodes, prefix: prefix.into(), timeout: redis.timeout() };
         runtime.spawn(tracker.run(stopped));
         Ok(NearCache { shared })
     }
@@ -243,10 +255,19 @@ impl<V: Clone> NearCache<V> {
     }
 }
 
-/// The task that keeps the tracking connection up.
+/// Where the tracking connections go.
+enum Nodes {
+    /// The handle's one server.
+    One(redis::ConnectionInfo),
+    /// Every master of the handle's cluster (found with `CLUSTER SLOTS`,
+    /// reached with the credentials of the first node given).
+    Cluster { template: redis::ConnectionInfo, redis: Redis },
+}
+
+/// The task that keeps the tracking connections up.
 struct Tracker<V> {
     shared: Weak<Shared<V>>,
-    client: redis::Client,
+    nodes: Nodes,
     prefix: String,
     timeout: Duration,
 }
@@ -256,23 +277,21 @@ impl<V: Send + Sync + 'static> Tracker<V> {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let broken = Arc::new(Notify::new());
-            match self.connect(broken.clone()).await {
-                Ok(mut conn) => {
+            match self.connect_all(broken.clone()).await {
+                Ok((mut conns, masters)) => {
                     backoff = FIRST_BACKOFF;
                     let Some(shared) = self.shared.upgrade() else { return };
                     // Reads begun before tracking was on may hold old values.
                     shared.flush();
                     shared.live.store(true, Ordering::SeqCst);
                     drop(shared);
-                    tracing::debug!(target: "redlayer", prefix = %self.prefix, "near cache: tracking on");
+                    tracing::debug!(target: "redlayer", prefix = %self.prefix, nodes = conns.len(), "near cache: tracking on");
                     loop {
                         tokio::select! {
                             _ = stopped.changed() => return,
                             _ = broken.notified() => break,
                             _ = tokio::time::sleep(HEARTBEAT) => {
-                                let cmd = redis::cmd("PING");
-                                let ping = cmd.query_async::<String>(&mut conn);
-                                if !matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_))) {
+                                if !self.answering(&mut conns).await || !self.same_masters(&masters).await {
                                     break;
                                 }
                             }
@@ -281,7 +300,7 @@ impl<V: Send + Sync + 'static> Tracker<V> {
                     let Some(shared) = self.shared.upgrade() else { return };
                     shared.lost();
                     tracing::warn!(target: "redlayer", prefix = %self.prefix,
-                        "near cache: tracking connection lost; copies dropped, lookups go to redis until it is back");
+                        "near cache: tracking lost; copies dropped, lookups go to redis until it is back");
                 }
                 // Said once per outage (then quietly retried): e.g. Redis
                 // down, older than 6 (no RESP3), or an ACL user without CLIENT.
@@ -297,7 +316,58 @@ impl<V: Send + Sync + 'static> Tracker<V> {
         }
     }
 
-    async fn connect(&self, broken: Arc<Notify>) -> redis::RedisResult<MultiplexedConnection> {
+    /// A tracking connection to every node, and the cluster's masters (to
+    /// notice a change of topology: a new master's keys would go untracked).
+    async fn connect_all(
+        &self,
+        broken: Arc<Notify>,
+    ) -> Result<(Vec<MultiplexedConnection>, Option<Vec<(String, u16)>>)> {
+        let (infos, masters) = match &self.nodes {
+            Nodes::One(info) => (vec![info.clone()], None),
+            Nodes::Cluster { template, redis } => {
+                let masters = redis.cluster_masters().await?;
+                if masters.is_empty() {
+                    return Err(Error::Unavailable("the cluster lists no master".into()));
+                }
+                let infos = masters
+                    .iter()
+                    .map(|(host, port)| template.clone().set_addr(redis::ConnectionAddr::Tcp(host.clone(), *port)))
+                    .collect();
+                (infos, Some(masters))
+            }
+        };
+        let mut conns = Vec::with_capacity(infos.len());
+        for info in infos {
+            conns.push(self.connect(info, broken.clone()).await?);
+        }
+        Ok((conns, masters))
+    }
+
+    /// True when every tracking connection answers `PING` within the timeout.
+    async fn answering(&self, conns: &mut [MultiplexedConnection]) -> bool {
+        for conn in conns {
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(conn);
+            if !matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// True unless the cluster's masters changed (or can not be listed).
+    async fn same_masters(&self, masters: &Option<Vec<(String, u16)>>) -> bool {
+        match (&self.nodes, masters) {
+            (Nodes::Cluster { redis, .. }, Some(masters)) => {
+                matches!(tokio::time::timeout(self.timeout, redis.cluster_masters()).await, Ok(Ok(now)) if &now == masters)
+            }
+            _ => true,
+        }
+    }
+
+    async fn connect(&self, info: redis::ConnectionInfo, broken: Arc<Notify>) -> Result<MultiplexedConnection> {
+        let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
         let shared = self.shared.clone();
         // Runs in the connection's reader, as each push is read.
         let on_push = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
@@ -321,7 +391,7 @@ impl<V: Send + Sync + 'static> Tracker<V> {
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_push_sender(on_push);
-        let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
         redis::cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")
