@@ -83,7 +83,8 @@
 //!   TRACKING ... BCAST` on a connection of its own): any instance's store,
 //!   purge or invalidation makes Redis tell every instance, which drops its
 //!   copy when it reads that message (normally well under a millisecond;
-//!   the writing instance drops its own at once). Off by default, because
+//!   the writing instance drops its own at once; within a second plus the
+//!   timeout if the connection breaks silently). Off by default, because
 //!   in that short window another instance may still serve the old copy.
 //!   On a cluster it tracks every master.
 //!

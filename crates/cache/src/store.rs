@@ -173,6 +173,19 @@ fn variant_field(spec: &str, req: &HeaderMap) -> std::borrow::Cow<'static, str> 
     std::borrow::Cow::Owned(format!("v:{}", variant_id(spec, req)))
 }
 
+/// What a lookup's `HMGET` reads: the Vary spec, the variant, the `pass` deadline.
+type Fields = (Option<String>, Option<Vec<u8>>, Option<String>);
+
+/// How long a near copy may live: [`NEAR_TTL`], and never past the key's
+/// own expiry (`PTTL`: -1 none, -2 gone).
+fn near_ttl(pttl: i64) -> Duration {
+    match pttl {
+        -1 => NEAR_TTL,
+        ms if ms > 0 => NEAR_TTL.min(Duration::from_millis(ms as u64)),
+        _ => Duration::ZERO,
+    }
+}
+
 fn now_ms() -> u64 {
     SystemClock.now().as_millis() as u64
 }
@@ -256,7 +269,10 @@ impl Store {
     /// (normally well under a millisecond; this instance's own writes drop
     /// it at once). A request served in that window may still get the old
     /// copy: leave this off where a purge must be seen everywhere at once.
-    /// While the tracking connection is down no copy is served.
+    /// While the tracking connection is down no copy is served; when it
+    /// breaks silently (a network partition), copies are dropped within the
+    /// heartbeat (a second) plus the handle's timeout. A copy never outlives
+    /// its Redis key (each read also asks `PTTL`), nor 30 s.
     ///
     /// For a Redis store whose handle was built from a URL or cluster nodes
     /// (not from a pool); a memory store is returned as it is. Must be
@@ -273,8 +289,11 @@ impl Store {
     /// ```
     pub fn with_near_cache(self, max_bytes: usize) -> Result<Self> {
         let Backend::Redis(redis) = &self.inner.backend else { return Ok(self) };
-        let prefix = format!("{}:cache", self.inner.keys.prefix());
-        let near = NearCache::start(redis, prefix, max_bytes, NearHit::weight)?;
+        // Entries and cache-aside values; not the tag sets (their changes
+        // would only send pushes that invalidate nothing).
+        let prefix = self.inner.keys.prefix();
+        let (entries, values) = (format!("{prefix}:cache:"), format!("{prefix}:cacheval:"));
+        let near = NearCache::start(redis, &[&entries, &values], max_bytes, NearHit::weight)?;
         if self.inner.near.set(near).is_err() {
             return Err(Error::InvalidInput("this store already has a near cache".into()));
         }
@@ -397,9 +416,13 @@ impl Store {
         let redis = self.live()?;
         let mut conn = redis.connection().await?;
         // One round trip: the Vary spec, the guessed variant and the
-        // hit-for-pass deadline.
-        let (spec, value, pass): (Option<String>, Option<Vec<u8>>, Option<String>) =
-            redis::cmd("HMGET").arg(key).arg("vary").arg(&field).arg("pass").query_async(&mut conn).await?;
+        // hit-for-pass deadline (and, for a near copy, how long the key lives).
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(key).arg("vary").arg(&field).arg("pass");
+        let ((spec, value, pass), pttl): (Fields, i64) = match near {
+            None => (hmget.query_async(&mut conn).await?, -1),
+            Some(_) => redis::pipe().add_command(hmget).cmd("PTTL").arg(key).query_async(&mut conn).await?,
+        };
         let mut looked =
             Lookup { found: None, pass_until_ms: pass.and_then(|p| p.trim().parse::<u64>().ok()), now_ms: now_ms() };
         let Some(spec) = spec else { return Ok(looked) };
@@ -412,7 +435,7 @@ impl Store {
                     value: found.value.clone(),
                     pass_until_ms: looked.pass_until_ms,
                 };
-                near.insert(ticket, key, Arc::new(hit), NEAR_TTL);
+                near.insert(ticket, key, Arc::new(hit), near_ttl(pttl));
             }
             return Ok(looked);
         }
@@ -456,10 +479,10 @@ impl Store {
                     let redis = self.live()?;
                     let mut conn = redis.connection().await?;
                     let _: i64 = PASS.key(key).arg(uri).arg(ttl_ms).invoke_async(&mut conn).await?;
-                    self.forget(key);
                     Ok(())
                 }
                 .await;
+                self.forget(key);
                 self.observe(result)
             }
         }
@@ -514,11 +537,12 @@ impl Store {
                         .arg(MAX_VARIANTS)
                         .invoke_async(&mut conn)
                         .await?;
-                    self.forget(key);
                     self.remember(key, spec);
                     Ok(())
                 }
                 .await;
+                // Also after a failure: the write may have happened.
+                self.forget(key);
                 self.observe(result)
             }
         }
@@ -532,10 +556,10 @@ impl Store {
                 let result = async {
                     let mut conn = redis.connection().await?;
                     let n: i64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
-                    self.forget(key);
                     Ok(n > 0)
                 }
                 .await;
+                self.forget(key);
                 self.observe(result)
             }
         }
@@ -728,7 +752,12 @@ impl Store {
                 let result = async {
                     let redis = self.live()?;
                     let mut conn = redis.connection().await?;
-                    let v: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                    let (v, pttl): (Option<Vec<u8>>, i64) = match near {
+                        None => (redis::cmd("GET").arg(&key).query_async(&mut conn).await?, -1),
+                        Some(_) => {
+                            redis::pipe().cmd("GET").arg(&key).cmd("PTTL").arg(&key).query_async(&mut conn).await?
+                        }
+                    };
                     let v = v.map(Bytes::from);
                     if let (Some(near), Some(ticket), Some(value)) = (near, ticket, &v) {
                         let hit = NearHit {
@@ -737,7 +766,7 @@ impl Store {
                             value: value.clone(),
                             pass_until_ms: None,
                         };
-                        near.insert(ticket, &key, Arc::new(hit), NEAR_TTL);
+                        near.insert(ticket, &key, Arc::new(hit), near_ttl(pttl));
                     }
                     Ok(v)
                 }
@@ -767,10 +796,10 @@ impl Store {
                         .arg(ttl.as_millis() as u64)
                         .query_async(&mut conn)
                         .await?;
-                    self.forget(&vkey);
                     Ok(())
                 }
                 .await;
+                self.forget(&vkey);
                 self.observe(result)?;
             }
         }

@@ -128,6 +128,20 @@ async fn cache_aside_values_are_near_cached_and_invalidated_across_instances() {
     b.invalidate("price").await.unwrap();
     assert!(eventually_empty(&store_a).await, "A dropped its copy after B's invalidate");
     assert_eq!(a.get::<u32>("price").await.unwrap(), None);
+
+    // A copy never outlives its key: Redis only says that a key expired once
+    // it notices, which without active expiry (switched off here) is when a
+    // command touches the key, and a near hit sends none.
+    assert!(server.cli(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]).contains("OK"));
+    b.set("short", &1u32, Duration::from_millis(800)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store_a.near_cache_len() == Some(0) {
+        assert!(Instant::now() < deadline, "no near copy after 5 s");
+        assert_eq!(a.get::<u32>("short").await.unwrap(), Some(1));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(a.get::<u32>("short").await.unwrap(), None, "the value expired with its key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

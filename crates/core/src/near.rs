@@ -3,10 +3,11 @@
 //!
 //! The near cache opens a connection of its own (RESP3) to the server, or to
 //! every master of a cluster, and turns on
-//! `CLIENT TRACKING ON BCAST PREFIX <prefix>`. From then on Redis pushes the
-//! name of every key under the prefix that anyone changes, deletes or lets
-//! expire (and a flush notice on `FLUSHDB`), and the near cache drops its copy
-//! of that key as soon as the push is read, inside the connection's own reader.
+//! `CLIENT TRACKING ON BCAST PREFIX <prefix> ...`. From then on Redis pushes
+//! the name of every key under the prefixes that anyone changes or deletes,
+//! or that Redis expires or evicts (and a flush notice on `FLUSHDB`), and the
+//! near cache drops its copy of that key as soon as the push is read, inside
+//! the connection's own reader.
 //!
 //! What it guarantees:
 //! - Copies are served only while those connections are up. When one breaks
@@ -18,22 +19,33 @@
 //!   no reconnection) came between the read's start and its end: take a
 //!   [`NearCache::ticket`] before the read, hand it to [`NearCache::insert`]
 //!   after. A read racing a write can not leave the old value behind.
-//! - Copies also expire after the time to live given on insert, and the
-//!   whole cache holds at most its byte budget.
+//! - Copies also expire after the time to live given on insert, which must
+//!   not exceed the key's own remaining time to live (Redis deletes an
+//!   expired key, and so pushes its invalidation, only when it finds it,
+//!   which may be late), and the whole cache holds at most its byte budget.
+//! - Keys outside the tracked prefixes are never kept.
 //!
 //! What it does not guarantee: a write made by another instance is seen here
-//! once its push has been read, which on a LAN is normally well under a
-//! millisecond after the write. A request handled in that window still gets
-//! the old copy. Use it for data where that is acceptable (cached pages,
+//! once its push has been read, which on a healthy LAN is normally well
+//! under a millisecond after the write. A request handled in that window
+//! still gets the old copy. When the connection breaks silently (a network
+//! partition), the window is up to the heartbeat (1 s) plus the handle's
+//! timeout. Use it for data where that is acceptable (cached pages,
 //! cache-aside values), never for sessions, limits or locks.
 //!
 //! The handle must have been built from a URL or from cluster nodes
 //! ([`Redis::connect`], [`RedisBuilder::connect_lazy`](crate::RedisBuilder::connect_lazy),
 //! `Redis::connect_cluster`), not from a pool: the near cache needs an
 //! address to open its own connections. A cluster's masters are reached
-//! with the credentials of the first node given. In the window between a
-//! manual failover or a new master and the next check (a second), writes on
-//! the new master are not seen.
+//! with the credentials (and TLS settings) of the first node given. Each
+//! heartbeat also checks with `ROLE` that every tracked node is still a
+//! master, and on a cluster that the masters are the same: between a
+//! failover or a new master and that check (a second), writes on the new
+//! master are not seen.
+//!
+//! The Tokio runtime it was started in must outlive it: should the tracking
+//! task end any other way (runtime shut down), it drops every copy and
+//! serves none from then on.
 
 use std::{
     fmt,
@@ -59,6 +71,9 @@ const BUCKETS: usize = 1024;
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The retry delay after an error that retrying soon will not fix (no RESP3,
+/// no permission for `CLIENT TRACKING`).
+const LASTING_BACKOFF: Duration = Duration::from_secs(60);
 
 /// An in-process copy of values read from Redis under one key prefix,
 /// invalidated by Redis itself (see the [module docs](self)). Cheap to clone.
@@ -70,16 +85,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// use redlayer_core::{NearCache, Redis};
 ///
 /// let redis = Redis::connect("redis://127.0.0.1/").await?;
-/// let near: NearCache<Bytes> = NearCache::start(&redis, "app:page:", 64 << 20, |v: &Bytes| v.len())?;
+/// let near: NearCache<Bytes> = NearCache::start(&redis, &["app:page:"], 64 << 20, |v: &Bytes| v.len())?;
 /// let key = "app:page:/home";
 /// let page = match near.get(key) {
 ///     Some(page) => page,
 ///     None => {
 ///         let ticket = near.ticket(key);
 ///         let mut conn = redis.connection().await?;
-///         let page: Vec<u8> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+///         let (page, pttl): (Vec<u8>, i64) =
+///             redis::pipe().cmd("GET").arg(key).cmd("PTTL").arg(key).query_async(&mut conn).await?;
 ///         let page = Bytes::from(page);
-///         near.insert(ticket, key, page.clone(), Duration::from_secs(60));
+///         let ttl = if pttl > 0 { Duration::from_millis(pttl as u64) } else { Duration::from_secs(60) };
+///         near.insert(ticket, key, page.clone(), ttl.min(Duration::from_secs(60)));
 ///         page
 ///     }
 /// };
@@ -124,6 +141,8 @@ struct Shared<V> {
     /// Counts invalidations, per bucket of keys.
     buckets: Box<[AtomicU64]>,
     hasher: RandomState,
+    /// The tracked key prefixes: a key outside them is never kept.
+    prefixes: Vec<String>,
     /// Dropped with the last clone: tells the tracking task to stop.
     _stop: watch::Sender<()>,
 }
@@ -150,9 +169,10 @@ impl<V> Shared<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> NearCache<V> {
-    /// Starts tracking the keys under `prefix` on the server of `redis`, on a
-    /// connection of its own, holding at most `max_bytes` of copies as
-    /// measured by `weigh`. Copies are served once tracking is on (normally
+    /// Starts tracking the keys under `prefixes` (none a prefix of another)
+    /// on the server of `redis` (every master of a cluster), on connections
+    /// of its own, holding at most `max_bytes` of copies as measured by
+    /// `weigh`. Copies are served once tracking is on (normally
     /// within a round trip); until then, and whenever it is off, every lookup
     /// misses. Must be called within a Tokio runtime.
     ///
@@ -160,7 +180,7 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
     /// connections of its own with), or no Tokio runtime is running.
     pub fn start(
         redis: &Redis,
-        prefix: impl Into<String>,
+        prefixes: &[&str],
         max_bytes: usize,
         weigh: impl Fn(&V) -> usize + Send + Sync + 'static,
     ) -> Result<Self> {
@@ -170,6 +190,9 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
                     .into(),
             )
         })?;
+        if prefixes.is_empty() || prefixes.iter().any(|p| p.is_empty()) {
+            return Err(Error::InvalidInput("a near cache needs non-empty key prefixes".into()));
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::InvalidInput("a near cache must be started within a Tokio runtime".into()))?;
         let nodes = match redis.is_cluster() {
@@ -183,10 +206,15 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
             generation: AtomicU64::new(0),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
+            prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
             _stop: stop,
         });
-        let tracker =
-            Tracker { shared: Arc::downgrade(&shared), nodes, prefix: prefix.into(), timeout: redis.timeout() };
+        let tracker = Tracker {
+            shared: Arc::downgrade(&shared),
+            nodes,
+            prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+            timeout: redis.timeout(),
+        };
         runtime.spawn(tracker.run(stopped));
         Ok(NearCache { shared })
     }
@@ -216,10 +244,12 @@ impl<V: Clone> NearCache<V> {
 
     /// Keeps `value` as the copy of `key` for at most `ttl`, unless `key` was
     /// invalidated (or tracking broke) since `ticket` was taken: then the
-    /// value may already be old, and nothing is kept.
+    /// value may already be old, and nothing is kept. `ttl` must not exceed
+    /// the key's remaining time to live in Redis (`PTTL`, read with the
+    /// value); a key outside the tracked prefixes is not kept.
     pub fn insert(&self, ticket: Ticket, key: &str, value: V, ttl: Duration) {
         let shared = &self.shared;
-        if !ticket.live || ttl.is_zero() {
+        if !ticket.live || ttl.is_zero() || !shared.prefixes.iter().any(|p| key.starts_with(p.as_str())) {
             return;
         }
         // Checked under the map's lock for this key, which an invalidation
@@ -264,17 +294,46 @@ enum Nodes {
     Cluster { template: redis::ConnectionInfo, redis: Redis },
 }
 
+/// What a heartbeat learned of a cluster's masters.
+enum Masters {
+    Same,
+    Changed,
+    /// `CLUSTER SLOTS` failed or timed out.
+    Unknown,
+}
+
 /// The task that keeps the tracking connections up.
 struct Tracker<V> {
     shared: Weak<Shared<V>>,
     nodes: Nodes,
-    prefix: String,
+    prefixes: Vec<String>,
     timeout: Duration,
+}
+
+/// Drops every copy when the tracking task ends for any reason (its runtime
+/// shut down, a panic): no copy is served without invalidations.
+struct OnEnd<V>(Weak<Shared<V>>);
+
+impl<V> Drop for OnEnd<V> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.lost();
+        }
+    }
+}
+
+/// A tracking connection error that retrying soon will not fix: no RESP3
+/// (Redis before 6), no `CLIENT TRACKING` (ACL), no such command (a proxy).
+fn lasting(e: &Error) -> bool {
+    let text = e.to_string();
+    ["NOPERM", "unknown command", "HELLO", "unknown subcommand", "RESP3"].iter().any(|t| text.contains(t))
 }
 
 impl<V: Send + Sync + 'static> Tracker<V> {
     async fn run(self, mut stopped: watch::Receiver<()>) {
+        let _on_end = OnEnd(self.shared.clone());
         let mut backoff = FIRST_BACKOFF;
+        let mut warned_lost: Option<tokio::time::Instant> = None;
         loop {
             let broken = Arc::new(Notify::new());
             match self.connect_all(broken.clone()).await {
@@ -285,34 +344,56 @@ impl<V: Send + Sync + 'static> Tracker<V> {
                     shared.flush();
                     shared.live.store(true, Ordering::SeqCst);
                     drop(shared);
-                    tracing::debug!(target: "redlayer", prefix = %self.prefix, nodes = conns.len(), "near cache: tracking on");
+                    tracing::debug!(target: "redlayer", prefixes = ?self.prefixes, nodes = conns.len(), "near cache: tracking on");
+                    let mut unlisted = 0;
                     loop {
                         tokio::select! {
                             _ = stopped.changed() => return,
                             _ = broken.notified() => break,
                             _ = tokio::time::sleep(HEARTBEAT) => {
-                                if !self.answering(&mut conns).await || !self.same_masters(&masters).await {
+                                if !self.still_masters(&mut conns).await {
                                     break;
+                                }
+                                match self.masters_now(&masters).await {
+                                    Masters::Same => unlisted = 0,
+                                    Masters::Changed => break,
+                                    // A slow CLUSTER SLOTS alone is no reason to drop every copy:
+                                    // the connections themselves answered.
+                                    Masters::Unknown if unlisted < 2 => unlisted += 1,
+                                    Masters::Unknown => break,
                                 }
                             }
                         }
                     }
                     let Some(shared) = self.shared.upgrade() else { return };
                     shared.lost();
-                    tracing::warn!(target: "redlayer", prefix = %self.prefix,
-                        "near cache: tracking lost; copies dropped, lookups go to redis until it is back");
+                    // Said at most once a minute (a flapping connection would say it every cycle).
+                    let now = tokio::time::Instant::now();
+                    if warned_lost.is_none_or(|at| now - at > Duration::from_secs(60)) {
+                        warned_lost = Some(now);
+                        tracing::warn!(target: "redlayer", prefixes = ?self.prefixes,
+                            "near cache: tracking lost; copies dropped, lookups go to redis until it is back");
+                    }
                 }
                 // Said once per outage (then quietly retried): e.g. Redis
                 // down, older than 6 (no RESP3), or an ACL user without CLIENT.
-                Err(e) if backoff == FIRST_BACKOFF => tracing::warn!(target: "redlayer", error = %e,
-                    "near cache: no tracking connection; lookups go to redis while it is retried"),
-                Err(e) => tracing::debug!(target: "redlayer", error = %e, "near cache: tracking connection failed"),
+                Err(e) => {
+                    if backoff == FIRST_BACKOFF {
+                        tracing::warn!(target: "redlayer", error = %e,
+                            "near cache: no tracking connection; lookups go to redis while it is retried");
+                    } else {
+                        tracing::debug!(target: "redlayer", error = %e, "near cache: tracking connection failed");
+                    }
+                    if lasting(&e) {
+                        backoff = LASTING_BACKOFF;
+                    }
+                }
             }
             tokio::select! {
                 _ = stopped.changed() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = if backoff >= LASTING_BACKOFF { LASTING_BACKOFF } else { (backoff * 2).min(MAX_BACKOFF) };
         }
     }
 
@@ -331,7 +412,7 @@ impl<V: Send + Sync + 'static> Tracker<V> {
                 }
                 let infos = masters
                     .iter()
-                    .map(|(host, port)| template.clone().set_addr(redis::ConnectionAddr::Tcp(host.clone(), *port)))
+                    .map(|(host, port)| template.clone().set_addr(node_addr(template.addr(), host, *port)))
                     .collect();
                 (infos, Some(masters))
             }
@@ -343,25 +424,38 @@ impl<V: Send + Sync + 'static> Tracker<V> {
         Ok((conns, masters))
     }
 
-    /// True when every tracking connection answers `PING` within the timeout.
-    async fn answering(&self, conns: &mut [MultiplexedConnection]) -> bool {
+    /// True when every tracking connection answers `ROLE` within the
+    /// timeout, as a master (a demoted master still answers, but the writes
+    /// now go elsewhere). A user not allowed `ROLE` gets an error reply,
+    /// which still shows the connection alive.
+    async fn still_masters(&self, conns: &mut [MultiplexedConnection]) -> bool {
         for conn in conns {
-            let cmd = redis::cmd("PING");
-            let ping = cmd.query_async::<String>(conn);
-            if !matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_))) {
+            let cmd = redis::cmd("ROLE");
+            let role = cmd.query_async::<Value>(conn);
+            let is_master = match tokio::time::timeout(self.timeout, role).await {
+                Ok(Ok(Value::Array(items))) => match items.first() {
+                    Some(Value::BulkString(role)) => role == b"master",
+                    Some(Value::SimpleString(role)) => role == "master",
+                    _ => false,
+                },
+                Ok(Ok(_)) => false,
+                Ok(Err(e)) => e.code() == Some("NOPERM"),
+                Err(_) => false,
+            };
+            if !is_master {
                 return false;
             }
         }
         true
     }
 
-    /// True unless the cluster's masters changed (or can not be listed).
-    async fn same_masters(&self, masters: &Option<Vec<(String, u16)>>) -> bool {
-        match (&self.nodes, masters) {
-            (Nodes::Cluster { redis, .. }, Some(masters)) => {
-                matches!(tokio::time::timeout(self.timeout, redis.cluster_masters()).await, Ok(Ok(now)) if &now == masters)
-            }
-            _ => true,
+    /// Whether the cluster's masters are still those tracked.
+    async fn masters_now(&self, masters: &Option<Vec<(String, u16)>>) -> Masters {
+        let (Nodes::Cluster { redis, .. }, Some(masters)) = (&self.nodes, masters) else { return Masters::Same };
+        match tokio::time::timeout(self.timeout, redis.cluster_masters()).await {
+            Ok(Ok(now)) if &now == masters => Masters::Same,
+            Ok(Ok(_)) => Masters::Changed,
+            _ => Masters::Unknown,
         }
     }
 
@@ -392,15 +486,26 @@ impl<V: Send + Sync + 'static> Tracker<V> {
             .set_response_timeout(Some(self.timeout))
             .set_push_sender(on_push);
         let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-        redis::cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .arg("BCAST")
-            .arg("PREFIX")
-            .arg(&self.prefix)
-            .query_async::<()>(&mut conn)
-            .await?;
+        let mut tracking = redis::cmd("CLIENT");
+        tracking.arg("TRACKING").arg("ON").arg("BCAST");
+        for prefix in &self.prefixes {
+            tracking.arg("PREFIX").arg(prefix);
+        }
+        tracking.query_async::<()>(&mut conn).await?;
         Ok(conn)
+    }
+}
+
+/// A cluster node's address with the first node's kind (TLS settings kept).
+fn node_addr(template: &redis::ConnectionAddr, host: &str, port: u16) -> redis::ConnectionAddr {
+    match template {
+        redis::ConnectionAddr::TcpTls { insecure, tls_params, .. } => redis::ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
     }
 }
 

@@ -126,7 +126,7 @@ async fn a_near_cache_tracks_every_master() {
     let mut cluster = RedisCluster::start();
     let redis = Redis::connect_cluster(cluster.urls()).await.unwrap();
     let other = Redis::connect_cluster(cluster.urls()).await.unwrap();
-    let near: NearCache<String> = NearCache::start(&redis, "t:near:", 1 << 20, |v: &String| v.len()).unwrap();
+    let near: NearCache<String> = NearCache::start(&redis, &["t:near:"], 1 << 20, |v: &String| v.len()).unwrap();
     assert!(eventually(Duration::from_secs(5), || near.is_live()).await, "tracking on every master");
 
     // Keys on every master, written by another instance.

@@ -23,7 +23,7 @@ async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 async fn started(redis: &Redis) -> NearCache<String> {
-    let near = NearCache::start(redis, PREFIX, 1 << 20, |v: &String| v.len()).unwrap();
+    let near = NearCache::start(redis, &[PREFIX], 1 << 20, |v: &String| v.len()).unwrap();
     assert!(eventually(Duration::from_secs(5), || near.is_live()).await, "tracking turned on");
     near
 }
@@ -59,6 +59,18 @@ async fn settle(near: &NearCache<String>, redis: &Redis, key: &str, expected: &s
     assert_eq!(near.get(key).as_deref(), Some(expected), "copy of {key} held");
 }
 
+/// Waits until every push Redis sent before now has been read: writes a
+/// barrier key held in the cache, and waits for its copy to go (pushes
+/// come in order on the one tracking connection).
+async fn barrier(near: &NearCache<String>, server: &RedisServer) {
+    let key = format!("{PREFIX}~barrier");
+    let ticket = near.ticket(&key);
+    near.insert(ticket, &key, "b".to_owned(), TTL);
+    assert!(near.get(&key).is_some(), "barrier copy held");
+    server.cli(&["SET", &key, "b"]);
+    assert!(eventually(Duration::from_secs(2), || near.get(&key).is_none()).await, "barrier push read");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_is_served_without_redis_and_dropped_when_another_instance_writes() {
     let server = RedisServer::start();
@@ -67,6 +79,8 @@ async fn a_copy_is_served_without_redis_and_dropped_when_another_instance_writes
     let key = format!("{PREFIX}page");
     server.cli(&["SET", &key, "v1"]);
 
+    settle(&near, &redis, &key, "v1").await;
+    barrier(&near, &server).await;
     settle(&near, &redis, &key, "v1").await;
     let gets = server.command_calls("get");
     for _ in 0..100 {
@@ -84,9 +98,9 @@ async fn a_copy_is_served_without_redis_and_dropped_when_another_instance_writes
     // Deletion and expiry invalidate too.
     server.cli(&["DEL", &key]);
     assert!(eventually(Duration::from_secs(2), || near.get(&key).is_none()).await, "copy dropped on DEL");
-    server.cli(&["SET", &key, "v3", "PX", "50"]);
+    server.cli(&["SET", &key, "v3", "PX", "1000"]);
     assert_eq!(read_through(&near, &redis, &key).await.as_deref(), Some("v3"));
-    assert!(eventually(Duration::from_secs(3), || near.get(&key).is_none()).await, "copy dropped on expiry");
+    assert!(eventually(Duration::from_secs(4), || near.get(&key).is_none()).await, "copy dropped on expiry");
 
     // FLUSHALL drops every copy.
     server.cli(&["SET", &key, "v4"]);
@@ -94,12 +108,34 @@ async fn a_copy_is_served_without_redis_and_dropped_when_another_instance_writes
     server.cli(&["FLUSHALL"]);
     assert!(eventually(Duration::from_secs(2), || near.is_empty()).await, "flush drops every copy");
 
-    // Keys outside the prefix are not tracked: writes to them cost nothing here.
-    server.cli(&["SET", &key, "v5"]);
-    settle(&near, &redis, &key, "v5").await;
-    server.cli(&["SET", "elsewhere", "x"]);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(near.get(&key).as_deref(), Some("v5"));
+    // Keys outside the prefix are not tracked, so never kept.
+    let elsewhere = "elsewhere";
+    server.cli(&["SET", elsewhere, "x"]);
+    let ticket = near.ticket(elsewhere);
+    near.insert(ticket, elsewhere, "x".to_owned(), TTL);
+    assert_eq!(near.get(elsewhere), None, "a key outside the prefix is not kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_cache_closes_its_tracking_connection() {
+    let server = RedisServer::start();
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    // `CLIENT LIST` marks tracking clients with flag `t`.
+    let tracking = || {
+        server
+            .cli(&["CLIENT", "LIST"])
+            .lines()
+            .filter(|l| l.split(' ').any(|f| f.strip_prefix("flags=").is_some_and(|flags| flags.contains('t'))))
+            .count()
+    };
+    let near = started(&redis).await;
+    assert_eq!(tracking(), 1);
+    let clone = near.clone();
+    drop(near);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(tracking(), 1, "a clone keeps it");
+    drop(clone);
+    assert!(eventually(Duration::from_secs(3), || tracking() == 0).await, "tracking connection closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +143,8 @@ async fn a_value_read_before_a_write_is_not_kept() {
     let server = RedisServer::start();
     let redis = Redis::connect(&server.url()).await.unwrap();
     let near = started(&redis).await;
-    let (key, probe) = (format!("{PREFIX}raced"), format!("{PREFIX}probe"));
+    // (Redis sends the keys of one push in order: the probe's comes last.)
+    let (key, probe) = (format!("{PREFIX}a-raced"), format!("{PREFIX}z-probe"));
     server.cli(&["SET", &key, "old"]);
     server.cli(&["SET", &probe, "p"]);
     settle(&near, &redis, &probe, "p").await;
@@ -164,7 +201,6 @@ async fn no_copy_is_served_while_redis_is_down_or_frozen() {
     server.resume();
     assert!(frozen, "tracking off while redis is frozen");
     assert!(eventually(Duration::from_secs(10), || near.is_live()).await, "tracking back after SIGCONT");
-    assert!(near.get(&key).is_none(), "copies from before the freeze are gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,6 +209,27 @@ async fn a_handle_without_a_url_is_refused() {
     let manager = bb8_redis::RedisConnectionManager::new(server.url()).unwrap();
     let pool = bb8::Pool::builder().max_size(2).build(manager).await.unwrap();
     let redis = Redis::from_pool(pool);
-    let err = NearCache::<String>::start(&redis, PREFIX, 1 << 20, |v: &String| v.len()).unwrap_err();
+    let err = NearCache::<String>::start(&redis, &[PREFIX], 1 << 20, |v: &String| v.len()).unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+}
+
+#[test]
+fn no_copy_is_served_once_its_runtime_is_gone() {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let key = format!("{PREFIX}k");
+    server.cli(&["SET", &key, "v"]);
+    let near = runtime.block_on(async {
+        let redis = Redis::connect(&server.url()).await.unwrap();
+        let near = started(&redis).await;
+        settle(&near, &redis, &key, "v").await;
+        near
+    });
+    assert!(near.is_live() && near.get(&key).is_some());
+    // The tracking task dies with its runtime: no invalidation could reach
+    // the copies any more, so they go.
+    drop(runtime);
+    assert!(!near.is_live());
+    assert_eq!(near.get(&key), None);
+    assert!(near.is_empty());
 }

@@ -66,6 +66,8 @@ impl RedisServer {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            // Tests may switch active expiry off (`DEBUG SET-ACTIVE-EXPIRE 0`).
+            .args(["--enable-debug-command", "local"])
             .arg("--dir")
             .arg(&self.dir)
             .args(["--logfile", "redis.log"]);
