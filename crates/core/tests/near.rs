@@ -233,3 +233,65 @@ fn no_copy_is_served_once_its_runtime_is_gone() {
     assert_eq!(near.get(&key), None);
     assert!(near.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_old_copy_survives_reads_racing_writes() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let connect = || Redis::builder().timeout(Duration::from_secs(5)).connect(&url);
+    let (redis, other) = (connect().await.unwrap(), connect().await.unwrap());
+    let near = started(&redis).await;
+    let keys: Vec<String> = (0..32).map(|i| format!("{PREFIX}race-{i}")).collect();
+    const WRITES: usize = 500;
+
+    // One writer per key (another instance), while readers keep reading
+    // every key through the near cache.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (near, redis, keys, done) = (near.clone(), redis.clone(), keys.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for key in &keys {
+                    if try_read_through(&near, &redis, key).await.is_ok() {
+                        reads += 1;
+                    }
+                }
+                // A near hit awaits nothing: let the writers run.
+                tokio::task::yield_now().await;
+            }
+            reads
+        }));
+    }
+    let mut writers = Vec::new();
+    for key in keys.clone() {
+        let other = other.clone();
+        writers.push(tokio::spawn(async move {
+            let mut conn = other.connection().await.unwrap();
+            for i in 1..=WRITES {
+                let _: () = redis::cmd("SET").arg(&key).arg(i.to_string()).query_async(&mut conn).await.unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.unwrap();
+    }
+    assert!(reads > 100, "the readers raced the writers ({reads} reads)");
+
+    // Every push of the writes has been read: any copy left must be the last
+    // value. (With the ticket check taken out of `insert`, this failed in
+    // about half the runs on the project's 2-core machine.)
+    barrier(&near, &server).await;
+    for key in &keys {
+        if let Some(copy) = near.get(key) {
+            assert_eq!(copy, WRITES.to_string(), "{key}: a copy older than the last write survived");
+        }
+        assert_eq!(read_through(&near, &redis, key).await, Some(WRITES.to_string()));
+    }
+}
