@@ -213,8 +213,8 @@ impl Store {
 
     /// A store in this process's memory holding about `max_bytes` of entries
     /// (bodies, headers, keys) and a quarter of that of tag sets. Past it,
-    /// expired entries are dropped first, then arbitrary others, as Redis does
-    /// under `maxmemory` with `allkeys-random`; an entry larger than a
+    /// expired entries are dropped first, then those closest to expiry, as
+    /// Redis does under `maxmemory` with `volatile-ttl`; an entry larger than a
     /// sixteenth of the budget is not stored.
     pub fn memory_with_budget(max_bytes: usize) -> Self {
         Self::memory_with(Arc::new(SystemClock), max_bytes)

@@ -118,8 +118,8 @@ struct Budget<V> {
 /// entry is never returned, and memory stays bounded by the live entries
 /// (expired ones are swept whenever a shard doubles in size). A
 /// [`weighed`](ExpiringMap::weighed) map also holds at most a total weight:
-/// past it, expired entries go first, then arbitrary others (as Redis's
-/// `allkeys-random` under `maxmemory`).
+/// past it, expired entries go first, then those closest to expiry (as
+/// Redis's `volatile-ttl` under `maxmemory`), entries without expiry last.
 pub struct ExpiringMap<K, V> {
     shards: Box<[Mutex<Shard<K, V>>]>,
     hasher: RandomState,
@@ -345,16 +345,44 @@ fn maybe_sweep<K: Hash + Eq, V>(shard: &mut Shard<K, V>, now: Duration) {
 }
 
 /// Brings a shard's weight down to `limit`: expired entries first, then
-/// arbitrary ones other than `keep` (the map's iteration order, which its
-/// random hasher makes unpredictable), in one pass.
+/// those closest to expiry (persistent ones last; for entries whose time to
+/// live is renewed on use, as sessions', the least recently used), never
+/// `keep`. Past expired entries it frees down to 7/8 of `limit`, so that a
+/// flood of inserts sorts a shard once per eighth of it, not on every insert.
 fn enforce<K: Hash + Eq, V>(shard: &mut Shard<K, V>, limit: usize, keep: Option<&K>, now: Duration) {
     if shard.weight <= limit {
         return;
     }
     shard.retain(|_, e| !is_expired(e, now));
-    let mut excess = shard.weight.saturating_sub(limit);
+    if shard.weight <= limit {
+        return;
+    }
+    let target = limit - limit / 8;
+    let mut excess = shard.weight.saturating_sub(target);
+    // The expiry up to which entries go: the earliest ones whose weights
+    // cover the excess.
+    let mut order: Vec<(Duration, usize)> = shard
+        .map
+        .iter()
+        .filter(|(k, _)| Some(*k) != keep)
+        .map(|(_, e)| (e.expires_at.unwrap_or(Duration::MAX), e.weight))
+        .collect();
+    order.sort_unstable_by_key(|&(at, _)| at);
+    let mut freed = 0;
+    let mut cutoff = Duration::MAX;
+    for &(at, weight) in &order {
+        if freed >= excess {
+            break;
+        }
+        freed += weight;
+        cutoff = at;
+    }
     shard.retain(|k, e| {
         if excess == 0 || Some(k) == keep {
+            return true;
+        }
+        let at = e.expires_at.unwrap_or(Duration::MAX);
+        if at > cutoff {
             return true;
         }
         excess = excess.saturating_sub(e.weight);
@@ -398,6 +426,30 @@ mod tests {
             (Update::Set(next, Some(Duration::from_secs(1))), next)
         });
         assert_eq!(seen, 1, "INCR on an expired key starts from zero");
+    }
+
+    #[test]
+    fn past_its_budget_a_map_drops_the_entries_closest_to_expiry() {
+        let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+        let map: ExpiringMap<String, Vec<u8>> =
+            ExpiringMap::with_clock(Arc::new(clock.clone())).weighed(16 * 1_000, |v: &Vec<u8>| v.len());
+        // Entries whose time to live is renewed on use (as sessions'): each
+        // new one lives a second longer than the one before.
+        for i in 0..2_000u64 {
+            map.insert(format!("k{i}"), vec![0; 100], Some(Duration::from_secs(3600 + i)));
+        }
+        assert!(map.weight() <= 16 * 1_000);
+        let kept: Vec<u64> = (0..2_000).filter(|i| map.get(&format!("k{i}")).is_some()).collect();
+        assert!(kept.len() > 50, "{} kept", kept.len());
+        // Per shard, only the latest entries stay: the newest of all are all kept.
+        assert!((1_990..2_000).all(|i| kept.contains(&i)), "the newest were evicted: {kept:?}");
+        assert!(!kept.contains(&0) && !kept.contains(&500), "old entries stayed: {kept:?}");
+        // Persistent entries go last.
+        map.insert("forever".into(), vec![0; 100], None);
+        for i in 2_000..4_000u64 {
+            map.insert(format!("k{i}"), vec![0; 100], Some(Duration::from_secs(3600 + i)));
+        }
+        assert!(map.get("forever").is_some(), "a persistent entry went before expiring ones");
     }
 
     #[test]

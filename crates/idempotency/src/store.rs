@@ -156,8 +156,8 @@ impl Store {
 
     /// Records in this process's memory, about `max_bytes` of them (stored
     /// responses, fingerprints, keys). Past it, expired records are dropped
-    /// first, then arbitrary others, as Redis does under `maxmemory` with
-    /// `allkeys-random`: a retry whose record was dropped runs the handler
+    /// first, then those closest to expiry, as Redis does under `maxmemory`
+    /// with `volatile-ttl`: a retry whose record was dropped runs the handler
     /// again, so size the budget for the retention you promise. A response
     /// larger than a sixteenth of the budget is not kept for replay.
     pub fn memory_with_budget(max_bytes: usize) -> Self {

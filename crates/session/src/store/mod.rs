@@ -179,8 +179,9 @@ impl Store {
 
     /// Sessions in this process's memory holding about `max_bytes` (fields,
     /// keys; user indexes get a quarter more). Past it, expired sessions are
-    /// dropped first, then arbitrary others (their users are logged out), as
-    /// Redis does under `maxmemory` with `allkeys-random`.
+    /// dropped first, then those closest to their expiry (the least recently
+    /// used: their users are logged out), as Redis does under `maxmemory`
+    /// with `volatile-ttl`.
     pub fn memory_with_budget(max_bytes: usize) -> Self {
         Self::memory_with(Arc::new(SystemClock), max_bytes)
     }
