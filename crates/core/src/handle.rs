@@ -20,6 +20,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_CONNECTIONS: usize = 2;
 /// Consecutive timeouts after which a connection is replaced (a silent peer).
 const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
+/// The longest one attempt to make a connection may take (see `take_bounded`).
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// A handle on Redis (a single server or a cluster), shared by every layer.
 ///
@@ -226,9 +228,10 @@ impl Redis {
         if let Some((generation, raw)) = slot.cached() {
             return Ok(Connection::new(self.inner.clone(), index, generation, raw));
         }
+        let attempt = CONNECT_ATTEMPT.min(self.inner.timeout);
         let raw = match &self.inner.source {
             Source::Standalone(pool) => {
-                let mut raw = take(pool).await?;
+                let mut raw = take_bounded(pool, attempt).await?;
                 // redis-rs's own response timeout (500 ms on connections it
                 // makes) follows the handle's, so a longer one is honoured.
                 raw.set_response_timeout(self.inner.timeout);
@@ -236,7 +239,7 @@ impl Redis {
             }
             // The cluster client was built with the handle's response timeout.
             #[cfg(feature = "cluster")]
-            Source::Cluster(pool) => RawConnection::Cluster(take(pool).await?),
+            Source::Cluster(pool) => RawConnection::Cluster(take_bounded(pool, attempt).await?),
         };
         let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, raw.clone()));
@@ -287,6 +290,23 @@ impl Redis {
 /// one is made directly and added to the pool: a refused connection is then
 /// an error at once, where a checkout would wait for a connection until its
 /// timeout.
+/// [`take`], each attempt given up after `attempt` and made again: redis-rs's
+/// cluster client has been seen to hang while connecting (redis-rs issue
+/// #1953; here, once in a few full test runs, under load). The caller's
+/// timeout bounds the whole.
+async fn take_bounded<M>(pool: &bb8::Pool<M>, attempt: Duration) -> Result<M::Connection>
+where
+    M: bb8::ManageConnection<Error = redis::RedisError>,
+    M::Connection: Clone,
+{
+    loop {
+        if let Ok(result) = tokio::time::timeout(attempt, take(pool)).await {
+            return result;
+        }
+        tracing::debug!(target: "redlayer", ?attempt, "a redis connection attempt hung; making it again");
+    }
+}
+
 async fn take<M>(pool: &bb8::Pool<M>) -> Result<M::Connection>
 where
     M: bb8::ManageConnection<Error = redis::RedisError>,
