@@ -266,7 +266,7 @@ impl Store {
     /// coherent through Redis's client tracking (a [`NearCache`]): when any
     /// instance stores, purges or invalidates an entry, Redis tells every
     /// instance, which drops its copy as soon as that message is read
-    /// (normally well under a millisecond; this instance's own writes drop
+    /// (Redis sends it as it answers the write; this instance's own writes drop
     /// it at once). A request served in that window may still get the old
     /// copy: leave this off where a purge must be seen everywhere at once.
     /// While the tracking connection is down no copy is served; when it

@@ -37,6 +37,16 @@ async fn warm(store: &Store, app: &App, path: &str, body: &str) {
     }
 }
 
+/// Reads the cache-aside value `key` until this instance holds a copy.
+async fn warm_value(store: &Store, aside: &CacheAside, key: &str, expected: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.near_cache_len() == Some(0) {
+        assert!(Instant::now() < deadline, "no near copy of {key} after 5 s");
+        assert_eq!(aside.get::<u32>(key).await.unwrap(), Some(expected));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 async fn eventually_empty(store: &Store) -> bool {
     let deadline = Instant::now() + Duration::from_secs(2);
     while store.near_cache_len() != Some(0) {
@@ -110,12 +120,7 @@ async fn cache_aside_values_are_near_cached_and_invalidated_across_instances() {
     let (a, b) = (CacheAside::new(store_a.clone()), CacheAside::new(store_b.clone()));
     b.set("price", &10u32, Duration::from_secs(60)).await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while store_a.near_cache_len() == Some(0) {
-        assert!(Instant::now() < deadline, "no near copy after 5 s");
-        assert_eq!(a.get::<u32>("price").await.unwrap(), Some(10));
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    warm_value(&store_a, &a, "price", 10).await;
     let gets = server.command_calls("get");
     for _ in 0..20 {
         assert_eq!(a.get::<u32>("price").await.unwrap(), Some(10));
@@ -134,12 +139,7 @@ async fn cache_aside_values_are_near_cached_and_invalidated_across_instances() {
     // command touches the key, and a near hit sends none.
     assert!(server.cli(&["DEBUG", "SET-ACTIVE-EXPIRE", "0"]).contains("OK"));
     b.set("short", &1u32, Duration::from_millis(800)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while store_a.near_cache_len() == Some(0) {
-        assert!(Instant::now() < deadline, "no near copy after 5 s");
-        assert_eq!(a.get::<u32>("short").await.unwrap(), Some(1));
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    warm_value(&store_a, &a, "short", 1).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(a.get::<u32>("short").await.unwrap(), None, "the value expired with its key");
 }

@@ -378,16 +378,12 @@ impl RedisBuilder {
         let manager =
             RedisConnectionManager::new(info.clone()).map_err(|e| Error::InvalidInput(format!("redis url: {e}")))?;
         let pool = self.pool_builder().build_unchecked(manager);
-        let mut redis = self.from_pool(pool);
-        if let Some(inner) = Arc::get_mut(&mut redis.inner) {
-            inner.info = Some(info);
-        }
-        Ok(redis)
+        Ok(self.build(Source::Standalone(pool), Some(info)))
     }
 
     /// Wraps an existing bb8 pool (see [`Redis::from_pool`]).
     pub fn from_pool(self, pool: bb8::Pool<RedisConnectionManager>) -> Redis {
-        self.build(Source::Standalone(pool))
+        self.build(Source::Standalone(pool), None)
     }
 
     /// Connects to a Redis Cluster given some of its nodes and checks that it answers.
@@ -417,17 +413,13 @@ impl RedisBuilder {
             .build()
             .map_err(|e| Error::InvalidInput(format!("redis cluster nodes: {e}")))?;
         let pool = self.pool_builder().build_unchecked(client);
-        let mut redis = self.from_cluster_pool(pool);
-        if let Some(inner) = Arc::get_mut(&mut redis.inner) {
-            inner.info = info;
-        }
-        Ok(redis)
+        Ok(self.build(Source::Cluster(pool), info))
     }
 
     /// Wraps an existing bb8 pool of cluster connections.
     #[cfg(feature = "cluster")]
     pub fn from_cluster_pool(self, pool: bb8::Pool<redis::cluster::ClusterClient>) -> Redis {
-        self.build(Source::Cluster(pool))
+        self.build(Source::Cluster(pool), None)
     }
 
     /// The pool the handle builds for a URL or cluster nodes: as many
@@ -442,7 +434,7 @@ impl RedisBuilder {
             .connection_timeout(Duration::from_secs(1))
     }
 
-    fn build(self, source: Source) -> Redis {
+    fn build(self, source: Source, info: Option<redis::ConnectionInfo>) -> Redis {
         Redis {
             inner: Arc::new(Inner {
                 source,
@@ -450,7 +442,7 @@ impl RedisBuilder {
                 next: AtomicUsize::new(0),
                 timeout: self.timeout,
                 keys: self.keys,
-                info: None,
+                info,
             }),
         }
     }

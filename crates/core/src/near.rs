@@ -11,7 +11,7 @@
 //!
 //! What it guarantees:
 //! - Copies are served only while those connections are up. When one breaks
-//!   (Redis killed or restarted, or its `PING`, sent every second, fails or
+//!   (Redis killed or restarted, or its `ROLE`, sent every second, fails or
 //!   times out), or a cluster's set of masters changes (checked every
 //!   second), every copy is dropped, and lookups go to Redis until tracking
 //!   is back on every master.
@@ -26,8 +26,9 @@
 //! - Keys outside the tracked prefixes are never kept.
 //!
 //! What it does not guarantee: a write made by another instance is seen here
-//! once its push has been read, which on a healthy LAN is normally well
-//! under a millisecond after the write. A request handled in that window
+//! once its push has been read: Redis sends it as it answers the write, so
+//! it arrives one network hop later, and is applied when this process's
+//! runtime next polls the connection. A request handled in that window
 //! still gets the old copy. When the connection breaks silently (a network
 //! partition), the window is up to the heartbeat (1 s) plus the handle's
 //! timeout. Use it for data where that is acceptable (cached pages,
@@ -67,7 +68,7 @@ use crate::{
 
 /// Invalidation counters: a key's ticket is its bucket's count.
 const BUCKETS: usize = 1024;
-/// How often the tracking connection is checked with `PING`.
+/// How often the tracking connections are checked with `ROLE`.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -126,7 +127,6 @@ impl<V> fmt::Debug for NearCache<V> {
 /// [`NearCache::ticket`].
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket {
-    live: bool,
     generation: u64,
     bucket: usize,
     count: u64,
@@ -199,6 +199,7 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
             true => Nodes::Cluster { template: info, redis: redis.clone() },
             false => Nodes::One(info),
         };
+        let prefixes: Vec<String> = prefixes.iter().map(|p| (*p).to_owned()).collect();
         let (stop, stopped) = watch::channel(());
         let shared = Arc::new(Shared {
             map: ExpiringMap::new().weighed(max_bytes, weigh),
@@ -206,15 +207,10 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
             generation: AtomicU64::new(0),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
-            prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+            prefixes: prefixes.clone(),
             _stop: stop,
         });
-        let tracker = Tracker {
-            shared: Arc::downgrade(&shared),
-            nodes,
-            prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
-            timeout: redis.timeout(),
-        };
+        let tracker = Tracker { shared: Arc::downgrade(&shared), nodes, prefixes, timeout: redis.timeout() };
         runtime.spawn(tracker.run(stopped));
         Ok(NearCache { shared })
     }
@@ -235,7 +231,6 @@ impl<V: Clone> NearCache<V> {
         let shared = &self.shared;
         let bucket = shared.bucket(key);
         Ticket {
-            live: shared.live.load(Ordering::SeqCst),
             generation: shared.generation.load(Ordering::SeqCst),
             bucket,
             count: shared.buckets[bucket].load(Ordering::SeqCst),
@@ -249,7 +244,12 @@ impl<V: Clone> NearCache<V> {
     /// value); a key outside the tracked prefixes is not kept.
     pub fn insert(&self, ticket: Ticket, key: &str, value: V, ttl: Duration) {
         let shared = &self.shared;
-        if !ticket.live || ttl.is_zero() || !shared.prefixes.iter().any(|p| key.starts_with(p.as_str())) {
+        // (A ticket taken while tracking was off never matches: turning it on
+        // counts a flush first.)
+        if !shared.live.load(Ordering::SeqCst)
+            || ttl.is_zero()
+            || !shared.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+        {
             return;
         }
         // Checked under the map's lock for this key, which an invalidation

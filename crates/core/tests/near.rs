@@ -1,6 +1,6 @@
-//! NearCache against a real redis-server: copies are dropped when anyone
-//! writes their key, a read racing a write keeps nothing, and no copy is
-//! served while the tracking connection is down.
+//! NearCache against a real redis-server (and a 3-master cluster): copies
+//! are dropped when anyone writes their key, a read racing a write keeps
+//! nothing, and no copy is served while tracking is down.
 
 use std::time::{Duration, Instant};
 
@@ -294,4 +294,49 @@ async fn no_old_copy_survives_reads_racing_writes() {
         }
         assert_eq!(read_through(&near, &redis, key).await, Some(WRITES.to_string()));
     }
+}
+
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_tracks_every_master() {
+    use redlayer_core::keys::cluster_slot;
+
+    let mut cluster = redlayer_testkit::RedisCluster::start();
+    let redis = Redis::connect_cluster(cluster.urls()).await.unwrap();
+    let other = Redis::connect_cluster(cluster.urls()).await.unwrap();
+    let near: NearCache<String> = NearCache::start(&redis, &[PREFIX], 1 << 20, |v: &String| v.len()).unwrap();
+    assert!(eventually(Duration::from_secs(5), || near.is_live()).await, "tracking on every master");
+
+    // Keys on every master, written by another instance.
+    let keys: Vec<String> = (0..12).map(|i| format!("{PREFIX}{{k{i}}}")).collect();
+    let nodes: std::collections::HashSet<u16> = keys.iter().map(|k| cluster_slot(k) / 5462).collect();
+    assert_eq!(nodes.len(), 3, "the keys spread over the three masters");
+    let mut conn = other.connection().await.unwrap();
+    for key in &keys {
+        let _: () = redis::cmd("SET").arg(key).arg("v1").query_async(&mut conn).await.unwrap();
+    }
+    // Read each until its copy is held (the SET's own push may drop a first copy).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for key in &keys {
+        while near.get(key).is_none() {
+            assert!(Instant::now() < deadline, "no copy of {key}");
+            let ticket = near.ticket(key);
+            let mut mine = redis.connection().await.unwrap();
+            let value: String = redis::cmd("GET").arg(key).query_async(&mut mine).await.unwrap();
+            near.insert(ticket, key, value, Duration::from_secs(60));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Another instance's writes on any master drop the copies.
+    for key in &keys {
+        let _: () = redis::cmd("SET").arg(key).arg("v2").query_async(&mut conn).await.unwrap();
+    }
+    assert!(eventually(Duration::from_secs(2), || near.is_empty()).await, "every copy dropped: {}", near.len());
+
+    // A master killed: tracking is off (no copy served) until it is back.
+    cluster.node_mut(1).kill();
+    assert!(eventually(Duration::from_secs(5), || !near.is_live()).await, "tracking off with a master down");
+    cluster.node_mut(1).restart();
+    cluster.wait_ok(Duration::from_secs(20));
+    assert!(eventually(Duration::from_secs(20), || near.is_live()).await, "tracking back on every master");
 }
