@@ -53,6 +53,41 @@ impl SessionId {
         Ok(SessionId(bytes))
     }
 
+    /// `next` (an id of the same family) sealed with this id, for the alias a
+    /// renewal leaves under this id's key: the secret part of `next` XOR a
+    /// SHA-256 pad derived from this whole id (in its own domain, so unlike the
+    /// store key). Only a client holding this id can open it; the store holds
+    /// no usable id.
+    pub(crate) fn seal(&self, next: &SessionId) -> String {
+        let pad = self.pad();
+        let mut secret = [0u8; ID_BYTES - FAMILY_BYTES];
+        for (i, b) in secret.iter_mut().enumerate() {
+            *b = next.0[FAMILY_BYTES + i] ^ pad[i];
+        }
+        B64.encode(secret)
+    }
+
+    /// Opens what [`SessionId::seal`] made with this id (`None` for garbage).
+    pub(crate) fn unseal(&self, sealed: &[u8]) -> Option<SessionId> {
+        let mut secret = [0u8; ID_BYTES - FAMILY_BYTES];
+        if B64.decode_slice(sealed, &mut secret).ok()? != secret.len() {
+            return None;
+        }
+        let pad = self.pad();
+        let mut bytes = self.0;
+        for (i, b) in secret.iter().enumerate() {
+            bytes[FAMILY_BYTES + i] = b ^ pad[i];
+        }
+        Some(SessionId(bytes))
+    }
+
+    fn pad(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"redlayer-session-renewal\0");
+        hasher.update(self.0);
+        hasher.finalize().into()
+    }
+
     /// Parses an id sent by a client; anything but exactly 64 base64url characters is refused.
     pub(crate) fn parse(raw: &[u8]) -> Option<Self> {
         if raw.len() != ID_LEN || !raw.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_') {
@@ -132,5 +167,18 @@ mod tests {
         assert_eq!(id.store_key(&prefixed), expected);
         // The secret part is fresh: 256 new bits.
         assert_ne!(id.0[FAMILY_BYTES..], next.0[FAMILY_BYTES..]);
+    }
+
+    #[test]
+    fn a_sealed_id_opens_only_with_the_id_that_sealed_it() {
+        let id = SessionId::generate().unwrap();
+        let next = id.cycled().unwrap();
+        let sealed = id.seal(&next);
+        assert_eq!(id.unseal(sealed.as_bytes()), Some(next.clone()));
+        assert!(!sealed.contains(&next.encode()[22..]), "the secret is not stored as it is");
+        let other = id.cycled().unwrap();
+        assert_ne!(other.unseal(sealed.as_bytes()), Some(next));
+        assert_eq!(id.unseal(b"garbage"), None);
+        assert_eq!(id.unseal(&[b'A'; 40]), None);
     }
 }

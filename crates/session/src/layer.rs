@@ -29,6 +29,14 @@ pub(crate) struct Timeouts {
     pub(crate) idle_ms: u64,
     pub(crate) absolute_ms: u64,
     pub(crate) touch_ms: u64,
+    pub(crate) renew: Option<Renew>,
+}
+
+/// Periodic id renewal (see [`SessionLayer::renew_id`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Renew {
+    pub(crate) every_ms: u64,
+    pub(crate) grace_ms: u64,
 }
 
 /// A tower layer that gives every request a lazy [`Session`](crate::Session).
@@ -63,6 +71,7 @@ pub struct SessionLayer {
     idle: Duration,
     absolute: Duration,
     touch: Option<Duration>,
+    renew: Option<(Duration, Duration)>,
 }
 
 impl std::fmt::Debug for SessionLayer {
@@ -86,6 +95,7 @@ impl SessionLayer {
             idle: DEFAULT_IDLE_TIMEOUT,
             absolute: DEFAULT_ABSOLUTE_TIMEOUT,
             touch: None,
+            renew: None,
         }
     }
 
@@ -114,6 +124,32 @@ impl SessionLayer {
     /// `idle - touch_interval` and `idle`.
     pub fn touch_interval(mut self, touch: Duration) -> Self {
         self.touch = Some(touch);
+        self
+    }
+
+    /// Periodic id renewal (off by default), as OWASP's session cheat sheet
+    /// advises: the first request that uses a session whose id is older than
+    /// `every` (counted from its creation, [`Session::cycle_id`](crate::Session::cycle_id)
+    /// or last renewal) gives it a new id, sent back like a cycled one. The data
+    /// and timeouts stay. Unlike `cycle_id`, the old id keeps working for
+    /// `grace` (at least 1 s): requests already on their way with it (a page's
+    /// parallel requests, a second tab) still find the session, and are
+    /// answered with the new id too. Only a holder of the old id can learn the
+    /// new one (the store keeps it sealed with the old id). Two requests that
+    /// renew at once end with one new id. A client that never reads the new id
+    /// (a header-transport API client that ignores the response header) loses
+    /// the session after `grace`. `every` is at least 1 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redlayer_session::{SessionLayer, Store};
+    ///
+    /// let layer = SessionLayer::new(Store::memory())
+    ///     .renew_id(Duration::from_secs(15 * 60), Duration::from_secs(30));
+    /// # let _ = layer;
+    /// ```
+    pub fn renew_id(mut self, every: Duration, grace: Duration) -> Self {
+        self.renew = Some((every.max(Duration::from_secs(1)), grace.max(Duration::from_secs(1))));
         self
     }
 
@@ -190,7 +226,12 @@ impl SessionLayer {
                 Some(name) => Transport::Header(name.clone()),
                 None => Transport::Cookie(Arc::new(cookie)),
             },
-            timeouts: Timeouts { idle_ms, absolute_ms: millis(self.absolute), touch_ms: millis(touch).min(idle_ms) },
+            timeouts: Timeouts {
+                idle_ms,
+                absolute_ms: millis(self.absolute),
+                touch_ms: millis(touch).min(idle_ms),
+                renew: self.renew.map(|(every, grace)| Renew { every_ms: millis(every), grace_ms: millis(grace) }),
+            },
         })
     }
 }

@@ -37,6 +37,13 @@
 //!   128-bit *family* part with the old one, so both keys are in one cluster
 //!   slot; its 256-bit secret part is fresh), keeping the data; the old id is
 //!   dead at once.
+//! - **Periodic id renewal** (opt-in, [`SessionLayer::renew_id`], as OWASP
+//!   advises): the first use of an id older than the interval renames the
+//!   session to a new id, and the old key becomes, for a grace period, an
+//!   alias holding the new key and the new id sealed with the old one.
+//!   Requests already on their way with the old id follow it (their writes
+//!   land, and they answer with the new id); two concurrent renewals end with
+//!   one id; logging out with the old id ends the session.
 //! - **Expiry**, enforced in the store and usable together: an idle timeout
 //!   (the key's TTL, refreshed on load at most once per
 //!   [`touch interval`](SessionLayer::touch_interval)) and an absolute

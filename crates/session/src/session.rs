@@ -15,7 +15,9 @@ use crate::{
     SessionError,
     id::SessionId,
     layer::Shared,
-    store::{CycleOutcome, Loaded, SessionInfo, Store, WriteOp, WriteOutcome},
+    store::{
+        CycleOutcome, DestroyOutcome, LoadOutcome, Loaded, Moved, Renewal, SessionInfo, Store, WriteOp, WriteOutcome,
+    },
     transport::IdAction,
 };
 
@@ -25,6 +27,9 @@ pub const MAX_USER_LEN: usize = 512;
 pub const MAX_KEY_LEN: usize = 256;
 /// Tries at a fresh id when one collides (never seen in practice: 384 random bits).
 const ID_ATTEMPTS: usize = 3;
+/// Renewal aliases followed in a row, at most (one, unless the session was
+/// renewed again within the grace period).
+const MAX_HOPS: usize = 4;
 
 /// The session of one request, put in the request's extensions by
 /// [`SessionLayer`](crate::SessionLayer) (and an axum extractor with the
@@ -82,6 +87,8 @@ struct State {
     pending: Pending,
     send_id: bool,
     remove_id: bool,
+    /// The loaded session's id is due for renewal (see `SessionLayer::renew_id`).
+    renew_due: bool,
 }
 
 #[derive(Default)]
@@ -167,6 +174,7 @@ impl Session {
                     pending: Pending::default(),
                     send_id: false,
                     remove_id: false,
+                    renew_due: false,
                 }),
                 needs_finish: AtomicBool::new(false),
                 accessed: AtomicBool::new(false),
@@ -202,29 +210,60 @@ impl Session {
         if st.cache.is_some() {
             return Ok(());
         }
-        match (st.status, &st.id) {
-            (Status::Incoming | Status::Live, Some(id)) => {
-                let key = self.store().session_key(id);
-                let cfg = &self.inner.shared.timeouts;
-                match self.store().load(&key, cfg.idle_ms, cfg.touch_ms).await? {
-                    Some(loaded) => {
-                        st.status = Status::Live;
-                        st.cache = Some(loaded);
+        let cfg = self.inner.shared.timeouts;
+        let mut hops = 0;
+        while let (Status::Incoming | Status::Live, Some(id)) = (st.status, &st.id) {
+            let key = self.store().session_key(id);
+            match self.store().load(&key, cfg.idle_ms, cfg.touch_ms).await? {
+                LoadOutcome::Found(loaded) => {
+                    st.status = Status::Live;
+                    if cfg.renew.is_some_and(|r| loaded.id_age_ms >= r.every_ms as i64) {
+                        st.renew_due = true;
+                        self.mark();
                     }
-                    None => {
-                        let was_live = st.status == Status::Live;
-                        self.forget(st);
-                        if was_live {
-                            // Ended during this request: its changes die with it.
-                            st.pending = Pending::default();
-                            return Err(SessionError::Expired);
-                        }
+                    st.cache = Some(loaded);
+                    return Ok(());
+                }
+                LoadOutcome::Moved(moved) if hops < MAX_HOPS && self.follow(st, &moved) => hops += 1,
+                LoadOutcome::Moved(_) | LoadOutcome::Missing => {
+                    let was_live = st.status == Status::Live;
+                    self.forget(st);
+                    if was_live {
+                        // Ended during this request: its changes die with it.
+                        st.pending = Pending::default();
+                        return Err(SessionError::Expired);
                     }
+                    return Ok(());
                 }
             }
-            _ => st.cache = Some(Loaded::default()),
         }
+        st.cache = Some(Loaded::default());
         Ok(())
+    }
+
+    /// Follows the alias a renewal left under this session's id (see
+    /// [`SessionLayer::renew_id`](crate::SessionLayer::renew_id)): the new id,
+    /// opened with the old one and checked against the new key, replaces it
+    /// and is sent to the client. False when the alias does not open.
+    fn follow(&self, st: &mut State, moved: &Moved) -> bool {
+        let Some(old) = &st.id else { return false };
+        match old.unseal(moved.sealed.as_bytes()) {
+            Some(new) if self.store().session_key(&new) == moved.key => {
+                st.id = Some(new);
+                st.send_id = true;
+                st.remove_id = false;
+                self.mark();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves a session's entry in its user's index to its new key.
+    async fn reindex(&self, user: &str, old_key: &str, new_key: &str, created_ms: i64) -> Result<(), SessionError> {
+        let absolute_ms = self.inner.shared.timeouts.absolute_ms;
+        self.store().index_add(user, new_key, created_ms, absolute_ms).await?;
+        self.store().index_remove(user, old_key).await
     }
 
     /// No session any more (nothing pending survives).
@@ -339,26 +378,28 @@ impl Session {
     /// stored session it does nothing (the first write issues a fresh id anyway).
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
         let mut st = self.state().await;
-        let (Some(old), Status::Incoming | Status::Live) = (st.id.clone(), st.status) else { return Ok(()) };
-        let old_key = self.store().session_key(&old);
-        for _ in 0..ID_ATTEMPTS {
+        for _ in 0..ID_ATTEMPTS + MAX_HOPS {
+            let (Some(old), Status::Incoming | Status::Live) = (st.id.clone(), st.status) else { return Ok(()) };
+            let old_key = self.store().session_key(&old);
             let new = old.cycled()?;
             let new_key = self.store().session_key(&new);
-            match self.store().cycle(&old_key, &new_key).await? {
+            match self.store().cycle(&old_key, &new_key, None).await? {
                 CycleOutcome::Done { user, created_ms } => {
                     st.id = Some(new);
                     st.status = Status::Live;
                     st.send_id = true;
                     st.remove_id = false;
+                    // A fresh id: no renewal due for it.
+                    st.renew_due = false;
                     self.mark();
                     if let Some(user) = user {
-                        let absolute_ms = self.inner.shared.timeouts.absolute_ms;
-                        self.store().index_add(&user, &new_key, created_ms, absolute_ms).await?;
-                        self.store().index_remove(&user, &old_key).await?;
+                        self.reindex(&user, &old_key, &new_key, created_ms).await?;
                     }
                     return Ok(());
                 }
-                CycleOutcome::Gone => {
+                // Renewed meanwhile: cycle the new id.
+                CycleOutcome::Moved(moved) if self.follow(&mut st, &moved) => {}
+                CycleOutcome::Gone | CycleOutcome::Moved(_) => {
                     let was_live = st.status == Status::Live;
                     self.forget(&mut st);
                     if was_live {
@@ -367,20 +408,64 @@ impl Session {
                     }
                     return Ok(());
                 }
-                CycleOutcome::Collision => continue,
+                CycleOutcome::Collision | CycleOutcome::NotDue => {}
             }
         }
         Err(SessionError::Rng("no free session id after several attempts".into()))
+    }
+
+    /// Renews the id of a session loaded with an id past the renewal
+    /// interval: the old id stays an alias for the grace period. A
+    /// concurrent request that renewed it first wins, and its id is taken.
+    async fn renew(&self, st: &mut State) -> Result<(), SessionError> {
+        let Some(renew) = self.inner.shared.timeouts.renew else { return Ok(()) };
+        for _ in 0..ID_ATTEMPTS {
+            let (Some(old), Status::Live) = (st.id.clone(), st.status) else { return Ok(()) };
+            let new = old.cycled()?;
+            let renewal = Renewal { grace_ms: renew.grace_ms, sealed: old.seal(&new), min_age_ms: renew.every_ms };
+            let (old_key, new_key) = (self.store().session_key(&old), self.store().session_key(&new));
+            match self.store().cycle(&old_key, &new_key, Some(&renewal)).await? {
+                CycleOutcome::Done { user, created_ms } => {
+                    st.id = Some(new);
+                    st.send_id = true;
+                    st.remove_id = false;
+                    if let Some(user) = user {
+                        self.reindex(&user, &old_key, &new_key, created_ms).await?;
+                    }
+                    return Ok(());
+                }
+                CycleOutcome::Moved(moved) => {
+                    self.follow(st, &moved);
+                    return Ok(());
+                }
+                CycleOutcome::Gone | CycleOutcome::NotDue => return Ok(()),
+                CycleOutcome::Collision => {}
+            }
+        }
+        Ok(())
     }
 
     /// Ends the session now: deleted from the store and from its user's
     /// index, the client's id removed. Later writes in this request start a new session.
     pub async fn destroy(&self) -> Result<(), SessionError> {
         let mut st = self.state().await;
-        if let (Some(id), Status::Incoming | Status::Live) = (&st.id, st.status) {
+        let mut hops = 0;
+        while let (Some(id), Status::Incoming | Status::Live) = (&st.id, st.status) {
             let key = self.store().session_key(id);
-            if let Some(user) = self.store().destroy(&key).await? {
-                self.store().index_remove(&user, &key).await?;
+            match self.store().destroy(&key).await? {
+                DestroyOutcome::Ended(user) => {
+                    if let Some(user) = user {
+                        self.store().index_remove(&user, &key).await?;
+                    }
+                    break;
+                }
+                // The alias of a renewed session: the session lives on under its new id.
+                DestroyOutcome::Moved(moved) => {
+                    hops += 1;
+                    if hops > MAX_HOPS || !self.follow(&mut st, &moved) {
+                        break;
+                    }
+                }
             }
         }
         let had_id = st.id.is_some() || st.send_id;
@@ -446,7 +531,7 @@ impl Session {
             sets: pending.sets.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             increments,
         };
-        for _ in 0..ID_ATTEMPTS {
+        for _ in 0..ID_ATTEMPTS + MAX_HOPS {
             let (id, create) = match (&st.id, st.status) {
                 (Some(id), Status::Incoming | Status::Live) => (id.clone(), false),
                 _ => match SessionId::generate() {
@@ -467,7 +552,11 @@ impl Session {
                 }
             };
             match outcome {
-                WriteOutcome::Done { created_ms, increments } => {
+                WriteOutcome::Done { created_ms, id_age_ms, increments } => {
+                    if timeouts.renew.is_some_and(|r| id_age_ms >= r.every_ms as i64) {
+                        st.renew_due = true;
+                        self.mark();
+                    }
                     if create {
                         st.id = Some(id);
                         st.send_id = true;
@@ -500,6 +589,12 @@ impl Session {
                     return Err(SessionError::Expired);
                 }
                 WriteOutcome::Collision => {}
+                // Renewed by a concurrent request: write under the new id.
+                WriteOutcome::Moved(moved) if self.follow(st, &moved) => {}
+                WriteOutcome::Moved(_) => {
+                    self.forget(st);
+                    return Err(SessionError::Expired);
+                }
                 WriteOutcome::NotInteger(name) => {
                     st.pending.restore(pending);
                     return Err(SessionError::NotAnInteger(name));
@@ -514,6 +609,13 @@ impl Session {
     pub(crate) async fn finish(&self) -> Finish {
         let mut st = self.inner.state.lock().await;
         let error = if st.pending.is_empty() { None } else { self.write_locked(&mut st, Vec::new()).await.err() };
+        if std::mem::take(&mut st.renew_due)
+            && error.is_none()
+            && let Err(error) = self.renew(&mut st).await
+        {
+            // The session goes on under its current id; the next request tries again.
+            tracing::warn!(target: "redlayer", layer = "session", %error, "session id renewal failed");
+        }
         let action = match (&st.id, st.send_id, st.remove_id) {
             (Some(id), true, _) => Some(IdAction::Set(id.encode())),
             (_, _, true) => Some(IdAction::Remove),

@@ -108,6 +108,34 @@ async fn redis_holds_no_session_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_leaves_no_usable_id_in_redis() {
+    let server = RedisServer::start();
+    let mut c = setup(&server, |l| l.renew_id(Duration::from_secs(1), Duration::from_secs(30))).await;
+    c.login("fred").await;
+    let old = c.cookie.clone().unwrap().trim_start_matches("id=").to_owned();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.call("GET", "/visits").await;
+    let new = c.cookie.clone().unwrap().trim_start_matches("id=").to_owned();
+    assert_ne!(new, old, "renewed");
+    let mut dump = String::new();
+    let keys: Vec<String> = server.cli(&["--scan"]).lines().map(str::to_owned).collect();
+    for key in &keys {
+        dump.push_str(key);
+        dump.push_str(&server.cli(&["HGETALL", key]));
+    }
+    assert!(dump.contains("fred") && dump.contains("m:r"), "the session and the old id's alias: {dump}");
+    for id in [&old, &new] {
+        for part in [&id[..], &id[..22], &id[22..44], &id[42..]] {
+            assert!(!dump.contains(part), "{part} found in {dump}");
+        }
+    }
+    // The alias lives for the grace period only, never longer than the session.
+    let alias = keys.iter().find(|k| server.cli(&["HEXISTS", k, "m:r"]).trim() == "1").expect("the alias");
+    let ttl: i64 = server.cli(&["PTTL", alias]).trim().parse().unwrap();
+    assert!((1..=30_000).contains(&ttl), "alias ttl {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_and_forged_cookies_never_reach_redis() {
     let server = RedisServer::start();
     let key = Key::generate();

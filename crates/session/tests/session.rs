@@ -24,20 +24,25 @@ fn client(store: &Store) -> Client {
 /// Every conformance check, on one backend. `stores` are several handles on one backend.
 async fn suite(stores: Vec<Store>) {
     let s = &stores;
-    tokio::join!(idle_timeout_is_rolling_and_enforced(s), absolute_timeout_ends_active_sessions(s), async {
-        new_visitor_gets_one_and_a_cookie(s).await;
-        concurrent_increments_lose_nothing(s).await;
-        concurrent_writes_to_different_keys_both_stay(s).await;
-        typed_values_remove_and_clear(s).await;
-        unknown_ids_are_never_adopted(s).await;
-        login_cycles_the_id_keeps_data_and_kills_the_old_id(s).await;
-        destroy_ends_the_session(s).await;
-        save_to_a_session_ended_mid_request_is_refused_and_reported(s).await;
-        a_request_racing_a_login_does_not_erase_the_new_id(s).await;
-        user_index_lists_and_revokes(s).await;
-        second_instance_sees_the_same_sessions(s).await;
-        header_transport(s).await;
-    });
+    tokio::join!(
+        idle_timeout_is_rolling_and_enforced(s),
+        absolute_timeout_ends_active_sessions(s),
+        periodic_renewal_keeps_requests_in_flight_and_ends_the_old_id(s),
+        async {
+            new_visitor_gets_one_and_a_cookie(s).await;
+            concurrent_increments_lose_nothing(s).await;
+            concurrent_writes_to_different_keys_both_stay(s).await;
+            typed_values_remove_and_clear(s).await;
+            unknown_ids_are_never_adopted(s).await;
+            login_cycles_the_id_keeps_data_and_kills_the_old_id(s).await;
+            destroy_ends_the_session(s).await;
+            save_to_a_session_ended_mid_request_is_refused_and_reported(s).await;
+            a_request_racing_a_login_does_not_erase_the_new_id(s).await;
+            user_index_lists_and_revokes(s).await;
+            second_instance_sees_the_same_sessions(s).await;
+            header_transport(s).await;
+        }
+    );
 }
 
 async fn new_visitor_gets_one_and_a_cookie(s: &[Store]) {
@@ -284,6 +289,86 @@ async fn absolute_timeout_ends_active_sessions(s: &[Store]) {
     }
     let ended = ended.expect("absolute lifetime enforced");
     assert!(ended >= 1900 * MS, "ended too early: {ended:?}");
+}
+
+/// The id of a cookie jar (`id=...`).
+fn jar(c: &Client) -> String {
+    c.cookie.clone().expect("a session cookie")
+}
+
+async fn periodic_renewal_keeps_requests_in_flight_and_ends_the_old_id(s: &[Store]) {
+    let renewing = |store: &Store| SessionLayer::new(store.clone()).renew_id(1000 * MS, 2000 * MS);
+    let probe = Probe::default();
+    let mut c = Client::new(app(renewing(&s[0]), probe.clone()));
+    c.login("rita").await;
+    assert_eq!(c.call("GET", "/visits").await.body, "1");
+    let a = c.call("GET", "/visits").await;
+    assert_eq!(a.body, "2");
+    assert!(a.headers.get("set-cookie").is_none(), "an id younger than the interval is kept");
+    let old = jar(&c);
+    tokio::time::sleep(1100 * MS).await;
+
+    // A request with the old id is in flight (loaded) while another renews it.
+    let mut slow = c.clone();
+    let in_flight = tokio::spawn(async move { slow.call("POST", "/slow-set/theme/light").await });
+    probe.loaded.notified().await;
+    let a = c.call("GET", "/visits").await;
+    assert_eq!(a.body, "3");
+    let new = jar(&c);
+    assert_ne!(new, old, "the first use past the interval renews the id");
+    probe.go.notify_one();
+    let late = in_flight.await.unwrap();
+    assert_eq!(late.status, StatusCode::OK, "a request in flight with the old id keeps its write: {}", late.body);
+    assert!(late.headers["set-cookie"].to_str().unwrap().starts_with(&format!("{new};")), "and learns the new id");
+
+    // Within the grace period the old id still finds the session (on any instance), and is told the new id.
+    let mut stale = Client::new(app(renewing(&s[1]), Probe::default()));
+    stale.cookie = Some(old.clone());
+    let a = stale.call("GET", "/get/theme").await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "light"));
+    assert_eq!(jar(&stale), new);
+    assert_eq!(c.call("GET", "/me").await.body, "rita");
+    assert_eq!(c.call("GET", "/sessions").await.body, "1 1", "the user's index follows the new id");
+
+    // After it, the old id is dead.
+    tokio::time::sleep(2100 * MS).await;
+    let mut stale = Client::new(app(renewing(&s[1]), Probe::default()));
+    stale.cookie = Some(old);
+    let a = stale.call("GET", "/me").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.headers.get("set-cookie").is_none());
+
+    // The id is due again: concurrent requests renew it once, all learn the same new id, lose no increment.
+    let before = jar(&c);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let a = c.call("GET", "/visits").await;
+                assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+                jar(&c)
+            })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1, "one renewal: {ids:?}");
+    let renewed = ids.pop_first().unwrap();
+    assert_ne!(renewed, before);
+    c.cookie = Some(renewed.clone());
+    assert_eq!(c.call("GET", "/visits").await.body, "12", "no increment lost");
+
+    // Logging out with the old id within the grace period ends the session itself.
+    let mut stale = Client::new(app(renewing(&s[0]), Probe::default()));
+    stale.cookie = Some(before);
+    assert_eq!(stale.call("POST", "/logout").await.status, StatusCode::OK);
+    assert_eq!(stale.cookie, None);
+    assert_eq!(c.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED, "the renewed session ended too");
+    let mut other = Client::new(app(renewing(&s[1]), Probe::default()));
+    other.cookie = Some(renewed);
+    assert_eq!(other.call("GET", "/get/visits").await.body, "none");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,26 +9,32 @@
 -- ARGV[5]  '' or the user id to record
 -- ARGV[6], ARGV[7], ARGV[8]  number of deletions, sets, increments
 -- then the deleted fields, the (field, value) pairs set, the (field, by) increments.
--- Returns {1, created_ms, increment results...} | {0} no live session (never recreated)
+-- Returns {1, created_ms, ms since the id was issued, increment results...} | {0} no live session (never recreated)
 --       | {-1} the key exists (id collision on create) | {-2, field} field is not an integer
+--       | {-3, new key, sealed id} the session was renewed (KEYS[1] is an alias, see cycle.lua)
 local key = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local create = ARGV[1] == 'n'
-local created, deadline
+local created, deadline, issued
 if create then
   if redis.call('EXISTS', key) == 1 then
     return {-1}
   end
   created = now
+  issued = now
   deadline = now + tonumber(ARGV[3])
 else
-  local meta = redis.call('HMGET', key, 'm:c', 'm:a')
+  local meta = redis.call('HMGET', key, 'm:c', 'm:a', 'm:r', 'm:x', 'm:i')
+  if meta[3] then
+    return {-3, meta[3], meta[4] or ''}
+  end
   if not meta[1] or not meta[2] then
     return {0}
   end
   created = tonumber(meta[1])
   deadline = tonumber(meta[2])
+  issued = tonumber(meta[5] or meta[1])
   if now >= deadline then
     redis.call('DEL', key)
     return {0}
@@ -80,7 +86,7 @@ end
 if ARGV[5] ~= '' then
   redis.call('HSET', key, 'm:u', ARGV[5])
 end
-local out = {1, created}
+local out = {1, created, now - issued}
 for j = 0, ni - 1 do
   local r = redis.pcall('HINCRBY', key, ARGV[incr_start + 2 * j], ARGV[incr_start + 2 * j + 1])
   if type(r) == 'table' and r.err then

@@ -2,8 +2,13 @@
 -- session, after a load found it due). Never recreates a session.
 -- KEYS[1]  the session hash
 -- ARGV[1]  idle timeout, ms
--- Returns 1 when refreshed, 0 when there is no live session.
-local deadline = tonumber(redis.call('HGET', KEYS[1], 'm:a'))
+-- Returns 1 when refreshed (or KEYS[1] is the alias of a renewed session,
+-- see cycle.lua: its loader follows it), 0 when there is no live session.
+local meta = redis.call('HMGET', KEYS[1], 'm:a', 'm:r')
+if meta[2] then
+  return 1
+end
+local deadline = tonumber(meta[1])
 if deadline == nil then
   return 0
 end

@@ -1,11 +1,15 @@
 //! The in-memory backend: the same operations as the Lua scripts, each one
 //! atomic under the map's shard lock.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use redlayer_core::memory::{Clock, ExpiringMap, Update};
 
-use super::{CycleOutcome, IndexRow, Loaded, WriteOp, WriteOutcome};
+use super::{CycleOutcome, DestroyOutcome, IndexRow, LoadOutcome, Loaded, Moved, Renewal, WriteOp, WriteOutcome};
 
 #[derive(Debug, Clone)]
 struct Record {
@@ -13,12 +17,20 @@ struct Record {
     created: i64,
     seen: i64,
     deadline: i64,
+    /// When the current id was issued (created, cycled or renewed).
+    issued: i64,
     user: Option<String>,
+    /// Set on the alias a renewal leaves under the old key (nothing else is used then).
+    moved: Option<Moved>,
 }
 
 pub(super) struct MemoryBackend {
     sessions: ExpiringMap<String, Record>,
     users: ExpiringMap<String, HashMap<String, i64>>,
+    /// Held by a rename from before the old key becomes an alias until the
+    /// new key exists, and taken by whoever finds an alias before following
+    /// it: the new key is then always there (the Redis backend renames in one script).
+    renames: Mutex<()>,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -41,7 +53,8 @@ const OVERHEAD: usize = 64;
 impl Record {
     fn weight(&self) -> usize {
         let fields: usize = self.fields.iter().map(|(k, v)| k.len() + v.len() + OVERHEAD).sum();
-        fields + self.user.as_ref().map_or(0, String::len) + 2 * OVERHEAD
+        let moved = self.moved.as_ref().map_or(0, |m| m.key.len() + m.sealed.len());
+        fields + self.user.as_ref().map_or(0, String::len) + moved + 2 * OVERHEAD
     }
 }
 
@@ -55,6 +68,7 @@ impl MemoryBackend {
         MemoryBackend {
             sessions: ExpiringMap::with_clock(clock.clone()).weighed(max_bytes, Record::weight),
             users: ExpiringMap::with_clock(clock).weighed(max_bytes / 4, index_weight),
+            renames: Mutex::new(()),
         }
     }
 
@@ -63,21 +77,33 @@ impl MemoryBackend {
         self.sessions.weight() + self.users.weight()
     }
 
-    pub(super) fn load(&self, key: &str, idle_ms: u64, touch_ms: u64) -> Option<Loaded> {
-        self.sessions.update(key.to_owned(), |record, now| {
+    fn wait_for_renames(&self) {
+        drop(self.renames.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    pub(super) fn load(&self, key: &str, idle_ms: u64, touch_ms: u64) -> LoadOutcome {
+        let outcome = self.sessions.update(key.to_owned(), |record, now| {
             let now = ms(now);
-            let Some(record) = record else { return (Update::Keep, None) };
-            if now >= record.deadline {
-                return (Update::Remove, None);
+            let Some(record) = record else { return (Update::Keep, LoadOutcome::Missing) };
+            if let Some(moved) = &record.moved {
+                return (Update::Keep, LoadOutcome::Moved(moved.clone()));
             }
-            let loaded = Loaded { fields: record.fields.clone(), user: record.user.clone() };
+            if now >= record.deadline {
+                return (Update::Remove, LoadOutcome::Missing);
+            }
+            let loaded =
+                Loaded { fields: record.fields.clone(), user: record.user.clone(), id_age_ms: now - record.issued };
             if now - record.seen >= touch_ms as i64 {
                 record.seen = now;
-                (Update::KeepWithTtl(ttl(idle_ms, record.deadline, now)), Some(loaded))
+                (Update::KeepWithTtl(ttl(idle_ms, record.deadline, now)), LoadOutcome::Found(loaded))
             } else {
-                (Update::Keep, Some(loaded))
+                (Update::Keep, LoadOutcome::Found(loaded))
             }
-        })
+        });
+        if let LoadOutcome::Moved(_) = outcome {
+            self.wait_for_renames();
+        }
+        outcome
     }
 
     pub(super) fn write(&self, key: &str, op: &WriteOp) -> WriteOutcome {
@@ -86,6 +112,9 @@ impl MemoryBackend {
             let mut next = match (record, op.create) {
                 (Some(_), true) => return (Update::Keep, WriteOutcome::Collision),
                 (None, false) => return (Update::Keep, WriteOutcome::Gone),
+                (Some(Record { moved: Some(moved), .. }), false) => {
+                    return (Update::Keep, WriteOutcome::Moved(moved.clone()));
+                }
                 (Some(r), false) if now >= r.deadline => return (Update::Remove, WriteOutcome::Gone),
                 (Some(r), false) => r.clone(),
                 (None, true) => Record {
@@ -93,7 +122,9 @@ impl MemoryBackend {
                     created: now,
                     seen: now,
                     deadline: now.saturating_add(op.absolute_ms as i64),
+                    issued: now,
                     user: None,
+                    moved: None,
                 },
             };
             if op.clear {
@@ -125,41 +156,72 @@ impl MemoryBackend {
                 next.user = Some(user.clone());
             }
             next.seen = now;
-            let created_ms = next.created;
+            let (created_ms, id_age_ms) = (next.created, now - next.issued);
             let ttl = ttl(op.idle_ms, next.deadline, now);
-            (Update::Set(next, ttl), WriteOutcome::Done { created_ms, increments: results })
+            (Update::Set(next, ttl), WriteOutcome::Done { created_ms, id_age_ms, increments: results })
         })
     }
 
-    pub(super) fn cycle(&self, old: &str, new: &str) -> CycleOutcome {
-        // The old key is removed under its lock before the new one is written,
-        // so no request can use the old id once the new one exists.
+    pub(super) fn cycle(&self, old: &str, new: &str, renewal: Option<&Renewal>) -> CycleOutcome {
         if self.sessions.get(new).is_some() {
             return CycleOutcome::Collision;
         }
-        let left = match self.sessions.ttl(old) {
+        let _renaming = self.renames.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle_left = match self.sessions.ttl(old) {
             redlayer_core::memory::Ttl::ExpiresIn(d) => Some(d),
             _ => None,
         };
-        let taken = self.sessions.update(old.to_owned(), |record, now| match record {
-            Some(r) if ms(now) < r.deadline => {
-                let mut r = r.clone();
-                r.seen = ms(now);
-                (Update::Remove, Some(r))
+        // The old key is removed (or made an alias) under its lock, then the
+        // new one written; with `renames` held, no request can find the old
+        // id gone (or aliased) before the new one exists.
+        let taken = self.sessions.update(old.to_owned(), |record, now| {
+            let now = ms(now);
+            match record {
+                None => (Update::Keep, Err(CycleOutcome::Gone)),
+                Some(Record { moved: Some(moved), .. }) => (Update::Keep, Err(CycleOutcome::Moved(moved.clone()))),
+                Some(r) if now >= r.deadline => (Update::Remove, Err(CycleOutcome::Gone)),
+                Some(r) if renewal.is_some_and(|x| now - r.issued < x.min_age_ms as i64) => {
+                    (Update::Keep, Err(CycleOutcome::NotDue))
+                }
+                Some(r) => {
+                    let mut taken = r.clone();
+                    taken.seen = now;
+                    taken.issued = now;
+                    let left = Duration::from_millis((r.deadline - now).max(1) as u64);
+                    let update = match renewal {
+                        None => Update::Remove,
+                        Some(x) => {
+                            let alias = Record {
+                                fields: HashMap::new(),
+                                created: r.created,
+                                seen: now,
+                                deadline: r.deadline,
+                                issued: now,
+                                user: None,
+                                moved: Some(Moved { key: new.to_owned(), sealed: x.sealed.clone() }),
+                            };
+                            Update::Set(alias, Some(Duration::from_millis(x.grace_ms).min(left)))
+                        }
+                    };
+                    (update, Ok((taken, left)))
+                }
             }
-            Some(_) => (Update::Remove, None),
-            None => (Update::Keep, None),
         });
+        let (record, left) = match taken {
+            Ok(taken) => taken,
+            Err(outcome) => return outcome,
+        };
         // A rename keeps the expiry the old key had left.
-        let Some(record) = taken else { return CycleOutcome::Gone };
-        let old_ttl = left.or_else(|| ttl(u64::MAX, record.deadline, ms(self.sessions.clock().now())));
         let (user, created_ms) = (record.user.clone(), record.created);
-        self.sessions.insert(new.to_owned(), record, old_ttl);
+        self.sessions.insert(new.to_owned(), record, Some(idle_left.unwrap_or(left).min(left)));
         CycleOutcome::Done { user, created_ms }
     }
 
-    pub(super) fn destroy(&self, key: &str) -> Option<String> {
-        self.sessions.update(key.to_owned(), |record, _| (Update::Remove, record.and_then(|r| r.user.clone())))
+    pub(super) fn destroy(&self, key: &str) -> DestroyOutcome {
+        self.sessions.update(key.to_owned(), |record, _| match record {
+            Some(Record { moved: Some(moved), .. }) => (Update::Remove, DestroyOutcome::Moved(moved.clone())),
+            record => (Update::Remove, DestroyOutcome::Ended(record.and_then(|r| r.user.clone()))),
+        })
     }
 
     pub(super) fn destroy_existed(&self, key: &str) -> bool {
@@ -201,8 +263,8 @@ impl MemoryBackend {
         let mut rows = Vec::new();
         for key in self.index_keys(index) {
             match self.sessions.get(&key) {
-                Some(r) => rows.push(IndexRow { key, created_ms: r.created, seen_ms: r.seen }),
-                None => self.index_remove(index, &key),
+                Some(r) if r.moved.is_none() => rows.push(IndexRow { key, created_ms: r.created, seen_ms: r.seen }),
+                _ => self.index_remove(index, &key),
             }
         }
         rows

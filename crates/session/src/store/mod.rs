@@ -113,6 +113,32 @@ pub(crate) struct Loaded {
     /// Data fields (name → JSON).
     pub(crate) fields: HashMap<String, String>,
     pub(crate) user: Option<String>,
+    /// How long ago its current id was issued (created, cycled or renewed), ms.
+    pub(crate) id_age_ms: i64,
+}
+
+/// Where a renewed session went: its old key is an alias for the grace
+/// period, holding the new key and the new id sealed with the old one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Moved {
+    pub(crate) key: String,
+    pub(crate) sealed: String,
+}
+
+#[derive(Debug)]
+pub(crate) enum LoadOutcome {
+    Found(Loaded),
+    Missing,
+    Moved(Moved),
+}
+
+/// A periodic renewal: the old key stays an alias for `grace_ms`, and only
+/// an id at least `min_age_ms` old is renewed.
+#[derive(Debug, Clone)]
+pub(crate) struct Renewal {
+    pub(crate) grace_ms: u64,
+    pub(crate) sealed: String,
+    pub(crate) min_age_ms: u64,
 }
 
 /// One request's changes.
@@ -130,17 +156,32 @@ pub(crate) struct WriteOp {
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum WriteOutcome {
-    Done { created_ms: i64, increments: Vec<i64> },
+    Done { created_ms: i64, id_age_ms: i64, increments: Vec<i64> },
     Gone,
     Collision,
     NotInteger(String),
+    Moved(Moved),
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum CycleOutcome {
-    Done { user: Option<String>, created_ms: i64 },
+    Done {
+        user: Option<String>,
+        created_ms: i64,
+    },
     Gone,
     Collision,
+    Moved(Moved),
+    /// (Renewal) the id is younger than asked: nothing done.
+    NotDue,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DestroyOutcome {
+    /// Deleted (if it existed); its user, if it had one.
+    Ended(Option<String>),
+    /// The key was the alias of a renewed session (deleted too): the session lives on there.
+    Moved(Moved),
 }
 
 /// A row of a user's index: session key and its metadata (None when the session is gone).
@@ -230,7 +271,7 @@ impl Store {
                 .is_some_and(|k| k.starts_with(":{#"))
     }
 
-    pub(crate) async fn load(&self, key: &str, idle_ms: u64, touch_ms: u64) -> Result<Option<Loaded>, SessionError> {
+    pub(crate) async fn load(&self, key: &str, idle_ms: u64, touch_ms: u64) -> Result<LoadOutcome, SessionError> {
         match &self.inner.backend {
             Backend::Redis(redis) => redis_backend::load(redis, &self.inner.clock, key, idle_ms, touch_ms).await,
             Backend::Memory(m) => Ok(m.load(key, idle_ms, touch_ms)),
@@ -244,15 +285,22 @@ impl Store {
         }
     }
 
-    pub(crate) async fn cycle(&self, old: &str, new: &str) -> Result<CycleOutcome, SessionError> {
+    /// Renames the session at `old` to `new`: at once (`renewal: None`), or
+    /// leaving an alias behind for a grace period.
+    pub(crate) async fn cycle(
+        &self,
+        old: &str,
+        new: &str,
+        renewal: Option<&Renewal>,
+    ) -> Result<CycleOutcome, SessionError> {
         match &self.inner.backend {
-            Backend::Redis(redis) => redis_backend::cycle(redis, old, new).await,
-            Backend::Memory(m) => Ok(m.cycle(old, new)),
+            Backend::Redis(redis) => redis_backend::cycle(redis, old, new, renewal).await,
+            Backend::Memory(m) => Ok(m.cycle(old, new, renewal)),
         }
     }
 
-    /// Deletes a session; returns its user, if it had one.
-    pub(crate) async fn destroy(&self, key: &str) -> Result<Option<String>, SessionError> {
+    /// Deletes a session.
+    pub(crate) async fn destroy(&self, key: &str) -> Result<DestroyOutcome, SessionError> {
         match &self.inner.backend {
             Backend::Redis(redis) => redis_backend::destroy(redis, key).await,
             Backend::Memory(m) => Ok(m.destroy(key)),

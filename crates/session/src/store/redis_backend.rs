@@ -12,7 +12,7 @@ use std::{
 use redis::Value;
 use redlayer_core::Redis;
 
-use super::{CycleOutcome, IndexRow, Loaded, WriteOp, WriteOutcome};
+use super::{CycleOutcome, DestroyOutcome, IndexRow, LoadOutcome, Loaded, Moved, Renewal, WriteOp, WriteOutcome};
 use crate::SessionError;
 
 static TOUCH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../scripts/touch.lua")));
@@ -94,17 +94,26 @@ impl RedisClock {
     }
 }
 
+/// `{-3, new key, sealed id}`: the alias of a renewed session (see `cycle.lua`).
+fn moved(reply: &[Value]) -> Result<Moved, SessionError> {
+    match (reply.get(1).and_then(text), reply.get(2).and_then(text)) {
+        (Some(key), Some(sealed)) => Ok(Moved { key, sealed }),
+        _ => Err(decode("an alias without its new key")),
+    }
+}
+
 /// One round trip: `HGETALL` (with `TIME` in the same pipeline when the
 /// estimate of Redis's clock is due for a new reading, see [`RedisClock`]).
 /// The absolute deadline is checked against Redis's clock; the idle refresh,
 /// when due (at most once per touch interval), is a second call to `touch.lua`.
+/// The alias a renewal left behind is answered as [`LoadOutcome::Moved`].
 pub(super) async fn load(
     redis: &Redis,
     clock: &RedisClock,
     key: &str,
     idle_ms: u64,
     touch_ms: u64,
-) -> Result<Option<Loaded>, SessionError> {
+) -> Result<LoadOutcome, SessionError> {
     let mut conn = redis.connection().await?;
     let local = clock.local_ms();
     let (now, flat): (i64, Vec<String>) = match clock.estimate(local) {
@@ -118,10 +127,11 @@ pub(super) async fn load(
         }
     };
     if flat.is_empty() {
-        return Ok(None);
+        return Ok(LoadOutcome::Missing);
     }
-    let mut loaded = Loaded { fields: HashMap::with_capacity(flat.len() / 2), user: None };
-    let (mut seen, mut deadline) = (None, None);
+    let mut loaded = Loaded { fields: HashMap::with_capacity(flat.len() / 2), user: None, id_age_ms: 0 };
+    let (mut seen, mut deadline, mut created, mut issued) = (None, None, None, None);
+    let (mut moved_to, mut sealed) = (None, None);
     let mut it = flat.into_iter();
     while let (Some(name), Some(value)) = (it.next(), it.next()) {
         if let Some(field) = name.strip_prefix("f:") {
@@ -131,9 +141,16 @@ pub(super) async fn load(
                 "m:u" => loaded.user = Some(value),
                 "m:s" => seen = value.parse::<i64>().ok(),
                 "m:a" => deadline = value.parse::<i64>().ok(),
+                "m:c" => created = value.parse::<i64>().ok(),
+                "m:i" => issued = value.parse::<i64>().ok(),
+                "m:r" => moved_to = Some(value),
+                "m:x" => sealed = Some(value),
                 _ => {}
             }
         }
+    }
+    if let Some(key) = moved_to {
+        return Ok(LoadOutcome::Moved(Moved { key, sealed: sealed.unwrap_or_default() }));
     }
     // Redis's clock is at least the last time it wrote: when the estimate is
     // behind that, use it (and read the clock again next time).
@@ -144,22 +161,23 @@ pub(super) async fn load(
         }
         _ => now,
     };
+    loaded.id_age_ms = issued.or(created).map_or(0, |issued| now - issued);
     match deadline {
         Some(deadline) if now < deadline => {}
         _ => {
             // Past its absolute lifetime (or not a session we wrote): `touch.lua`
             // checks on Redis's clock and ends it; a live one is refreshed.
             let touched: i64 = TOUCH.key(key).arg(idle_ms).invoke_async(&mut conn).await?;
-            return Ok((touched == 1).then_some(loaded));
+            return Ok(if touched == 1 { LoadOutcome::Found(loaded) } else { LoadOutcome::Missing });
         }
     }
     if seen.is_none_or(|seen| now - seen >= touch_ms as i64) {
         let touched: i64 = TOUCH.key(key).arg(idle_ms).invoke_async(&mut conn).await?;
         if touched == 0 {
-            return Ok(None);
+            return Ok(LoadOutcome::Missing);
         }
     }
-    Ok(Some(loaded))
+    Ok(LoadOutcome::Found(loaded))
 }
 
 pub(super) async fn write(redis: &Redis, key: &str, op: &WriteOp) -> Result<WriteOutcome, SessionError> {
@@ -187,7 +205,8 @@ pub(super) async fn write(redis: &Redis, key: &str, op: &WriteOp) -> Result<Writ
     match reply.first().and_then(int) {
         Some(1) => Ok(WriteOutcome::Done {
             created_ms: reply.get(1).and_then(int).ok_or_else(|| decode("save: no creation time"))?,
-            increments: reply[2..]
+            id_age_ms: reply.get(2).and_then(int).ok_or_else(|| decode("save: no id age"))?,
+            increments: reply[3..]
                 .iter()
                 .map(|v| int(v).ok_or_else(|| decode("save: increment")))
                 .collect::<Result<_, _>>()?,
@@ -197,13 +216,25 @@ pub(super) async fn write(redis: &Redis, key: &str, op: &WriteOp) -> Result<Writ
         Some(-2) => Ok(WriteOutcome::NotInteger(
             reply.get(1).and_then(text).and_then(|f| f.strip_prefix("f:").map(str::to_owned)).unwrap_or_default(),
         )),
+        Some(-3) => Ok(WriteOutcome::Moved(moved(&reply)?)),
         _ => Err(decode("save: unexpected reply")),
     }
 }
 
-pub(super) async fn cycle(redis: &Redis, old: &str, new: &str) -> Result<CycleOutcome, SessionError> {
+pub(super) async fn cycle(
+    redis: &Redis,
+    old: &str,
+    new: &str,
+    renewal: Option<&Renewal>,
+) -> Result<CycleOutcome, SessionError> {
     let mut conn = redis.connection().await?;
-    let reply: Vec<Value> = CYCLE.key(old).key(new).invoke_async(&mut conn).await?;
+    let mut invocation = CYCLE.key(old);
+    invocation.key(new);
+    match renewal {
+        Some(r) => invocation.arg(r.grace_ms).arg(&r.sealed).arg(r.min_age_ms),
+        None => invocation.arg(0).arg("").arg(0),
+    };
+    let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
     match reply.first().and_then(int) {
         Some(1) => Ok(CycleOutcome::Done {
             user: reply.get(1).and_then(text).filter(|u| !u.is_empty()),
@@ -211,14 +242,19 @@ pub(super) async fn cycle(redis: &Redis, old: &str, new: &str) -> Result<CycleOu
         }),
         Some(0) => Ok(CycleOutcome::Gone),
         Some(-1) => Ok(CycleOutcome::Collision),
+        Some(-3) => Ok(CycleOutcome::Moved(moved(&reply)?)),
+        Some(2) => Ok(CycleOutcome::NotDue),
         _ => Err(decode("cycle: unexpected reply")),
     }
 }
 
-pub(super) async fn destroy(redis: &Redis, key: &str) -> Result<Option<String>, SessionError> {
+pub(super) async fn destroy(redis: &Redis, key: &str) -> Result<DestroyOutcome, SessionError> {
     let mut conn = redis.connection().await?;
     let reply: Vec<Value> = DESTROY.key(key).invoke_async(&mut conn).await?;
-    Ok(reply.get(1).and_then(text).filter(|u| !u.is_empty()))
+    if reply.first().and_then(int) == Some(-3) {
+        return Ok(DestroyOutcome::Moved(moved(&reply)?));
+    }
+    Ok(DestroyOutcome::Ended(reply.get(1).and_then(text).filter(|u| !u.is_empty())))
 }
 
 pub(super) async fn delete(redis: &Redis, key: &str) -> Result<bool, SessionError> {
