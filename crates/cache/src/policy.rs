@@ -594,6 +594,23 @@ pub(crate) fn selects_stored(not_modified: &HeaderMap, stored: &HeaderMap) -> bo
     false
 }
 
+/// True when a `200` to a `HEAD` describes the same representation as the
+/// stored GET response (RFC 9111 4.3.5): every validator it carries (`ETag`,
+/// `Last-Modified`) equals the stored one, and its `Content-Length`, if any,
+/// is the stored body's length.
+pub(crate) fn head_agrees(head: &HeaderMap, stored: &Entry) -> bool {
+    let etag_ok = head.get(http::header::ETAG).is_none_or(|new| {
+        stored.headers.get(http::header::ETAG).is_some_and(|old| opaque(old.as_bytes()) == opaque(new.as_bytes()))
+    });
+    let lm_ok = head.get(http::header::LAST_MODIFIED).is_none_or(|new| {
+        stored.headers.get(http::header::LAST_MODIFIED).is_some_and(|old| old.as_bytes() == new.as_bytes())
+    });
+    let length_ok = head
+        .get(http::header::CONTENT_LENGTH)
+        .is_none_or(|len| len.to_str().ok().and_then(|l| l.trim().parse::<usize>().ok()) == Some(stored.body.len()));
+    etag_ok && lm_ok && length_ok
+}
+
 /// True when the client's own conditional (`If-None-Match`, else
 /// `If-Modified-Since`) matches the stored response: it gets a 304.
 pub(crate) fn client_not_modified(req: &Parts, stored: &HeaderMap) -> bool {

@@ -345,41 +345,7 @@ impl Ctx {
             // validator, as many origins do); otherwise its validators must match.
             if !policy::is_conditional(&client.headers) || policy::selects_stored(&rparts.headers, &entry.headers) {
                 // Update the stored headers with those of the 304 (RFC 9111 4.3.4).
-                let mut headers = entry.headers.clone();
-                for name in rparts.headers.keys() {
-                    if matches!(
-                        name.as_str(),
-                        "content-length"
-                            | "content-encoding"
-                            | "transfer-encoding"
-                            | "content-range"
-                            | "connection"
-                            | "keep-alive"
-                            | "te"
-                            | "trailer"
-                            | "upgrade"
-                            | "set-cookie"
-                    ) {
-                        continue;
-                    }
-                    headers.remove(name);
-                    for v in rparts.headers.get_all(name) {
-                        headers.append(name.clone(), v.clone());
-                    }
-                }
-                headers.insert(
-                    header::AGE,
-                    HeaderValue::from(policy::initial_age(&rparts.headers, request_time, response_time)),
-                );
-                let updated = Entry {
-                    response_time,
-                    fetch_time: response_time.duration_since(request_time).unwrap_or_default(),
-                    status: entry.status,
-                    req_headers: entry.req_headers.clone(),
-                    headers,
-                    body: entry.body.clone(),
-                    freshness: None,
-                };
+                let updated = freshened(&entry, &rparts.headers, request_time, response_time);
                 let new_policy = updated.policy(self.config.opts);
                 let mut status = CacheStatus::fwd(fwd);
                 status.fwd_status = Some(304);
@@ -401,10 +367,49 @@ impl Ctx {
             status.fwd_status = Some(304);
             return self.pass(res, status);
         }
+        if client.method == Method::HEAD && code == StatusCode::OK && entry.status == StatusCode::OK {
+            let (rparts, body) = res.into_parts();
+            if policy::head_agrees(&rparts.headers, &entry) {
+                // A 200 to a HEAD updates the stored GET response it could have
+                // chosen (RFC 9111 4.3.5), as a 304 would.
+                let updated = freshened(&entry, &rparts.headers, request_time, response_time);
+                let new_policy = updated.policy(self.config.opts);
+                let mut status = CacheStatus::fwd(fwd);
+                status.fwd_status = Some(200);
+                if let Some(plan) = self.plan_for_update(&updated, key, &client) {
+                    status.stored = true;
+                    self.spawn_store(plan, updated.body.clone(), Guards::default());
+                }
+                status.ttl = Some(secs(new_policy.time_to_live(response_time)));
+                let mut res = self.serve(updated, new_policy.age(response_time), &client, status);
+                for cookie in rparts.headers.get_all(header::SET_COOKIE) {
+                    res.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                }
+                return res;
+            }
+            // Another representation now: the stored one is outdated (4.3.5).
+            self.spawn_invalidate(key);
+            let res = Response::from_parts(rparts, body);
+            let mut status = CacheStatus::fwd(fwd);
+            status.fwd_status = Some(200);
+            return self.pass(res, status);
+        }
         let mut status = CacheStatus::fwd(fwd);
         status.fwd_status = Some(code.as_u16());
         let method = client.method.clone();
         self.fill(res, &client, method, key, request_time, Guards::default(), status)
+    }
+
+    /// Deletes the entries under `key` (in the background).
+    fn spawn_invalidate(&self, key: &str) {
+        self.state.invalidated.record(key);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (store, key) = (self.state.store.clone(), key.to_owned());
+        rt.spawn(async move {
+            if let Err(e) = store.delete_entry_key(&key).await {
+                tracing::debug!(target: "redlayer", %e, "cache: outdated entry not deleted");
+            }
+        });
     }
 
     fn plan_for_update(&self, entry: &Entry, key: &str, client: &Parts) -> Option<Plan> {
@@ -1020,6 +1025,44 @@ impl Ctx {
             }
         }
         Ok(self.pass(res, status))
+    }
+}
+
+/// The stored `entry` with the header fields of a response that validated
+/// it (a 304, RFC 9111 4.3.4, or a 200 to a HEAD, 4.3.5) put in place of its
+/// own, except those that describe the body or the connection, and cookies.
+fn freshened(entry: &Entry, new: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Entry {
+    let mut headers = entry.headers.clone();
+    for name in new.keys() {
+        if matches!(
+            name.as_str(),
+            "content-length"
+                | "content-encoding"
+                | "transfer-encoding"
+                | "content-range"
+                | "connection"
+                | "keep-alive"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "set-cookie"
+        ) {
+            continue;
+        }
+        headers.remove(name);
+        for v in new.get_all(name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    headers.insert(header::AGE, HeaderValue::from(policy::initial_age(new, request_time, response_time)));
+    Entry {
+        response_time,
+        fetch_time: response_time.duration_since(request_time).unwrap_or_default(),
+        status: entry.status,
+        req_headers: entry.req_headers.clone(),
+        headers,
+        body: entry.body.clone(),
+        freshness: None,
     }
 }
 

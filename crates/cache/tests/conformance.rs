@@ -249,6 +249,58 @@ async fn head_is_answered_from_a_stored_get(b: Backend) {
     assert_eq!(origin.hits(), 1);
 }
 
+/// RFC 9111 4.3.5 (cache-tests `head-200-*`): a `200` to a `HEAD` that the
+/// cache forwarded updates the stored GET response when it describes the same
+/// representation, and makes it go when it does not.
+async fn a_200_to_a_head_updates_or_drops_the_stored_get(b: Backend) {
+    let origin = Origin::new(|parts, n| {
+        // On /hd, the representation changed after the GET: HEAD (and later GETs) see v2.
+        let version = if parts.uri.path() == "/hd" && (parts.method == "HEAD" || n > 4) { "\"v2\"" } else { "\"v1\"" };
+        if parts.method == "HEAD" {
+            // axum sends the GET body's length and strips the body.
+            return resp(200, &[("cache-control", "max-age=60"), ("etag", version), ("x-n", &n.to_string())], "stored");
+        }
+        let max_age = if parts.uri.path() == "/hd" { "max-age=60" } else { "max-age=1" };
+        resp(200, &[("cache-control", max_age), ("etag", version), ("x-n", &n.to_string())], "stored")
+    });
+    let app = App::new(b.layer(), &origin);
+    app.get("/hu").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let head = app.send("HEAD", "/hu", &[]).await;
+    assert_eq!((head.status.as_u16(), head.header("x-n")), (200, "2"), "{}", head.cache_status());
+    assert_eq!(origin.hits(), 2, "the HEAD went to the origin");
+    assert!(head.cache_status().contains("stored"), "{}", head.cache_status());
+    assert!(head.body.is_empty());
+    // The stored GET is fresh again (max-age=60 from the HEAD), with the HEAD's fields.
+    let mut hit = app.get("/hu").await;
+    for _ in 0..50 {
+        if hit.is_hit() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        hit = app.get("/hu").await;
+    }
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!((&hit.body[..], hit.header("x-n")), (&b"stored"[..], "2"));
+    assert_eq!(origin.hits(), 2);
+
+    // A HEAD (sent on with no-cache) answered with another ETag: the stored
+    // GET, fresh until then, is outdated and goes.
+    app.get("/hd").await;
+    assert!(app.get("/hd").await.is_hit());
+    app.send("HEAD", "/hd", &[("cache-control", "no-cache")]).await;
+    let mut after = app.get("/hd").await;
+    for _ in 0..50 {
+        if !after.is_hit() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = app.get("/hd").await;
+    }
+    assert!(!after.is_hit(), "{}", after.cache_status());
+    assert_eq!(after.header("etag"), "\"v2\"");
+}
+
 async fn request_cache_control_is_honoured(b: Backend) {
     let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("{n}")));
     let app = App::new(b.layer(), &origin);
@@ -962,6 +1014,7 @@ suite!(
     stale_entries_are_revalidated_and_refreshed_by_304,
     unsafe_methods_invalidate_target_and_locations,
     head_is_answered_from_a_stored_get,
+    a_200_to_a_head_updates_or_drops_the_stored_get,
     request_cache_control_is_honoured,
     stale_while_revalidate_serves_stale_and_refreshes_once,
     stale_if_error_serves_stale_when_the_origin_fails,
