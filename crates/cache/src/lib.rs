@@ -38,6 +38,9 @@
 //!   client sent no validators of its own, the 304 can only be about the
 //!   stored entry, even without validators; otherwise its `ETag` or
 //!   `Last-Modified` must match the stored one, else the client gets it).
+//!   A `200` to a forwarded `HEAD` does the same for the stored GET response
+//!   when its validators and `Content-Length` agree with it, and drops it
+//!   when they do not (RFC 9111 4.3.5).
 //! - A single `bytes` range of a stored complete `200` (`Range`, with a
 //!   matching `If-Range` if any) is answered with a `206` from the cache;
 //!   other ranges get the whole stored response.
