@@ -140,6 +140,53 @@ async fn paused_redis_never_holds_a_request_past_the_timeout() {
     server.resume();
 }
 
+/// A slow Redis (stalls of 300 ms, under a 1 s timeout): decisions that wait
+/// in the shared-call queue past a quarter of the timeout make calls of their
+/// own, none is degraded, and four instances still allow exactly the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_still_decides_every_request_exactly() {
+    let server = RedisServer::start();
+    let mut limiters = Vec::new();
+    for _ in 0..4 {
+        let handle = Redis::builder().timeout(Duration::from_secs(1)).connect(&server.url()).await.unwrap();
+        limiters.push(
+            warm(RateLimiter::builder(Store::redis(handle)).policy(Policy::gcra("p", Quota::per_hour(100))).build())
+                .await,
+        );
+    }
+    let url_port = server.url();
+    let stalls = std::thread::spawn(move || {
+        let port = url_port.trim_end_matches('/').rsplit(':').next().unwrap().to_owned();
+        for _ in 0..3 {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port, "DEBUG", "SLEEP", "0.3"])
+                .output()
+                .expect("redis-cli");
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "the server stalled");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let limiter = limiters[i % 4].clone();
+        tasks.push(tokio::spawn(async move {
+            // Spread over the stalls.
+            tokio::time::sleep(Duration::from_millis((i as u64 % 40) * 25)).await;
+            limiter.check("slow-key", 1).await
+        }));
+    }
+    let mut allowed = 0;
+    for task in tasks {
+        let decision = task.await.unwrap();
+        assert_eq!(decision.degraded(), None, "decided by Redis, within the timeout");
+        allowed += usize::from(decision.is_allowed());
+    }
+    stalls.join().unwrap();
+    assert_eq!(allowed, 100);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
 /// Blocked keys are answered from the local deny cache with zero Redis commands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_cache_answers_blocked_keys_without_redis() {
