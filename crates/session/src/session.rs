@@ -259,11 +259,44 @@ impl Session {
         }
     }
 
-    /// Moves a session's entry in its user's index to its new key.
-    async fn reindex(&self, user: &str, old_key: &str, new_key: &str, created_ms: i64) -> Result<(), SessionError> {
+    /// Renames the loaded session at `old_key` to `new_key` (see
+    /// [`Store::cycle`]) so that its user's index never misses it: the new key
+    /// is indexed before the rename and the old one dropped after, so a
+    /// failure in between leaves at most an entry for a key that does not
+    /// exist (dropped when the index is listed), never a live session that
+    /// "log out everywhere" cannot find.
+    async fn cycle_indexed(
+        &self,
+        st: &State,
+        old_key: &str,
+        new_key: &str,
+        renewal: Option<&Renewal>,
+    ) -> Result<CycleOutcome, SessionError> {
         let absolute_ms = self.inner.shared.timeouts.absolute_ms;
-        self.store().index_add(user, new_key, created_ms, absolute_ms).await?;
-        self.store().index_remove(user, old_key).await
+        let known = st.cache.as_ref().and_then(|c| Some((c.user.clone()?, c.created_ms)));
+        if let Some((user, created_ms)) = &known {
+            self.store().index_add(user, new_key, *created_ms, absolute_ms).await?;
+        }
+        let outcome = self.store().cycle(old_key, new_key, renewal).await?;
+        let known_user = known.as_ref().map(|(user, _)| user.as_str());
+        match &outcome {
+            CycleOutcome::Done { user: Some(user), created_ms } => {
+                if known_user != Some(user.as_str()) {
+                    self.store().index_add(user, new_key, *created_ms, absolute_ms).await?;
+                }
+                self.store().index_remove(user, old_key).await?;
+                if let Some(known) = known_user.filter(|k| *k != user) {
+                    self.store().index_remove(known, new_key).await?;
+                }
+            }
+            // Not renamed (or no user any more): the entry made in advance goes.
+            _ => {
+                if let Some(known) = known_user {
+                    self.store().index_remove(known, new_key).await?;
+                }
+            }
+        }
+        Ok(outcome)
     }
 
     /// No session any more (nothing pending survives).
@@ -378,13 +411,15 @@ impl Session {
     /// stored session it does nothing (the first write issues a fresh id anyway).
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
         let mut st = self.state().await;
+        // Its user, to keep the index right (see `cycle_indexed`).
+        self.ensure_loaded(&mut st).await?;
         for _ in 0..ID_ATTEMPTS + MAX_HOPS {
             let (Some(old), Status::Incoming | Status::Live) = (st.id.clone(), st.status) else { return Ok(()) };
             let old_key = self.store().session_key(&old);
             let new = old.cycled()?;
             let new_key = self.store().session_key(&new);
-            match self.store().cycle(&old_key, &new_key, None).await? {
-                CycleOutcome::Done { user, created_ms } => {
+            match self.cycle_indexed(&st, &old_key, &new_key, None).await? {
+                CycleOutcome::Done { .. } => {
                     st.id = Some(new);
                     st.status = Status::Live;
                     st.send_id = true;
@@ -392,9 +427,6 @@ impl Session {
                     // A fresh id: no renewal due for it.
                     st.renew_due = false;
                     self.mark();
-                    if let Some(user) = user {
-                        self.reindex(&user, &old_key, &new_key, created_ms).await?;
-                    }
                     return Ok(());
                 }
                 // Renewed meanwhile: cycle the new id.
@@ -419,19 +451,19 @@ impl Session {
     /// concurrent request that renewed it first wins, and its id is taken.
     async fn renew(&self, st: &mut State) -> Result<(), SessionError> {
         let Some(renew) = self.inner.shared.timeouts.renew else { return Ok(()) };
+        // Its user, to keep the index right (see `cycle_indexed`); a renewal
+        // due after a write without a read costs this one load.
+        self.ensure_loaded(st).await?;
         for _ in 0..ID_ATTEMPTS {
             let (Some(old), Status::Live) = (st.id.clone(), st.status) else { return Ok(()) };
             let new = old.cycled()?;
             let renewal = Renewal { grace_ms: renew.grace_ms, sealed: old.seal(&new), min_age_ms: renew.every_ms };
             let (old_key, new_key) = (self.store().session_key(&old), self.store().session_key(&new));
-            match self.store().cycle(&old_key, &new_key, Some(&renewal)).await? {
-                CycleOutcome::Done { user, created_ms } => {
+            match self.cycle_indexed(st, &old_key, &new_key, Some(&renewal)).await? {
+                CycleOutcome::Done { .. } => {
                     st.id = Some(new);
                     st.send_id = true;
                     st.remove_id = false;
-                    if let Some(user) = user {
-                        self.reindex(&user, &old_key, &new_key, created_ms).await?;
-                    }
                     return Ok(());
                 }
                 CycleOutcome::Moved(moved) => {

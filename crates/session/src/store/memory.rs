@@ -91,8 +91,12 @@ impl MemoryBackend {
             if now >= record.deadline {
                 return (Update::Remove, LoadOutcome::Missing);
             }
-            let loaded =
-                Loaded { fields: record.fields.clone(), user: record.user.clone(), id_age_ms: now - record.issued };
+            let loaded = Loaded {
+                fields: record.fields.clone(),
+                user: record.user.clone(),
+                created_ms: record.created,
+                id_age_ms: now - record.issued,
+            };
             if now - record.seen >= touch_ms as i64 {
                 record.seen = now;
                 (Update::KeepWithTtl(ttl(idle_ms, record.deadline, now)), LoadOutcome::Found(loaded))

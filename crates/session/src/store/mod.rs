@@ -113,6 +113,8 @@ pub(crate) struct Loaded {
     /// Data fields (name → JSON).
     pub(crate) fields: HashMap<String, String>,
     pub(crate) user: Option<String>,
+    /// When it was created (ms since the epoch; 0 when unknown).
+    pub(crate) created_ms: i64,
     /// How long ago its current id was issued (created, cycled or renewed), ms.
     pub(crate) id_age_ms: i64,
 }

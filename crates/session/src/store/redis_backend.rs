@@ -129,7 +129,7 @@ pub(super) async fn load(
     if flat.is_empty() {
         return Ok(LoadOutcome::Missing);
     }
-    let mut loaded = Loaded { fields: HashMap::with_capacity(flat.len() / 2), user: None, id_age_ms: 0 };
+    let mut loaded = Loaded { fields: HashMap::with_capacity(flat.len() / 2), ..Loaded::default() };
     let (mut seen, mut deadline, mut created, mut issued) = (None, None, None, None);
     let (mut moved_to, mut sealed) = (None, None);
     let mut it = flat.into_iter();
@@ -161,6 +161,7 @@ pub(super) async fn load(
         }
         _ => now,
     };
+    loaded.created_ms = created.unwrap_or_default();
     loaded.id_age_ms = issued.or(created).map_or(0, |issued| now - issued);
     match deadline {
         Some(deadline) if now < deadline => {}
