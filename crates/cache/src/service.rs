@@ -1003,17 +1003,20 @@ impl Ctx {
         ResBody: Body<Data = Bytes> + Send + 'static,
     {
         let parts = clone_parts_of(&req);
+        let request_time = now();
         let res = inner.call(req).await?;
         let mut status = CacheStatus::fwd("method");
+        let mut answers_get = None;
         if res.status().is_success() || res.status().is_redirection() {
-            let mut targets = vec![parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned()];
+            let mut targets = vec![(None, parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned())];
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(v) = res.headers().get(&name).and_then(|v| v.to_str().ok()) {
-                    targets.push(v.trim().to_owned());
+                    targets.push((Some(name), v.trim().to_owned()));
                 }
             }
             let origin = origin_of(&parts);
-            for target in targets {
+            let (mut target_key, mut content_location_key) = (None, None);
+            for (name, target) in targets {
                 let Some(get) = same_origin_get(&parts, &target, &origin) else { continue };
                 if let Some(primary) = self.primary(&get, &parts) {
                     let key = self.state.store.entry_key(&primary);
@@ -1021,8 +1024,35 @@ impl Ctx {
                     if self.state.store.delete_entry_key(&key).await.is_err() {
                         status = status.detail("invalidation-failed");
                     }
+                    match name {
+                        None => target_key = Some(key),
+                        Some(name) if name == header::CONTENT_LOCATION => content_location_key = Some(key),
+                        Some(_) => {}
+                    }
                 }
             }
+            // A POST answer whose Content-Location is its target URI, with
+            // explicit freshness, is the target's current representation: it
+            // answers later GETs of it (RFC 9110 9.3.3, RFC 9111 2).
+            let explicit = policy::directive(res.headers(), "max-age").flatten().is_some()
+                || policy::directive(res.headers(), "s-maxage").flatten().is_some()
+                || res.headers().contains_key(header::EXPIRES);
+            if parts.method == Method::POST
+                && res.status().is_success()
+                && explicit
+                && target_key.is_some()
+                && target_key == content_location_key
+            {
+                answers_get = target_key;
+            }
+        }
+        if let Some(key) = answers_get {
+            let mut get = parts;
+            get.method = Method::GET;
+            for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+                get.headers.remove(name);
+            }
+            return Ok(self.fill(res, &get, Method::GET, &key, request_time, Guards::default(), status));
         }
         Ok(self.pass(res, status))
     }

@@ -239,6 +239,39 @@ async fn unsafe_methods_invalidate_target_and_locations(b: Backend) {
     assert!(app2.get("/keep").await.is_hit());
 }
 
+/// cache-tests `method-POST`: a POST answer with explicit freshness whose
+/// `Content-Location` is the target URI answers later GETs of it; others do not.
+async fn a_post_answer_naming_its_target_answers_gets(b: Backend) {
+    let origin = Origin::new(|parts, n| match (parts.method.as_str(), parts.uri.path()) {
+        ("POST", "/doc") => resp(200, &[("cache-control", "max-age=60"), ("content-location", "/doc")], "posted"),
+        ("POST", "/plain") => resp(200, &[("cache-control", "max-age=60")], "posted"),
+        ("POST", "/elsewhere") => resp(200, &[("cache-control", "max-age=60"), ("content-location", "/doc")], "other"),
+        _ => resp(200, &[("cache-control", "max-age=60")], &format!("got {n}")),
+    });
+    let app = App::new(b.layer(), &origin);
+    app.send("POST", "/doc", &[]).await;
+    let mut get = app.get("/doc").await;
+    for _ in 0..50 {
+        if get.is_hit() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        get = app.get("/doc").await;
+    }
+    assert!(get.is_hit(), "{}", get.cache_status());
+    assert_eq!(&get.body[..], b"posted");
+    // Without Content-Location, or naming another URI: not stored for GETs.
+    app.send("POST", "/plain", &[]).await;
+    let plain = app.get("/plain").await;
+    assert!(!plain.is_hit());
+    assert_ne!(&plain.body[..], b"posted");
+    app.send("POST", "/elsewhere", &[]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let doc = app.get("/doc").await;
+    assert!(!doc.is_hit(), "the POST to /elsewhere invalidated /doc: {}", doc.cache_status());
+    assert_ne!(&doc.body[..], b"other");
+}
+
 async fn head_is_answered_from_a_stored_get(b: Backend) {
     let origin = Origin::new(|_, _| resp(200, &[("cache-control", "max-age=60")], "hello"));
     let app = App::new(b.layer(), &origin);
@@ -1014,6 +1047,7 @@ suite!(
     stale_entries_are_revalidated_and_refreshed_by_304,
     unsafe_methods_invalidate_target_and_locations,
     head_is_answered_from_a_stored_get,
+    a_post_answer_naming_its_target_answers_gets,
     a_200_to_a_head_updates_or_drops_the_stored_get,
     request_cache_control_is_honoured,
     stale_while_revalidate_serves_stale_and_refreshes_once,
