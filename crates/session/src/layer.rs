@@ -138,7 +138,14 @@ impl SessionLayer {
     /// new one (the store keeps it sealed with the old id). Two requests that
     /// renew at once end with one new id. A client that never reads the new id
     /// (a header-transport API client that ignores the response header) loses
-    /// the session after `grace`. `every` is at least 1 s.
+    /// the session after `grace`. `every` is at least 1 s; `grace` at most
+    /// `every` (so an old id leads to the session in at most one step).
+    ///
+    /// A renewal racing a login ([`Session::cycle_id`](crate::Session::cycle_id))
+    /// in another request can answer with the renewed id after the login's
+    /// answer; that id is dead (the login kills it, as it kills the id it
+    /// replaces), so the browser is then logged out: a safe failure, made
+    /// rare by a long `every`.
     ///
     /// ```
     /// use std::time::Duration;
@@ -149,7 +156,8 @@ impl SessionLayer {
     /// # let _ = layer;
     /// ```
     pub fn renew_id(mut self, every: Duration, grace: Duration) -> Self {
-        self.renew = Some((every.max(Duration::from_secs(1)), grace.max(Duration::from_secs(1))));
+        let every = every.max(Duration::from_secs(1));
+        self.renew = Some((every, grace.max(Duration::from_secs(1)).min(every)));
         self
     }
 

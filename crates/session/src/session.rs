@@ -272,18 +272,20 @@ impl Session {
         new_key: &str,
         renewal: Option<&Renewal>,
     ) -> Result<CycleOutcome, SessionError> {
-        let absolute_ms = self.inner.shared.timeouts.absolute_ms;
+        let timeouts = &self.inner.shared.timeouts;
+        let absolute_ms = timeouts.absolute_ms;
         let known = st.cache.as_ref().and_then(|c| Some((c.user.clone()?, c.created_ms)));
         if let Some((user, created_ms)) = &known {
             self.store().index_add(user, new_key, *created_ms, absolute_ms).await?;
         }
-        let outcome = self.store().cycle(old_key, new_key, renewal).await?;
+        let outcome = self.store().cycle(old_key, new_key, timeouts.idle_ms, renewal).await?;
         let known_user = known.as_ref().map(|(user, _)| user.as_str());
         match &outcome {
             CycleOutcome::Done { user: Some(user), created_ms } => {
-                if known_user != Some(user.as_str()) {
-                    self.store().index_add(user, new_key, *created_ms, absolute_ms).await?;
-                }
+                // Again after the rename, with the stored creation time: a
+                // prune of the index (or a listing) in between drops an entry
+                // whose key did not exist yet.
+                self.store().index_add(user, new_key, *created_ms, absolute_ms).await?;
                 self.store().index_remove(user, old_key).await?;
                 if let Some(known) = known_user.filter(|k| *k != user) {
                     self.store().index_remove(known, new_key).await?;
@@ -443,7 +445,7 @@ impl Session {
                 CycleOutcome::Collision | CycleOutcome::NotDue => {}
             }
         }
-        Err(SessionError::Rng("no free session id after several attempts".into()))
+        Err(SessionError::Rng("no free session id after several attempts (id collisions, or renewals in a row)".into()))
     }
 
     /// Renews the id of a session loaded with an id past the renewal
@@ -623,6 +625,11 @@ impl Session {
                 WriteOutcome::Collision => {}
                 // Renewed by a concurrent request: write under the new id.
                 WriteOutcome::Moved(moved) if self.follow(st, &moved) => {}
+                // An alias that does not open is no session of this client's.
+                WriteOutcome::Moved(_) if st.status == Status::Incoming => {
+                    st.id = None;
+                    st.status = Status::Absent;
+                }
                 WriteOutcome::Moved(_) => {
                     self.forget(st);
                     return Err(SessionError::Expired);
@@ -634,7 +641,7 @@ impl Session {
             }
         }
         st.pending.restore(pending);
-        Err(SessionError::Rng("no free session id after several attempts".into()))
+        Err(SessionError::Rng("no free session id after several attempts (id collisions, or renewals in a row)".into()))
     }
 
     /// Runs after the handler: writes what is pending, and says what to tell the client.

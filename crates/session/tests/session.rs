@@ -28,6 +28,7 @@ async fn suite(stores: Vec<Store>) {
         idle_timeout_is_rolling_and_enforced(s),
         absolute_timeout_ends_active_sessions(s),
         periodic_renewal_keeps_requests_in_flight_and_ends_the_old_id(s),
+        a_login_through_a_renewed_id_kills_every_older_id(s),
         async {
             new_visitor_gets_one_and_a_cookie(s).await;
             concurrent_increments_lose_nothing(s).await;
@@ -369,6 +370,31 @@ async fn periodic_renewal_keeps_requests_in_flight_and_ends_the_old_id(s: &[Stor
     let mut other = Client::new(app(renewing(&s[1]), Probe::default()));
     other.cookie = Some(renewed);
     assert_eq!(other.call("GET", "/get/visits").await.body, "none");
+}
+
+async fn a_login_through_a_renewed_id_kills_every_older_id(s: &[Store]) {
+    let renewing = |store: &Store| SessionLayer::new(store.clone()).renew_id(1000 * MS, 1000 * MS);
+    let mut c = Client::new(app(renewing(&s[0]), Probe::default()));
+    c.login("sam").await;
+    assert_eq!(c.call("GET", "/visits").await.body, "1");
+    let first = jar(&c);
+    tokio::time::sleep(1100 * MS).await;
+    assert_eq!(c.call("GET", "/visits").await.body, "2");
+    let renewed = jar(&c);
+    assert_ne!(renewed, first);
+    // A login with the first id, within the grace period (say a tab that missed the new cookie).
+    let mut tab = Client::new(app(renewing(&s[1]), Probe::default()));
+    tab.cookie = Some(first.clone());
+    assert_eq!(tab.login("sam").await.status, StatusCode::OK);
+    let cycled = jar(&tab);
+    assert!(cycled != first && cycled != renewed);
+    assert_eq!(tab.call("GET", "/visits").await.body, "3", "the same session, data kept");
+    assert_eq!(tab.call("GET", "/sessions").await.body, "1 1");
+    for dead in [first, renewed] {
+        let mut old = Client::new(app(renewing(&s[0]), Probe::default()));
+        old.cookie = Some(dead);
+        assert_eq!(old.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED, "older ids die at login");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

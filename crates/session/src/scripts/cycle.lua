@@ -7,6 +7,7 @@
 -- ARGV[1]  grace period, ms (0: none)
 -- ARGV[2]  the sealed new id (with a grace period)
 -- ARGV[3]  renew only when the current id is at least this old, ms (0: always)
+-- ARGV[4]  idle timeout, ms: a rename is a use of the session, and refreshes it
 -- Returns {1, user id or '', created ms} | {0} no live session | {-1} the new key exists (id collision)
 --       | {-3, new key, sealed id} the session was renewed already (KEYS[1] is an alias)
 --       | {2} the id is not that old (a concurrent renewal came first, or the clocks differ)
@@ -30,12 +31,17 @@ if now - tonumber(meta[6] or meta[1]) < tonumber(ARGV[3]) then
   return {2}
 end
 local grace = tonumber(ARGV[1])
-local left = redis.call('PTTL', KEYS[1])
+local ttl = tonumber(ARGV[4])
+if tonumber(meta[2]) - now < ttl then
+  ttl = tonumber(meta[2]) - now
+end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[2], 'm:s', string.format('%d', now), 'm:i', string.format('%d', now))
+redis.call('PEXPIRE', KEYS[2], ttl)
 if grace > 0 then
-  if left > 0 and left < grace then
-    grace = left
+  -- The alias never outlives the session.
+  if ttl < grace then
+    grace = ttl
   end
   redis.call('HSET', KEYS[1], 'm:r', KEYS[2], 'm:x', ARGV[2])
   redis.call('PEXPIRE', KEYS[1], grace)

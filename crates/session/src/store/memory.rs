@@ -1,5 +1,7 @@
 //! The in-memory backend: the same operations as the Lua scripts, each one
-//! atomic under the map's shard lock.
+//! atomic under the map's shard lock. A rename touches two keys: the
+//! `renames` lock makes it look atomic to every operation that finds the
+//! alias it leaves (see [`MemoryBackend::cycle`]).
 
 use std::{
     collections::HashMap,
@@ -111,7 +113,7 @@ impl MemoryBackend {
     }
 
     pub(super) fn write(&self, key: &str, op: &WriteOp) -> WriteOutcome {
-        self.sessions.update(key.to_owned(), |record, now| {
+        let outcome = self.sessions.update(key.to_owned(), |record, now| {
             let now = ms(now);
             let mut next = match (record, op.create) {
                 (Some(_), true) => return (Update::Keep, WriteOutcome::Collision),
@@ -163,21 +165,22 @@ impl MemoryBackend {
             let (created_ms, id_age_ms) = (next.created, now - next.issued);
             let ttl = ttl(op.idle_ms, next.deadline, now);
             (Update::Set(next, ttl), WriteOutcome::Done { created_ms, id_age_ms, increments: results })
-        })
+        });
+        if let WriteOutcome::Moved(_) = outcome {
+            self.wait_for_renames();
+        }
+        outcome
     }
 
-    pub(super) fn cycle(&self, old: &str, new: &str, renewal: Option<&Renewal>) -> CycleOutcome {
+    pub(super) fn cycle(&self, old: &str, new: &str, idle_ms: u64, renewal: Option<&Renewal>) -> CycleOutcome {
         if self.sessions.get(new).is_some() {
             return CycleOutcome::Collision;
         }
-        let _renaming = self.renames.lock().unwrap_or_else(PoisonError::into_inner);
-        let idle_left = match self.sessions.ttl(old) {
-            redlayer_core::memory::Ttl::ExpiresIn(d) => Some(d),
-            _ => None,
-        };
         // The old key is removed (or made an alias) under its lock, then the
-        // new one written; with `renames` held, no request can find the old
-        // id gone (or aliased) before the new one exists.
+        // new one written, all under `renames`: whoever finds the alias waits
+        // for it (`wait_for_renames`), so the new key is there when followed.
+        // A load finding the old key gone is the same as with `RENAME`.
+        let _renaming = self.renames.lock().unwrap_or_else(PoisonError::into_inner);
         let taken = self.sessions.update(old.to_owned(), |record, now| {
             let now = ms(now);
             match record {
@@ -191,7 +194,8 @@ impl MemoryBackend {
                     let mut taken = r.clone();
                     taken.seen = now;
                     taken.issued = now;
-                    let left = Duration::from_millis((r.deadline - now).max(1) as u64);
+                    // A rename is a use: the idle timeout starts again.
+                    let left = ttl(idle_ms, r.deadline, now);
                     let update = match renewal {
                         None => Update::Remove,
                         Some(x) => {
@@ -204,7 +208,8 @@ impl MemoryBackend {
                                 user: None,
                                 moved: Some(Moved { key: new.to_owned(), sealed: x.sealed.clone() }),
                             };
-                            Update::Set(alias, Some(Duration::from_millis(x.grace_ms).min(left)))
+                            // The alias never outlives the session.
+                            Update::Set(alias, left.map(|left| Duration::from_millis(x.grace_ms).min(left)))
                         }
                     };
                     (update, Ok((taken, left)))
@@ -215,21 +220,43 @@ impl MemoryBackend {
             Ok(taken) => taken,
             Err(outcome) => return outcome,
         };
-        // A rename keeps the expiry the old key had left.
         let (user, created_ms) = (record.user.clone(), record.created);
-        self.sessions.insert(new.to_owned(), record, Some(idle_left.unwrap_or(left).min(left)));
+        self.sessions.insert(new.to_owned(), record, left);
         CycleOutcome::Done { user, created_ms }
     }
 
     pub(super) fn destroy(&self, key: &str) -> DestroyOutcome {
-        self.sessions.update(key.to_owned(), |record, _| match record {
+        let outcome = self.sessions.update(key.to_owned(), |record, _| match record {
             Some(Record { moved: Some(moved), .. }) => (Update::Remove, DestroyOutcome::Moved(moved.clone())),
             record => (Update::Remove, DestroyOutcome::Ended(record.and_then(|r| r.user.clone()))),
-        })
+        });
+        if let DestroyOutcome::Moved(_) = outcome {
+            self.wait_for_renames();
+        }
+        outcome
     }
 
+    /// Ends a session by key (revocation): an alias left by a renewal is
+    /// followed, so a session renewed since its key was listed still ends.
+    /// True when a live session was deleted.
     pub(super) fn destroy_existed(&self, key: &str) -> bool {
-        self.sessions.remove(&key.to_owned())
+        let mut key = key.to_owned();
+        let mut ended = false;
+        for _ in 0..16 {
+            let removed = self.sessions.update(key.clone(), |record, _| (Update::Remove, record.cloned()));
+            let Some(record) = removed else { break };
+            match record.moved {
+                Some(moved) => {
+                    self.wait_for_renames();
+                    key = moved.key;
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        ended
     }
 
     /// Adds the session to the index; returns how many entries it has.

@@ -288,16 +288,18 @@ impl Store {
     }
 
     /// Renames the session at `old` to `new`: at once (`renewal: None`), or
-    /// leaving an alias behind for a grace period.
+    /// leaving an alias behind for a grace period. A rename is a use of the
+    /// session: its idle timeout (`idle_ms`) starts again.
     pub(crate) async fn cycle(
         &self,
         old: &str,
         new: &str,
+        idle_ms: u64,
         renewal: Option<&Renewal>,
     ) -> Result<CycleOutcome, SessionError> {
         match &self.inner.backend {
-            Backend::Redis(redis) => redis_backend::cycle(redis, old, new, renewal).await,
-            Backend::Memory(m) => Ok(m.cycle(old, new, renewal)),
+            Backend::Redis(redis) => redis_backend::cycle(redis, old, new, idle_ms, renewal).await,
+            Backend::Memory(m) => Ok(m.cycle(old, new, idle_ms, renewal)),
         }
     }
 

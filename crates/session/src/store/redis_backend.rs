@@ -19,6 +19,7 @@ static TOUCH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(incl
 static SAVE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../scripts/save.lua")));
 static CYCLE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../scripts/cycle.lua")));
 static DESTROY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../scripts/destroy.lua")));
+static DELETE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../scripts/delete.lua")));
 static INDEX_ADD: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../scripts/index_add.lua")));
 
@@ -226,6 +227,7 @@ pub(super) async fn cycle(
     redis: &Redis,
     old: &str,
     new: &str,
+    idle_ms: u64,
     renewal: Option<&Renewal>,
 ) -> Result<CycleOutcome, SessionError> {
     let mut conn = redis.connection().await?;
@@ -235,6 +237,7 @@ pub(super) async fn cycle(
         Some(r) => invocation.arg(r.grace_ms).arg(&r.sealed).arg(r.min_age_ms),
         None => invocation.arg(0).arg("").arg(0),
     };
+    invocation.arg(idle_ms);
     let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
     match reply.first().and_then(int) {
         Some(1) => Ok(CycleOutcome::Done {
@@ -260,8 +263,8 @@ pub(super) async fn destroy(redis: &Redis, key: &str) -> Result<DestroyOutcome, 
 
 pub(super) async fn delete(redis: &Redis, key: &str) -> Result<bool, SessionError> {
     let mut conn = redis.connection().await?;
-    let n: i64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
-    Ok(n > 0)
+    let ended: i64 = DELETE.key(key).invoke_async(&mut conn).await?;
+    Ok(ended == 1)
 }
 
 pub(super) async fn index_add(
