@@ -208,7 +208,7 @@ impl Locks {
 
     /// Whether to issue fencing tokens (default true). Without them an
     /// acquisition on standalone Redis or a cluster is a plain `SET NX PX`
-    /// instead of a `MULTI`/`EXEC` of `SET NX PX`, `INCR` and `PTTL` (see
+    /// instead of a `MULTI`/`EXEC` of `SET NX PX` and `INCR` (see
     /// BENCHMARKS.md for both), and [`LockGuard::fencing_token`] is always 0. Keep them
     /// whenever the lock protects a write to storage that can check them.
     #[must_use]
@@ -225,21 +225,25 @@ impl Locks {
         }
     }
 
-    pub(crate) fn lock_key(&self, name: &str) -> (String, String) {
+    pub(crate) fn lock_key(&self, name: &str) -> String {
         let part = KeyPart::client(name);
         match &self.backend {
-            Backend::Redis(redis) => (redis.keys().key(KIND, &part), redis.keys().key_with(KIND, &part, "fence")),
-            Backend::Redlock(nodes) => {
-                (nodes[0].keys().key(KIND, &part), nodes[0].keys().key_with(KIND, &part, "fence"))
-            }
-            Backend::Memory(_) => (part.as_str().to_owned(), String::new()),
+            Backend::Redis(redis) => redis.keys().key(KIND, &part),
+            Backend::Redlock(nodes) => nodes[0].keys().key(KIND, &part),
+            Backend::Memory(_) => part.as_str().to_owned(),
         }
     }
 
     /// One attempt: `Ok(Ok(guard))`, or `Ok(Err(holder's ttl))` when busy.
     async fn attempt(&self, name: &str, ttl: Duration) -> Result<Result<LockGuard, Duration>> {
         let ms = ttl_ms(ttl)?;
-        let (key, fence_key) = self.lock_key(name);
+        let key = self.lock_key(name);
+        // `{prefix}:lock:{name}:fence`, in the lock's slot (only made when fences are issued).
+        let fence_key = match &self.backend {
+            Backend::Redis(_) if !self.fencing => String::new(),
+            Backend::Memory(_) => String::new(),
+            Backend::Redis(_) | Backend::Redlock(_) => format!("{key}:fence"),
+        };
         let token = random_token();
         let started = Instant::now();
         let fence = match &self.backend {
@@ -304,7 +308,7 @@ impl Locks {
                 let mut conn = redis.connection().await?;
                 // One MULTI/EXEC: atomic like a script, at about half the
                 // Redis CPU of one (see `FENCE_FROM_CLOCK`).
-                let answer: Result<(Option<String>, i64, i64)> = redis::pipe()
+                let answer: Result<(Option<String>, i64)> = redis::pipe()
                     .atomic()
                     .cmd("SET")
                     .arg(&key)
@@ -314,14 +318,12 @@ impl Locks {
                     .arg(ms)
                     .cmd("INCR")
                     .arg(&fence_key)
-                    .cmd("PTTL")
-                    .arg(&key)
                     .query_async(&mut conn)
                     .await
                     .map_err(Error::from);
                 match answer {
-                    Ok((Some(_), fence, _)) if fence >= FENCE_FROM_CLOCK => Ok(fence as u64),
-                    Ok((Some(_), _, _)) => {
+                    Ok((Some(_), fence)) if fence >= FENCE_FROM_CLOCK => Ok(fence as u64),
+                    Ok((Some(_), _)) => {
                         let started: Result<i64> = FENCE_START
                             .key(&key)
                             .key(&fence_key)
@@ -343,7 +345,9 @@ impl Locks {
                             }
                         }
                     }
-                    Ok((None, _, pttl)) => Err(Duration::from_millis(pttl.max(0) as u64)),
+                    // No holder ttl (a `PTTL` here would cost every acquisition a
+                    // command): the retry policy's own delays apply.
+                    Ok((None, _)) => Err(Duration::MAX),
                     Err(e) => {
                         // Also when only INCR failed (a fence key someone overwrote): SET may have run.
                         self.undo_in_background(redis, key, token, None);
@@ -359,8 +363,8 @@ impl Locks {
     ///
     /// One round trip: the acquire script for a name this process has not
     /// locked in the last half fence retention (it starts the fence counter
-    /// from the Redis clock), else one `MULTI`/`EXEC` (`SET NX PX`, `INCR` of
-    /// the fence, `PTTL`; about half the Redis CPU). The guard carries a
+    /// from the Redis clock), else one `MULTI`/`EXEC` (`SET NX PX` and `INCR`
+    /// of the fence; about half the Redis CPU). The guard carries a
     /// fencing token that is larger than every token issued before for this name.
     pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
         Ok(self.attempt(name, ttl).await?.ok())
