@@ -1,5 +1,7 @@
 //! Sessions: a visit counter, login with id rotation, log out (everywhere).
 
+use std::time::Duration;
+
 use axum::{
     Json, Router,
     http::StatusCode,
@@ -93,7 +95,9 @@ pub fn routes(backend: &Backend) -> Router {
     };
     // The showcase serves plain HTTP on 127.0.0.1, so the cookie is not
     // `Secure` here; everything else keeps the defaults (HttpOnly, SameSite=Lax, Path=/).
-    let layer = SessionLayer::new(store).secure(false);
+    // Ids are also renewed every 15 minutes of use; an old id keeps working for
+    // 30 s, for requests already on their way with it.
+    let layer = SessionLayer::new(store).secure(false).renew_id(Duration::from_secs(15 * 60), Duration::from_secs(30));
     Router::new()
         .route("/visits", get(visits))
         .route("/login", post(login))

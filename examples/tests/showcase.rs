@@ -1,0 +1,163 @@
+//! The showcase server as a user runs it: two processes of the built example
+//! on one real Redis (started here), driven over HTTP on loopback.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use redlayer_testkit::RedisServer;
+
+/// A showcase process, killed when dropped.
+struct Showcase {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Showcase {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `target/<profile>/examples/showcase`: `cargo test` builds a package's
+/// examples before running its tests (unless a `--test` filter leaves them out).
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    profile_dir.join("examples").join(format!("showcase{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl Showcase {
+    fn start(redis_url: &str) -> Self {
+        let port = free_port();
+        let child = Command::new(binary())
+            .env("PORT", port.to_string())
+            .env("REDIS_URL", redis_url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "no showcase binary: `cargo test -p redlayer-examples` builds it (a `--test showcase` filter does not)",
+            );
+        let showcase = Showcase { child, port };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "showcase did not listen on {port}");
+            thread::sleep(Duration::from_millis(50));
+        }
+        showcase
+    }
+
+    fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() {
+            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read");
+        Answer::parse(&String::from_utf8_lossy(&raw))
+    }
+}
+
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn parse(raw: &str) -> Self {
+        let (head, body) = raw.split_once("\r\n\r\n").expect("a complete HTTP answer");
+        let mut lines = head.lines();
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        // Bodies here are short; a chunked one is unwrapped well enough by dropping size lines.
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            body.split("\r\n").skip(1).step_by(2).collect::<Vec<_>>().concat()
+        } else {
+            body.to_owned()
+        };
+        Answer { status, headers, body }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The `id=...` pair of the session cookie this answer sets.
+    fn cookie(&self) -> Option<String> {
+        let set = self.header("set-cookie")?;
+        Some(set.split(';').next()?.to_owned())
+    }
+}
+
+#[test]
+fn two_showcase_processes_share_limits_sessions_and_payments() {
+    let redis = RedisServer::start();
+    let (a, b) = (Showcase::start(&redis.url()), Showcase::start(&redis.url()));
+
+    // Rate limit: 5 per minute per client IP, shared by both instances.
+    for i in 0..5 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(server.call("GET", "/api/limited", &[], "").status, 200, "request {}", i + 1);
+    }
+    let sixth = b.call("GET", "/api/limited", &[], "");
+    assert_eq!(sixth.status, 429);
+    let retry_after: u64 = sixth.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(sixth.header("ratelimit-policy").expect("RateLimit-Policy").contains("q=5"));
+    assert!(sixth.header("ratelimit").expect("RateLimit").contains("r=0"));
+
+    // Sessions: a visit counter seen by both instances; login rotates the id.
+    let first = a.call("GET", "/visits", &[], "");
+    assert_eq!((first.status, first.body.as_str()), (200, "1"));
+    let cookie = first.cookie().expect("a session cookie");
+    assert_eq!(b.call("GET", "/visits", &[("Cookie", &cookie)], "").body, "2");
+    let login = b.call("POST", "/login", &[("Cookie", &cookie)], r#"{"user":"alice"}"#);
+    assert_eq!(login.status, 200, "{}", login.body);
+    let logged_in = login.cookie().expect("a new id at login");
+    assert_ne!(logged_in, cookie);
+    let me = a.call("GET", "/me", &[("Cookie", &logged_in)], "");
+    assert_eq!(me.status, 200);
+    assert!(me.body.contains("\"user\":\"alice\"") && me.body.contains("\"visits\":2"), "{}", me.body);
+    assert_eq!(a.call("GET", "/me", &[("Cookie", &cookie)], "").status, 401, "the old id is dead");
+    for garbage in ["id=garbage", "id=", &format!("id={}", "A".repeat(64)), &format!("id={}", "x".repeat(10_000))] {
+        assert_eq!(b.call("GET", "/me", &[("Cookie", garbage)], "").status, 401, "{:.40}", garbage);
+    }
+    let everywhere = a.call("POST", "/logout-everywhere", &[("Cookie", &logged_in)], "");
+    assert_eq!(everywhere.status, 200, "{}", everywhere.body);
+    assert_eq!(b.call("GET", "/me", &[("Cookie", &logged_in)], "").status, 401);
+
+    // Payments: a retry on the other instance replays; another body is 422; no key is 400.
+    let key = ("Idempotency-Key", "\"order-1\"");
+    let paid = a.call("POST", "/payments", &[key], r#"{"amount":10}"#);
+    assert_eq!(paid.status, 201, "{}", paid.body);
+    let replay = b.call("POST", "/payments", &[key], r#"{"amount":10}"#);
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body, paid.body, "the same payment id");
+    assert_eq!(b.call("POST", "/payments", &[key], r#"{"amount":99}"#).status, 422);
+    assert_eq!(a.call("POST", "/payments", &[], r#"{"amount":10}"#).status, 400);
+}
