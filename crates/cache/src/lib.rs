@@ -65,6 +65,15 @@
 //!   `must-revalidate` allow it; `private` and `no-store` never.
 //! - A successful POST/PUT/PATCH/DELETE (any non-safe method) deletes the
 //!   entries of its URI and of same-origin `Location` / `Content-Location`.
+//!   A POST answered `200` (or `203`) with explicit freshness, no
+//!   `Set-Cookie`, and a `Content-Location` naming its own URI is then stored
+//!   as that URI's GET answer (RFC 9110 9.3.3), under the usual rules
+//!   (`Authorization`, `private`, `Vary`), unless the key function gives
+//!   the POST's request another key or an invalidation came meanwhile.
+//! - A `304` or a `200` to a `HEAD` only updates a stored entry when the
+//!   updated response is still storable for the request; otherwise the
+//!   entry is dropped. A response is never stored when a purge or an
+//!   invalidation of its key came while it was on its way.
 //! - `Cache-Control` is parsed strictly before `http-cache-semantics` sees it
 //!   (`max-age =1` and directives inside quoted strings are ignored; qualified
 //!   `no-cache="f"` / `private="f"` store the response without field `f`;
@@ -96,7 +105,8 @@
 //! `fwd=uri-miss; fwd-status=200; stored`, `fwd=uri-miss; collapsed`,
 //! `fwd=uri-miss; fwd-status=200; detail=hit-for-pass`,
 //! `fwd=stale; fwd-status=304`, `fwd=stale; fwd-status=503; detail=stale-if-error`,
-//! `fwd=method` (unsafe and uncacheable methods), `fwd=request; detail=no-store`,
+//! `fwd=method` (unsafe and uncacheable methods; `fwd=method; stored` for a
+//! stored POST answer), `fwd=request; detail=no-store`,
 //! `fwd=bypass` (no key, or `detail=store-unavailable`).
 //!
 //! # Cache-aside

@@ -436,6 +436,9 @@ pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The largest delta-seconds value a cache uses (RFC 9111 1.2.2).
+const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
+
 /// The `Age` to record at store time (RFC 9111 4.2.3 `corrected_initial_age`).
 pub(crate) fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> u64 {
     let age_value = headers
@@ -447,7 +450,8 @@ pub(crate) fn initial_age(headers: &HeaderMap, request_time: SystemTime, respons
     let date = headers.get(http::header::DATE).and_then(|v| v.to_str().ok()).and_then(parse_date);
     let apparent = date.and_then(|d| response_time.duration_since(d).ok()).unwrap_or_default().as_secs();
     let delay = response_time.duration_since(request_time).unwrap_or_default().as_secs();
-    apparent.max(age_value + delay)
+    // RFC 9111 1.2.2: a larger delta-seconds counts as 2^31.
+    apparent.max(age_value.saturating_add(delay)).min(MAX_DELTA_SECONDS)
 }
 
 /// The request as the stored entry's policy should see it: `Cache-Control`
@@ -594,11 +598,13 @@ pub(crate) fn selects_stored(not_modified: &HeaderMap, stored: &HeaderMap) -> bo
     false
 }
 
-/// True when a `200` to a `HEAD` describes the same representation as the
-/// stored GET response (RFC 9111 4.3.5): every validator it carries (`ETag`,
-/// `Last-Modified`) equals the stored one, and its `Content-Length`, if any,
-/// is the stored body's length.
-pub(crate) fn head_agrees(head: &HeaderMap, stored: &Entry) -> bool {
+/// Whether a `200` to a `HEAD` describes the stored GET response's
+/// representation (RFC 9111 4.3.5): `Some(true)` when every validator it
+/// carries (`ETag`, `Last-Modified`) equals the stored one and its
+/// `Content-Length`, if any, is the stored body's length; `Some(false)` when a
+/// validator differs (another representation); `None` when only the length
+/// differs.
+pub(crate) fn head_agrees(head: &HeaderMap, stored: &Entry) -> Option<bool> {
     let etag_ok = head.get(http::header::ETAG).is_none_or(|new| {
         stored.headers.get(http::header::ETAG).is_some_and(|old| opaque(old.as_bytes()) == opaque(new.as_bytes()))
     });
@@ -608,7 +614,11 @@ pub(crate) fn head_agrees(head: &HeaderMap, stored: &Entry) -> bool {
     let length_ok = head
         .get(http::header::CONTENT_LENGTH)
         .is_none_or(|len| len.to_str().ok().and_then(|l| l.trim().parse::<usize>().ok()) == Some(stored.body.len()));
-    etag_ok && lm_ok && length_ok
+    match (etag_ok && lm_ok, length_ok) {
+        (false, _) => Some(false),
+        (true, true) => Some(true),
+        (true, false) => None,
+    }
 }
 
 /// True when the client's own conditional (`If-None-Match`, else
@@ -703,6 +713,16 @@ pub(crate) fn strip_conditionals(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_age_is_capped_not_overflowed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::AGE, HeaderValue::from(u64::MAX));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(initial_age(&headers, t0, t0 + Duration::from_secs(5)), MAX_DELTA_SECONDS);
+        headers.insert(http::header::AGE, HeaderValue::from(7u64));
+        assert_eq!(initial_age(&headers, t0, t0 + Duration::from_secs(2)), 9);
+    }
 
     fn cc(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -131,6 +131,15 @@ struct Plan {
     started: std::time::Instant,
 }
 
+/// The purge epoch and the invalidation number when a request was sent on:
+/// a response is not stored when a purge or an invalidation of its key came
+/// while it was on its way.
+#[derive(Clone, Copy)]
+struct Snapshot {
+    epoch: u64,
+    invalidations: u64,
+}
+
 fn now() -> SystemTime {
     SystemTime::now()
 }
@@ -282,7 +291,7 @@ impl Ctx {
                     );
                 }
                 let fwd = if policy.is_stale(at) { "stale" } else { "request" };
-                let request_time = now();
+                let (request_time, since) = (now(), self.snapshot());
                 let client = clone_parts(&parts);
                 let mut parts = parts;
                 let revalidating = matches && policy::has_validator(&entry.headers);
@@ -290,7 +299,17 @@ impl Ctx {
                     parts.headers = request.headers;
                 }
                 let res = inner.call(Request::from_parts(parts, body)).await?;
-                Ok(self.after_forward(res, entry, policy, client, request_time, &key, fwd, revalidating, stale_by))
+                Ok(self.after_forward(
+                    res,
+                    entry,
+                    policy,
+                    client,
+                    (request_time, since),
+                    &key,
+                    fwd,
+                    revalidating,
+                    stale_by,
+                ))
             }
         }
     }
@@ -302,7 +321,7 @@ impl Ctx {
         entry: Entry,
         policy: CachePolicy,
         client: Parts,
-        request_time: SystemTime,
+        (request_time, since): (SystemTime, Snapshot),
         key: &str,
         fwd: &'static str,
         revalidating: bool,
@@ -349,7 +368,7 @@ impl Ctx {
                 let new_policy = updated.policy(self.config.opts);
                 let mut status = CacheStatus::fwd(fwd);
                 status.fwd_status = Some(304);
-                if let Some(plan) = self.plan_for_update(&updated, key, &client) {
+                if let Some(plan) = self.plan_for_update(&updated, key, &client, since) {
                     status.stored = true;
                     self.spawn_store(plan, updated.body.clone(), Guards::default());
                 }
@@ -369,14 +388,15 @@ impl Ctx {
         }
         if client.method == Method::HEAD && code == StatusCode::OK && entry.status == StatusCode::OK {
             let (rparts, body) = res.into_parts();
-            if policy::head_agrees(&rparts.headers, &entry) {
+            let agrees = policy::head_agrees(&rparts.headers, &entry);
+            if agrees == Some(true) {
                 // A 200 to a HEAD updates the stored GET response it could have
                 // chosen (RFC 9111 4.3.5), as a 304 would.
                 let updated = freshened(&entry, &rparts.headers, request_time, response_time);
                 let new_policy = updated.policy(self.config.opts);
                 let mut status = CacheStatus::fwd(fwd);
                 status.fwd_status = Some(200);
-                if let Some(plan) = self.plan_for_update(&updated, key, &client) {
+                if let Some(plan) = self.plan_for_update(&updated, key, &client, since) {
                     status.stored = true;
                     self.spawn_store(plan, updated.body.clone(), Guards::default());
                 }
@@ -387,8 +407,12 @@ impl Ctx {
                 }
                 return res;
             }
-            // Another representation now: the stored one is outdated (4.3.5).
-            self.spawn_invalidate(key);
+            // Other validators: another representation now, the stored one
+            // is outdated (4.3.5). A length alone that differs (some origins
+            // send `Content-Length: 0` to HEAD) neither updates nor drops it.
+            if agrees == Some(false) {
+                self.spawn_invalidate(key);
+            }
             let res = Response::from_parts(rparts, body);
             let mut status = CacheStatus::fwd(fwd);
             status.fwd_status = Some(200);
@@ -397,7 +421,7 @@ impl Ctx {
         let mut status = CacheStatus::fwd(fwd);
         status.fwd_status = Some(code.as_u16());
         let method = client.method.clone();
-        self.fill(res, &client, method, key, request_time, Guards::default(), status)
+        self.fill(res, &client, method, key, (request_time, since), Guards::default(), status)
     }
 
     /// Deletes the entries under `key` (in the background).
@@ -412,7 +436,26 @@ impl Ctx {
         });
     }
 
-    fn plan_for_update(&self, entry: &Entry, key: &str, client: &Parts) -> Option<Plan> {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot { epoch: self.state.epoch.load(Ordering::SeqCst), invalidations: self.state.invalidated.current() }
+    }
+
+    /// The plan to store `entry` with the header fields of a 304 or of a 200
+    /// to a HEAD: `None`, and the stored entry dropped, when they make it
+    /// unstorable for this request (`no-store`, `private`, credentials).
+    fn plan_for_update(&self, entry: &Entry, key: &str, client: &Parts, since: Snapshot) -> Option<Plan> {
+        let (status, res_view) = policy::response_view(entry.status, &entry.headers);
+        let req_view = policy::policy_view(&client.headers);
+        let check = CachePolicy::new_options(
+            &Incoming(&req_view),
+            &Res { status, headers: &res_view },
+            entry.response_time,
+            self.config.opts,
+        );
+        if !check.is_storable() {
+            self.spawn_invalidate(key);
+            return None;
+        }
         let spec = vary_spec(&entry.headers)?;
         let policy = entry.policy(self.config.opts);
         let ttl = self.keep_for(&policy, entry)?;
@@ -425,8 +468,8 @@ impl Ctx {
             spec,
             ttl,
             tags: self.tags(&entry.headers),
-            epoch: self.state.epoch.load(Ordering::SeqCst),
-            invalidations: self.state.invalidated.current(),
+            epoch: since.epoch,
+            invalidations: since.invalidations,
             started: std::time::Instant::now(),
         })
     }
@@ -482,6 +525,7 @@ impl Ctx {
         res: &http::response::Parts,
         request_time: SystemTime,
         response_time: SystemTime,
+        since: Snapshot,
     ) -> Option<Plan> {
         if method != Method::GET {
             return None;
@@ -560,8 +604,8 @@ impl Ctx {
             uri,
             spec,
             ttl,
-            epoch: self.state.epoch.load(Ordering::SeqCst),
-            invalidations: self.state.invalidated.current(),
+            epoch: since.epoch,
+            invalidations: since.invalidations,
             started: std::time::Instant::now(),
         })
     }
@@ -576,7 +620,7 @@ impl Ctx {
         client: &Parts,
         method: Method,
         key: &str,
-        request_time: SystemTime,
+        (request_time, since): (SystemTime, Snapshot),
         guard: Guards,
         mut status: CacheStatus,
     ) -> Response<CacheBody<ResBody>>
@@ -586,7 +630,7 @@ impl Ctx {
         let response_time = now();
         let (rparts, body) = res.into_parts();
         let uri = normalized_uri(client);
-        let plan = self.plan(&client.headers, &method, uri, key, &rparts, request_time, response_time);
+        let plan = self.plan(&client.headers, &method, uri, key, &rparts, request_time, response_time, since);
         status.fwd_status = Some(rparts.status.as_u16());
         let mut res = match plan {
             Some(plan) => {
@@ -777,12 +821,12 @@ impl Ctx {
                 }
             }
         }
-        let request_time = now();
+        let (request_time, since) = (now(), self.snapshot());
         let client = clone_parts(&parts);
         let res = inner.call(Request::from_parts(parts, body)).await?;
         let mut status = CacheStatus::fwd("uri-miss");
         status.detail = detail;
-        Ok(self.fill(res, &client, client.method.clone(), &key, request_time, guards, status))
+        Ok(self.fill(res, &client, client.method.clone(), &key, (request_time, since), guards, status))
     }
 
     /// The policy of `entry` when it answers this request without revalidation.
@@ -967,7 +1011,7 @@ impl Ctx {
                 }
                 None => None,
             };
-            let request_time = now();
+            let (request_time, since) = (now(), ctx.snapshot());
             let mut req = Request::new(ReqBody::default());
             *req.method_mut() = Method::GET;
             *req.uri_mut() = client.uri.clone();
@@ -978,7 +1022,8 @@ impl Ctx {
                 let mut plain = clone_parts(&client);
                 policy::strip_conditionals(&mut plain.headers);
                 let stale_by = Duration::ZERO;
-                let res = ctx.after_forward(res, entry, policy, plain, request_time, &key, "stale", true, stale_by);
+                let res =
+                    ctx.after_forward(res, entry, policy, plain, (request_time, since), &key, "stale", true, stale_by);
                 // Drive the body so that the tee stores it.
                 let mut body = std::pin::pin!(res.into_body());
                 while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
@@ -1003,7 +1048,7 @@ impl Ctx {
         ResBody: Body<Data = Bytes> + Send + 'static,
     {
         let parts = clone_parts_of(&req);
-        let request_time = now();
+        let (request_time, before) = (now(), self.snapshot());
         let res = inner.call(req).await?;
         let mut status = CacheStatus::fwd("method");
         let mut answers_get = None;
@@ -1015,12 +1060,13 @@ impl Ctx {
                 }
             }
             let origin = origin_of(&parts);
-            let (mut target_key, mut content_location_key) = (None, None);
+            let (mut target_key, mut content_location_key, mut recorded) = (None, None, 0);
             for (name, target) in targets {
                 let Some(get) = same_origin_get(&parts, &target, &origin) else { continue };
                 if let Some(primary) = self.primary(&get, &parts) {
                     let key = self.state.store.entry_key(&primary);
                     self.state.invalidated.record(&key);
+                    recorded += 1;
                     if self.state.store.delete_entry_key(&key).await.is_err() {
                         status = status.detail("invalidation-failed");
                     }
@@ -1033,26 +1079,38 @@ impl Ctx {
             }
             // A POST answer whose Content-Location is its target URI, with
             // explicit freshness, is the target's current representation: it
-            // answers later GETs of it (RFC 9110 9.3.3, RFC 9111 2).
+            // answers later GETs of it (RFC 9110 9.3.3, RFC 9111 2). Only a
+            // 200 or 203 (another status would answer a GET wrongly), never
+            // with cookies, and only when nothing but this request's own
+            // invalidations came while it was on its way.
             let explicit = policy::directive(res.headers(), "max-age").flatten().is_some()
                 || policy::directive(res.headers(), "s-maxage").flatten().is_some()
                 || res.headers().contains_key(header::EXPIRES);
+            let now_at = self.snapshot();
             if parts.method == Method::POST
-                && res.status().is_success()
+                && matches!(res.status().as_u16(), 200 | 203)
                 && explicit
+                && !res.headers().contains_key(header::SET_COOKIE)
                 && target_key.is_some()
                 && target_key == content_location_key
+                && now_at.epoch == before.epoch
+                && now_at.invalidations == before.invalidations + recorded
             {
-                answers_get = target_key;
+                // The key of the GET this answer stands for, from the request
+                // itself (a key function may read its headers).
+                let mut get = parts;
+                get.method = Method::GET;
+                for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+                    get.headers.remove(name);
+                }
+                let key = self.primary(&get, &get).map(|primary| self.state.store.entry_key(&primary));
+                if key.is_some() && key == target_key {
+                    answers_get = key.map(|key| (key, get, now_at));
+                }
             }
         }
-        if let Some(key) = answers_get {
-            let mut get = parts;
-            get.method = Method::GET;
-            for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE, header::CONTENT_ENCODING] {
-                get.headers.remove(name);
-            }
-            return Ok(self.fill(res, &get, Method::GET, &key, request_time, Guards::default(), status));
+        if let Some((key, get, since)) = answers_get {
+            return Ok(self.fill(res, &get, Method::GET, &key, (request_time, since), Guards::default(), status));
         }
         Ok(self.pass(res, status))
     }
@@ -1060,29 +1118,26 @@ impl Ctx {
 
 /// The stored `entry` with the header fields of a response that validated
 /// it (a 304, RFC 9111 4.3.4, or a 200 to a HEAD, 4.3.5) put in place of its
-/// own, except those that describe the body or the connection, and cookies.
+/// own, except those that describe the body, hop-by-hop ones (and those
+/// `Connection` names), cookies and `Cache-Status`; the fields a qualified
+/// `no-cache="f"` / `private="f"` names are then dropped, as when storing.
 fn freshened(entry: &Entry, new: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Entry {
     let mut headers = entry.headers.clone();
-    for name in new.keys() {
+    let new_fields = policy::storable_headers(new);
+    for name in new_fields.keys() {
         if matches!(
             name.as_str(),
-            "content-length"
-                | "content-encoding"
-                | "transfer-encoding"
-                | "content-range"
-                | "connection"
-                | "keep-alive"
-                | "te"
-                | "trailer"
-                | "upgrade"
-                | "set-cookie"
+            "content-length" | "content-encoding" | "content-range" | "set-cookie" | "cache-status"
         ) {
             continue;
         }
         headers.remove(name);
-        for v in new.get_all(name) {
+        for v in new_fields.get_all(name) {
             headers.append(name.clone(), v.clone());
         }
+    }
+    for name in policy::qualified_fields(&headers) {
+        headers.remove(name.as_str());
     }
     headers.insert(header::AGE, HeaderValue::from(policy::initial_age(new, request_time, response_time)));
     Entry {

@@ -246,6 +246,14 @@ async fn a_post_answer_naming_its_target_answers_gets(b: Backend) {
         ("POST", "/doc") => resp(200, &[("cache-control", "max-age=60"), ("content-location", "/doc")], "posted"),
         ("POST", "/plain") => resp(200, &[("cache-control", "max-age=60")], "posted"),
         ("POST", "/elsewhere") => resp(200, &[("cache-control", "max-age=60"), ("content-location", "/doc")], "other"),
+        ("POST", "/created") => {
+            resp(201, &[("cache-control", "max-age=60"), ("content-location", "/created")], "posted")
+        }
+        ("POST", "/cookie") => resp(
+            200,
+            &[("cache-control", "max-age=60"), ("content-location", "/cookie"), ("set-cookie", "s=1")],
+            "posted",
+        ),
         _ => resp(200, &[("cache-control", "max-age=60")], &format!("got {n}")),
     });
     let app = App::new(b.layer(), &origin);
@@ -265,6 +273,13 @@ async fn a_post_answer_naming_its_target_answers_gets(b: Backend) {
     let plain = app.get("/plain").await;
     assert!(!plain.is_hit());
     assert_ne!(&plain.body[..], b"posted");
+    // Not a 200, or with a cookie: not stored for GETs either.
+    for path in ["/created", "/cookie"] {
+        app.send("POST", path, &[]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let get = app.get(path).await;
+        assert!(!get.is_hit() && &get.body[..] != b"posted", "{path}: {}", get.cache_status());
+    }
     app.send("POST", "/elsewhere", &[]).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let doc = app.get("/doc").await;
