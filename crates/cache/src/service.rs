@@ -364,21 +364,8 @@ impl Ctx {
             // validator, as many origins do); otherwise its validators must match.
             if !policy::is_conditional(&client.headers) || policy::selects_stored(&rparts.headers, &entry.headers) {
                 // Update the stored headers with those of the 304 (RFC 9111 4.3.4).
-                let updated = freshened(&entry, &rparts.headers, request_time, response_time);
-                let new_policy = updated.policy(self.config.opts);
-                let mut status = CacheStatus::fwd(fwd);
-                status.fwd_status = Some(304);
-                if let Some(plan) = self.plan_for_update(&updated, key, &client, since) {
-                    status.stored = true;
-                    self.spawn_store(plan, updated.body.clone(), Guards::default());
-                }
-                status.ttl = Some(secs(new_policy.time_to_live(response_time)));
-                let mut res = self.serve(updated, new_policy.age(response_time), &client, status);
-                // The 304's own cookies belong to this client (they are never stored).
-                for cookie in rparts.headers.get_all(header::SET_COOKIE) {
-                    res.headers_mut().append(header::SET_COOKIE, cookie.clone());
-                }
-                return res;
+                let times = (request_time, response_time, since);
+                return self.serve_updated(&entry, &rparts.headers, &client, times, key, fwd, 304);
             }
             // A 304 for the client's own validators, not ours: pass it on.
             let res = Response::from_parts(rparts, _body);
@@ -392,20 +379,8 @@ impl Ctx {
             if agrees == Some(true) {
                 // A 200 to a HEAD updates the stored GET response it could have
                 // chosen (RFC 9111 4.3.5), as a 304 would.
-                let updated = freshened(&entry, &rparts.headers, request_time, response_time);
-                let new_policy = updated.policy(self.config.opts);
-                let mut status = CacheStatus::fwd(fwd);
-                status.fwd_status = Some(200);
-                if let Some(plan) = self.plan_for_update(&updated, key, &client, since) {
-                    status.stored = true;
-                    self.spawn_store(plan, updated.body.clone(), Guards::default());
-                }
-                status.ttl = Some(secs(new_policy.time_to_live(response_time)));
-                let mut res = self.serve(updated, new_policy.age(response_time), &client, status);
-                for cookie in rparts.headers.get_all(header::SET_COOKIE) {
-                    res.headers_mut().append(header::SET_COOKIE, cookie.clone());
-                }
-                return res;
+                let times = (request_time, response_time, since);
+                return self.serve_updated(&entry, &rparts.headers, &client, times, key, fwd, 200);
             }
             // Other validators: another representation now, the stored one
             // is outdated (4.3.5). A length alone that differs (some origins
@@ -434,6 +409,36 @@ impl Ctx {
                 tracing::debug!(target: "redlayer", %e, "cache: outdated entry not deleted");
             }
         });
+    }
+
+    /// Answers with `entry` updated by the header fields of a 304 or of a
+    /// 200 to a HEAD (`code`), and stores the update when it may be stored.
+    /// The answer's own `Set-Cookie` goes to this client only.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_updated<B>(
+        &self,
+        entry: &Entry,
+        new: &HeaderMap,
+        client: &Parts,
+        (request_time, response_time, since): (SystemTime, SystemTime, Snapshot),
+        key: &str,
+        fwd: &'static str,
+        code: u16,
+    ) -> Response<CacheBody<B>> {
+        let updated = freshened(entry, new, request_time, response_time);
+        let new_policy = updated.policy(self.config.opts);
+        let mut status = CacheStatus::fwd(fwd);
+        status.fwd_status = Some(code);
+        if let Some(plan) = self.plan_for_update(&updated, key, client, since) {
+            status.stored = true;
+            self.spawn_store(plan, updated.body.clone(), Guards::default());
+        }
+        status.ttl = Some(secs(new_policy.time_to_live(response_time)));
+        let mut res = self.serve(updated, new_policy.age(response_time), client, status);
+        for cookie in new.get_all(header::SET_COOKIE) {
+            res.headers_mut().append(header::SET_COOKIE, cookie.clone());
+        }
+        res
     }
 
     fn snapshot(&self) -> Snapshot {

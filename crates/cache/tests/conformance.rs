@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{App, Backend, Origin, resp};
+use support::{App, Backend, Got, Origin, resp};
 
 /// Checks `check` every 20 ms until it holds or `within` has passed; true
 /// when it held. For background work (stores, refreshes, markers) whose end a
@@ -239,6 +239,20 @@ async fn unsafe_methods_invalidate_target_and_locations(b: Backend) {
     assert!(app2.get("/keep").await.is_hit());
 }
 
+/// GETs `path` until its answer is a hit (or is not, `hit: false`), for
+/// about a second: entries are stored in the background.
+async fn get_until(app: &App, path: &str, hit: bool) -> Got {
+    let mut got = app.get(path).await;
+    for _ in 0..50 {
+        if got.is_hit() == hit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        got = app.get(path).await;
+    }
+    got
+}
+
 /// cache-tests `method-POST`: a POST answer with explicit freshness whose
 /// `Content-Location` is the target URI answers later GETs of it; others do not.
 async fn a_post_answer_naming_its_target_answers_gets(b: Backend) {
@@ -258,14 +272,7 @@ async fn a_post_answer_naming_its_target_answers_gets(b: Backend) {
     });
     let app = App::new(b.layer(), &origin);
     app.send("POST", "/doc", &[]).await;
-    let mut get = app.get("/doc").await;
-    for _ in 0..50 {
-        if get.is_hit() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        get = app.get("/doc").await;
-    }
+    let get = get_until(&app, "/doc", true).await;
     assert!(get.is_hit(), "{}", get.cache_status());
     assert_eq!(&get.body[..], b"posted");
     // Without Content-Location, or naming another URI: not stored for GETs.
@@ -320,14 +327,7 @@ async fn a_200_to_a_head_updates_or_drops_the_stored_get(b: Backend) {
     assert!(head.cache_status().contains("stored"), "{}", head.cache_status());
     assert!(head.body.is_empty());
     // The stored GET is fresh again (max-age=60 from the HEAD), with the HEAD's fields.
-    let mut hit = app.get("/hu").await;
-    for _ in 0..50 {
-        if hit.is_hit() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        hit = app.get("/hu").await;
-    }
+    let hit = get_until(&app, "/hu", true).await;
     assert!(hit.is_hit(), "{}", hit.cache_status());
     assert_eq!((&hit.body[..], hit.header("x-n")), (&b"stored"[..], "2"));
     assert_eq!(origin.hits(), 2);
@@ -337,14 +337,7 @@ async fn a_200_to_a_head_updates_or_drops_the_stored_get(b: Backend) {
     app.get("/hd").await;
     assert!(app.get("/hd").await.is_hit());
     app.send("HEAD", "/hd", &[("cache-control", "no-cache")]).await;
-    let mut after = app.get("/hd").await;
-    for _ in 0..50 {
-        if !after.is_hit() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        after = app.get("/hd").await;
-    }
+    let after = get_until(&app, "/hd", false).await;
     assert!(!after.is_hit(), "{}", after.cache_status());
     assert_eq!(after.header("etag"), "\"v2\"");
 }
