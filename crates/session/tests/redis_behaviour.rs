@@ -148,6 +148,31 @@ async fn a_renewal_leaves_no_usable_id_in_redis() {
     assert_eq!(c.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
 }
 
+/// An alias whose sealed id does not open to its new key (garbage, or
+/// pointing elsewhere) is no session: the id is not adopted, and nothing it
+/// names is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_that_does_not_open_is_never_followed() {
+    let server = RedisServer::start();
+    let mut victim = setup(&server, |l| l).await;
+    victim.login("vera").await;
+    let mut c = setup(&server, |l| l.renew_id(Duration::from_secs(60), Duration::from_secs(30))).await;
+    c.call("GET", "/visits").await;
+    let cookie = c.cookie.clone().unwrap();
+    let keys: Vec<String> = server.cli(&["--scan", "--pattern", "*:sess:*"]).lines().map(str::to_owned).collect();
+    let victim_key = keys.iter().find(|k| server.cli(&["HGET", k, "m:u"]).trim() == "vera").expect("vera's session");
+    let own_key = keys.iter().find(|k| *k != victim_key).expect("the visitor's session");
+    // The visitor's key turned into an alias that points at vera's session.
+    server.cli(&["DEL", own_key]);
+    server.cli(&["HSET", own_key, "m:r", victim_key, "m:x", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]);
+    let me = c.call("GET", "/me").await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED, "{}", me.body);
+    let visit = c.call("GET", "/visits").await;
+    assert_eq!(visit.body, "1", "a new session");
+    assert_ne!(c.cookie.as_deref(), Some(cookie.as_str()), "the id is not adopted");
+    assert_eq!(victim.call("GET", "/me").await.body, "vera", "vera's session untouched");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_and_forged_cookies_never_reach_redis() {
     let server = RedisServer::start();
