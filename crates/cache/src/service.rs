@@ -446,19 +446,24 @@ impl Ctx {
     }
 
     /// The plan to store `entry` with the header fields of a 304 or of a 200
-    /// to a HEAD: `None`, and the stored entry dropped, when they make it
-    /// unstorable for this request (`no-store`, `private`, credentials).
+    /// to a HEAD: `None` when they make it unstorable for this request, and
+    /// the stored entry dropped when that is not only for its credentials
+    /// (`no-store`, `private`).
     fn plan_for_update(&self, entry: &Entry, key: &str, client: &Parts, since: Snapshot) -> Option<Plan> {
         let (status, res_view) = policy::response_view(entry.status, &entry.headers);
-        let req_view = policy::policy_view(&client.headers);
-        let check = CachePolicy::new_options(
-            &Incoming(&req_view),
-            &Res { status, headers: &res_view },
-            entry.response_time,
-            self.config.opts,
-        );
-        if !check.is_storable() {
-            self.spawn_invalidate(key);
+        let storable = |req_headers: &HeaderMap| {
+            let req_view = policy::policy_view(req_headers);
+            let res = Res { status, headers: &res_view };
+            CachePolicy::new_options(&Incoming(&req_view), &res, entry.response_time, self.config.opts).is_storable()
+        };
+        if !storable(&client.headers) {
+            // The origin now says `no-store` or `private`: the entry goes. Only
+            // credentials in this request: it stays as it was.
+            let mut anonymous = client.headers.clone();
+            anonymous.remove(header::AUTHORIZATION);
+            if !storable(&anonymous) {
+                self.spawn_invalidate(key);
+            }
             return None;
         }
         let spec = vary_spec(&entry.headers)?;

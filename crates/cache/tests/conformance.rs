@@ -239,6 +239,38 @@ async fn unsafe_methods_invalidate_target_and_locations(b: Backend) {
     assert!(app2.get("/keep").await.is_hit());
 }
 
+/// A 304 that makes the updated entry unstorable: with `no-store` from the
+/// origin the entry goes; for a request with credentials only, it stays as it was.
+async fn an_unstorable_update_is_not_stored(b: Backend) {
+    let origin = Origin::new(|parts, _| {
+        if parts.headers.contains_key("if-none-match") {
+            let cc = if parts.uri.path() == "/ns" { "no-store" } else { "max-age=60" };
+            return resp(304, &[("cache-control", cc), ("etag", "\"e\"")], "");
+        }
+        resp(200, &[("cache-control", "max-age=1"), ("etag", "\"e\"")], "stored")
+    });
+    let app = App::new(b.layer(), &origin);
+    for path in ["/ns", "/auth"] {
+        app.get(path).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    app.get("/ns").await;
+    let mut after = app.get("/ns").await;
+    for _ in 0..50 {
+        if after.cache_status().contains("uri-miss") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = app.get("/ns").await;
+    }
+    assert!(after.cache_status().contains("uri-miss"), "the no-store 304 dropped the entry: {}", after.cache_status());
+    let authorized = app.send("GET", "/auth", &[("authorization", "Bearer x")]).await;
+    assert_eq!(&authorized.body[..], b"stored");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let anonymous = app.get("/auth").await;
+    assert!(anonymous.cache_status().contains("fwd=stale"), "kept, still stale: {}", anonymous.cache_status());
+}
+
 /// GETs `path` until its answer is a hit (or is not, `hit: false`), for
 /// about a second: entries are stored in the background.
 async fn get_until(app: &App, path: &str, hit: bool) -> Got {
@@ -1057,6 +1089,7 @@ suite!(
     head_is_answered_from_a_stored_get,
     a_post_answer_naming_its_target_answers_gets,
     a_200_to_a_head_updates_or_drops_the_stored_get,
+    an_unstorable_update_is_not_stored,
     request_cache_control_is_honoured,
     stale_while_revalidate_serves_stale_and_refreshes_once,
     stale_if_error_serves_stale_when_the_origin_fails,
