@@ -680,14 +680,13 @@ impl Store {
                     // (the cluster connection would send SCAN to one node);
                     // deletes go through the cluster handle.
                     let mut n = 0;
-                    // Nodes are reached without credentials: on a cluster with AUTH, use tags.
+                    // Each node with the handle's credentials and TLS settings.
                     for (host, port) in redis.cluster_masters().await? {
-                        let url = format!("redis://{host}:{port}/");
                         let node = Redis::builder()
                             .timeout(redis.timeout())
                             .connections(1)
                             .key_prefix(self.inner.keys.clone())
-                            .connect(&url)
+                            .connect_info(redis.node_info(&host, port))
                             .await?;
                         n += self.scan_purge(&node, redis, uri_prefix).await?;
                     }

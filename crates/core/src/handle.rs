@@ -277,6 +277,25 @@ impl Redis {
         Ok(masters)
     }
 
+    /// How to reach the cluster node `host:port` directly: with the
+    /// credentials, database and TLS settings of the URL the handle was built
+    /// from (a cluster's first node), plain TCP without them otherwise.
+    pub fn node_info(&self, host: &str, port: u16) -> redis::ConnectionInfo {
+        let template = self.inner.info.clone().unwrap_or_else(|| {
+            redis::IntoConnectionInfo::into_connection_info("redis://127.0.0.1/").expect("a valid URL")
+        });
+        let addr = match template.addr() {
+            redis::ConnectionAddr::TcpTls { insecure, tls_params, .. } => redis::ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        template.set_addr(addr)
+    }
+
     /// Sends `PING`; `Ok` when Redis answered within the timeout.
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.connection().await?;
@@ -285,11 +304,6 @@ impl Redis {
     }
 }
 
-/// A connection of the pool, to keep in a slot. When the pool holds none
-/// (first use, or Redis went away and its connections were dropped), a new
-/// one is made directly and added to the pool: a refused connection is then
-/// an error at once, where a checkout would wait for a connection until its
-/// timeout.
 /// [`take`], each attempt given up after `attempt` and made again: redis-rs's
 /// cluster client has been seen to hang while connecting (redis-rs issue
 /// #1953; here, once in a few full test runs, under load). The caller's
@@ -307,6 +321,11 @@ where
     }
 }
 
+/// A connection of the pool, to keep in a slot. When the pool holds none
+/// (first use, or Redis went away and its connections were dropped), a new
+/// one is made directly and added to the pool: a refused connection is then
+/// an error at once, where a checkout would wait for a connection until its
+/// timeout.
 async fn take<M>(pool: &bb8::Pool<M>) -> Result<M::Connection>
 where
     M: bb8::ManageConnection<Error = redis::RedisError>,
@@ -375,6 +394,18 @@ impl RedisBuilder {
     pub fn connect_lazy(self, url: &str) -> Result<Redis> {
         let info = redis::IntoConnectionInfo::into_connection_info(url)
             .map_err(|e| Error::InvalidInput(format!("redis url: {e}")))?;
+        self.connect_info_lazy(info)
+    }
+
+    /// Connects to one server given its connection info (e.g. a cluster
+    /// node's, from [`Redis::node_info`]) and checks that it answers.
+    pub async fn connect_info(self, info: redis::ConnectionInfo) -> Result<Redis> {
+        let redis = self.connect_info_lazy(info)?;
+        redis.ping().await?;
+        Ok(redis)
+    }
+
+    fn connect_info_lazy(self, info: redis::ConnectionInfo) -> Result<Redis> {
         let manager =
             RedisConnectionManager::new(info.clone()).map_err(|e| Error::InvalidInput(format!("redis url: {e}")))?;
         let pool = self.pool_builder().build_unchecked(manager);

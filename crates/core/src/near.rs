@@ -196,8 +196,8 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::InvalidInput("a near cache must be started within a Tokio runtime".into()))?;
         let nodes = match redis.is_cluster() {
-            true => Nodes::Cluster { template: info, redis: redis.clone() },
-            false => Nodes::One(info),
+            true => Nodes::Cluster(redis.clone()),
+            false => Nodes::One(Box::new(info)),
         };
         let prefixes: Vec<String> = prefixes.iter().map(|p| (*p).to_owned()).collect();
         let (stop, stopped) = watch::channel(());
@@ -288,10 +288,10 @@ impl<V: Clone> NearCache<V> {
 /// Where the tracking connections go.
 enum Nodes {
     /// The handle's one server.
-    One(redis::ConnectionInfo),
+    One(Box<redis::ConnectionInfo>),
     /// Every master of the handle's cluster (found with `CLUSTER SLOTS`,
     /// reached with the credentials of the first node given).
-    Cluster { template: redis::ConnectionInfo, redis: Redis },
+    Cluster(Redis),
 }
 
 /// What a heartbeat learned of a cluster's masters.
@@ -404,16 +404,13 @@ impl<V: Send + Sync + 'static> Tracker<V> {
         broken: Arc<Notify>,
     ) -> Result<(Vec<MultiplexedConnection>, Option<Vec<(String, u16)>>)> {
         let (infos, masters) = match &self.nodes {
-            Nodes::One(info) => (vec![info.clone()], None),
-            Nodes::Cluster { template, redis } => {
+            Nodes::One(info) => (vec![(**info).clone()], None),
+            Nodes::Cluster(redis) => {
                 let masters = redis.cluster_masters().await?;
                 if masters.is_empty() {
                     return Err(Error::Unavailable("the cluster lists no master".into()));
                 }
-                let infos = masters
-                    .iter()
-                    .map(|(host, port)| template.clone().set_addr(node_addr(template.addr(), host, *port)))
-                    .collect();
+                let infos = masters.iter().map(|(host, port)| redis.node_info(host, *port)).collect();
                 (infos, Some(masters))
             }
         };
@@ -451,7 +448,7 @@ impl<V: Send + Sync + 'static> Tracker<V> {
 
     /// Whether the cluster's masters are still those tracked.
     async fn masters_now(&self, masters: &Option<Vec<(String, u16)>>) -> Masters {
-        let (Nodes::Cluster { redis, .. }, Some(masters)) = (&self.nodes, masters) else { return Masters::Same };
+        let (Nodes::Cluster(redis), Some(masters)) = (&self.nodes, masters) else { return Masters::Same };
         match tokio::time::timeout(self.timeout, redis.cluster_masters()).await {
             Ok(Ok(now)) if &now == masters => Masters::Same,
             Ok(Ok(_)) => Masters::Changed,
@@ -493,19 +490,6 @@ impl<V: Send + Sync + 'static> Tracker<V> {
         }
         tracking.query_async::<()>(&mut conn).await?;
         Ok(conn)
-    }
-}
-
-/// A cluster node's address with the first node's kind (TLS settings kept).
-fn node_addr(template: &redis::ConnectionAddr, host: &str, port: u16) -> redis::ConnectionAddr {
-    match template {
-        redis::ConnectionAddr::TcpTls { insecure, tls_params, .. } => redis::ConnectionAddr::TcpTls {
-            host: host.to_owned(),
-            port,
-            insecure: *insecure,
-            tls_params: tls_params.clone(),
-        },
-        _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
     }
 }
 
