@@ -15,9 +15,7 @@ use crate::{
     SessionError,
     id::SessionId,
     layer::Shared,
-    store::{
-        CycleOutcome, DestroyOutcome, LoadOutcome, Loaded, Moved, Renewal, SessionInfo, Store, WriteOp, WriteOutcome,
-    },
+    store::{CycleOutcome, LoadOutcome, Loaded, Moved, Renewal, SessionInfo, Store, WriteOp, WriteOutcome},
     transport::IdAction,
 };
 
@@ -483,23 +481,11 @@ impl Session {
     /// index, the client's id removed. Later writes in this request start a new session.
     pub async fn destroy(&self) -> Result<(), SessionError> {
         let mut st = self.state().await;
-        let mut hops = 0;
-        while let (Some(id), Status::Incoming | Status::Live) = (&st.id, st.status) {
-            let key = self.store().session_key(id);
-            match self.store().destroy(&key).await? {
-                DestroyOutcome::Ended(user) => {
-                    if let Some(user) = user {
-                        self.store().index_remove(&user, &key).await?;
-                    }
-                    break;
-                }
-                // The alias of a renewed session: the session lives on under its new id.
-                DestroyOutcome::Moved(moved) => {
-                    hops += 1;
-                    if hops > MAX_HOPS || !self.follow(&mut st, &moved) {
-                        break;
-                    }
-                }
+        if let (Some(id), Status::Incoming | Status::Live) = (&st.id, st.status) {
+            // Through the aliases of renewals too: a logout with an old id ends the session.
+            let ended = self.store().destroy(&self.store().session_key(id)).await?;
+            if let Some(user) = ended.user {
+                self.store().index_remove(&user, &ended.key).await?;
             }
         }
         let had_id = st.id.is_some() || st.send_id;

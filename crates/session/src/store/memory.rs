@@ -11,7 +11,7 @@ use std::{
 
 use redlayer_core::memory::{Clock, ExpiringMap, Update};
 
-use super::{CycleOutcome, DestroyOutcome, IndexRow, LoadOutcome, Loaded, Moved, Renewal, WriteOp, WriteOutcome};
+use super::{CycleOutcome, Ended, IndexRow, LoadOutcome, Loaded, Moved, Renewal, WriteOp, WriteOutcome};
 
 #[derive(Debug, Clone)]
 struct Record {
@@ -225,38 +225,21 @@ impl MemoryBackend {
         CycleOutcome::Done { user, created_ms }
     }
 
-    pub(super) fn destroy(&self, key: &str) -> DestroyOutcome {
-        let outcome = self.sessions.update(key.to_owned(), |record, _| match record {
-            Some(Record { moved: Some(moved), .. }) => (Update::Remove, DestroyOutcome::Moved(moved.clone())),
-            record => (Update::Remove, DestroyOutcome::Ended(record.and_then(|r| r.user.clone()))),
-        });
-        if let DestroyOutcome::Moved(_) = outcome {
-            self.wait_for_renames();
-        }
-        outcome
-    }
-
-    /// Ends a session by key (revocation): an alias left by a renewal is
-    /// followed, so a session renewed since its key was listed still ends.
-    /// True when a live session was deleted.
-    pub(super) fn destroy_existed(&self, key: &str) -> bool {
+    /// Ends a session: an alias left by a renewal is followed (as `delete.lua`).
+    pub(super) fn delete(&self, key: &str) -> Ended {
         let mut key = key.to_owned();
-        let mut ended = false;
         for _ in 0..16 {
             let removed = self.sessions.update(key.clone(), |record, _| (Update::Remove, record.cloned()));
-            let Some(record) = removed else { break };
-            match record.moved {
-                Some(moved) => {
+            match removed.and_then(|r| r.moved.clone().map(Err).or(Some(Ok(r)))) {
+                Some(Err(moved)) => {
                     self.wait_for_renames();
                     key = moved.key;
                 }
-                None => {
-                    ended = true;
-                    break;
-                }
+                Some(Ok(record)) => return Ended { existed: true, user: record.user, key },
+                None => break,
             }
         }
-        ended
+        Ended { existed: false, user: None, key }
     }
 
     /// Adds the session to the index; returns how many entries it has.

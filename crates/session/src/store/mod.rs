@@ -178,12 +178,15 @@ pub(crate) enum CycleOutcome {
     NotDue,
 }
 
+/// What ending a session found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum DestroyOutcome {
-    /// Deleted (if it existed); its user, if it had one.
-    Ended(Option<String>),
-    /// The key was the alias of a renewed session (deleted too): the session lives on there.
-    Moved(Moved),
+pub(crate) struct Ended {
+    /// A live session was deleted.
+    pub(crate) existed: bool,
+    /// Its user, if it had one.
+    pub(crate) user: Option<String>,
+    /// Its key: the one given, or where the renewal aliases from it led.
+    pub(crate) key: String,
 }
 
 /// A row of a user's index: session key and its metadata (None when the session is gone).
@@ -303,11 +306,11 @@ impl Store {
         }
     }
 
-    /// Deletes a session.
-    pub(crate) async fn destroy(&self, key: &str) -> Result<DestroyOutcome, SessionError> {
+    /// Deletes a session, following the aliases renewals left (see `delete.lua`).
+    pub(crate) async fn destroy(&self, key: &str) -> Result<Ended, SessionError> {
         match &self.inner.backend {
-            Backend::Redis(redis) => redis_backend::destroy(redis, key).await,
-            Backend::Memory(m) => Ok(m.destroy(key)),
+            Backend::Redis(redis) => redis_backend::delete(redis, key).await,
+            Backend::Memory(m) => Ok(m.delete(key)),
         }
     }
 
@@ -383,9 +386,12 @@ impl Store {
         if !member || !self.is_session_key(&session.0) {
             return Ok(false);
         }
-        let existed = self.delete_session(&session.0).await?;
+        let ended = self.destroy(&session.0).await?;
         self.index_remove(user, &session.0).await?;
-        Ok(existed)
+        if ended.key != session.0 {
+            self.index_remove(user, &ended.key).await?;
+        }
+        Ok(ended.existed)
     }
 
     /// Ends every session of `user` ("log out everywhere"). Returns how many were live.
@@ -404,18 +410,15 @@ impl Store {
             if Some(key.as_str()) == keep {
                 continue;
             }
-            if self.is_session_key(&key) && self.delete_session(&key).await? {
-                ended += 1;
+            if self.is_session_key(&key) {
+                let gone = self.destroy(&key).await?;
+                ended += usize::from(gone.existed);
+                if gone.key != key {
+                    self.index_remove(user, &gone.key).await?;
+                }
             }
             self.index_remove(user, &key).await?;
         }
         Ok(ended)
-    }
-
-    async fn delete_session(&self, key: &str) -> Result<bool, SessionError> {
-        match &self.inner.backend {
-            Backend::Redis(redis) => redis_backend::delete(redis, key).await,
-            Backend::Memory(m) => Ok(m.destroy_existed(key)),
-        }
     }
 }

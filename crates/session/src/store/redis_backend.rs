@@ -12,13 +12,12 @@ use std::{
 use redis::Value;
 use redlayer_core::Redis;
 
-use super::{CycleOutcome, DestroyOutcome, IndexRow, LoadOutcome, Loaded, Moved, Renewal, WriteOp, WriteOutcome};
+use super::{CycleOutcome, Ended, IndexRow, LoadOutcome, Loaded, Moved, Renewal, WriteOp, WriteOutcome};
 use crate::SessionError;
 
 static TOUCH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../scripts/touch.lua")));
 static SAVE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../scripts/save.lua")));
 static CYCLE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../scripts/cycle.lua")));
-static DESTROY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../scripts/destroy.lua")));
 static DELETE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("../scripts/delete.lua")));
 static INDEX_ADD: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../scripts/index_add.lua")));
@@ -252,19 +251,14 @@ pub(super) async fn cycle(
     }
 }
 
-pub(super) async fn destroy(redis: &Redis, key: &str) -> Result<DestroyOutcome, SessionError> {
+pub(super) async fn delete(redis: &Redis, key: &str) -> Result<Ended, SessionError> {
     let mut conn = redis.connection().await?;
-    let reply: Vec<Value> = DESTROY.key(key).invoke_async(&mut conn).await?;
-    if reply.first().and_then(int) == Some(-3) {
-        return Ok(DestroyOutcome::Moved(moved(&reply)?));
-    }
-    Ok(DestroyOutcome::Ended(reply.get(1).and_then(text).filter(|u| !u.is_empty())))
-}
-
-pub(super) async fn delete(redis: &Redis, key: &str) -> Result<bool, SessionError> {
-    let mut conn = redis.connection().await?;
-    let ended: i64 = DELETE.key(key).invoke_async(&mut conn).await?;
-    Ok(ended == 1)
+    let reply: Vec<Value> = DELETE.key(key).invoke_async(&mut conn).await?;
+    Ok(Ended {
+        existed: reply.first().and_then(int) == Some(1),
+        user: reply.get(1).and_then(text).filter(|u| !u.is_empty()),
+        key: reply.get(2).and_then(text).ok_or_else(|| decode("delete: no key"))?,
+    })
 }
 
 pub(super) async fn index_add(
