@@ -122,13 +122,30 @@ impl KeyBuilder {
 
     /// `{prefix}:{kind}:{{id}}`.
     pub fn key(&self, kind: &str, id: &KeyPart) -> String {
-        format!("{}:{}:{{{}}}", self.prefix, kind, id.0)
+        self.join(kind, id, None)
     }
 
     /// `{prefix}:{kind}:{{id}}:{suffix}`: a further key in the same slot as
     /// [`KeyBuilder::key`] with the same `id`.
     pub fn key_with(&self, kind: &str, id: &KeyPart, suffix: &str) -> String {
-        format!("{}:{}:{{{}}}:{}", self.prefix, kind, id.0, suffix)
+        self.join(kind, id, Some(suffix))
+    }
+
+    /// Keys are made on every request: one allocation of the right size.
+    fn join(&self, kind: &str, id: &KeyPart, suffix: Option<&str>) -> String {
+        let len = self.prefix.len() + kind.len() + id.0.len() + 4 + suffix.map_or(0, |s| s.len() + 1);
+        let mut key = String::with_capacity(len);
+        key.push_str(&self.prefix);
+        key.push(':');
+        key.push_str(kind);
+        key.push_str(":{");
+        key.push_str(&id.0);
+        key.push('}');
+        if let Some(suffix) = suffix {
+            key.push(':');
+            key.push_str(suffix);
+        }
+        key
     }
 
     /// A SCAN `MATCH` pattern for every key of `kind` (no client input in it).

@@ -5,21 +5,32 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use redlayer_core::Result;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::locks::{Backend, Locks};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum State {
-    Held,
-    Lost,
-    Released,
+    Held = 0,
+    Lost = 1,
+    Released = 2,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Held,
+            1 => State::Lost,
+            _ => State::Released,
+        }
+    }
 }
 
 /// The margin kept for clock drift between this process and Redis: 1 % of the
@@ -38,7 +49,11 @@ struct Shared {
     /// Until when the lock is guaranteed: start of the last successful
     /// acquire/extend call + ttl − drift.
     valid_until: Mutex<Instant>,
-    state: watch::Sender<State>,
+    /// A [`State`]; it only moves away from `Held`, and `changed` tells the
+    /// waiters (`lost()`, the watchdog). One atomic and one `Notify`: a guard
+    /// nobody watches costs no more than that.
+    state: AtomicU8,
+    changed: Notify,
     watchdog: AtomicBool,
 }
 
@@ -48,25 +63,34 @@ impl Shared {
     }
 
     fn state(&self) -> State {
-        *self.state.borrow()
+        State::from_u8(self.state.load(Ordering::SeqCst))
     }
 
     fn mark_lost(&self) {
-        self.state.send_if_modified(|s| {
-            let changed = *s == State::Held;
-            if changed {
-                *s = State::Lost;
-            }
-            changed
-        });
+        let (held, lost) = (State::Held as u8, State::Lost as u8);
+        if self.state.compare_exchange(held, lost, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            self.changed.notify_waiters();
+        }
     }
 
     fn mark_released(&self) {
-        self.state.send_if_modified(|s| {
-            let changed = *s != State::Released;
-            *s = State::Released;
-            changed
-        });
+        if self.state.swap(State::Released as u8, Ordering::SeqCst) != State::Released as u8 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Resolves once the state is no longer `Held`.
+    async fn until_not_held(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a change after it wakes us.
+            notified.as_mut().enable();
+            if self.state() != State::Held {
+                return;
+            }
+            notified.await;
+        }
     }
 
     async fn extend(&self, ttl: Duration) -> Result<bool> {
@@ -129,7 +153,6 @@ impl fmt::Debug for LockGuard {
 
 impl LockGuard {
     pub(crate) fn new(locks: Locks, key: String, token: String, fence: u64, ttl: Duration, started: Instant) -> Self {
-        let (state, _) = watch::channel(State::Held);
         LockGuard {
             shared: Arc::new(Shared {
                 locks,
@@ -139,7 +162,8 @@ impl LockGuard {
                 ttl,
                 acquired_at: started,
                 valid_until: Mutex::new(started + ttl.saturating_sub(drift(ttl))),
-                state,
+                state: AtomicU8::new(State::Held as u8),
+                changed: Notify::new(),
                 watchdog: AtomicBool::new(false),
             }),
             done: false,
@@ -196,9 +220,11 @@ impl LockGuard {
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
         let shared = self.shared.clone();
         async move {
-            let mut rx = shared.state.subscribe();
             loop {
-                if *rx.borrow_and_update() != State::Held {
+                let notified = shared.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if shared.state() != State::Held {
                     return;
                 }
                 let until = shared.valid_until();
@@ -207,7 +233,7 @@ impl LockGuard {
                     return;
                 }
                 tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { return },
+                    () = &mut notified => {}
                     () = tokio::time::sleep_until(until.into()) => {}
                 }
             }
@@ -232,16 +258,15 @@ impl LockGuard {
             return;
         };
         runtime.spawn(async move {
-            let mut rx = shared.state.subscribe();
             let interval = (shared.ttl / 3).max(Duration::from_millis(1));
             let cap = shared.acquired_at + max_hold;
             let mut delay = interval;
             loop {
                 tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { return },
+                    () = shared.until_not_held() => return,
                     () = tokio::time::sleep(delay) => {}
                 }
-                if *rx.borrow_and_update() != State::Held {
+                if shared.state() != State::Held {
                     return;
                 }
                 let now = Instant::now();
@@ -253,7 +278,7 @@ impl LockGuard {
                 let ttl = shared.ttl.min(cap - now).max(Duration::from_millis(1));
                 let extended = tokio::select! {
                     r = shared.extend(ttl) => r,
-                    _ = rx.wait_for(|s| *s != State::Held) => return,
+                    () = shared.until_not_held() => return,
                 };
                 match extended {
                     Ok(true) => delay = interval,

@@ -131,7 +131,9 @@ pub(crate) fn ttl_ms(ttl: Duration) -> Result<u64> {
 /// (ChaCha, seeded by the OS through `getrandom`), so no system call per lock.
 pub(crate) fn random_token() -> String {
     let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    let mut token = String::with_capacity(22);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, &mut token);
+    token
 }
 
 impl Locks {
@@ -242,7 +244,12 @@ impl Locks {
         let fence_key = match &self.backend {
             Backend::Redis(_) if !self.fencing => String::new(),
             Backend::Memory(_) => String::new(),
-            Backend::Redis(_) | Backend::Redlock(_) => format!("{key}:fence"),
+            Backend::Redis(_) | Backend::Redlock(_) => {
+                let mut fence_key = String::with_capacity(key.len() + 6);
+                fence_key.push_str(&key);
+                fence_key.push_str(":fence");
+                fence_key
+            }
         };
         let token = random_token();
         let started = Instant::now();

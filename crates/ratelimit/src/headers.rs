@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use redlayer_core::{
     ResponseBody,
-    problem::{GrpcCode, Problem, grpc_response},
+    problem::{GrpcCode, PROBLEM_JSON, Problem, grpc_response},
 };
 use sfv::{Integer, KeyRef, ListSerializer, StringRef};
 
@@ -65,8 +65,7 @@ fn policy_field_of(statuses: &[PolicyStatus]) -> Option<HeaderValue> {
 /// names are `[A-Za-z0-9_.-]` (checked by `Policy::new`), which need no
 /// escaping in a structured-field string; anything else takes the `sfv` path.
 fn state_field(statuses: &[PolicyStatus]) -> Option<HeaderValue> {
-    let plain = |name: &str| name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    if !statuses.iter().all(|p| !p.name.is_empty() && plain(&p.name)) {
+    if !statuses.iter().all(|p| plain_name(&p.name)) {
         return state_field_sfv(statuses);
     }
     let mut out = Vec::with_capacity(statuses.iter().map(|p| p.name.len() + 40).sum());
@@ -167,20 +166,81 @@ pub(crate) fn denied<B>(decision: &Decision, grpc: bool, legacy: bool) -> Respon
             None => format!("rate limit exceeded ({}); the request costs more than the limit", denied.join(", ")),
         };
         grpc_response(GrpcCode::ResourceExhausted, &message)
+    } else if let Some(body) = problem_body_direct(&denied, wait) {
+        // A flood of 429s is answered from the deny cache: no serializer, and
+        // a header map sized for the fields added below.
+        let mut response = Response::new(ResponseBody::full(body));
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        *response.headers_mut() = HeaderMap::with_capacity(8);
+        response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
     } else {
-        let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
-            .detail(match wait {
-                Some(s) => format!("Rate limit exceeded ({}). Retry after {s} second(s).", denied.join(", ")),
-                None => format!("Rate limit exceeded ({}): this request costs more than the limit.", denied.join(", ")),
-            })
-            .extension("policies", serde_json::Value::from(denied.clone()));
-        if let Some(s) = wait {
-            problem = problem.extension("retry_after", s);
-        }
-        problem.into_response()
+        problem(&denied, wait).into_response()
     };
     apply(response.headers_mut(), decision, legacy);
     response
+}
+
+/// The 429 problem document (RFC 9457) through the general serializer.
+fn problem(denied: &[&str], wait: Option<u64>) -> Problem {
+    let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+        .detail(match wait {
+            Some(s) => format!("Rate limit exceeded ({}). Retry after {s} second(s).", denied.join(", ")),
+            None => format!("Rate limit exceeded ({}): this request costs more than the limit.", denied.join(", ")),
+        })
+        .extension("policies", serde_json::Value::from(denied.to_vec()));
+    if let Some(s) = wait {
+        problem = problem.extension("retry_after", s);
+    }
+    problem
+}
+
+/// The same document as [`problem`], written straight into one buffer when
+/// every name is plain (`[A-Za-z0-9_.-]`, what `Policy::new` accepts), so
+/// nothing needs escaping. `None` otherwise.
+fn problem_body_direct(denied: &[&str], wait: Option<u64>) -> Option<Bytes> {
+    if !denied.iter().all(|name| plain_name(name)) {
+        return None;
+    }
+    let names: usize = denied.iter().map(|name| 2 * name.len() + 5).sum();
+    let mut out = Vec::with_capacity(180 + names);
+    out.extend_from_slice(
+        br#"{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"Rate limit exceeded ("#,
+    );
+    for (i, name) in denied.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(name.as_bytes());
+    }
+    match wait {
+        Some(s) => {
+            out.extend_from_slice(b"). Retry after ");
+            push_int(&mut out, s);
+            out.extend_from_slice(b" second(s).\"");
+        }
+        None => out.extend_from_slice(b"): this request costs more than the limit.\""),
+    }
+    out.extend_from_slice(br#","policies":["#);
+    for (i, name) in denied.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'"');
+    }
+    out.push(b']');
+    if let Some(s) = wait {
+        out.extend_from_slice(br#","retry_after":"#);
+        push_int(&mut out, s);
+    }
+    out.push(b'}');
+    Some(Bytes::from(out))
+}
+
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
 /// The answer when the store is down under fail-closed: 503 (gRPC UNAVAILABLE).
@@ -267,6 +327,18 @@ mod tests {
             assert_eq!(state_field(&statuses), state_field_sfv(&statuses), "{statuses:?}");
         }
         assert!(state_field(&statuses).is_some());
+    }
+
+    #[test]
+    fn the_direct_problem_body_is_what_the_serializer_writes() {
+        for denied in [vec!["a"], vec!["per-second", "daily.quota_2"]] {
+            for wait in [None, Some(1), Some(86_400)] {
+                let direct = problem_body_direct(&denied, wait).expect("plain names");
+                assert_eq!(direct, problem(&denied, wait).to_json(), "{denied:?} {wait:?}");
+                serde_json::from_slice::<serde_json::Value>(&direct).expect("valid JSON");
+            }
+        }
+        assert_eq!(problem_body_direct(&["quote\"d"], Some(1)), None, "escaping is left to the serializer");
     }
 
     #[test]
