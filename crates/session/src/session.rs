@@ -545,6 +545,7 @@ impl Session {
             create: false,
             idle_ms: timeouts.idle_ms,
             absolute_ms: timeouts.absolute_ms,
+            touch_ms: timeouts.touch_ms,
             clear: pending.clear,
             user: pending.user.clone(),
             deletes: pending.deletes.iter().cloned().collect(),

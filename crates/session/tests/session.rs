@@ -261,15 +261,18 @@ async fn header_transport(s: &[Store]) {
 
 async fn idle_timeout_is_rolling_and_enforced(s: &[Store]) {
     let layer = SessionLayer::new(s[0].clone()).idle_timeout(3000 * MS).touch_interval(100 * MS);
-    let mut c = Client::new(app(layer, Probe::default()));
+    let (mut c, mut w) = (Client::new(app(layer.clone(), Probe::default())), Client::new(app(layer, Probe::default())));
     c.call("GET", "/visits").await;
-    for _ in 0..3 {
-        // Each read within the idle timeout keeps the session alive past it.
+    w.call("GET", "/visits").await;
+    for visit in 2..5 {
+        // Each read (or write) within the idle timeout keeps the session alive past it.
         tokio::time::sleep(1000 * MS).await;
         assert_ne!(c.call("GET", "/get/visits").await.body, "none", "active session kept");
+        assert_eq!(w.call("GET", "/visits").await.body, visit.to_string(), "session kept by writes alone");
     }
     tokio::time::sleep(3600 * MS).await;
     assert_eq!(c.call("GET", "/get/visits").await.body, "none", "idle session ended");
+    assert_eq!(w.call("GET", "/get/visits").await.body, "none", "idle session ended");
 }
 
 async fn absolute_timeout_ends_active_sessions(s: &[Store]) {

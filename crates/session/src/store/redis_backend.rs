@@ -191,7 +191,8 @@ pub(super) async fn write(redis: &Redis, key: &str, op: &WriteOp) -> Result<Writ
         .arg(op.user.as_deref().unwrap_or(""))
         .arg(op.deletes.len())
         .arg(op.sets.len())
-        .arg(op.increments.len());
+        .arg(op.increments.len())
+        .arg(op.touch_ms);
     for name in &op.deletes {
         invocation.arg(format!("f:{name}"));
     }
