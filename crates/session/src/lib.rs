@@ -45,10 +45,10 @@
 //!   land, and they answer with the new id); two concurrent renewals end with
 //!   one id; logging out with the old id ends the session.
 //! - **Expiry**, enforced in the store and usable together: an idle timeout
-//!   (the key's TTL, refreshed on load at most once per
+//!   (the key's TTL, refreshed by a load or a write at most once per
 //!   [`touch interval`](SessionLayer::touch_interval)) and an absolute
 //!   lifetime (a deadline in the hash, checked on every write against Redis
-//!   `TIME`; every write caps the key's TTL at it, so Redis ends the session
+//!   `TIME`; every refresh caps the key's TTL at it, so Redis ends the session
 //!   there; loads check it against Redis's clock as last read, at most a
 //!   second ago, and confirm an ending on Redis's own clock).
 //! - **Per-user index**: [`Session::set_user`] attaches a user; then

@@ -103,6 +103,10 @@ async fn typed_values_remove_and_clear(s: &[Store]) {
     c.call("POST", "/set/visits/abc").await;
     assert_eq!(c.call("GET", "/visits").await.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(c.call("GET", "/get/visits").await.body, "abc");
+    // A value set in the same request is counted on; a sum past 64 bits is refused.
+    assert_eq!(c.call("POST", "/set-and-increment/n/41").await.body, "42");
+    let max = format!("/set-and-increment/n/{}", i64::MAX);
+    assert_eq!(c.call("POST", &max).await.status, StatusCode::INTERNAL_SERVER_ERROR);
     let before = c.cookie.clone();
     c.call("POST", "/clear").await;
     assert_eq!(c.call("GET", "/get/k2").await.body, "none");

@@ -67,14 +67,24 @@ if ni == 1 and not create and not clear and sets[ARGV[i]] == nil and not dels[AR
   end
   ni = 0
 end
--- Check every increment before writing anything, so that a refusal writes nothing.
+-- Check every increment before writing anything, so that a refusal writes
+-- nothing: the value must be what HINCRBY takes (a 64-bit integer written
+-- without leading zeros or "-0"), and the sum must stay within 64 bits (to
+-- within a double's precision, so a sum at the very edge is refused too).
 for j = 0, ni - 1 do
   local f = ARGV[incr_start + 2 * j]
   local v = sets[f]
   if v == nil and not dels[f] and not clear and not create then
     v = redis.call('HGET', key, f)
   end
-  if v and not string.match(v, '^%-?%d+$') then
+  local n = 0
+  if v then
+    if v ~= '0' and (#v > 20 or not string.match(v, '^%-?[1-9]%d*$')) then
+      return {-2, f}
+    end
+    n = tonumber(v)
+  end
+  if math.abs(n + tonumber(ARGV[incr_start + 2 * j + 1])) >= 9.2233720368547e18 then
     return {-2, f}
   end
 end

@@ -43,9 +43,11 @@ fn ttl(idle_ms: u64, deadline: i64, now: i64) -> Option<Duration> {
     Some(Duration::from_millis((idle_ms.min(i64::MAX as u64) as i64).min(deadline - now).max(0) as u64))
 }
 
+/// What Redis's `HINCRBY` takes: an integer written without leading zeros or
+/// `-0` (the 64-bit range is checked by the parse).
 fn is_integer(v: &str) -> bool {
     let digits = v.strip_prefix('-').unwrap_or(v);
-    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    v == "0" || (!digits.is_empty() && !digits.starts_with('0') && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// What a session, a field or an index row costs besides its bytes (its key,

@@ -52,7 +52,7 @@ fn text(v: &Value) -> Option<String> {
 /// most the round trip: a touch may come that much early; a session found
 /// past its absolute deadline by the estimate is checked again by
 /// `touch.lua` on Redis's own clock before it is treated as ended. Redis
-/// itself ends every session at its deadline (every write caps the key's TTL
+/// itself ends every session at its deadline (every refresh caps the key's TTL
 /// there), so the estimate never keeps a session alive.
 pub(crate) struct RedisClock {
     base: Instant,

@@ -56,6 +56,14 @@ pub fn app(layer: SessionLayer, probe: Probe) -> Router {
             }),
         )
         .route(
+            // Sets an integer and adds 1 to it in the same request (one script).
+            "/set-and-increment/{key}/{n}",
+            post(|s: Session, Path((key, n)): Path<(String, i64)>| async move {
+                s.insert(&key, n).await?;
+                Ok::<_, SessionError>(s.increment(&key, 1).await?.to_string())
+            }),
+        )
+        .route(
             "/remove/{key}",
             post(|s: Session, Path(key): Path<String>| async move {
                 s.remove(&key).await;
