@@ -215,15 +215,44 @@ fn render(
         .unwrap();
     }
 
+    // The same comparisons round by round: both sides of a ratio ran minutes
+    // apart at most, so a host that is busier in one round than in another
+    // moves each round's ratio less than it moves the medians above.
+    let rounds_of = |name: &str| {
+        let i = scenarios.iter().position(|s| s.name == name).expect("scenario");
+        results[i].runs.iter().map(|r| r.requests_per_sec).collect::<Vec<f64>>()
+    };
+    let (floor_rounds, hello_rounds) = (rounds_of(FLOOR), rounds_of(HELLO));
+    let mut per_round = String::new();
+    for scenario in scenarios.iter().filter(|s| s.name != FLOOR && s.name != HELLO) {
+        let own = rounds_of(scenario.name);
+        writeln!(
+            per_round,
+            "| {} | {} | {} |",
+            scenario.name,
+            round_ratios(&own, &floor_rounds),
+            round_ratios(&own, &hello_rounds)
+        )
+        .unwrap();
+    }
+
     let mut pairs = String::new();
     for scenario in scenarios {
         for &other in scenario.versus.iter().filter(|&&o| scenarios.iter().any(|s| s.name == o)) {
             let ratio = rps_of(scenario.name) / rps_of(other);
-            writeln!(pairs, "- {} vs {}: {ratio:.2}", scenario.name, other).unwrap();
+            let rounds = round_ratios(&rounds_of(scenario.name), &rounds_of(other));
+            writeln!(pairs, "- {} vs {}: {ratio:.2} (round by round: {rounds})", scenario.name, other).unwrap();
         }
     }
     if !pairs.is_empty() {
         table = format!("{table}\n{pairs}");
+    }
+    if !per_round.is_empty() {
+        table = format!(
+            "{table}\nThe same ratios taken within each round (that round's floor and hello), as the median of the \
+             rounds and, in brackets, the lowest and highest round:\n\n\
+             | scenario | vs floor, by round | vs hello, by round |\n|---|---:|---:|\n{per_round}"
+        );
     }
 
     let mut lock_table = String::new();
@@ -235,19 +264,22 @@ fn render(
         let (raw, shared) = (median_of(lock::RAW), median_of(lock::RAW_SHARED));
         writeln!(
             lock_table,
-            "| scenario ({} tasks, in-process) | cycles/s | vs raw floor | vs raw, one shared connection | Redis CPU µs/cycle |",
+            "| scenario ({} tasks, in-process) | cycles/s | vs raw floor | vs raw floor, by round | vs raw, one shared \
+             connection | Redis CPU µs/cycle |",
             lock::TASKS
         )
         .unwrap();
-        writeln!(lock_table, "|---|---:|---:|---:|---:|").unwrap();
+        writeln!(lock_table, "|---|---:|---:|---:|---:|---:|").unwrap();
+        let raw_rounds = &lock_results[locks.iter().position(|l| l.name == lock::RAW).expect("raw lock scenario")];
         for ((scenario, cycles), &(cpu, made)) in locks.iter().zip(lock_results).zip(lock_costs) {
             let c = median(cycles.clone());
             writeln!(
                 lock_table,
-                "| {} | {:.1}k | {:.2} | {:.2} | {} |",
+                "| {} | {:.1}k | {:.2} | {} | {:.2} | {} |",
                 scenario.name,
                 c / 1000.0,
                 c / raw,
+                round_ratios(cycles, raw_rounds),
                 c / shared,
                 cost(cpu, made)
             )
@@ -305,6 +337,13 @@ fn render(
         s = args.seconds,
         r = args.rounds,
     )
+}
+
+/// `a / b` round by round: "median (lowest to highest)".
+fn round_ratios(a: &[f64], b: &[f64]) -> String {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    let (low, high) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
+    format!("{:.2} ({low:.2} to {high:.2})", median(ratios))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
