@@ -221,9 +221,6 @@ impl LockGuard {
         let shared = self.shared.clone();
         async move {
             loop {
-                let notified = shared.changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
                 if shared.state() != State::Held {
                     return;
                 }
@@ -232,8 +229,10 @@ impl LockGuard {
                     shared.mark_lost();
                     return;
                 }
+                // Wakes at the validity's end, then looks again (an
+                // extension may have moved it).
                 tokio::select! {
-                    () = &mut notified => {}
+                    () = shared.until_not_held() => return,
                     () = tokio::time::sleep_until(until.into()) => {}
                 }
             }
