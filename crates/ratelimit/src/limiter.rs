@@ -226,7 +226,12 @@ impl RateLimiter {
         } else {
             active.iter().map(|&i| inner.specs[i]).collect()
         };
-        let result = self.timed(inner.store.decide(&keys, &specs, cost)).await;
+        // `timeout` awaited here rather than through `timed`: an async fn
+        // taking the store's future by value would hold it twice.
+        let result = match tokio::time::timeout(inner.timeout, inner.store.decide(&keys, &specs, cost)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(inner.timeout)),
+        };
         let decision = match result {
             Ok((allowed, raw)) => {
                 if let (Some(cache), 1) = (&inner.deny_cache, cost) {

@@ -131,7 +131,7 @@ impl Store {
                     cmd.arg(s.algorithm).arg(s.count).arg(s.period_us).arg(s.burst);
                 }
                 let outcomes: Vec<RawOutcome> =
-                    four_each(&run_script(redis, &LIMIT, &cmd).await?, specs.len())?.map(outcome).collect();
+                    four_each(&Box::pin(run_script(redis, &LIMIT, &cmd)).await?, specs.len())?.map(outcome).collect();
                 Ok((outcomes.iter().all(|o| o.allowed), outcomes))
             }
         }
@@ -161,7 +161,9 @@ pub(crate) async fn decide_gcra(redis: &Redis, asks: &[GcraAsk]) -> Result<Vec<R
     for ask in asks {
         cmd.arg(ask.cost).arg(ask.interval).arg(ask.burst);
     }
-    let raw = run_script(redis, &GCRA, &cmd).await?;
+    // Boxed: redis-rs's futures are large, and every future that awaits this
+    // one inline would carry (and move) their size.
+    let raw = Box::pin(run_script(redis, &GCRA, &cmd)).await?;
     let decided = |c: &[i64]| match c[0] {
         -1 => Err(redlayer_core::Error::Decode("the rate-limit key holds something else than a GCRA state".into())),
         _ => Ok(outcome(c)),
