@@ -280,14 +280,19 @@ impl Store {
 
     pub(crate) async fn load(&self, key: &str, idle_ms: u64, touch_ms: u64) -> Result<LoadOutcome, SessionError> {
         match &self.inner.backend {
-            Backend::Redis(redis) => redis_backend::load(redis, &self.inner.clock, key, idle_ms, touch_ms).await,
+            // Boxed, as `write`: redis-rs's futures are large, and every future
+            // awaiting this one inline (the handler's, boxed and moved by axum)
+            // would carry their size.
+            Backend::Redis(redis) => {
+                Box::pin(redis_backend::load(redis, &self.inner.clock, key, idle_ms, touch_ms)).await
+            }
             Backend::Memory(m) => Ok(m.load(key, idle_ms, touch_ms)),
         }
     }
 
     pub(crate) async fn write(&self, key: &str, op: &WriteOp) -> Result<WriteOutcome, SessionError> {
         match &self.inner.backend {
-            Backend::Redis(redis) => redis_backend::write(redis, key, op).await,
+            Backend::Redis(redis) => Box::pin(redis_backend::write(redis, key, op)).await,
             Backend::Memory(m) => Ok(m.write(key, op)),
         }
     }
