@@ -12,7 +12,7 @@ use sfv::{Integer, KeyRef, ListSerializer, StringRef};
 
 use bytes::Bytes;
 
-use crate::{Decision, PolicyStatus, decision::retry_after_secs};
+use crate::{Decision, PolicyStatus, decision::retry_after_secs, policy::is_plain_name};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-10).
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -62,12 +62,10 @@ fn policy_field_of(statuses: &[PolicyStatus]) -> Option<HeaderValue> {
 
 /// `RateLimit: "name";r=50;t=30, ...`, written straight into one buffer: it
 /// is built for every answer, so it skips the general serializer. Policy
-/// names are `[A-Za-z0-9_.-]` (checked by `Policy::new`), which need no
-/// escaping in a structured-field string; anything else takes the `sfv` path.
+/// names need no escaping (see [`is_plain_name`]); a test checks the field
+/// against `sfv`'s.
 fn state_field(statuses: &[PolicyStatus]) -> Option<HeaderValue> {
-    if !statuses.iter().all(|p| plain_name(&p.name)) {
-        return state_field_sfv(statuses);
-    }
+    debug_assert!(statuses.iter().all(|p| is_plain_name(&p.name)));
     let mut out = Vec::with_capacity(statuses.iter().map(|p| p.name.len() + 40).sum());
     for (i, p) in statuses.iter().enumerate() {
         if i > 0 {
@@ -83,6 +81,7 @@ fn state_field(statuses: &[PolicyStatus]) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
+#[cfg(test)]
 fn state_field_sfv(statuses: &[PolicyStatus]) -> Option<HeaderValue> {
     let mut state = ListSerializer::new();
     for p in statuses {
@@ -166,22 +165,22 @@ pub(crate) fn denied<B>(decision: &Decision, grpc: bool, legacy: bool) -> Respon
             None => format!("rate limit exceeded ({}); the request costs more than the limit", denied.join(", ")),
         };
         grpc_response(GrpcCode::ResourceExhausted, &message)
-    } else if let Some(body) = problem_body_direct(&denied, wait) {
+    } else {
         // A flood of 429s is answered from the deny cache: no serializer, and
         // a header map sized for the fields added below.
-        let mut response = Response::new(ResponseBody::full(body));
+        let mut response = Response::new(ResponseBody::full(problem_body(&denied, wait)));
         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         *response.headers_mut() = HeaderMap::with_capacity(8);
         response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         response
-    } else {
-        problem(&denied, wait).into_response()
     };
     apply(response.headers_mut(), decision, legacy);
     response
 }
 
-/// The 429 problem document (RFC 9457) through the general serializer.
+/// The 429 problem document (RFC 9457) through the general serializer: what
+/// [`problem_body`] must write (checked by a test).
+#[cfg(test)]
 fn problem(denied: &[&str], wait: Option<u64>) -> Problem {
     let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
         .detail(match wait {
@@ -195,13 +194,10 @@ fn problem(denied: &[&str], wait: Option<u64>) -> Problem {
     problem
 }
 
-/// The same document as [`problem`], written straight into one buffer when
-/// every name is plain (`[A-Za-z0-9_.-]`, what `Policy::new` accepts), so
-/// nothing needs escaping. `None` otherwise.
-fn problem_body_direct(denied: &[&str], wait: Option<u64>) -> Option<Bytes> {
-    if !denied.iter().all(|name| plain_name(name)) {
-        return None;
-    }
+/// The 429 problem document (RFC 9457), written straight into one buffer:
+/// policy names need no escaping (see [`is_plain_name`]).
+fn problem_body(denied: &[&str], wait: Option<u64>) -> Bytes {
+    debug_assert!(denied.iter().all(|name| is_plain_name(name)));
     let names: usize = denied.iter().map(|name| 2 * name.len() + 5).sum();
     let mut out = Vec::with_capacity(180 + names);
     out.extend_from_slice(
@@ -236,11 +232,7 @@ fn problem_body_direct(denied: &[&str], wait: Option<u64>) -> Option<Bytes> {
         push_int(&mut out, s);
     }
     out.push(b'}');
-    Some(Bytes::from(out))
-}
-
-fn plain_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    Bytes::from(out)
 }
 
 /// The answer when the store is down under fail-closed: 503 (gRPC UNAVAILABLE).
@@ -333,12 +325,11 @@ mod tests {
     fn the_direct_problem_body_is_what_the_serializer_writes() {
         for denied in [vec!["a"], vec!["per-second", "daily.quota_2"]] {
             for wait in [None, Some(1), Some(86_400)] {
-                let direct = problem_body_direct(&denied, wait).expect("plain names");
+                let direct = problem_body(&denied, wait);
                 assert_eq!(direct, problem(&denied, wait).to_json(), "{denied:?} {wait:?}");
                 serde_json::from_slice::<serde_json::Value>(&direct).expect("valid JSON");
             }
         }
-        assert_eq!(problem_body_direct(&["quote\"d"], Some(1)), None, "escaping is left to the serializer");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::FutureExt as _;
 use redlayer_core::{Error, FailurePolicy, KeyPart, memory::ExpiringMap, report_degraded};
 
 use crate::{
@@ -187,11 +188,11 @@ impl RateLimiter {
         key
     }
 
-    async fn timed<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        match tokio::time::timeout(self.inner.timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(self.inner.timeout)),
-        }
+    /// `fut` bounded by the decision timeout. Not an async fn: one taking
+    /// the store's future by value would hold it twice in its own.
+    fn timed<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> impl Future<Output = Result<T, Error>> {
+        let timeout = self.inner.timeout;
+        tokio::time::timeout(timeout, fut).map(move |r| r.unwrap_or(Err(Error::Timeout(timeout))))
     }
 
     /// One decision: `keys[i]` is the state key of policy `active[i]`.
@@ -226,12 +227,7 @@ impl RateLimiter {
         } else {
             active.iter().map(|&i| inner.specs[i]).collect()
         };
-        // `timeout` awaited here rather than through `timed`: an async fn
-        // taking the store's future by value would hold it twice.
-        let result = match tokio::time::timeout(inner.timeout, inner.store.decide(&keys, &specs, cost)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout(inner.timeout)),
-        };
+        let result = self.timed(inner.store.decide(&keys, &specs, cost)).await;
         let decision = match result {
             Ok((allowed, raw)) => {
                 if let (Some(cache), 1) = (&inner.deny_cache, cost) {

@@ -27,6 +27,13 @@ pub struct Policy {
     pub(crate) key: Option<Key>,
 }
 
+/// A policy name as [`Policy::new`] takes it: `[A-Za-z0-9_.-]`, not empty.
+/// Such a name needs no escaping in a structured-field string or in JSON,
+/// which is what lets the answer fields be written without a serializer.
+pub(crate) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
 /// The largest count of a [`Policy::sliding_log`] (each unit is a sorted-set member).
 pub const MAX_SLIDING_LOG_COUNT: u64 = 10_000;
 
@@ -34,9 +41,7 @@ impl Policy {
     /// A policy with any algorithm.
     pub fn new(name: &str, algorithm: Algorithm, quota: Quota) -> Self {
         assert!(
-            !name.is_empty()
-                && name.len() <= 32
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)),
+            name.len() <= 32 && is_plain_name(name),
             "policy name must be 1..=32 characters of [A-Za-z0-9_.-], got {name:?}"
         );
         Policy { name: Arc::from(name), algorithm, quota, key: None }
