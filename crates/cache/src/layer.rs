@@ -80,10 +80,12 @@ impl Invalidated {
         self.seq.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Records that `key` was invalidated now.
-    pub(crate) fn record(&self, key: &str) {
+    /// Records that `key` was invalidated now; returns the number of this
+    /// invalidation (a fill starting from it sees only later ones).
+    pub(crate) fn record(&self, key: &str) -> u64 {
         let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         self.keys.insert(key.to_owned(), n, Some(INVALIDATION_MEMORY));
+        n
     }
 
     /// True when `key` was invalidated after a fill that started at `since`.

@@ -161,8 +161,9 @@
 //! `CROSSSLOT`. Purges bump an in-process epoch so fills in flight are not
 //! stored, and re-run once after 2 s to catch fills finishing elsewhere.
 //! `purge_prefix` uses `SCAN` (never `KEYS`) and reads each entry's `uri`
-//! field; on a cluster it scans every master (found with `CLUSTER SLOTS`, reached
-//! without credentials) and deletes through the cluster handle.
+//! field; on a cluster it scans every master (found with `CLUSTER SLOTS`,
+//! reached with the handle's credentials and TLS, `Redis::node_info`) and
+//! deletes through the cluster handle.
 #![deny(missing_docs, unsafe_code)]
 
 mod aside;

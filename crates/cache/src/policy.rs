@@ -417,6 +417,13 @@ pub(crate) fn parse_date(value: &str) -> Option<SystemTime> {
     names.iter().find_map(|name| httpdate::parse_http_date(&format!("{name}{tail}")).ok())
 }
 
+/// Explicit freshness (RFC 9111 4.2.1): a valid `max-age` or `s-maxage`, or `Expires`.
+pub(crate) fn has_explicit_freshness(headers: &HeaderMap) -> bool {
+    directive(headers, "max-age").flatten().is_some()
+        || directive(headers, "s-maxage").flatten().is_some()
+        || headers.contains_key(http::header::EXPIRES)
+}
+
 pub(crate) fn has_directive(headers: &HeaderMap, name: &str) -> bool {
     directive(headers, name).is_some()
 }

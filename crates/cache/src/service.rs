@@ -1070,41 +1070,49 @@ impl Ctx {
                 }
             }
             let origin = origin_of(&parts);
-            let (mut target_key, mut content_location_key, mut recorded) = (None, None, 0);
-            for (name, target) in targets {
-                let Some(get) = same_origin_get(&parts, &target, &origin) else { continue };
-                if let Some(primary) = self.primary(&get, &parts) {
-                    let key = self.state.store.entry_key(&primary);
-                    self.state.invalidated.record(&key);
-                    recorded += 1;
-                    if self.state.store.delete_entry_key(&key).await.is_err() {
-                        status = status.detail("invalidation-failed");
-                    }
-                    match name {
-                        None => target_key = Some(key),
-                        Some(name) if name == header::CONTENT_LOCATION => content_location_key = Some(key),
-                        Some(_) => {}
-                    }
+            // The target's key, and whether another request invalidated it
+            // while this one was on its way; then this request's own
+            // invalidation number (a store of this answer sees later ones).
+            let (mut target, mut content_location_key) = (None, None);
+            for (name, uri) in targets {
+                let Some(get) = same_origin_get(&parts, &uri, &origin) else { continue };
+                let Some(primary) = self.primary(&get, &parts) else { continue };
+                let key = self.state.store.entry_key(&primary);
+                // Content-Location may name the target again: count from our own record then.
+                let ours = match &target {
+                    Some((target_key, _, n)) if *target_key == key => *n,
+                    _ => before.invalidations,
+                };
+                let raced = self.state.invalidated.since(&key, ours);
+                let n = self.state.invalidated.record(&key);
+                if let Some((target_key, target_raced, own)) = target.as_mut()
+                    && *target_key == key
+                {
+                    *target_raced |= raced;
+                    *own = n;
+                }
+                if self.state.store.delete_entry_key(&key).await.is_err() {
+                    status = status.detail("invalidation-failed");
+                }
+                match name {
+                    None => target = Some((key, raced, n)),
+                    Some(name) if name == header::CONTENT_LOCATION => content_location_key = Some(key),
+                    Some(_) => {}
                 }
             }
             // A POST answer whose Content-Location is its target URI, with
             // explicit freshness, is the target's current representation: it
             // answers later GETs of it (RFC 9110 9.3.3, RFC 9111 2). Only a
             // 200 or 203 (another status would answer a GET wrongly), never
-            // with cookies, and only when nothing but this request's own
-            // invalidations came while it was on its way.
-            let explicit = policy::directive(res.headers(), "max-age").flatten().is_some()
-                || policy::directive(res.headers(), "s-maxage").flatten().is_some()
-                || res.headers().contains_key(header::EXPIRES);
-            let now_at = self.snapshot();
+            // with cookies, and only when no other request invalidated the
+            // target while this one was on its way (a purge or a later
+            // invalidation is caught when storing, as for any fill).
             if parts.method == Method::POST
                 && matches!(res.status().as_u16(), 200 | 203)
-                && explicit
                 && !res.headers().contains_key(header::SET_COOKIE)
-                && target_key.is_some()
-                && target_key == content_location_key
-                && now_at.epoch == before.epoch
-                && now_at.invalidations == before.invalidations + recorded
+                && let Some((target_key, false, n)) = target
+                && content_location_key.as_ref() == Some(&target_key)
+                && policy::has_explicit_freshness(res.headers())
             {
                 // The key of the GET this answer stands for, from the request
                 // itself (a key function may read its headers).
@@ -1114,8 +1122,10 @@ impl Ctx {
                     get.headers.remove(name);
                 }
                 let key = self.primary(&get, &get).map(|primary| self.state.store.entry_key(&primary));
-                if key.is_some() && key == target_key {
-                    answers_get = key.map(|key| (key, get, now_at));
+                if key.as_ref() == Some(&target_key) {
+                    // From our own last invalidation of the target on.
+                    let since = Snapshot { epoch: before.epoch, invalidations: n };
+                    answers_get = Some((target_key, get, since));
                 }
             }
         }
