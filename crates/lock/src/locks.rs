@@ -236,7 +236,8 @@ impl Locks {
         }
     }
 
-    /// One attempt: `Ok(Ok(guard))`, or `Ok(Err(holder's ttl))` when busy.
+    /// One attempt: `Ok(Ok(guard))`, or `Ok(Err(holder's ttl))` when busy
+    /// (`Duration::MAX` when the attempt did not learn it).
     async fn attempt(&self, name: &str, ttl: Duration) -> Result<Result<LockGuard, Duration>> {
         let ms = ttl_ms(ttl)?;
         let key = self.lock_key(name);

@@ -8,9 +8,11 @@ use crate::AcquireError;
 
 /// A bounded retry policy for taking a busy lock: exponential backoff with
 /// jitter between `min_delay` and `max_delay`, never waiting past `max_wait`
-/// in total. A delay is also cut short to the remaining time-to-live of the
-/// current holder (Redis tells it on each failed attempt), plus jitter, so a
-/// waiter does not sleep long past a lock that expired.
+/// in total. When an attempt learns the current holder's remaining
+/// time-to-live (the acquire script's answer, and memory locks), a delay is
+/// cut short to it, plus jitter, so a waiter does not sleep long past a lock
+/// that expired; the plain `SET NX PX` and the fenced `MULTI`/`EXEC` do not
+/// ask for it (that would cost every acquisition a command).
 ///
 /// An unreachable store is retried too, but only for
 /// [`unavailable_wait`](Retry::unavailable_wait) in a row (default 1 s, enough

@@ -5,6 +5,7 @@ use std::{
     sync::{Arc, LazyLock},
 };
 
+use futures_util::future::BoxFuture;
 use redlayer_core::{KeyBuilder, Redis, Result, memory::Clock};
 
 use crate::{batch::GcraBatcher, memory::MemoryStore};
@@ -131,7 +132,7 @@ impl Store {
                     cmd.arg(s.algorithm).arg(s.count).arg(s.period_us).arg(s.burst);
                 }
                 let outcomes: Vec<RawOutcome> =
-                    four_each(&Box::pin(run_script(redis, &LIMIT, &cmd)).await?, specs.len())?.map(outcome).collect();
+                    four_each(&run_script(redis, &LIMIT, &cmd).await?, specs.len())?.map(outcome).collect();
                 Ok((outcomes.iter().all(|o| o.allowed), outcomes))
             }
         }
@@ -161,9 +162,7 @@ pub(crate) async fn decide_gcra(redis: &Redis, asks: &[GcraAsk]) -> Result<Vec<R
     for ask in asks {
         cmd.arg(ask.cost).arg(ask.interval).arg(ask.burst);
     }
-    // Boxed: redis-rs's futures are large, and every future that awaits this
-    // one inline would carry (and move) their size.
-    let raw = Box::pin(run_script(redis, &GCRA, &cmd)).await?;
+    let raw = run_script(redis, &GCRA, &cmd).await?;
     let decided = |c: &[i64]| match c[0] {
         -1 => Err(redlayer_core::Error::Decode("the rate-limit key holds something else than a GCRA state".into())),
         _ => Ok(outcome(c)),
@@ -173,15 +172,20 @@ pub(crate) async fn decide_gcra(redis: &Redis, asks: &[GcraAsk]) -> Result<Vec<R
 
 /// Runs `cmd`, an `EVALSHA` of `script`, loading the script first if Redis
 /// does not have it yet (or lost it in a restart), as redis-rs does.
-async fn run_script(redis: &Redis, script: &redis::Script, cmd: &redis::Cmd) -> Result<Vec<i64>> {
-    let mut conn = redis.connection().await?;
-    match cmd.query_async(&mut conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            script.load_async(&mut conn).await?;
-            Ok(cmd.query_async(&mut conn).await?)
+/// Boxed: redis-rs's futures are large, and every future that awaits this
+/// one inline (up to the layer's, boxed per request) would carry and move
+/// their size.
+fn run_script<'a>(redis: &'a Redis, script: &'a redis::Script, cmd: &'a redis::Cmd) -> BoxFuture<'a, Result<Vec<i64>>> {
+    Box::pin(async move {
+        let mut conn = redis.connection().await?;
+        match cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script.load_async(&mut conn).await?;
+                Ok(cmd.query_async(&mut conn).await?)
+            }
+            other => Ok(other?),
         }
-        other => Ok(other?),
-    }
+    })
 }
 
 /// The scripts answer 4 values per policy (limit.lua) or per decision

@@ -599,25 +599,18 @@ impl Session {
                     }
                     return Ok(increments);
                 }
-                WriteOutcome::Gone if st.status == Status::Incoming => {
-                    // An id the store does not know is never adopted: start a new session.
-                    st.id = None;
-                    st.status = Status::Absent;
-                }
-                WriteOutcome::Gone => {
-                    // Ended while this request ran: not recreated, reported.
-                    self.forget(st);
-                    return Err(SessionError::Expired);
-                }
                 WriteOutcome::Collision => {}
                 // Renewed by a concurrent request: write under the new id.
                 WriteOutcome::Moved(moved) if self.follow(st, &moved) => {}
-                // An alias that does not open is no session of this client's.
-                WriteOutcome::Moved(_) if st.status == Status::Incoming => {
+                // An id the store does not know (or an alias that does not
+                // open: no session of this client's) is never adopted: start
+                // a new session.
+                WriteOutcome::Gone | WriteOutcome::Moved(_) if st.status == Status::Incoming => {
                     st.id = None;
                     st.status = Status::Absent;
                 }
-                WriteOutcome::Moved(_) => {
+                WriteOutcome::Gone | WriteOutcome::Moved(_) => {
+                    // Ended while this request ran: not recreated, reported.
                     self.forget(st);
                     return Err(SessionError::Expired);
                 }
