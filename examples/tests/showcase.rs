@@ -78,6 +78,20 @@ impl Showcase {
     }
 }
 
+/// A chunked body's data: each chunk is its hex size, CRLF, that many bytes, CRLF.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").expect("CRLF after a chunk");
+    }
+    out
+}
+
 struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
@@ -93,9 +107,8 @@ impl Answer {
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
-        // Bodies here are short; a chunked one is unwrapped well enough by dropping size lines.
         let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            body.split("\r\n").skip(1).step_by(2).collect::<Vec<_>>().concat()
+            dechunk(body)
         } else {
             body.to_owned()
         };
