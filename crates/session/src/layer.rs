@@ -121,7 +121,7 @@ impl SessionLayer {
     /// Minimum time between two refreshes of one session's idle timeout
     /// (default: a tenth of the idle timeout, at most 60 s). Reads within it
     /// cost no write, and writes leave the expiry (and the last-seen time
-    /// of [`Store::sessions_of`](crate::Store::sessions_of)) as they are on Redis. The effective idle timeout lies between
+    /// of [`Store::sessions_of`](crate::Store::sessions_of)) as they are. The effective idle timeout lies between
     /// `idle - touch_interval` and `idle`.
     pub fn touch_interval(mut self, touch: Duration) -> Self {
         self.touch = Some(touch);

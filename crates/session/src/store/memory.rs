@@ -117,6 +117,9 @@ impl MemoryBackend {
     pub(super) fn write(&self, key: &str, op: &WriteOp) -> WriteOutcome {
         let outcome = self.sessions.update(key.to_owned(), |record, now| {
             let now = ms(now);
+            // The stored record (changed in place once the write is known to
+            // succeed), or none when creating.
+            let mut stored = None;
             let mut next = match (record, op.create) {
                 (Some(_), true) => return (Update::Keep, WriteOutcome::Collision),
                 (None, false) => return (Update::Keep, WriteOutcome::Gone),
@@ -124,7 +127,11 @@ impl MemoryBackend {
                     return (Update::Keep, WriteOutcome::Moved(moved.clone()));
                 }
                 (Some(r), false) if now >= r.deadline => return (Update::Remove, WriteOutcome::Gone),
-                (Some(r), false) => r.clone(),
+                (Some(r), false) => {
+                    let next = r.clone();
+                    stored = Some(r);
+                    next
+                }
                 (None, true) => Record {
                     fields: HashMap::new(),
                     created: now,
@@ -163,10 +170,24 @@ impl MemoryBackend {
             if let Some(user) = &op.user {
                 next.user = Some(user.clone());
             }
-            next.seen = now;
             let (created_ms, id_age_ms) = (next.created, now - next.issued);
-            let ttl = ttl(op.idle_ms, next.deadline, now);
-            (Update::Set(next, ttl), WriteOutcome::Done { created_ms, id_age_ms, increments: results })
+            let done = WriteOutcome::Done { created_ms, id_age_ms, increments: results };
+            let Some(stored) = stored else {
+                let ttl = ttl(op.idle_ms, next.deadline, now);
+                return (Update::Set(next, ttl), done);
+            };
+            // As on Redis: within the touch interval of the last refresh, the
+            // idle expiry and last-seen stay as they are.
+            let refresh = now - next.seen >= op.touch_ms as i64;
+            if refresh {
+                next.seen = now;
+            }
+            let deadline = next.deadline;
+            *stored = next;
+            match refresh {
+                true => (Update::KeepWithTtl(ttl(op.idle_ms, deadline, now)), done),
+                false => (Update::Keep, done),
+            }
         });
         if let WriteOutcome::Moved(_) = outcome {
             self.wait_for_renames();

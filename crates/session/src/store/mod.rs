@@ -149,7 +149,7 @@ pub(crate) struct WriteOp {
     pub(crate) create: bool,
     pub(crate) idle_ms: u64,
     pub(crate) absolute_ms: u64,
-    /// An update this soon after the last refresh keeps the idle expiry (Redis).
+    /// An update this soon after the last refresh keeps the idle expiry.
     pub(crate) touch_ms: u64,
     pub(crate) clear: bool,
     pub(crate) user: Option<String>,
