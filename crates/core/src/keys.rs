@@ -49,7 +49,11 @@ impl KeyPart {
     /// A secret (session id, API key, idempotency key): always stored as its
     /// SHA-256 digest, so a dump of Redis holds no usable token.
     pub fn hashed(raw: impl AsRef<[u8]>) -> Self {
-        KeyPart(format!("#{}", digest_b64(raw.as_ref())))
+        // `#` and the 43 characters of the digest, in one allocation.
+        let mut part = String::with_capacity(44);
+        part.push('#');
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(Sha256::digest(raw.as_ref()), &mut part);
+        KeyPart(part)
     }
 
     /// A value chosen by the application (a policy name, a constant). It goes

@@ -50,8 +50,9 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn new(decision: Decide, inner: S, request: Request<ReqBody>, config: Arc<LayerConfig>) -> Self {
-        ResponseFuture { state: State::Deciding { decision, inner: Some(inner), request: Some(request) }, config }
+    /// `inner` is `None` only when `decision` is a refusal known now.
+    pub(crate) fn new(decision: Decide, inner: Option<S>, request: Request<ReqBody>, config: Arc<LayerConfig>) -> Self {
+        ResponseFuture { state: State::Deciding { decision, inner, request: Some(request) }, config }
     }
 }
 

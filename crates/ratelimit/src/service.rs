@@ -47,10 +47,14 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
         let verdict = verdict(&self.limiter, &self.config, &parts);
+        // A refusal known now (a flood answered from the deny cache) never
+        // calls the inner service: no clone of it, which stays ready.
+        let inner = (!verdict.refused_now()).then(|| {
+            let clone = self.inner.clone();
+            std::mem::replace(&mut self.inner, clone)
+        });
         ResponseFuture::new(verdict, inner, Request::from_parts(parts, body), self.config.clone())
     }
 }
@@ -59,6 +63,13 @@ where
 pub(crate) enum Decide {
     Ready(Option<Verdict>),
     Pending(BoxFuture<'static, Verdict>),
+}
+
+impl Decide {
+    /// True when the request is refused without calling the inner service.
+    fn refused_now(&self) -> bool {
+        matches!(self, Decide::Ready(Some(verdict)) if !matches!(verdict, Verdict::Allow { .. }))
+    }
 }
 
 /// Extracts keys and cost now (from the head); answers from the deny cache
