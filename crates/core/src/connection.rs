@@ -11,7 +11,8 @@ use crate::{
 
 /// A connection handed out by [`Redis::connection`](crate::Redis::connection).
 ///
-/// Every command on it is bounded by the handle's timeout. A connection error
+/// Every command on it is bounded by the handle's timeout (redis-rs's
+/// response timeout on a standalone connection, a timer of ours on a cluster). A connection error
 /// marks the underlying connection broken, so the next command reconnects.
 pub struct Connection {
     raw: RawConnection,
@@ -42,20 +43,25 @@ impl Connection {
     }
 }
 
-fn timeout_error() -> RedisError {
-    RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redlayer: redis command timed out"))
+/// `call` within `timeout`, its expiry reported as a timed-out I/O error (as redis-rs reports its own).
+#[cfg(feature = "cluster")]
+async fn bounded<T>(timeout: std::time::Duration, call: RedisFuture<'_, T>) -> Result<T, RedisError> {
+    tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
+        Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redlayer: redis command timed out")))
+    })
 }
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let timeout = self.inner.timeout;
-            let call = match &mut self.raw {
-                RawConnection::Single(c) => c.req_packed_command(cmd),
+            let result = match &mut self.raw {
+                // Bounded by redis-rs's response timeout, set to the handle's
+                // on every pooled connection: one timer per command, not two.
+                RawConnection::Single(c) => c.req_packed_command(cmd).await,
+                // A cluster call may retry and wait for a slot refresh: bound it all.
                 #[cfg(feature = "cluster")]
-                RawConnection::Cluster(c) => c.req_packed_command(cmd),
+                RawConnection::Cluster(c) => bounded(self.inner.timeout, c.req_packed_command(cmd)).await,
             };
-            let result = tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| Err(timeout_error()));
             self.observe(&result);
             result
         })
@@ -68,13 +74,13 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let timeout = self.inner.timeout;
-            let call = match &mut self.raw {
-                RawConnection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            let result = match &mut self.raw {
+                RawConnection::Single(c) => c.req_packed_commands(pipeline, offset, count).await,
                 #[cfg(feature = "cluster")]
-                RawConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+                RawConnection::Cluster(c) => {
+                    bounded(self.inner.timeout, c.req_packed_commands(pipeline, offset, count)).await
+                }
             };
-            let result = tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| Err(timeout_error()));
             self.observe(&result);
             result
         })
