@@ -65,7 +65,7 @@ impl Freshness {
     /// The age of the response at `now` (as `CachePolicy::age`).
     pub fn age_at(&self, response_time: SystemTime, now: SystemTime) -> Duration {
         match now.duration_since(response_time) {
-            Ok(resident) => self.age + resident,
+            Ok(resident) => self.age.saturating_add(resident),
             Err(_) => self.age,
         }
     }
@@ -121,7 +121,12 @@ fn get_freshness(buf: &mut Bytes) -> Option<Option<Freshness>> {
             if buf.remaining() < 8 {
                 return None;
             }
-            let age = Duration::from_secs(buf.get_u64());
+            // Stored capped at 2^31 s (RFC 9111 1.2.2); a larger value is not ours.
+            let age = buf.get_u64();
+            if age > crate::policy::MAX_DELTA_SECONDS {
+                return None;
+            }
+            let age = Duration::from_secs(age);
             let lifetime = get_duration(buf)?;
             let opts = OptsKey { flags, heuristic, immutable_min_ttl };
             Some(Some(Freshness { opts, age, lifetime }))
@@ -198,7 +203,7 @@ impl Entry {
         if buf.remaining() < 16 || buf.get_u8() != MAGIC || buf.get_u8() != VERSION {
             return None;
         }
-        let response_time = UNIX_EPOCH + Duration::from_millis(buf.get_u64());
+        let response_time = UNIX_EPOCH.checked_add(Duration::from_millis(buf.get_u64()))?;
         let fetch_time = Duration::from_millis(buf.get_u32() as u64);
         let status = StatusCode::from_u16(buf.get_u16()).ok()?;
         let freshness = get_freshness(&mut buf)?;
@@ -247,5 +252,34 @@ mod tests {
             let _ = Entry::decode(bytes.slice(..cut));
         }
         assert!(Entry::decode(Bytes::from_static(b"garbage garbage garbage")).is_none());
+    }
+
+    #[test]
+    fn corrupt_ages_and_times_are_misses_not_panics() {
+        let entry = Entry {
+            response_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            fetch_time: Duration::ZERO,
+            status: StatusCode::OK,
+            req_headers: HeaderMap::new(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            freshness: Some(Freshness {
+                opts: OptsKey::of(&CacheOptions::default()),
+                age: Duration::from_secs(u64::MAX),
+                lifetime: Duration::from_secs(60),
+            }),
+        };
+        assert!(Entry::decode(entry.encode()).is_none(), "an age past 2^31 s");
+        let capped = Entry {
+            freshness: entry.freshness.map(|f| Freshness { age: Duration::from_secs(1 << 31), ..f }),
+            ..entry.clone()
+        };
+        let back = Entry::decode(capped.encode()).expect("2^31 s is a stored age");
+        let far = back.response_time + Duration::from_secs(u64::MAX / 4);
+        let age = back.freshness.unwrap().age_at(back.response_time, far);
+        assert_eq!(age, Duration::from_secs((1 << 31) + u64::MAX / 4));
+        let mut bytes = entry.encode().to_vec();
+        bytes[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
+        let _ = Entry::decode(Bytes::from(bytes)); // a response time past SystemTime's range: no panic
     }
 }

@@ -246,8 +246,10 @@ pub(crate) fn policy_view(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
     let dates = [http::header::EXPIRES, http::header::DATE, http::header::LAST_MODIFIED];
     let targeted = headers.contains_key(&CDN_CACHE_CONTROL);
     let cookie = headers.contains_key(http::header::SET_COOKIE);
+    let oversized_age = has_oversized_age(headers);
     if !targeted
         && !cookie
+        && !oversized_age
         && !headers.contains_key(http::header::CACHE_CONTROL)
         && !dates.iter().any(|d| headers.contains_key(d))
     {
@@ -255,6 +257,9 @@ pub(crate) fn policy_view(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
     }
     let mut out = headers.clone();
     out.remove(http::header::SET_COOKIE);
+    if oversized_age {
+        out.insert(http::header::AGE, HeaderValue::from(MAX_DELTA_SECONDS));
+    }
     if targeted || headers.contains_key(http::header::CACHE_CONTROL) {
         let mut parts: Vec<String> = Vec::new();
         for d in parse_cc(headers) {
@@ -444,7 +449,18 @@ pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// The largest delta-seconds value a cache uses (RFC 9111 1.2.2).
-const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
+pub(crate) const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
+
+/// An `Age` of digits past 2^31, which counts as 2^31 (RFC 9111 1.2.2):
+/// `http-cache-semantics` would take it whole (or as 0 past `u64`), and its
+/// sum with the resident time can overflow.
+fn has_oversized_age(headers: &HeaderMap) -> bool {
+    headers.get(http::header::AGE).and_then(|v| v.to_str().ok()).map(str::trim).is_some_and(|v| {
+        !v.is_empty()
+            && v.bytes().all(|b| b.is_ascii_digit())
+            && v.parse::<u64>().map_or(true, |n| n > MAX_DELTA_SECONDS)
+    })
+}
 
 /// The `Age` to record at store time (RFC 9111 4.2.3 `corrected_initial_age`).
 pub(crate) fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> u64 {
@@ -729,6 +745,34 @@ mod tests {
         assert_eq!(initial_age(&headers, t0, t0 + Duration::from_secs(5)), MAX_DELTA_SECONDS);
         headers.insert(http::header::AGE, HeaderValue::from(7u64));
         assert_eq!(initial_age(&headers, t0, t0 + Duration::from_secs(2)), 9);
+    }
+
+    #[test]
+    fn the_policy_sees_a_huge_age_as_two_to_the_31() {
+        // From a broken origin, or an entry written into Redis by someone
+        // else: the library would add the resident time to it and overflow.
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let later = t0 + Duration::from_secs(10);
+        for age in ["18446744073709551615", "99999999999999999999999", "2147483649"] {
+            let entry = Entry {
+                response_time: t0,
+                fetch_time: Duration::ZERO,
+                status: StatusCode::OK,
+                req_headers: HeaderMap::new(),
+                headers: HeaderMap::from_iter([
+                    (http::header::AGE, HeaderValue::from_static(age)),
+                    (http::header::CACHE_CONTROL, HeaderValue::from_static("max-age=60")),
+                ]),
+                body: bytes::Bytes::new(),
+                freshness: None,
+            };
+            let policy = entry.policy(CacheOptions { shared: true, ..CacheOptions::default() });
+            assert_eq!(policy.age(later), Duration::from_secs(MAX_DELTA_SECONDS + 10), "{age}");
+            assert_eq!(policy.time_to_live(later), Duration::ZERO, "{age}");
+        }
+        let mut small = HeaderMap::new();
+        small.insert(http::header::AGE, HeaderValue::from_static("2147483648"));
+        assert!(matches!(policy_view(&small), Cow::Borrowed(_)), "2^31 itself is kept as it is");
     }
 
     fn cc(values: &[&str]) -> HeaderMap {

@@ -895,7 +895,9 @@ impl Ctx {
                 Probe::Miss | Probe::Failed => Across::Fill(Some(lock)),
             };
         }
-        let deadline = tokio::time::Instant::now() + self.config.coalesce_timeout;
+        // At most a year: `Duration::MAX` ("wait as long as it takes") must not overflow.
+        let wait = self.config.coalesce_timeout.min(Duration::from_secs(365 * 24 * 3600));
+        let deadline = tokio::time::Instant::now() + wait;
         let mut poll = Duration::from_millis(10);
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(poll).await;

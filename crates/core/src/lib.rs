@@ -30,6 +30,7 @@
 pub mod body;
 mod connection;
 mod error;
+pub mod expiry;
 mod failure;
 mod handle;
 pub mod keys;

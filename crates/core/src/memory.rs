@@ -206,7 +206,7 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
             Update::Keep | Update::KeepWithTtl(_) => {
                 let Some(entry) = shard.map.get_mut(&key) else { return result };
                 if let Update::KeepWithTtl(ttl) = update {
-                    entry.expires_at = ttl.map(|t| now + t);
+                    entry.expires_at = ttl.and_then(|t| now.checked_add(t));
                 }
                 // The closure may have changed the value in place: weigh it again.
                 let (old, weight) = (entry.weight, self.weigh(&entry.value));
@@ -230,7 +230,7 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
                     enforce(&mut shard, budget.per_shard - weight, None, now);
                 }
                 shard.weight += weight;
-                shard.map.insert(key, Entry { value, expires_at: ttl.map(|t| now + t), weight });
+                shard.map.insert(key, Entry { value, expires_at: ttl.and_then(|t| now.checked_add(t)), weight });
                 maybe_sweep(&mut shard, now);
                 return result;
             }
@@ -245,7 +245,8 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
         result
     }
 
-    /// Stores `value` under `key`, expiring after `ttl` (`None`: never).
+    /// Stores `value` under `key`, expiring after `ttl` (`None`, or a ttl past
+    /// the clock's range such as `Duration::MAX`: never).
     pub fn insert(&self, key: K, value: V, ttl: Option<Duration>) {
         self.update(key, |_, _| (Update::Set(value, ttl), ()));
     }
@@ -414,6 +415,11 @@ mod tests {
         assert_eq!(map.get("a"), None, "expired at exactly its TTL, as Redis");
         assert_eq!(map.ttl("a"), Ttl::Missing);
         assert_eq!(map.get("b"), Some(2));
+        // A ttl past the clock's range (`Duration::MAX`) is no expiry, not an overflow.
+        map.insert("c".into(), 3, Some(Duration::MAX));
+        assert_eq!(map.ttl("c"), Ttl::Persistent);
+        map.update("c".into(), |_, _| (Update::KeepWithTtl(Some(Duration::MAX)), ()));
+        assert_eq!(map.get("c"), Some(3));
     }
 
     #[test]

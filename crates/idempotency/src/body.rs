@@ -90,9 +90,9 @@ where
                     Some(rest) => {
                         let inner = rest.size_hint();
                         let mut hint = SizeHint::new();
-                        hint.set_lower(inner.lower() + read);
+                        hint.set_lower(inner.lower().saturating_add(read));
                         if let Some(upper) = inner.upper() {
-                            hint.set_upper(upper + read);
+                            hint.set_upper(upper.saturating_add(read));
                         }
                         hint
                     }

@@ -191,7 +191,7 @@ impl Store {
                     .key(&key)
                     .arg(fingerprint)
                     .arg(fence)
-                    .arg(retention.as_millis() as u64)
+                    .arg(redlayer_core::expiry::expiry_ms(retention))
                     .invoke_async(&mut conn)
                     .await?;
                 Ok(match from_answer(answer)? {
@@ -249,7 +249,7 @@ impl Store {
                     .arg(stored.status.as_u16())
                     .arg(stored.encode_headers())
                     .arg(stored.body.as_ref())
-                    .arg(retention.as_millis() as u64)
+                    .arg(redlayer_core::expiry::expiry_ms(retention))
                     .invoke_async(&mut conn)
                     .await?;
                 Ok(n == 1)

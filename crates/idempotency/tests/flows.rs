@@ -94,6 +94,9 @@ async fn suite(a: IdempotencyLayer, b: IdempotencyLayer) {
     concurrent_duplicates_run_once(&app_a, &app_b, &counters).await;
     keys_are_scoped_per_client(a.clone(), b.clone()).await;
     server_errors_and_large_responses_are_not_stored(&app_a, &app_b, &counters).await;
+    // "Keep it forever" (`Duration::MAX`): no overflow, and an expiry Redis accepts.
+    let endless = |l: IdempotencyLayer| app(l.retention(Duration::MAX).max_hold(Duration::MAX), counters.clone());
+    replays_a_completed_request(&endless(a.clone()), &endless(b.clone()), &counters).await;
 }
 
 async fn replays_a_completed_request(a: &Router, b: &Router, c: &Counters) {

@@ -1,5 +1,6 @@
 //! [`LockGuard`]: a held lock, its fencing token, renewal and the lost signal.
 
+use redlayer_core::expiry::MAX_EXPIRY;
 use std::{
     fmt,
     future::Future,
@@ -97,6 +98,7 @@ impl Shared {
         if self.state() == State::Released {
             return Ok(false);
         }
+        let ttl = ttl.min(MAX_EXPIRY);
         let started = Instant::now();
         let extended = self.locks.extend_raw(&self.key, &self.token, ttl).await?;
         if extended {
@@ -258,7 +260,8 @@ impl LockGuard {
         };
         runtime.spawn(async move {
             let interval = (shared.ttl / 3).max(Duration::from_millis(1));
-            let cap = shared.acquired_at + max_hold;
+            // `None`: a cap too far to represent (`Duration::MAX`), i.e. no cap.
+            let cap = shared.acquired_at.checked_add(max_hold);
             let mut delay = interval;
             loop {
                 tokio::select! {
@@ -269,12 +272,12 @@ impl LockGuard {
                     return;
                 }
                 let now = Instant::now();
-                if now >= cap {
+                if cap.is_some_and(|cap| now >= cap) {
                     tracing::debug!(target: "redlayer", key = %shared.key, "lock hold cap reached; renewal stops");
                     return;
                 }
                 // Never extend past the cap.
-                let ttl = shared.ttl.min(cap - now).max(Duration::from_millis(1));
+                let ttl = cap.map_or(shared.ttl, |cap| shared.ttl.min(cap - now)).max(Duration::from_millis(1));
                 let extended = tokio::select! {
                     r = shared.extend(ttl) => r,
                     () = shared.until_not_held() => return,

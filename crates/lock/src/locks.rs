@@ -1,5 +1,6 @@
 //! [`Locks`]: the lock helper over one backend.
 
+use redlayer_core::expiry::MAX_EXPIRY;
 use std::{
     fmt,
     future::Future,
@@ -118,13 +119,14 @@ impl fmt::Debug for Locks {
     }
 }
 
-/// A time-to-live of at least 1 ms in whole milliseconds (Redis `PX`).
+/// A time-to-live of at least 1 ms in whole milliseconds (Redis `PX`), at
+/// most [`MAX_EXPIRY`]. Callers cap the ttl itself with `.min(MAX_EXPIRY)`
+/// first, so that their own `Instant` arithmetic cannot overflow either.
 pub(crate) fn ttl_ms(ttl: Duration) -> Result<u64> {
-    let ms = ttl.as_millis();
-    if ms == 0 || ms > u64::MAX as u128 / 2 {
+    if ttl.as_millis() == 0 {
         return Err(Error::InvalidInput(format!("lock ttl must be at least 1 ms, got {ttl:?}")));
     }
-    Ok(ms as u64)
+    Ok(redlayer_core::expiry::expiry_ms(ttl))
 }
 
 /// 128 random bits, URL-safe base64: from the thread-local CSPRNG of `rand`
@@ -239,6 +241,7 @@ impl Locks {
     /// One attempt: `Ok(Ok(guard))`, or `Ok(Err(holder's ttl))` when busy
     /// (`Duration::MAX` when the attempt did not learn it).
     async fn attempt(&self, name: &str, ttl: Duration) -> Result<Result<LockGuard, Duration>> {
+        let ttl = ttl.min(MAX_EXPIRY);
         let ms = ttl_ms(ttl)?;
         let key = self.lock_key(name);
         // `{prefix}:lock:{name}:fence`, in the lock's slot (only made when fences are issued).
@@ -257,7 +260,7 @@ impl Locks {
         let fence = match &self.backend {
             Backend::Memory(mem) => mem.acquire(&key, &token, ttl, self.fence_retention),
             Backend::Redlock(nodes) => {
-                let retention = self.fence_retention.as_millis() as u64;
+                let retention = redlayer_core::expiry::expiry_ms(self.fence_retention);
                 return Ok(crate::redlock::acquire(nodes, &key, &fence_key, &token, ttl, ms, retention).await?.map(
                     |(fence, valid_until)| {
                         let guard = LockGuard::new(self.clone(), key, token, fence, ttl, started);
@@ -296,7 +299,7 @@ impl Locks {
                     .key(&fence_key)
                     .arg(&token)
                     .arg(ms)
-                    .arg(self.fence_retention.as_millis() as u64)
+                    .arg(redlayer_core::expiry::expiry_ms(self.fence_retention))
                     .invoke_async(&mut conn)
                     .await
                     .map_err(Error::from);
@@ -336,7 +339,7 @@ impl Locks {
                             .key(&key)
                             .key(&fence_key)
                             .arg(&token)
-                            .arg(self.fence_retention.as_millis() as u64)
+                            .arg(redlayer_core::expiry::expiry_ms(self.fence_retention))
                             .invoke_async(&mut conn)
                             .await
                             .map_err(Error::from);
@@ -444,6 +447,7 @@ impl Locks {
     }
 
     pub(crate) async fn extend_raw(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        let ttl = ttl.min(MAX_EXPIRY);
         let ms = ttl_ms(ttl)?;
         match &self.backend {
             Backend::Memory(mem) => Ok(mem.extend(key, token, ttl, self.fence_retention)),

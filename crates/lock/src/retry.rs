@@ -98,7 +98,8 @@ impl Retry {
         Fut: Future<Output = redlayer_core::Result<Result<T, Duration>>>,
     {
         let start = Instant::now();
-        let deadline = start + self.max_wait;
+        // `None`: a wait too long to represent (`Duration::MAX`), i.e. no deadline.
+        let deadline = start.checked_add(self.max_wait);
         let mut last_error = None;
         let mut unavailable_since = None;
         for round in 0u32.. {
@@ -116,11 +117,14 @@ impl Retry {
                 Err(e) => return Err(AcquireError::Store(e)),
             };
             let now = Instant::now();
-            let gave_up_on_store = unavailable_since.is_some_and(|since| now >= since + self.unavailable_wait);
-            if now >= deadline || gave_up_on_store {
+            let gave_up_on_store = unavailable_since
+                .and_then(|since| since.checked_add(self.unavailable_wait))
+                .is_some_and(|until| now >= until);
+            if deadline.is_some_and(|deadline| now >= deadline) || gave_up_on_store {
                 break;
             }
-            tokio::time::sleep(self.delay(round, hint).min(deadline - now)).await;
+            let delay = self.delay(round, hint);
+            tokio::time::sleep(deadline.map_or(delay, |deadline| delay.min(deadline - now))).await;
         }
         Err(AcquireError::TimedOut { waited: start.elapsed(), last_error })
     }

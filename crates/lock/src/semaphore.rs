@@ -1,5 +1,6 @@
 //! [`Semaphore`]: at most N holders at a time, each with a lease.
 
+use redlayer_core::expiry::MAX_EXPIRY;
 use std::{
     fmt,
     sync::{Arc, LazyLock},
@@ -72,6 +73,7 @@ impl Semaphore {
     }
 
     async fn attempt(&self, lease: Duration) -> Result<std::result::Result<Permit, Duration>> {
+        let lease = lease.min(MAX_EXPIRY);
         let ms = ttl_ms(lease)?;
         if self.permits == 0 {
             return Err(Error::InvalidInput("a semaphore needs at least one permit".into()));
@@ -143,6 +145,7 @@ impl Permit {
 
     /// Sets the lease to `lease` from now, if the permit is still held.
     pub async fn extend(&self, lease: Duration) -> Result<bool> {
+        let lease = lease.min(MAX_EXPIRY);
         let ms = ttl_ms(lease)?;
         match &self.semaphore.backend {
             Backend::Redis(redis) => {

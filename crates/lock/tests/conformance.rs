@@ -26,6 +26,7 @@ async fn suite(handles: Vec<Locks>) {
         watchdog_renews_and_stops_on_release(&handles),
         hold_cap_ends_renewal_and_fires_lost(&handles),
         with_lock_runs_and_releases(&handles),
+        endless_durations_mean_no_limit(&handles),
     );
     hostile_names_are_fine(&handles).await;
     no_overlap_under_contention(&handles).await;
@@ -153,6 +154,34 @@ async fn with_lock_runs_and_releases(h: &[Locks]) {
     let result = capped.with_lock("with", 200 * MS, tokio::time::sleep(Duration::from_secs(10))).await;
     assert!(matches!(result, Err(AcquireError::Lost)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// `Duration::MAX` ("wait / hold / keep as long as it takes") is no limit,
+/// not an overflow: no panic in the retry loop or the watchdog, and the
+/// store gets an expiry it accepts.
+async fn endless_durations_mean_no_limit(h: &[Locks]) {
+    let endless = h[0].clone().retry(Retry::new(Duration::MAX)).max_hold(Duration::MAX).fence_retention(Duration::MAX);
+    let forever = endless.try_acquire("endless-ttl", Duration::MAX).await.unwrap().expect("a ttl of Duration::MAX");
+    assert!(h[1].try_acquire("endless-ttl", 5000 * MS).await.unwrap().is_none());
+    assert!(forever.release().await.unwrap());
+    let a = h[1].try_acquire("endless", 300 * MS).await.unwrap().unwrap();
+    // Waits as long as it takes: a's ttl ends and the endless retry takes the lock.
+    let guard =
+        tokio::time::timeout(Duration::from_secs(3), endless.acquire("endless", 300 * MS, Retry::new(Duration::MAX)))
+            .await
+            .expect("the lock is free once a's ttl ends")
+            .unwrap();
+    assert!(guard.fencing_token() > a.fencing_token());
+    guard.release().await.unwrap();
+    // The watchdog renews without a cap: the work outlives its 300 ms ttl.
+    let out = endless
+        .with_lock("endless", 300 * MS, async {
+            tokio::time::sleep(1000 * MS).await;
+            h[1].try_acquire("endless", 300 * MS).await.unwrap().is_none()
+        })
+        .await
+        .unwrap();
+    assert!(out, "still held after three ttls: renewed without a cap");
 }
 
 async fn hostile_names_are_fine(h: &[Locks]) {

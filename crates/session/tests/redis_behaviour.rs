@@ -183,6 +183,25 @@ async fn an_alias_that_does_not_open_is_never_followed() {
     assert_eq!(victim.call("GET", "/me").await.body, "vera", "vera's session untouched");
 }
 
+/// Times in a session hash written by something else (another program, a
+/// hand edit) at the limits of `i64`: an answer, never an overflow (which
+/// panics in debug builds and wraps in release ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_times_in_redis_are_answered_not_overflowed() {
+    let server = RedisServer::start();
+    let mut c = setup(&server, |l| l.renew_id(Duration::from_secs(60), Duration::from_secs(30))).await;
+    c.login("gina").await;
+    let key = server.cli(&["--scan", "--pattern", "*:sess:*"]).lines().next().expect("gina's session").to_owned();
+    let (min, max) = (i64::MIN.to_string(), i64::MAX.to_string());
+    for (field, value) in [("m:i", &min), ("m:c", &min), ("m:s", &max), ("m:i", &max), ("m:s", &min)] {
+        server.cli(&["HSET", &key, field, value]);
+        let me = c.call("GET", "/me").await;
+        assert!(me.status == StatusCode::OK || me.status == StatusCode::UNAUTHORIZED, "{field}={value}: {}", me.body);
+        let visit = c.call("GET", "/visits").await;
+        assert_eq!(visit.status, StatusCode::OK, "{field}={value}: {}", visit.body);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_and_forged_cookies_never_reach_redis() {
     let server = RedisServer::start();

@@ -136,7 +136,7 @@ impl MemoryBackend {
                     fields: HashMap::new(),
                     created: now,
                     seen: now,
-                    deadline: now.saturating_add(op.absolute_ms as i64),
+                    deadline: now.saturating_add(i64::try_from(op.absolute_ms).unwrap_or(i64::MAX)),
                     issued: now,
                     user: None,
                     moved: None,

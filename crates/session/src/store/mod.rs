@@ -198,8 +198,9 @@ pub(crate) struct IndexRow {
     pub(crate) seen_ms: i64,
 }
 
+/// `d` as the milliseconds of a Redis expiry (at most 100 years).
 pub(crate) fn millis(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
+    redlayer_core::expiry::expiry_ms(d)
 }
 
 fn time_of(ms: i64) -> SystemTime {

@@ -162,7 +162,8 @@ pub(super) async fn load(
         _ => now,
     };
     loaded.created_ms = created.unwrap_or_default();
-    loaded.id_age_ms = issued.or(created).map_or(0, |issued| now - issued);
+    // Saturating: the times come from Redis, where anything may have written them.
+    loaded.id_age_ms = issued.or(created).map_or(0, |issued| now.saturating_sub(issued));
     match deadline {
         Some(deadline) if now < deadline => {}
         _ => {
@@ -172,7 +173,7 @@ pub(super) async fn load(
             return Ok(if touched == 1 { LoadOutcome::Found(loaded) } else { LoadOutcome::Missing });
         }
     }
-    if seen.is_none_or(|seen| now - seen >= touch_ms as i64) {
+    if seen.is_none_or(|seen| now.saturating_sub(seen) >= touch_ms as i64) {
         let touched: i64 = TOUCH.key(key).arg(idle_ms).invoke_async(&mut conn).await?;
         if touched == 0 {
             return Ok(LoadOutcome::Missing);
