@@ -1,7 +1,7 @@
 //! The shared foundation of the redlayer crates: one [`Redis`] handle over a
 //! bb8 pool (standalone or cluster), the key schema ([`keys`]), the error type,
-//! the failure policy, and the clock and expiring map behind the in-memory
-//! backends ([`memory`]).
+//! the failure policy, the longest expiry sent to Redis ([`expiry`]), and the
+//! clock and expiring map behind the in-memory backends ([`memory`]).
 //!
 //! Which crate does what: `bb8` and `bb8-redis` pool connections; `redis`
 //! (redis-rs) speaks the protocol, runs Lua scripts with `EVALSHA` and reloads
