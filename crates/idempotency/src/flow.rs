@@ -179,7 +179,9 @@ fn storable_header(name: &header::HeaderName) -> bool {
 }
 
 /// Reads the handler's response (up to the limit), stores it if it can be
-/// replayed, releases the lease, and hands the response on.
+/// replayed, releases the lease, and hands the response on. A request
+/// dropped while the body is read leaves an unfinished attempt, as an
+/// unstorable response does: a retry runs the handler.
 pub(crate) async fn finish<B>(claim: Claim, response: Response<B>) -> Answer<B>
 where
     B: Body<Data = Bytes>,
@@ -214,33 +216,51 @@ where
             }
         }
     }
-    let fence = guard.fencing_token();
-    if storable {
-        let stored = StoredResponse {
-            status: parts.status,
-            headers: parts
-                .headers
-                .iter()
-                .filter(|(n, _)| storable_header(n))
-                .map(|(n, v)| (n.clone(), v.clone()))
-                .collect(),
-            body: data.freeze(),
-        };
-        match config.store.complete(&id, fence, &stored, config.retention).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(target: "redlayer", "idempotency: lease lost and taken over; response not stored")
-            }
-            Err(error) => tracing::warn!(target: "redlayer", %error, "idempotency: response not stored"),
+    let stored = storable.then(|| StoredResponse {
+        status: parts.status,
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(n, _)| storable_header(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+        body: data.freeze(),
+    });
+    // In a task of its own, awaited: a request dropped now (its client gave
+    // up just as the handler finished) must still record the response, or
+    // the released lease would let a retry run the finished handler again.
+    let settle = settle(config, id, guard, stored);
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            let _ = runtime.spawn(settle).await;
         }
-        // Released in the background: a retry that comes meanwhile finds the record done.
-        drop(guard);
-    } else {
-        if let Err(error) = config.store.abandon(&id, fence).await {
-            tracing::warn!(target: "redlayer", %error, "idempotency: could not forget an unstorable attempt");
-        }
-        // Released before answering, so that an immediate retry can run (and gets no 409).
-        let _ = guard.release().await;
+        Err(_) => settle.await,
     }
     Response::from_parts(parts, ResponseBody::inner(PassBody::resume(read, error, rest)))
+}
+
+/// Stores the response of a finished handler (or forgets an attempt whose
+/// response cannot be replayed) and releases its lease.
+async fn settle(config: Arc<Config>, id: String, guard: LockGuard, stored: Option<StoredResponse>) {
+    let fence = guard.fencing_token();
+    match stored {
+        Some(stored) => {
+            match config.store.complete(&id, fence, &stored, config.retention).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(target: "redlayer", "idempotency: lease lost and taken over; response not stored")
+                }
+                Err(error) => tracing::warn!(target: "redlayer", %error, "idempotency: response not stored"),
+            }
+            // Released in the background: a retry that comes meanwhile finds the record done.
+            drop(guard);
+        }
+        None => {
+            if let Err(error) = config.store.abandon(&id, fence).await {
+                tracing::warn!(target: "redlayer", %error, "idempotency: could not forget an unstorable attempt");
+            }
+            // Released before answering, so that an immediate retry can run (and gets no 409).
+            let _ = guard.release().await;
+        }
+    }
 }

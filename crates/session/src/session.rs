@@ -565,7 +565,28 @@ impl Session {
             };
             op.create = create;
             let key = self.store().session_key(&id);
-            let outcome = match self.store().write(&key, &op).await {
+            // A new user is indexed before the write that records it, so that
+            // no failure (or dropped request) in between leaves a logged-in
+            // session that "log out everywhere" cannot find. Dropped again
+            // when the write does not happen.
+            let newly_indexed = match &op.user {
+                Some(user) if st.cache.as_ref().and_then(|c| c.user.as_ref()) != Some(user) => {
+                    let created_ms = st.cache.as_ref().map_or(0, |c| c.created_ms);
+                    if let Err(e) = self.store().index_add(user, &key, created_ms, timeouts.absolute_ms).await {
+                        st.pending.restore(pending);
+                        return Err(e);
+                    }
+                    Some(user)
+                }
+                _ => None,
+            };
+            let written = self.store().write(&key, &op).await;
+            if let Some(user) = newly_indexed
+                && !matches!(written, Ok(WriteOutcome::Done { .. }))
+            {
+                let _ = self.store().index_remove(user, &key).await;
+            }
+            let outcome = match written {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     st.pending.restore(pending);
@@ -595,6 +616,8 @@ impl Session {
                         }
                     }
                     if let Some(user) = &op.user {
+                        // Again with the stored creation time (and in case a
+                        // prune dropped the early entry of a key not yet written).
                         self.store().index_add(user, &key, created_ms, timeouts.absolute_ms).await?;
                     }
                     return Ok(increments);

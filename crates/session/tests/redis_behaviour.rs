@@ -202,6 +202,26 @@ async fn garbled_times_in_redis_are_answered_not_overflowed() {
     }
 }
 
+/// A login whose user index cannot be written (here: its key holds another
+/// type) fails as a whole: it never leaves a session logged in that "log
+/// out everywhere" cannot find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_cannot_be_indexed_does_not_log_in() {
+    let server = RedisServer::start();
+    let mut first = setup(&server, |l| l).await;
+    assert_eq!(first.login("ursula").await.status, StatusCode::OK);
+    let index = server.cli(&["--scan", "--pattern", "*:sessu:*"]).lines().next().expect("ursula's index").to_owned();
+    server.cli(&["DEL", &index]);
+    server.cli(&["SET", &index, "not a hash"]);
+    let mut second = setup(&server, |l| l).await;
+    assert_eq!(second.call("GET", "/visits").await.body, "1");
+    let login = second.login("ursula").await;
+    assert!(login.status.is_server_error(), "{:?} {}", login.status, login.body);
+    let me = second.call("GET", "/me").await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED, "logged in without an index entry: {}", me.body);
+    assert_eq!(second.call("GET", "/visits").await.body, "2", "the session itself goes on");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_and_forged_cookies_never_reach_redis() {
     let server = RedisServer::start();
