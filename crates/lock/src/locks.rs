@@ -261,16 +261,19 @@ impl Locks {
             Backend::Memory(mem) => mem.acquire(&key, &token, ttl, self.fence_retention),
             Backend::Redlock(nodes) => {
                 let retention = redlayer_core::expiry::expiry_ms(self.fence_retention);
-                return Ok(crate::redlock::acquire(nodes, &key, &fence_key, &token, ttl, ms, retention).await?.map(
-                    |(fence, valid_until)| {
-                        let guard = LockGuard::new(self.clone(), key, token, fence, ttl, started);
-                        guard.set_valid_until(valid_until);
-                        guard
-                    },
-                ));
+                let undo = UndoOnDrop::arm(&self.backend, &key, &token);
+                // A failed attempt has released on every node itself.
+                let attempt = crate::redlock::acquire(nodes, &key, &fence_key, &token, ttl, ms, retention).await;
+                undo.disarm();
+                return Ok(attempt?.map(|(fence, valid_until)| {
+                    let guard = LockGuard::new(self.clone(), key, token, fence, ttl, started);
+                    guard.set_valid_until(valid_until);
+                    guard
+                }));
             }
             Backend::Redis(redis) if !self.fencing => {
                 let mut conn = redis.connection().await?;
+                let undo = UndoOnDrop::arm(&self.backend, &key, &token);
                 let taken: Result<Option<String>> = redis::cmd("SET")
                     .arg(&key)
                     .arg(&token)
@@ -281,19 +284,17 @@ impl Locks {
                     .await
                     .map_err(Error::from);
                 match taken {
-                    Ok(Some(_)) => Ok(0),
+                    Ok(Some(_)) => undo.disarm_with(Ok(0)),
                     // No holder ttl without a second round trip: the retry policy's own delays apply.
-                    Ok(None) => Err(Duration::MAX),
-                    Err(e) => {
-                        self.undo_in_background(redis, key, token, Some(&e));
-                        return Err(e);
-                    }
+                    Ok(None) => undo.disarm_with(Err(Duration::MAX)),
+                    Err(e) => return Err(undo.settle_error(e)),
                 }
             }
             Backend::Redis(redis) if self.counters.get(&fence_key).is_none() => {
                 // A counter this process has not seen: the script takes the
                 // lock and starts (or counts on) the counter in one round trip.
                 let mut conn = redis.connection().await?;
+                let undo = UndoOnDrop::arm(&self.backend, &key, &token);
                 let answer: Result<(i64, i64)> = ACQUIRE
                     .key(&key)
                     .key(&fence_key)
@@ -306,17 +307,15 @@ impl Locks {
                 match answer {
                     Ok((1, fence)) => {
                         self.remember_counter(&fence_key);
-                        Ok(fence.max(0) as u64)
+                        undo.disarm_with(Ok(fence.max(0) as u64))
                     }
-                    Ok((_, pttl)) => Err(Duration::from_millis(pttl.max(0) as u64)),
-                    Err(e) => {
-                        self.undo_in_background(redis, key, token, Some(&e));
-                        return Err(e);
-                    }
+                    Ok((_, pttl)) => undo.disarm_with(Err(Duration::from_millis(pttl.max(0) as u64))),
+                    Err(e) => return Err(undo.settle_error(e)),
                 }
             }
             Backend::Redis(redis) => {
                 let mut conn = redis.connection().await?;
+                let undo = UndoOnDrop::arm(&self.backend, &key, &token);
                 // One MULTI/EXEC: atomic like a script, at about half the
                 // Redis CPU of one (see `FENCE_FROM_CLOCK`).
                 let answer: Result<(Option<String>, i64)> = redis::pipe()
@@ -333,7 +332,7 @@ impl Locks {
                     .await
                     .map_err(Error::from);
                 match answer {
-                    Ok((Some(_), fence)) if fence >= FENCE_FROM_CLOCK => Ok(fence as u64),
+                    Ok((Some(_), fence)) if fence >= FENCE_FROM_CLOCK => undo.disarm_with(Ok(fence as u64)),
                     Ok((Some(_), _)) => {
                         let started: Result<i64> = FENCE_START
                             .key(&key)
@@ -346,24 +345,20 @@ impl Locks {
                         match started {
                             Ok(fence) if fence > 0 => {
                                 self.remember_counter(&fence_key);
-                                Ok(fence as u64)
+                                undo.disarm_with(Ok(fence as u64))
                             }
                             // Expired before its fence was issued: busy, as far as we know.
-                            Ok(_) => Err(Duration::ZERO),
-                            Err(e) => {
-                                self.undo_in_background(redis, key, token, None);
-                                return Err(e);
-                            }
+                            Ok(_) => undo.disarm_with(Err(Duration::ZERO)),
+                            // The lock is ours without a fence: released in the background.
+                            Err(e) => return Err(e),
                         }
                     }
                     // No holder ttl (a `PTTL` here would cost every acquisition a
                     // command): the retry policy's own delays apply.
-                    Ok((None, _)) => Err(Duration::MAX),
-                    Err(e) => {
-                        // Also when only INCR failed (a fence key someone overwrote): SET may have run.
-                        self.undo_in_background(redis, key, token, None);
-                        return Err(e);
-                    }
+                    Ok((None, _)) => undo.disarm_with(Err(Duration::MAX)),
+                    // Released in the background, also when only INCR failed (a
+                    // fence key someone overwrote): SET may have run.
+                    Err(e) => return Err(e),
                 }
             }
         };
@@ -419,20 +414,6 @@ impl Locks {
         self.counters.insert(fence_key.to_owned(), (), Some(self.fence_retention / 2));
     }
 
-    /// The command may have run although its answer was lost (or was an
-    /// error, `None`): release our token in the background, so that the lock
-    /// does not stay taken by nobody until its ttl ends.
-    fn undo_in_background(&self, redis: &Redis, key: String, token: String, error: Option<&Error>) {
-        if error.is_none_or(Error::is_unavailable) {
-            let redis = redis.clone();
-            tokio::spawn(async move {
-                if let Ok(mut conn) = redis.connection().await {
-                    let _: Result<i64, _> = RELEASE.key(&key).arg(&token).invoke_async(&mut conn).await;
-                }
-            });
-        }
-    }
-
     pub(crate) async fn release_raw(&self, key: &str, token: &str) -> Result<bool> {
         match &self.backend {
             Backend::Memory(mem) => Ok(mem.release(key, token)),
@@ -457,6 +438,70 @@ impl Locks {
                 let n: i64 = EXTEND.key(key).arg(token).arg(ms).invoke_async(&mut conn).await?;
                 Ok(n == 1)
             }
+        }
+    }
+}
+
+/// Armed while an acquisition's command is out: dropped armed (the request
+/// was cancelled mid-command, or the answer was lost to a timeout or a
+/// broken connection), it releases the token in the background, since the
+/// command may have taken the lock for a holder that no longer exists, which
+/// would keep it taken by nobody until its ttl.
+struct UndoOnDrop<'a> {
+    backend: &'a Backend,
+    key: &'a str,
+    token: &'a str,
+    armed: bool,
+}
+
+impl<'a> UndoOnDrop<'a> {
+    fn arm(backend: &'a Backend, key: &'a str, token: &'a str) -> Self {
+        UndoOnDrop { backend, key, token, armed: true }
+    }
+
+    /// The answer is known (taken, or busy): nothing to undo.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+
+    fn disarm_with<T>(self, answer: T) -> T {
+        self.disarm();
+        answer
+    }
+
+    /// An error that says the command did not run (a script error, a key of
+    /// another type) needs no undo; a lost answer does (on drop).
+    fn settle_error(self, error: Error) -> Error {
+        if !error.is_unavailable() {
+            self.disarm();
+        }
+        error
+    }
+}
+
+impl Drop for UndoOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (key, token) = (self.key.to_owned(), self.token.to_owned());
+        match self.backend {
+            Backend::Redis(redis) => {
+                let redis = redis.clone();
+                runtime.spawn(async move {
+                    if let Ok(mut conn) = redis.connection().await {
+                        let _: Result<i64, _> = RELEASE.key(&key).arg(&token).invoke_async(&mut conn).await;
+                    }
+                });
+            }
+            Backend::Redlock(nodes) => {
+                let nodes = nodes.clone();
+                runtime.spawn(async move {
+                    crate::redlock::release(&nodes, &key, &token, Duration::MAX).await;
+                });
+            }
+            Backend::Memory(_) => {}
         }
     }
 }

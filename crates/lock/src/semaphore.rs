@@ -82,9 +82,29 @@ impl Semaphore {
         let granted = match &self.backend {
             Backend::Redis(redis) => {
                 let mut conn = redis.connection().await?;
-                let (ok, wait): (i64, i64) =
-                    SEM_ACQUIRE.key(&self.key).arg(&*token).arg(self.permits).arg(ms).invoke_async(&mut conn).await?;
-                if ok == 1 { Ok(()) } else { Err(Duration::from_millis(wait.max(0) as u64)) }
+                // The permit exists while the script runs: dropped then (a
+                // cancelled request, a lost answer), it releases in the background.
+                let mut permit = Permit { semaphore: self.clone(), token: token.clone(), done: false };
+                let answer: Result<(i64, i64)> = SEM_ACQUIRE
+                    .key(&self.key)
+                    .arg(&*token)
+                    .arg(self.permits)
+                    .arg(ms)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(Error::from);
+                match answer {
+                    Ok((1, _)) => return Ok(Ok(permit)),
+                    Ok((_, wait)) => {
+                        permit.done = true;
+                        Err(Duration::from_millis(wait.max(0) as u64))
+                    }
+                    Err(e) => {
+                        // Not run (a script error): nothing to release.
+                        permit.done = !e.is_unavailable();
+                        return Err(e);
+                    }
+                }
             }
             Backend::Memory(map) => map.update(self.key.clone(), |holders, now| {
                 let mut list: Vec<_> =

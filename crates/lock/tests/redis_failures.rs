@@ -239,3 +239,38 @@ async fn a_redis_that_is_down_is_reported_after_the_unavailable_wait_not_the_who
         assert!(elapsed >= at_least && elapsed < within, "{retry:?}: {elapsed:?}");
     }
 }
+
+/// An acquisition cancelled while its command is out (a request whose
+/// client went away, a timeout around it) may still take the lock in Redis,
+/// for a holder that no longer exists: it is released in the background, not
+/// left taken by nobody until its ttl. Redis is paused so that the command is
+/// surely sent and run, but only after the caller gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_cancelled_mid_command_does_not_keep_the_lock() {
+    let server = RedisServer::start();
+    for (name, mine) in [
+        ("fenced-first", locks(&server).await),
+        ("plain", locks(&server).await.fencing(false)),
+        ("fenced-again", locks(&server).await),
+    ] {
+        if name == "fenced-again" {
+            // The counter is known now: the MULTI/EXEC path.
+            let warm = mine.try_acquire(name, 5000 * MS).await.unwrap().expect("free");
+            warm.release().await.unwrap();
+        }
+        server.pause();
+        let cancelled = tokio::time::timeout(200 * MS, mine.try_acquire(name, Duration::from_secs(30))).await;
+        server.resume();
+        assert!(cancelled.is_err(), "{name}: the attempt was cancelled");
+        let other = locks(&server).await;
+        let started = Instant::now();
+        let taken = loop {
+            if let Some(guard) = other.try_acquire(name, 5000 * MS).await.unwrap() {
+                break guard;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{name}: still held by nobody");
+            tokio::time::sleep(20 * MS).await;
+        };
+        taken.release().await.unwrap();
+    }
+}
