@@ -10,9 +10,18 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-/// Called once with the complete body, or `None` when it was not collected
-/// (too large, failed, or dropped before its end).
-pub(crate) type OnComplete = Box<dyn FnOnce(Option<Bytes>) + Send>;
+/// What became of a collected copy.
+pub(crate) enum Collected {
+    /// The complete body.
+    Body(Bytes),
+    /// Larger than the limit: it will not be stored.
+    TooLarge,
+    /// Not to its end: the body failed, or was dropped (the client went away).
+    Cut,
+}
+
+/// Called once with what became of the copy.
+pub(crate) type OnComplete = Box<dyn FnOnce(Collected) + Send>;
 
 /// Collects a copy of a streamed body for the store.
 pub struct Collector {
@@ -27,7 +36,7 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(max: usize, exact: Option<u64>, done: OnComplete) -> Self {
+    pub(crate) fn new(max: usize, exact: Option<u64>, done: OnComplete) -> Self {
         let expected = exact.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
         Collector { buf: BytesMut::with_capacity(expected.min(max)), max, exact, done: Some(done) }
     }
@@ -43,7 +52,7 @@ impl Collector {
         if self.buf.len() + data.len() > self.max {
             self.buf = BytesMut::new();
             if let Some(done) = self.done.take() {
-                done(None);
+                done(Collected::TooLarge);
             }
             return;
         }
@@ -52,7 +61,7 @@ impl Collector {
 
     fn complete(&mut self) {
         if let Some(done) = self.done.take() {
-            done(Some(std::mem::take(&mut self.buf).freeze()));
+            done(Collected::Body(std::mem::take(&mut self.buf).freeze()));
         }
     }
 }
@@ -60,7 +69,7 @@ impl Collector {
 impl Drop for Collector {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done(None);
+            done(Collected::Cut);
         }
     }
 }
@@ -147,7 +156,7 @@ where
                 }
                 Poll::Ready(Some(Err(e))) => {
                     if let Some(done) = collector.done.take() {
-                        done(None);
+                        done(Collected::Cut);
                     }
                     Poll::Ready(Some(Err(e)))
                 }

@@ -15,6 +15,9 @@ pub(crate) enum FlightState {
     Pending,
     /// The shared entry, or `None`: not shareable (waiters go to the origin).
     Done(Option<Arc<Entry>>),
+    /// The leader went away unfinished (its request was dropped, its body
+    /// cut): the waiters join again, and one of them leads.
+    Abandoned,
 }
 
 #[derive(Debug, Default)]
@@ -42,7 +45,7 @@ impl Flights {
 }
 
 /// Held by the request that fills a key; dropping it unfinished releases the
-/// waiters (they go to the origin themselves).
+/// waiters, who join again (one of them leads the next fill).
 #[derive(Debug)]
 pub(crate) struct FlightGuard {
     flights: Arc<Flights>,
@@ -51,11 +54,13 @@ pub(crate) struct FlightGuard {
 }
 
 impl FlightGuard {
+    /// Ends the fill: its entry for the waiters, or `None` when the
+    /// response cannot be shared (they go to the origin themselves).
     pub fn finish(mut self, entry: Option<Arc<Entry>>) {
-        self.done(entry);
+        self.done(FlightState::Done(entry));
     }
 
-    fn done(&mut self, entry: Option<Arc<Entry>>) {
+    fn done(&mut self, state: FlightState) {
         if let Some(tx) = self.tx.take() {
             {
                 let mut map = self.flights.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -63,27 +68,42 @@ impl FlightGuard {
                     map.remove(&self.key);
                 }
             }
-            tx.send_replace(FlightState::Done(entry));
+            tx.send_replace(state);
         }
     }
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        self.done(None);
+        self.done(FlightState::Abandoned);
     }
 }
 
+/// What a waiter learns from its leader.
+pub(crate) enum Waited {
+    /// The leader's entry.
+    Entry(Arc<Entry>),
+    /// Not shareable: go to the origin.
+    NotShareable,
+    /// The leader went away unfinished: join again.
+    Abandoned,
+}
+
 /// Waits for the leader's outcome.
-pub(crate) async fn wait(mut rx: watch::Receiver<FlightState>) -> Option<Arc<Entry>> {
+pub(crate) async fn wait(mut rx: watch::Receiver<FlightState>) -> Waited {
     loop {
-        if let FlightState::Done(entry) = &*rx.borrow_and_update() {
-            return entry.clone();
+        match &*rx.borrow_and_update() {
+            FlightState::Done(Some(entry)) => return Waited::Entry(entry.clone()),
+            FlightState::Done(None) => return Waited::NotShareable,
+            FlightState::Abandoned => return Waited::Abandoned,
+            FlightState::Pending => {}
         }
         if rx.changed().await.is_err() {
+            // The sender is gone without a word (it always says one): as abandoned.
             return match &*rx.borrow() {
-                FlightState::Done(entry) => entry.clone(),
-                FlightState::Pending => None,
+                FlightState::Done(Some(entry)) => Waited::Entry(entry.clone()),
+                FlightState::Done(None) => Waited::NotShareable,
+                FlightState::Pending | FlightState::Abandoned => Waited::Abandoned,
             };
         }
     }

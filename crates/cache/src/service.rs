@@ -14,9 +14,9 @@ use redlayer_core::{FailurePolicy, report_degraded};
 use tower_service::Service;
 
 use crate::{
-    body::{CacheBody, Collector},
+    body::{CacheBody, Collected, Collector},
     entry::Entry,
-    flight::{self, FlightGuard, Join},
+    flight::{self, FlightGuard, Join, Waited},
     future::ResponseFuture,
     key::{normalized_uri, vary_spec},
     layer::{Config, State},
@@ -32,6 +32,16 @@ pub(crate) struct Guards {
     flight: Option<FlightGuard>,
     lock: Option<redlayer_lock::LockGuard>,
     mark_pass: bool,
+}
+
+impl Guards {
+    /// The fill ends without an entry to share: the waiters go to the origin
+    /// themselves (a dropped `Guards` tells them to join again instead).
+    fn not_shareable(mut self) {
+        if let Some(flight) = self.flight.take() {
+            flight.finish(None);
+        }
+    }
 }
 
 /// A look at the store while coalescing.
@@ -400,6 +410,18 @@ impl Ctx {
     }
 
     /// Deletes the entries under `key` (in the background).
+    /// Deletes the entry `key` in a task of its own, awaited: an
+    /// invalidation due to a successful unsafe request still happens when
+    /// the request is dropped meanwhile. False when it failed.
+    async fn delete_detached(&self, key: &str) -> bool {
+        let (store, key) = (self.state.store.clone(), key.to_owned());
+        let delete = async move { store.delete_entry_key(&key).await.is_ok() };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt.spawn(delete).await.unwrap_or(false),
+            Err(_) => delete.await,
+        }
+    }
+
     fn spawn_invalidate(&self, key: &str) {
         self.state.invalidated.record(key);
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
@@ -655,9 +677,11 @@ impl Ctx {
                 let collector = Collector::new(
                     self.config.max_body,
                     exact,
-                    Box::new(move |body: Option<Bytes>| match body {
-                        Some(body) => ctx.spawn_store(plan, body, guard),
-                        None => drop(guard),
+                    Box::new(move |collected| match collected {
+                        Collected::Body(body) => ctx.spawn_store(plan, body, guard),
+                        Collected::TooLarge => guard.not_shareable(),
+                        // The client went away (or the body failed): a waiter leads a new fill.
+                        Collected::Cut => drop(guard),
                     }),
                 );
                 Response::from_parts(rparts, CacheBody::tee(body, collector))
@@ -666,7 +690,7 @@ impl Ctx {
                 if guard.mark_pass && method == Method::GET && !self.config.hit_for_pass.is_zero() {
                     self.spawn_mark_pass(key, client, guard);
                 } else {
-                    drop(guard);
+                    guard.not_shareable();
                 }
                 Response::from_parts(rparts, CacheBody::inner(body))
             }
@@ -680,7 +704,9 @@ impl Ctx {
     /// is written, so that other instances' waiters see it.
     fn spawn_mark_pass(&self, key: &str, client: &Parts, guard: Guards) {
         let Guards { flight, lock, .. } = guard;
-        drop(flight);
+        if let Some(flight) = flight {
+            flight.finish(None);
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (store, key, uri, ttl) =
             (self.state.store.clone(), key.to_owned(), normalized_uri(client), self.config.hit_for_pass);
@@ -699,7 +725,7 @@ impl Ctx {
             || plan.started.elapsed() >= crate::layer::INVALIDATION_MEMORY
         {
             // A purge, or an invalidation of this key, happened while this fill ran.
-            drop(guard);
+            guard.not_shareable();
             return;
         }
         let entry = Arc::new(Entry { body, ..plan.entry });
@@ -770,65 +796,78 @@ impl Ctx {
             // coalescing (a storable response is still stored below).
             detail = Some("hit-for-pass");
         } else if parts.method == Method::GET && !policy::has_directive(&parts.headers, "no-store") {
-            // Only a miss that coalesced leaves a marker (a pass that stays
-            // unstorable does not rewrite it); a request with credentials
-            // says nothing about the response to others.
-            guards.mark_pass = !parts.headers.contains_key(header::AUTHORIZATION);
-            match self.state.flights.join(&key) {
-                Join::Leader(g) => {
-                    guards.flight = Some(g);
-                    let across = match &self.state.locks {
-                        Some(locks) => self.coalesce_across(locks, &key, &parts).await,
-                        // A fill of this key may have ended (entry stored, then
-                        // its flight closed) since this request's lookup: look again.
-                        None => match self.probe(&key, &parts).await {
-                            Probe::Fresh(entry) => Across::Hit(entry),
-                            Probe::Pass => Across::Pass,
-                            Probe::Miss | Probe::Failed => Across::Fill(None),
-                        },
-                    };
-                    match across {
-                        Across::Fill(lock) => guards.lock = lock,
-                        Across::Pass => {
-                            guards = Guards::default();
-                            detail = Some("hit-for-pass");
-                        }
-                        Across::Hit(entry) => {
-                            let at = now();
-                            let policy = entry.policy(self.config.opts);
-                            if let Some(flight) = guards.flight.take() {
-                                flight.finish(Some(entry.clone()));
+            // Waiters of a leader that went away unfinished join again (one
+            // of them leads), within one coalesce timeout in all.
+            let wait = self.config.coalesce_timeout.min(Duration::from_secs(365 * 24 * 3600));
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                // Only a miss that coalesced leaves a marker (a pass that stays
+                // unstorable does not rewrite it); a request with credentials
+                // says nothing about the response to others.
+                guards.mark_pass = !parts.headers.contains_key(header::AUTHORIZATION);
+                match self.state.flights.join(&key) {
+                    Join::Leader(g) => {
+                        guards.flight = Some(g);
+                        let across = match &self.state.locks {
+                            Some(locks) => self.coalesce_across(locks, &key, &parts).await,
+                            // A fill of this key may have ended (entry stored, then
+                            // its flight closed) since this request's lookup: look again.
+                            None => match self.probe(&key, &parts).await {
+                                Probe::Fresh(entry) => Across::Hit(entry),
+                                Probe::Pass => Across::Pass,
+                                Probe::Miss | Probe::Failed => Across::Fill(None),
+                            },
+                        };
+                        match across {
+                            Across::Fill(lock) => guards.lock = lock,
+                            Across::Pass => {
+                                std::mem::take(&mut guards).not_shareable();
+                                detail = Some("hit-for-pass");
                             }
-                            let status = CacheStatus::hit(secs(policy.time_to_live(at)));
-                            return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
-                        }
-                        Across::Collapsed(entry) => {
-                            let at = now();
-                            let policy = entry.policy(self.config.opts);
-                            if let Some(flight) = guards.flight.take() {
-                                flight.finish(Some(entry.clone()));
+                            Across::Hit(entry) => {
+                                let at = now();
+                                let policy = entry.policy(self.config.opts);
+                                if let Some(flight) = guards.flight.take() {
+                                    flight.finish(Some(entry.clone()));
+                                }
+                                let status = CacheStatus::hit(secs(policy.time_to_live(at)));
+                                return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
                             }
-                            let mut status = CacheStatus::fwd("uri-miss");
-                            status.collapsed = true;
-                            status.ttl = Some(secs(policy.time_to_live(at)));
-                            return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
+                            Across::Collapsed(entry) => {
+                                let at = now();
+                                let policy = entry.policy(self.config.opts);
+                                if let Some(flight) = guards.flight.take() {
+                                    flight.finish(Some(entry.clone()));
+                                }
+                                let mut status = CacheStatus::fwd("uri-miss");
+                                status.collapsed = true;
+                                status.ttl = Some(secs(policy.time_to_live(at)));
+                                return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
+                            }
+                        }
+                    }
+                    Join::Waiter(rx) => {
+                        guards.mark_pass = false;
+                        detail = Some("coalesce-fallthrough");
+                        match tokio::time::timeout_at(deadline, flight::wait(rx)).await {
+                            Ok(Waited::Entry(entry)) => {
+                                let at = now();
+                                if let Some(policy) = self.fresh_for(&entry, &parts, at) {
+                                    let mut status = CacheStatus::fwd("uri-miss");
+                                    status.collapsed = true;
+                                    status.ttl = Some(secs(policy.time_to_live(at)));
+                                    return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
+                                }
+                            }
+                            Ok(Waited::Abandoned) => {
+                                detail = None;
+                                continue;
+                            }
+                            Ok(Waited::NotShareable) | Err(_) => {}
                         }
                     }
                 }
-                Join::Waiter(rx) => {
-                    guards.mark_pass = false;
-                    detail = Some("coalesce-fallthrough");
-                    let waited = tokio::time::timeout(self.config.coalesce_timeout, flight::wait(rx)).await;
-                    if let Ok(Some(entry)) = waited {
-                        let at = now();
-                        if let Some(policy) = self.fresh_for(&entry, &parts, at) {
-                            let mut status = CacheStatus::fwd("uri-miss");
-                            status.collapsed = true;
-                            status.ttl = Some(secs(policy.time_to_live(at)));
-                            return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
-                        }
-                    }
-                }
+                break;
             }
         }
         let (request_time, since) = (now(), self.snapshot());
@@ -911,11 +950,21 @@ impl Ctx {
             match locks.try_acquire(&name, ttl).await {
                 Ok(Some(lock)) => {
                     // Free again: the entry may have just landed.
-                    if let Probe::Fresh(entry) = self.probe(key, parts).await {
-                        return Across::Collapsed(entry);
+                    match self.probe(key, parts).await {
+                        Probe::Fresh(entry) => return Across::Collapsed(entry),
+                        Probe::Pass => return Across::Pass,
+                        _ => {}
                     }
-                    drop(lock);
-                    return Across::Fill(None);
+                    // The leader died, or failed to store: this one leads the
+                    // next fill, keeping the lock so that the other waiters wait
+                    // for it rather than all going to the origin. Without
+                    // hit-for-pass markers an unstorable answer would leave
+                    // no trace for them: then each goes to the origin at once.
+                    if self.config.hit_for_pass.is_zero() {
+                        drop(lock);
+                        return Across::Fill(None);
+                    }
+                    return Across::Fill(Some(lock));
                 }
                 Ok(None) => {}
                 Err(_) => return Across::Fill(None),
@@ -1093,7 +1142,7 @@ impl Ctx {
                     *target_raced |= raced;
                     *own = n;
                 }
-                if self.state.store.delete_entry_key(&key).await.is_err() {
+                if !self.delete_detached(&key).await {
                     status = status.detail("invalidation-failed");
                 }
                 match name {

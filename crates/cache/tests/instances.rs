@@ -79,6 +79,38 @@ async fn a_leader_that_dies_does_not_block_the_others() {
     assert_eq!(origin.hits(), 1);
 }
 
+/// The request leading a fill is dropped (its client went away) while the
+/// origin works: one of the waiters leads a new fill, and the others wait
+/// for it instead of all going to the origin at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_dropped_mid_fill_hands_the_fill_to_one_waiter() {
+    let server = RedisServer::start();
+    let redis = redlayer_core::Redis::connect(&server.url()).await.unwrap();
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("v{n}")))
+        .delay(Duration::from_millis(300));
+    let app = App::new(CacheLayer::new(redis), &origin);
+    let leader = {
+        let app = app.clone();
+        tokio::spawn(async move { tokio::time::timeout(Duration::from_millis(150), app.get("/dropped")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiters: Vec<_> = (0..10)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.get("/dropped").await })
+        })
+        .collect();
+    assert!(leader.await.unwrap().is_err(), "the leader was dropped before the origin answered");
+    let started = Instant::now();
+    for w in waiters {
+        let got = w.await.unwrap();
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, "v2", "the new leader's entry");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "waited {:?}", started.elapsed());
+    assert_eq!(origin.hits(), 2, "the dropped leader's call and one more");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_mid_traffic_the_layer_steps_aside() {
     let mut server = RedisServer::start();
