@@ -1,7 +1,7 @@
 //! [`CacheAside`]: a typed cache-aside API for data that is not HTTP.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     future::Future,
     sync::{Arc, Mutex},
     time::Duration,
@@ -11,7 +11,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use redlayer_core::{FailurePolicy, Redis, Result, report_degraded};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::store::Store;
+use crate::{
+    flight::{REFRESH_LIMIT, RefreshMark, Refreshing},
+    store::Store,
+};
 
 const MAGIC: u8 = 0xA5;
 const VERSION: u8 = 1;
@@ -45,7 +48,7 @@ pub struct CacheAside {
     store: Store,
     locks: Option<redlayer_lock::Locks>,
     flights: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-    refreshing: Arc<Mutex<HashSet<String>>>,
+    refreshing: Refreshing,
 }
 
 impl std::fmt::Debug for CacheAside {
@@ -91,12 +94,7 @@ impl CacheAside {
     /// Values in the given store (it may be the one a `CacheLayer` uses).
     pub fn new(store: Store) -> Self {
         let locks = store.redis_handle().cloned().map(|redis| redlayer_lock::Locks::redis(redis).fencing(false));
-        CacheAside {
-            store,
-            locks,
-            flights: Arc::new(Mutex::new(HashMap::new())),
-            refreshing: Arc::new(Mutex::new(HashSet::new())),
-        }
+        CacheAside { store, locks, flights: Arc::new(Mutex::new(HashMap::new())), refreshing: Refreshing::default() }
     }
 
     fn check(key: &str) -> Result<()> {
@@ -214,22 +212,14 @@ impl CacheAside {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        {
-            let mut refreshing = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
-            if !refreshing.insert(key.to_owned()) {
-                return;
-            }
-        }
+        let Some(mark) = RefreshMark::claim(&self.refreshing, key) else { return };
         let this = self.clone();
         let key = key.to_owned();
-        rt.spawn(async move {
+        let refresh = async move {
             let lock = match &this.locks {
                 Some(locks) => match locks.try_acquire(&format!("cache-aside-refresh:{key}"), FILL_WAIT).await {
                     Ok(Some(lock)) => Some(lock),
-                    _ => {
-                        this.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-                        return;
-                    }
+                    _ => return,
                 },
                 None => None,
             };
@@ -243,7 +233,10 @@ impl CacheAside {
                 report_degraded("cache-aside", FailurePolicy::FailOpen, &e);
             }
             drop(lock);
-            this.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        };
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(REFRESH_LIMIT, refresh).await;
+            drop(mark);
         });
     }
 
@@ -275,7 +268,9 @@ impl CacheAside {
             let mut map = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key.to_owned()).or_default().clone()
         };
-        let result = async {
+        // Dropped before `lock`, also when this call is cancelled.
+        let _forget = ForgetFlight { flights: &self.flights, key };
+        async {
             let _held = lock.lock().await;
             if let Ok(Some(v)) = self.get::<T>(key).await {
                 return Ok(v);
@@ -315,11 +310,22 @@ impl CacheAside {
             }
             Ok(value)
         }
-        .await;
+        .await
+    }
+}
+
+/// Forgets the in-process flight of `key` when dropped, once no other call
+/// holds it (the map's reference and the dropping call's are all that are left).
+struct ForgetFlight<'a> {
+    flights: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: &'a str,
+}
+
+impl Drop for ForgetFlight<'_> {
+    fn drop(&mut self) {
         let mut map = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(key).is_some_and(|l| Arc::strong_count(l) <= 2) {
-            map.remove(key);
+        if map.get(self.key).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            map.remove(self.key);
         }
-        result
     }
 }

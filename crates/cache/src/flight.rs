@@ -108,3 +108,31 @@ pub(crate) async fn wait(mut rx: watch::Receiver<FlightState>) -> Waited {
         }
     }
 }
+
+/// The keys this process is refreshing in the background.
+pub(crate) type Refreshing = Arc<Mutex<std::collections::HashSet<String>>>;
+
+/// A key marked as being refreshed, unmarked when dropped: the refresh
+/// ended, failed, panicked or was cancelled, and the next one may start.
+pub(crate) struct RefreshMark {
+    set: Refreshing,
+    key: String,
+}
+
+impl RefreshMark {
+    /// The mark of `key`, or `None` when a refresh of it is under way.
+    pub fn claim(set: &Refreshing, key: &str) -> Option<Self> {
+        let fresh = set.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned());
+        fresh.then(|| RefreshMark { set: set.clone(), key: key.to_owned() })
+    }
+}
+
+impl Drop for RefreshMark {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+/// The longest a background refresh may take (an origin or fetch that
+/// hangs would otherwise keep its key from ever being refreshed again).
+pub(crate) const REFRESH_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);

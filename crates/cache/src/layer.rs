@@ -1,8 +1,7 @@
 //! [`CacheLayer`]: configuration and the purge API.
 
 use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{Arc, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -53,7 +52,7 @@ pub(crate) struct State {
     /// that started before are dropped (a global bump would drop every fill
     /// in flight whenever any POST succeeds).
     pub invalidated: Invalidated,
-    pub refreshing: Mutex<HashSet<String>>,
+    pub refreshing: crate::flight::Refreshing,
     /// Cross-instance coalescing (Redis backend only).
     pub locks: Option<redlayer_lock::Locks>,
 }
@@ -150,7 +149,7 @@ impl CacheLayer {
                 flights: Arc::new(Flights::default()),
                 epoch: AtomicU64::new(0),
                 invalidated: Invalidated::default(),
-                refreshing: Mutex::new(HashSet::new()),
+                refreshing: Default::default(),
             }),
         }
     }

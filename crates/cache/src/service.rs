@@ -16,7 +16,7 @@ use tower_service::Service;
 use crate::{
     body::{CacheBody, Collected, Collector},
     entry::Entry,
-    flight::{self, FlightGuard, Join, Waited},
+    flight::{self, FlightGuard, Join, REFRESH_LIMIT, RefreshMark, Waited},
     future::ResponseFuture,
     key::{normalized_uri, vary_spec},
     layer::{Config, State},
@@ -1027,16 +1027,8 @@ impl Ctx {
         ResBody: Body<Data = Bytes> + Send + 'static,
     {
         let _ = primary;
-        {
-            let mut refreshing = self.state.refreshing.lock().unwrap_or_else(|p| p.into_inner());
-            if !refreshing.insert(key.to_owned()) {
-                return;
-            }
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.state.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-            return;
-        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let Some(mark) = RefreshMark::claim(&self.state.refreshing, key) else { return };
         let mut client = clone_parts(parts);
         client.method = Method::GET;
         policy::strip_conditionals(&mut client.headers);
@@ -1058,16 +1050,13 @@ impl Ctx {
         let entry = entry.clone();
         let policy = policy.clone();
         let key = key.to_owned();
-        rt.spawn(async move {
+        let refresh = async move {
             // One refresh per key across instances: a short lock.
             let _lock = match &ctx.state.locks {
                 Some(locks) => {
                     match locks.try_acquire(&format!("cache-refresh:{key}"), Duration::from_secs(10)).await {
                         Ok(Some(lock)) => Some(lock),
-                        _ => {
-                            ctx.state.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-                            return;
-                        }
+                        _ => return,
                     }
                 }
                 None => None,
@@ -1093,7 +1082,10 @@ impl Ctx {
                     }
                 }
             }
-            ctx.state.refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        };
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(REFRESH_LIMIT, refresh).await;
+            drop(mark);
         });
     }
 

@@ -716,6 +716,40 @@ async fn cache_aside_stale_while_revalidate(b: Backend) {
     assert_eq!(cache.get_or_insert_swr("swr", ttl, stale, fetch).await.unwrap(), 2);
 }
 
+/// A background refresh that panics (or is cancelled) does not keep its key
+/// from being refreshed again.
+async fn cache_aside_refreshes_again_after_a_refresh_panicked(b: Backend) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let cache = redlayer_cache::CacheAside::new(b.store.clone());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fetch = {
+        let calls = calls.clone();
+        move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                assert_ne!(n, 2, "the first refresh fails loudly");
+                Ok::<_, std::io::Error>(n)
+            }
+        }
+    };
+    let (ttl, stale) = (Duration::from_millis(200), Duration::from_secs(30));
+    assert_eq!(cache.get_or_insert_swr("swr-panic", ttl, stale, fetch.clone()).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cache.get_or_insert_swr("swr-panic", ttl, stale, fetch.clone()).await.unwrap(), 1, "stale");
+    let panicked = eventually(Duration::from_secs(5), || async { calls.load(Ordering::SeqCst) == 2 }).await;
+    assert!(panicked, "the first refresh ran");
+    // Its cross-instance refresh lock is released in the background: try until a refresh runs.
+    let refreshed = eventually(Duration::from_secs(5), || async {
+        let _ = cache.get_or_insert_swr("swr-panic", ttl, stale, fetch.clone()).await;
+        cache.get::<usize>("swr-panic").await.unwrap() == Some(3)
+    })
+    .await;
+    assert!(refreshed, "no refresh after the one that panicked (fetches: {})", calls.load(Ordering::SeqCst));
+}
+
 async fn hostile_requests_are_bounded(b: Backend) {
     let origin = Origin::new(|_, n| {
         resp(
@@ -1103,6 +1137,7 @@ suite!(
     key_function_and_namespace,
     hostile_cache_control_is_parsed_strictly,
     cache_aside_stale_while_revalidate,
+    cache_aside_refreshes_again_after_a_refresh_panicked,
     hostile_requests_are_bounded,
     a_304_without_validators_refreshes_the_stored_entry,
     byte_ranges_are_served_from_stored_responses,
