@@ -120,19 +120,17 @@ impl Shared {
 ///
 /// # Fencing tokens
 ///
-/// [`LockGuard::fencing_token`] is issued atomically with the lock (the
-/// acquire script, or for a name this process locked recently one
-/// `MULTI`/`EXEC` of `SET NX PX` and `INCR` of the name's counter). A counter
-/// that is new (expired after its retention, evicted, lost in a restart
-/// without persistence) first starts from the Redis server time in µs, while
-/// the lock is held, so per lock name on one Redis server a token is strictly
-/// larger than every token issued before, as long as the server clock does not
-/// go backwards and the name sees fewer acquisition attempts than one per
-/// microsecond (failed attempts count too; each costs Redis far more than a
-/// microsecond). After a failover to a
-/// replica (asynchronous replication) the counter may be behind, and the
-/// guarantee then rests on the new primary's clock being no further behind the
-/// old one's than the time the failover took. With Redlock, each node counts on
+/// [`LockGuard::fencing_token`] is issued atomically with the lock by the
+/// acquire script: the name's counter plus one or the Redis server time in
+/// µs, whichever is larger, and the counter keeps it. Per lock name on one
+/// Redis server a token is therefore strictly larger than every token issued
+/// before, even when the clock goes back (the counter) or the counter is lost
+/// (expired after its retention, evicted, lost in a restart without
+/// persistence: the clock, since a token is at most its time of issue as long
+/// as the name sees fewer acquisitions than one per microsecond). After a
+/// failover to a replica (asynchronous replication) the counter may be
+/// behind, and the guarantee then rests on the new primary's clock being no
+/// further behind the old one's than the time the failover took. With Redlock, each node counts on
 /// its own; the token is the largest of the granting majority, and before the
 /// guard is returned every node's counter is raised to it (a majority must
 /// confirm), so the next majority, which overlaps, issues a larger one. Pass the token to the storage you

@@ -4,8 +4,8 @@
 //!   `with_lock` (acquire, renew, run, release); backends on the shared
 //!   [`Redis`](redlayer_core::Redis) handle (standalone or cluster) and in memory.
 //! - [`LockGuard`]: a fencing token strictly increasing per name (issued
-//!   atomically with the lock: by the acquire script, or by one
-//!   `MULTI`/`EXEC` for names this process locked recently), owner-checked `release` and
+//!   atomically with the lock by the acquire script, never below the Redis
+//!   clock in µs, so it survives a lost counter), owner-checked `release` and
 //!   `extend`, a watchdog with a cap on the total hold time, and
 //!   [`LockGuard::lost`], a future that resolves the moment the lock can no
 //!   longer be guaranteed. Dropping a guard releases it in a spawned task.
@@ -29,7 +29,7 @@
 //! lock can no longer be guaranteed, and [`Locks::with_lock`] cancels the
 //! work at that moment.
 //!
-//! Which crate does what: `redis` sends the acquire transaction and runs the
+//! Which crate does what: `redis` runs the
 //! Lua scripts (`EVALSHA`, reloaded on `NOSCRIPT`); `redlayer-core` provides the handle, the key
 //! schema and the in-memory expiring map; `tokio` runs the watchdog, the
 //! timers and the release-on-drop task; `rand` makes 128-bit owner tokens (ChaCha, OS-seeded) and
@@ -37,9 +37,9 @@
 //!
 //! Keys (see `docs/KEYS.md`): `{prefix}:lock:{{name}}` (string: the owner
 //! token, `PX` ttl) and `{prefix}:lock:{{name}}:fence` (string: the last
-//! fencing token, kept one minute by default, then restarted from the
+//! fencing token, kept one minute by default; fences never go below the
 //! Redis clock in microseconds). Both share a hash tag, so the
-//! acquire transaction works on Redis Cluster. Semaphores: `{prefix}:sem:{{name}}`
+//! acquire script works on Redis Cluster. Semaphores: `{prefix}:sem:{{name}}`
 //! (sorted set: token → lease end in ms).
 //!
 //! Redis 6.2+ commands only; time in scripts comes from Redis `TIME`.

@@ -9,14 +9,12 @@ use std::{
 };
 
 use base64::Engine as _;
-use redlayer_core::{Error, KeyPart, Redis, Result, memory::ExpiringMap};
+use redlayer_core::{Error, KeyPart, Redis, Result};
 
 use crate::{Retry, guard::LockGuard, memory::MemoryLocks};
 
 pub(crate) static ACQUIRE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/acquire.lua")));
-static FENCE_START: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("scripts/fence_start.lua")));
 pub(crate) static RELEASE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/release.lua")));
 pub(crate) static EXTEND: LazyLock<redis::Script> =
@@ -25,17 +23,12 @@ pub(crate) static EXTEND: LazyLock<redis::Script> =
 /// The key kind of locks: `{prefix}:lock:{{name}}` and `{prefix}:lock:{{name}}:fence`.
 pub const KIND: &str = "lock";
 
-/// How long a name's fence counter is kept by default. A counter that expired
-/// restarts from the Redis server time in microseconds, so fences still only
-/// increase; a short retention means a lock taken under a client-chosen name
-/// leaves nothing behind for long.
+/// How long a name's fence counter is kept by default (from the last
+/// acquisition that raised it to the clock). Fences are never below the Redis
+/// server time in microseconds, so they still only increase after the
+/// counter expired; a short retention means a lock taken under a
+/// client-chosen name leaves nothing behind for long.
 pub const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(60);
-
-/// Fences start from the Redis clock in microseconds (past 10^15 since
-/// September 2001), so a smaller counter value is one that `INCR` just
-/// created: it is raised to the clock (`fence_start.lua`) before a fence is
-/// issued, never handed out.
-const FENCE_FROM_CLOCK: i64 = 1_000_000_000_000_000;
 
 /// Why [`Locks::acquire`] or [`Locks::with_lock`] gave up.
 #[derive(Debug)]
@@ -95,14 +88,7 @@ pub struct Locks {
     max_hold: Duration,
     fence_retention: Duration,
     fencing: bool,
-    /// Fence counters this process knows to exist in Redis: those names are
-    /// acquired with the cheaper `MULTI`/`EXEC`, others with the acquire
-    /// script, which also starts a new counter in the same round trip.
-    counters: Arc<ExpiringMap<String, ()>>,
 }
-
-/// The most lock names whose fence counters are remembered.
-const KNOWN_COUNTERS: usize = 16_384;
 
 impl fmt::Debug for Locks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -180,7 +166,6 @@ impl Locks {
             max_hold: Duration::from_secs(60),
             fence_retention: DEFAULT_FENCE_RETENTION,
             fencing: true,
-            counters: Arc::new(ExpiringMap::new().weighed(KNOWN_COUNTERS, |_| 1)),
         }
     }
 
@@ -212,8 +197,7 @@ impl Locks {
 
     /// Whether to issue fencing tokens (default true). Without them an
     /// acquisition on standalone Redis or a cluster is a plain `SET NX PX`
-    /// instead of a `MULTI`/`EXEC` of `SET NX PX` and `INCR` (see
-    /// BENCHMARKS.md for both), and [`LockGuard::fencing_token`] is always 0. Keep them
+    /// instead of the acquire script (see BENCHMARKS.md for both), and [`LockGuard::fencing_token`] is always 0. Keep them
     /// whenever the lock protects a write to storage that can check them.
     #[must_use]
     pub fn fencing(mut self, fencing: bool) -> Self {
@@ -290,9 +274,7 @@ impl Locks {
                     Err(e) => return Err(undo.settle_error(e)),
                 }
             }
-            Backend::Redis(redis) if self.counters.get(&fence_key).is_none() => {
-                // A counter this process has not seen: the script takes the
-                // lock and starts (or counts on) the counter in one round trip.
+            Backend::Redis(redis) => {
                 let mut conn = redis.connection().await?;
                 let undo = UndoOnDrop::arm(&self.backend, &key, &token);
                 let answer: Result<(i64, i64)> = ACQUIRE
@@ -305,60 +287,9 @@ impl Locks {
                     .await
                     .map_err(Error::from);
                 match answer {
-                    Ok((1, fence)) => {
-                        self.remember_counter(&fence_key);
-                        undo.disarm_with(Ok(fence.max(0) as u64))
-                    }
+                    Ok((1, fence)) => undo.disarm_with(Ok(fence.max(0) as u64)),
                     Ok((_, pttl)) => undo.disarm_with(Err(Duration::from_millis(pttl.max(0) as u64))),
                     Err(e) => return Err(undo.settle_error(e)),
-                }
-            }
-            Backend::Redis(redis) => {
-                let mut conn = redis.connection().await?;
-                let undo = UndoOnDrop::arm(&self.backend, &key, &token);
-                // One MULTI/EXEC: atomic like a script, at about half the
-                // Redis CPU of one (see `FENCE_FROM_CLOCK`).
-                let answer: Result<(Option<String>, i64)> = redis::pipe()
-                    .atomic()
-                    .cmd("SET")
-                    .arg(&key)
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms)
-                    .cmd("INCR")
-                    .arg(&fence_key)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(Error::from);
-                match answer {
-                    Ok((Some(_), fence)) if fence >= FENCE_FROM_CLOCK => undo.disarm_with(Ok(fence as u64)),
-                    Ok((Some(_), _)) => {
-                        let started: Result<i64> = FENCE_START
-                            .key(&key)
-                            .key(&fence_key)
-                            .arg(&token)
-                            .arg(redlayer_core::expiry::expiry_ms(self.fence_retention))
-                            .invoke_async(&mut conn)
-                            .await
-                            .map_err(Error::from);
-                        match started {
-                            Ok(fence) if fence > 0 => {
-                                self.remember_counter(&fence_key);
-                                undo.disarm_with(Ok(fence as u64))
-                            }
-                            // Expired before its fence was issued: busy, as far as we know.
-                            Ok(_) => undo.disarm_with(Err(Duration::ZERO)),
-                            // The lock is ours without a fence: released in the background.
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    // No holder ttl (a `PTTL` here would cost every acquisition a
-                    // command): the retry policy's own delays apply.
-                    Ok((None, _)) => undo.disarm_with(Err(Duration::MAX)),
-                    // Released in the background, also when only INCR failed (a
-                    // fence key someone overwrote): SET may have run.
-                    Err(e) => return Err(e),
                 }
             }
         };
@@ -367,10 +298,9 @@ impl Locks {
 
     /// Takes the lock `name` for `ttl` if it is free; `Ok(None)` when it is held.
     ///
-    /// One round trip: the acquire script for a name this process has not
-    /// locked in the last half fence retention (it starts the fence counter
-    /// from the Redis clock), else one `MULTI`/`EXEC` (`SET NX PX` and `INCR`
-    /// of the fence; about half the Redis CPU). The guard carries a
+    /// One round trip: the acquire script (`SET NX PX`, then the fence: the
+    /// counter plus one or the Redis clock in µs, whichever is larger), or a
+    /// plain `SET NX PX` with [`Locks::fencing`] off. The guard carries a
     /// fencing token that is larger than every token issued before for this name.
     pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
         Ok(self.attempt(name, ttl).await?.ok())
@@ -406,12 +336,6 @@ impl Locks {
         };
         let _ = guard.release().await;
         Ok(output)
-    }
-
-    /// Remembers that the fence counter exists, for part of its retention
-    /// (it expires a retention after it started, whatever its use).
-    fn remember_counter(&self, fence_key: &str) {
-        self.counters.insert(fence_key.to_owned(), (), Some(self.fence_retention / 2));
     }
 
     pub(crate) async fn release_raw(&self, key: &str, token: &str) -> Result<bool> {

@@ -11,8 +11,8 @@ use crate::AcquireError;
 /// in total. When an attempt learns the current holder's remaining
 /// time-to-live (the acquire script's answer, and memory locks), a delay is
 /// cut short to it, plus jitter, so a waiter does not sleep long past a lock
-/// that expired; the plain `SET NX PX` and the fenced `MULTI`/`EXEC` do not
-/// ask for it (that would cost every acquisition a command).
+/// that expired; the plain `SET NX PX` of [`Locks::fencing`](crate::Locks::fencing)
+/// off does not ask for it (that would cost every acquisition a command).
 ///
 /// An unreachable store is retried too, but only for
 /// [`unavailable_wait`](Retry::unavailable_wait) in a row (default 1 s, enough

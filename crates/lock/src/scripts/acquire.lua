@@ -6,16 +6,25 @@
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {0, redis.call('PTTL', KEYS[1])}
 end
--- The fence counts up by one per acquisition. A new (or expired, or lost)
--- counter starts at the server time in microseconds, which is larger than any
--- fence issued before as long as the server clock does not go back: the
--- counter's expiry never breaks monotonicity, and no per-name key lives forever.
-local fence = redis.call('INCR', KEYS[2])
--- A small value is a counter INCR just created (here, or in the MULTI/EXEC
--- acquisition of locks.rs whose follow-up did not run): never a fence.
-if fence < 1000000000000000 then
-  local t = redis.call('TIME')
-  fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- The fence is the larger of the counter plus one and the server time in
+-- microseconds, and the counter keeps it. So it is larger than every fence
+-- issued before on this server (even if the clock went back: the counter),
+-- and larger than every fence issued by a previous primary whose last
+-- increments this one never received, a counter lost in a restart or
+-- expired after its retention (the clock: fences are at most their time of
+-- issue, since a name sees far fewer than one acquisition per microsecond),
+-- as long as this server's clock is not behind the previous one's by more
+-- than the time the failover took. No per-name key lives forever.
+local fence = redis.pcall('INCR', KEYS[2])
+if type(fence) == 'table' then
+  -- Not a counter (someone overwrote it): no fence, so no lock either.
+  redis.call('DEL', KEYS[1])
+  return fence
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if fence < now then
+  fence = now
   redis.call('SET', KEYS[2], string.format('%.0f', fence), 'PX', ARGV[3])
 end
 return {1, fence}
