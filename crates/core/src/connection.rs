@@ -38,6 +38,11 @@ impl Connection {
             Ok(_) => slot.succeeded(),
             Err(e) if e.is_timeout() => slot.timed_out(self.generation),
             Err(e) if is_connection_error(e) => slot.invalidate(self.generation, "connection error"),
+            // The server at this address is a replica now: a new connection
+            // finds the primary again if the address moved to it.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) => {
+                slot.invalidate(self.generation, "server is read-only (a replica)")
+            }
             Err(_) => slot.succeeded(),
         }
     }

@@ -26,7 +26,7 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Error::Timeout(_) | Error::Unavailable(_) => true,
-            Error::Redis(e) => is_connection_error(e) || e.is_timeout(),
+            Error::Redis(e) => is_connection_error(e) || e.is_timeout() || is_transient_server_error(e),
             _ => false,
         }
     }
@@ -58,7 +58,7 @@ impl From<redis::RedisError> for Error {
         if e.is_timeout() {
             // Our own timeout and redis-rs's response timeout look the same to callers.
             Error::Timeout(Duration::ZERO)
-        } else if is_connection_error(&e) {
+        } else if is_connection_error(&e) || is_transient_server_error(&e) {
             Error::Unavailable(e.to_string())
         } else {
             Error::Redis(e)
@@ -70,6 +70,16 @@ impl From<redis::RedisError> for Error {
 pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
     !e.is_timeout()
         && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error())
+}
+
+/// Server answers that mean "not now" rather than "no": the server is still
+/// loading its data after a restart (`LOADING`), is a replica now (`READONLY`:
+/// a failover moved the primary), has lost its primary (`MASTERDOWN`), or the
+/// cluster is reconfiguring (`CLUSTERDOWN`, `TRYAGAIN`). Failure policies
+/// apply to them as to an unreachable Redis.
+pub(crate) fn is_transient_server_error(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as K};
+    matches!(e.kind(), ErrorKind::Server(K::BusyLoading | K::ReadOnly | K::MasterDown | K::ClusterDown | K::TryAgain))
 }
 
 /// A `Result` with redlayer's [`Error`].

@@ -142,3 +142,24 @@ async fn connect_reports_a_redis_that_is_not_there_and_lazy_does_not() {
     assert!(lazy.ping().await.is_err());
     assert!(matches!(Redis::connect("not a url").await, Err(Error::InvalidInput(_))));
 }
+
+/// A primary turned replica (a failover moved the primary elsewhere) answers
+/// writes with `READONLY`: "not now", which failure policies cover, not a
+/// hard error; and the connection is dropped, so that a new one finds the
+/// primary once the address points to it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_turned_replica_is_unavailable_not_a_hard_error() {
+    let (server, primary) = (RedisServer::start(), RedisServer::start());
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    assert_eq!(incr(&redis, "n").await.unwrap(), 1);
+    server.cli(&["REPLICAOF", "127.0.0.1", &primary.port().to_string()]);
+    let refused = incr(&redis, "n").await.expect_err("a replica refuses writes");
+    assert!(refused.is_unavailable(), "{refused}");
+    server.cli(&["REPLICAOF", "NO", "ONE"]);
+    // Promoted again: writes go through (on a new connection).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while incr(&redis, "m").await.is_err() {
+        assert!(Instant::now() < deadline, "writes never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
