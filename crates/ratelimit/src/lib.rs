@@ -151,7 +151,7 @@ pub use future::ResponseFuture;
 pub use headers::{RATELIMIT, RATELIMIT_POLICY};
 pub use key::{ClientIp, IpNet, Key, KeyFuture, NoKey, PeerAddr, peer_addr};
 pub use layer::RateLimitLayer;
-pub use limiter::{DEFAULT_DENY_CACHE_ENTRIES, DEFAULT_FALLBACK_KEYS, RateLimiter, RateLimiterBuilder};
+pub use limiter::{DEFAULT_DENY_CACHE_ENTRIES, DEFAULT_FALLBACK_KEYS, DENY_RECHECK, RateLimiter, RateLimiterBuilder};
 pub use policy::{MAX_SLIDING_LOG_COUNT, Policy};
 pub use quota::{Algorithm, Quota};
 pub use redlayer_core::FailurePolicy;

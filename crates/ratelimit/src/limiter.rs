@@ -70,7 +70,8 @@ pub(crate) struct Inner {
 
 #[derive(Debug)]
 struct DenyCache {
-    map: ExpiringMap<String, ()>,
+    /// Key → when its block ends. An entry lives at most [`DENY_RECHECK`].
+    map: ExpiringMap<String, Instant>,
     max: usize,
     /// When the full cache was last swept (ms since `born`): expired denials
     /// count in `map.len()` until swept, so a full cache is swept (at most
@@ -80,6 +81,12 @@ struct DenyCache {
 }
 
 const DENY_SWEEP_EVERY_MS: u64 = 100;
+
+/// The longest a denial is answered from the deny cache before the store is
+/// asked again: a reset in Redis (an operator deleting a key, a flush, a
+/// restart) reaches every instance within this, for one store call per
+/// blocked key and instance.
+pub const DENY_RECHECK: Duration = Duration::from_secs(1);
 
 impl DenyCache {
     fn new(max: usize) -> Self {
@@ -101,7 +108,14 @@ impl DenyCache {
                 return;
             }
         }
-        self.map.insert(key.to_owned(), (), Some(ttl));
+        let Some(until) = Instant::now().checked_add(ttl) else { return };
+        self.map.insert(key.to_owned(), until, Some(ttl.min(DENY_RECHECK)));
+    }
+
+    /// How long `key` stays blocked, when its denial is cached.
+    fn blocked_for(&self, key: &str) -> Option<Duration> {
+        let left = self.map.get(key)?.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 }
 
@@ -280,7 +294,7 @@ impl RateLimiter {
     fn cached_denial(&self, cache: &DenyCache, keys: &[String], active: &[usize]) -> Option<Decision> {
         let mut policies = Vec::new();
         for (key, &i) in keys.iter().zip(active) {
-            if let redlayer_core::memory::Ttl::ExpiresIn(left) = cache.map.ttl(key) {
+            if let Some(left) = cache.blocked_for(key) {
                 let p = &self.inner.policies[i];
                 policies.push(PolicyStatus {
                     name: p.name.clone(),
@@ -355,7 +369,9 @@ impl RateLimiterBuilder {
     /// Bound of the local deny cache (default [`DEFAULT_DENY_CACHE_ENTRIES`]);
     /// 0 turns it off. The cache holds only denials ("this key is blocked until
     /// T"), so it is exact across instances: a blocked client is refused
-    /// in-process, with no store call, until its block ends.
+    /// in-process, with no store call, until its block ends, asking the store
+    /// again at most every [`DENY_RECHECK`] (1 s) so that a reset in Redis is
+    /// seen.
     pub fn deny_cache(mut self, max_entries: usize) -> Self {
         self.deny_cache = max_entries;
         self

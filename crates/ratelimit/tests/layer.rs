@@ -214,6 +214,52 @@ async fn deny_cache_answers_blocked_keys_without_redis() {
     assert_eq!(server.command_calls("evalsha") + server.command_calls("eval"), before + 1);
 }
 
+/// A reset in Redis (an operator clearing a client's limit, a flush) reaches
+/// the deny cache within `DENY_RECHECK`, not when the cached block would end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_cache_sees_a_reset_in_redis_within_a_second() {
+    let server = RedisServer::start();
+    let limiter = warm(
+        RateLimiter::builder(Store::redis(redis(&server).await))
+            .policy(Policy::fixed_window("p", Quota::per_hour(1)))
+            .build(),
+    )
+    .await;
+    let app = app(RateLimitLayer::new(limiter));
+    for expected in [200, 429, 429] {
+        assert_eq!(app.clone().oneshot(request([6, 6, 6, 6])).await.unwrap().status(), expected);
+    }
+    server.cli(&["FLUSHALL"]);
+    let reset = Instant::now();
+    while app.clone().oneshot(request([6, 6, 6, 6])).await.unwrap().status() != StatusCode::OK {
+        assert!(reset.elapsed() < redlayer_ratelimit::DENY_RECHECK * 3, "still blocked from the deny cache");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A GCRA state far in the future (a failover to a server whose clock is
+/// behind) blocks for at most one burst, not for the clocks' difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_from_a_clock_ahead_blocks_for_at_most_a_burst() {
+    let server = RedisServer::start();
+    let limiter = warm(
+        RateLimiter::builder(Store::redis(redis(&server).await))
+            .policy(Policy::gcra("p", Quota::per_second(10)))
+            .build(),
+    )
+    .await;
+    let app = app(RateLimitLayer::new(limiter));
+    assert_eq!(app.clone().oneshot(request([5, 5, 5, 5])).await.unwrap().status(), 200);
+    let key = server.cli(&["--scan", "--pattern", "*"]).lines().next().expect("the state key").to_owned();
+    let now_us: u64 = server.cli(&["TIME"]).lines().next().unwrap().trim().parse::<u64>().unwrap() * 1_000_000;
+    server.cli(&["SET", &key, &(now_us + 3_600_000_000).to_string(), "PX", "3600000"]);
+    let planted = Instant::now();
+    while app.clone().oneshot(request([5, 5, 5, 5])).await.unwrap().status() != StatusCode::OK {
+        assert!(planted.elapsed() < Duration::from_secs(3), "blocked past one burst (1 s)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Shadow mode reports and never blocks.
 #[tokio::test]
 async fn shadow_mode_never_blocks() {

@@ -227,15 +227,16 @@ impl RedisCluster {
         cluster
     }
 
-    /// Waits until every running node reports `cluster_state:ok`.
+    /// Waits until every running node reports `cluster_state:ok` and knows
+    /// every other node (so that all of them agree on who serves which slot).
     pub fn wait_ok(&self, within: Duration) {
         let deadline = Instant::now() + within;
+        let known = format!("cluster_known_nodes:{}", self.nodes.len());
         loop {
-            let all_ok = self
-                .nodes
-                .iter()
-                .filter(|n| n.child.is_some())
-                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            let all_ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = n.cli(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains(&known)
+            });
             if all_ok {
                 return;
             }

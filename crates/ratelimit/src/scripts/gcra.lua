@@ -27,6 +27,13 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 -- One decision on `key`, whose state (the theoretical arrival time) is `tat`.
 local function decide(key, tat, cost, interval, dvt)
   if tat < now then tat = now end
+  -- Never more than a full burst ahead (only a clock that went back, say
+  -- after a failover, can leave it there): corrected in place, so the
+  -- lockout ends after the burst, not after the clocks' difference.
+  if tat > now + dvt then
+    tat = now + dvt
+    call('SET', key, format('%d', tat), 'PX', format('%d', ceil(dvt / 1000) + 1))
+  end
   local new_tat = tat + interval * cost
   local allow_at = new_tat - dvt
   if now < allow_at then

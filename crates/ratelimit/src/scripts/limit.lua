@@ -51,6 +51,13 @@ for i = 1, n do
     local dvt = interval * burst
     local tat = tonumber(call('GET', key) or '0')
     if tat < now then tat = now end
+    -- Never more than a full burst ahead (only a clock that went back, say
+    -- after a failover, can leave it there): corrected in place, so the
+    -- lockout ends after the burst, not after the clocks' difference.
+    if tat > now + dvt then
+      tat = now + dvt
+      call('SET', key, format('%d', tat), 'PX', ms_ceil(dvt))
+    end
     local new_tat = tat + interval * cost
     local allow_at = new_tat - dvt
     local after = new_tat
