@@ -120,9 +120,12 @@ pub(crate) struct RefreshMark {
 }
 
 impl RefreshMark {
-    /// The mark of `key`, or `None` when a refresh of it is under way.
+    /// The mark of `key`, or `None` when a refresh of it is under way, or
+    /// [`MAX_REFRESHES`] others are (the entry is then served as it is, and
+    /// refreshed by a later request or when it expires).
     pub fn claim(set: &Refreshing, key: &str) -> Option<Self> {
-        let fresh = set.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned());
+        let mut marked = set.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = marked.len() < MAX_REFRESHES && marked.insert(key.to_owned());
         fresh.then(|| RefreshMark { set: set.clone(), key: key.to_owned() })
     }
 }
@@ -133,6 +136,28 @@ impl Drop for RefreshMark {
     }
 }
 
+/// The most background refreshes one layer (or cache-aside handle) runs at
+/// once: a client touching many stale entries cannot start unbounded work.
+pub(crate) const MAX_REFRESHES: usize = 64;
+
 /// The longest a background refresh may take (an origin or fetch that
 /// hangs would otherwise keep its key from ever being refreshed again).
 pub(crate) const REFRESH_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_marks_are_one_per_key_bounded_and_released_on_drop() {
+        let set = Refreshing::default();
+        let first = RefreshMark::claim(&set, "a").expect("free");
+        assert!(RefreshMark::claim(&set, "a").is_none(), "one refresh per key");
+        drop(first);
+        let again = RefreshMark::claim(&set, "a").expect("released on drop");
+        let others: Vec<_> = (1..MAX_REFRESHES).map(|i| RefreshMark::claim(&set, &format!("k{i}")).unwrap()).collect();
+        assert!(RefreshMark::claim(&set, "one-too-many").is_none(), "at most {MAX_REFRESHES} at once");
+        drop((again, others));
+        assert!(set.lock().unwrap().is_empty());
+    }
+}
