@@ -151,12 +151,12 @@
 //! | kind | key | type | expiry |
 //! |---|---|---|---|
 //! | `cache` | `{prefix}:cache:{<GET uri>}` | HASH: `uri`, `vary`, `v:<variant>` = entry, `pass` = hit-for-pass deadline (ms) | longest variant: freshness + stale windows + retention; a hash holding only `pass`: the hit-for-pass time |
-//! | `cachetag` | `{prefix}:cachetag:{<tag>}` | SET of entry keys | longest member |
+//! | `cachetag` | `{prefix}:cachetag:{<tag>}` | ZSET: entry key → when it expires (ms); expired members dropped on each add | longest member |
 //! | `cacheval` | `{prefix}:cacheval:{<key>}` | STRING: magic, version, fresh-until ms, JSON | the ttl given (+ stale window) |
 //!
 //! Every script touches one key. A tag index cannot share a slot with all
 //! the entries it names, so it lives in its tag's slot and a purge reads it
-//! with `SSCAN` and deletes each entry with its own `DEL` (pipelined on a
+//! with `ZSCAN` and deletes each entry with its own `DEL` (pipelined on a
 //! standalone server, one by one on a cluster): nothing can fail with
 //! `CROSSSLOT`. Purges bump an in-process epoch so fills in flight are not
 //! stored, and re-run once after 2 s to catch fills finishing elsewhere.

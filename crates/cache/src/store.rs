@@ -23,7 +23,7 @@
 //! [`NearCache`] from redlayer-core, invalidated by Redis client tracking).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, LazyLock, Mutex, OnceLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -93,7 +93,8 @@ struct MemHash {
 enum Backend {
     Memory {
         entries: ExpiringMap<String, Arc<MemHash>>,
-        tags: ExpiringMap<String, HashSet<String>>,
+        /// Tag index → entry key → when that entry expires (the memory clock).
+        tags: ExpiringMap<String, HashMap<String, Duration>>,
         clock: Arc<dyn Clock>,
     },
     Redis(Redis),
@@ -239,9 +240,12 @@ impl Store {
         Self::build(
             Backend::Memory {
                 entries: ExpiringMap::with_clock(clock.clone()).weighed(max_bytes, MemHash::weight),
-                tags: ExpiringMap::with_clock(clock.clone()).weighed(max_bytes / 4, |keys: &HashSet<String>| {
-                    keys.iter().map(|k| k.len() + ENTRY_OVERHEAD).sum::<usize>() + ENTRY_OVERHEAD
-                }),
+                tags: ExpiringMap::with_clock(clock.clone()).weighed(
+                    max_bytes / 4,
+                    |keys: &HashMap<String, Duration>| {
+                        keys.keys().map(|k| k.len() + ENTRY_OVERHEAD).sum::<usize>() + ENTRY_OVERHEAD
+                    },
+                ),
                 clock,
             },
             KeyBuilder::default(),
@@ -571,9 +575,16 @@ impl Store {
         let ttl = bound(ttl);
         match &self.inner.backend {
             Backend::Memory { tags, .. } => {
-                tags.update(tag_key, |old, _| {
+                tags.update(tag_key, |old, now| {
                     let mut set = old.map(std::mem::take).unwrap_or_default();
-                    set.insert(key.to_owned());
+                    // As tag.lua: members whose entries expired go as new ones come
+                    // (in passes, each time the index has doubled).
+                    if set.len() >= 64 && set.len().is_power_of_two() {
+                        set.retain(|_, expires| *expires > now);
+                    }
+                    let expires = now.saturating_add(ttl);
+                    let slot = set.entry(key.to_owned()).or_insert(expires);
+                    *slot = (*slot).max(expires);
                     // Keep the longest expiry: memory sets simply live as long as the latest ttl or more.
                     (Update::Set(set, Some(bound(ttl).max(Duration::from_secs(1)))), ())
                 });
@@ -600,7 +611,7 @@ impl Store {
                 let members = tags.get(&tag_key).unwrap_or_default();
                 tags.remove(&tag_key);
                 let mut n = 0;
-                for key in members {
+                for key in members.into_keys() {
                     if entries.remove(&key) {
                         n += 1;
                     }
@@ -612,13 +623,15 @@ impl Store {
                 let mut cursor: u64 = 0;
                 let mut n = 0;
                 loop {
-                    let (next, members): (u64, Vec<String>) = redis::cmd("SSCAN")
+                    // Members and their scores, alternately.
+                    let (next, scanned): (u64, Vec<String>) = redis::cmd("ZSCAN")
                         .arg(&tag_key)
                         .arg(cursor)
                         .arg("COUNT")
                         .arg(500)
                         .query_async(&mut conn)
                         .await?;
+                    let members: Vec<String> = scanned.into_iter().step_by(2).collect();
                     n += self.del_each(redis, &members).await?;
                     cursor = next;
                     if cursor == 0 {

@@ -385,3 +385,21 @@ async fn over_http_a_request_on_another_instance_right_after_a_fill_finds_the_en
     }
     assert_eq!(calls.load(Ordering::SeqCst), 40);
 }
+
+/// A tag index drops the members whose entries expired as new ones come: a
+/// site-wide tag on cache-busting URLs does not grow one index forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_index_does_not_keep_expired_members() {
+    let server = RedisServer::start();
+    let cache = redlayer_cache::CacheAside::new(Store::redis(one_connection(&server).await));
+    for i in 0..50 {
+        cache.set_with_tags(&format!("busted-{i}"), &i, Duration::from_millis(200), &["site"]).await.unwrap();
+    }
+    let index = server.cli(&["--scan", "--pattern", "*cachetag*"]).lines().next().expect("the tag index").to_owned();
+    assert_eq!(server.cli(&["ZCARD", &index]).trim(), "50");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cache.set_with_tags("fresh", &1, Duration::from_secs(60), &["site"]).await.unwrap();
+    assert_eq!(server.cli(&["ZCARD", &index]).trim(), "1", "only the live entry is left");
+    assert_eq!(cache.invalidate_tag("site").await.unwrap(), 1);
+    assert_eq!(cache.get::<i32>("fresh").await.unwrap(), None);
+}
