@@ -329,14 +329,23 @@ fn lasting(e: &Error) -> bool {
     ["NOPERM", "unknown command", "HELLO", "unknown subcommand", "RESP3"].iter().any(|t| text.contains(t))
 }
 
+/// One round of tracking connections, from connect to break.
+#[derive(Default)]
+struct Round {
+    /// Told by a connection's disconnection notice.
+    broken: Notify,
+    /// Set when the round ends, before its connections are dropped.
+    over: AtomicBool,
+}
+
 impl<V: Send + Sync + 'static> Tracker<V> {
     async fn run(self, mut stopped: watch::Receiver<()>) {
         let _on_end = OnEnd(self.shared.clone());
         let mut backoff = FIRST_BACKOFF;
         let mut warned_lost: Option<tokio::time::Instant> = None;
         loop {
-            let broken = Arc::new(Notify::new());
-            match self.connect_all(broken.clone()).await {
+            let round = Arc::new(Round::default());
+            match self.connect_all(round.clone()).await {
                 Ok((mut conns, masters)) => {
                     backoff = FIRST_BACKOFF;
                     let Some(shared) = self.shared.upgrade() else { return };
@@ -349,7 +358,7 @@ impl<V: Send + Sync + 'static> Tracker<V> {
                     loop {
                         tokio::select! {
                             _ = stopped.changed() => return,
-                            _ = broken.notified() => break,
+                            _ = round.broken.notified() => break,
                             _ = tokio::time::sleep(HEARTBEAT) => {
                                 if !self.still_masters(&mut conns).await {
                                     break;
@@ -365,6 +374,10 @@ impl<V: Send + Sync + 'static> Tracker<V> {
                             }
                         }
                     }
+                    // Before its connections go: their disconnection notices
+                    // must not reach the next round.
+                    round.over.store(true, Ordering::SeqCst);
+                    drop(conns);
                     let Some(shared) = self.shared.upgrade() else { return };
                     shared.lost();
                     // Said at most once a minute (a flapping connection would say it every cycle).
@@ -399,10 +412,7 @@ impl<V: Send + Sync + 'static> Tracker<V> {
 
     /// A tracking connection to every node, and the cluster's masters (to
     /// notice a change of topology: a new master's keys would go untracked).
-    async fn connect_all(
-        &self,
-        broken: Arc<Notify>,
-    ) -> Result<(Vec<MultiplexedConnection>, Option<Vec<(String, u16)>>)> {
+    async fn connect_all(&self, round: Arc<Round>) -> Result<(Vec<MultiplexedConnection>, Option<Vec<(String, u16)>>)> {
         let (infos, masters) = match &self.nodes {
             Nodes::One(info) => (vec![(**info).clone()], None),
             Nodes::Cluster(redis) => {
@@ -416,7 +426,7 @@ impl<V: Send + Sync + 'static> Tracker<V> {
         };
         let mut conns = Vec::with_capacity(infos.len());
         for info in infos {
-            conns.push(self.connect(info, broken.clone()).await?);
+            conns.push(self.connect(info, round.clone()).await?);
         }
         Ok((conns, masters))
     }
@@ -456,7 +466,7 @@ impl<V: Send + Sync + 'static> Tracker<V> {
         }
     }
 
-    async fn connect(&self, info: redis::ConnectionInfo, broken: Arc<Notify>) -> Result<MultiplexedConnection> {
+    async fn connect(&self, info: redis::ConnectionInfo, round: Arc<Round>) -> Result<MultiplexedConnection> {
         let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))?;
         let shared = self.shared.clone();
@@ -468,11 +478,13 @@ impl<V: Send + Sync + 'static> Tracker<V> {
                         apply(&shared, &push.data);
                     }
                 }
-                PushKind::Disconnection => {
+                // Only while its round lasts: a connection dropped at the end
+                // of a round says so later, maybe while the next one is live.
+                PushKind::Disconnection if !round.over.load(Ordering::SeqCst) => {
                     if let Some(shared) = shared.upgrade() {
                         shared.lost();
                     }
-                    broken.notify_one();
+                    round.broken.notify_one();
                 }
                 _ => {}
             }
