@@ -55,9 +55,9 @@ pub async fn start(redis_url: &str, handle: &redlayer::Redis) -> Vec<LockScenari
         },
         LockScenario {
             name: "Locks::try_acquire + release (fencing on)",
-            about: "`Locks::redis(handle)` defaults: `try_acquire(name, 10 s)` (lock + fencing token in one \
-                    `MULTI`/`EXEC`, the acquire script instead for a name's first acquisition and again every 30 s) then \
-                    `guard.release()`",
+            about: "`Locks::redis(handle)` defaults: `try_acquire(name, 10 s)` (the acquire script: `SET NX PX`, \
+                    then the fencing token, the counter plus one or the Redis clock in µs, whichever is larger, \
+                    kept in the counter) then `guard.release()`",
             mode: Mode::Locks(locks.clone()),
         },
         LockScenario {
