@@ -71,7 +71,11 @@ impl Policy {
     /// An exact sliding window log: one sorted-set member per request unit, so
     /// its memory (and the work of a costed request) grows with the count. The
     /// count is therefore capped at [`MAX_SLIDING_LOG_COUNT`]; use GCRA or the
-    /// sliding window counter for larger quotas.
+    /// sliding window counter for larger quotas. The in-memory store and the
+    /// local fallback bound their keys by number, not size: a log key holds
+    /// up to `count` timestamps of 8 bytes (80 KB at the cap), so size
+    /// [`RateLimiterBuilder::fallback_max_keys`](crate::RateLimiterBuilder::fallback_max_keys)
+    /// with that in mind.
     pub fn sliding_log(name: &str, quota: Quota) -> Self {
         let quota = if quota.count() > MAX_SLIDING_LOG_COUNT {
             Quota::new(MAX_SLIDING_LOG_COUNT, quota.period())
