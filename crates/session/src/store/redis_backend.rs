@@ -291,20 +291,34 @@ pub(super) async fn index_keys(redis: &Redis, index: &str) -> Result<Vec<String>
     Ok(redis::cmd("HKEYS").arg(index).query_async(&mut conn).await?)
 }
 
+/// How many session reads a listing (or prune) of a user's index sends at once.
+const INDEX_READS_AT_ONCE: usize = 256;
+
 pub(super) async fn index_rows(redis: &Redis, index: &str) -> Result<Vec<IndexRow>, SessionError> {
     let keys = index_keys(redis, index).await?;
     let mut rows = Vec::with_capacity(keys.len());
-    let mut conn = redis.connection().await?;
-    for key in keys {
-        // Each session hash has its own slot: one command each (cluster-safe).
-        let meta: (Option<i64>, Option<i64>) =
-            redis::cmd("HMGET").arg(&key).arg("m:c").arg("m:s").query_async(&mut conn).await?;
-        match meta {
-            (Some(created_ms), Some(seen_ms)) => rows.push(IndexRow { key, created_ms, seen_ms }),
-            _ => {
-                let _: i64 = redis::cmd("HDEL").arg(index).arg(&key).query_async(&mut conn).await?;
+    let mut ended = Vec::new();
+    for chunk in keys.chunks(INDEX_READS_AT_ONCE) {
+        // Each session hash has its own slot: one command each (cluster-safe),
+        // sent together: they share the multiplexed connection's round trips
+        // (on a cluster, each goes to its node), not one round trip each.
+        let reads = chunk.iter().map(|key| async move {
+            let mut conn = redis.connection().await?;
+            let meta: (Option<i64>, Option<i64>) =
+                redis::cmd("HMGET").arg(key).arg("m:c").arg("m:s").query_async(&mut conn).await?;
+            Ok::<_, SessionError>(meta)
+        });
+        for (key, meta) in chunk.iter().zip(futures_util::future::try_join_all(reads).await?) {
+            match meta {
+                (Some(created_ms), Some(seen_ms)) => rows.push(IndexRow { key: key.clone(), created_ms, seen_ms }),
+                _ => ended.push(key.as_str()),
             }
         }
+    }
+    if !ended.is_empty() {
+        // One command: every field is in the index's own key.
+        let mut conn = redis.connection().await?;
+        let _: i64 = redis::cmd("HDEL").arg(index).arg(&ended).query_async(&mut conn).await?;
     }
     Ok(rows)
 }
