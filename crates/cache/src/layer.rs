@@ -209,9 +209,10 @@ impl CacheLayer {
     }
 
     /// How long a request waits for a concurrent fill of its key before it
-    /// goes to the origin itself (default 5 s).
+    /// goes to the origin itself (default 5 s; at most a year, so that
+    /// `Duration::MAX`, "as long as it takes", is a deadline that exists).
     pub fn coalesce_timeout(self, d: Duration) -> Self {
-        self.config(|c| c.coalesce_timeout = d)
+        self.config(|c| c.coalesce_timeout = d.min(crate::store::MAX_TTL))
     }
 
     /// Hit-for-pass (Varnish's hit-for-miss): when the origin's response to

@@ -798,8 +798,7 @@ impl Ctx {
         } else if parts.method == Method::GET && !policy::has_directive(&parts.headers, "no-store") {
             // Waiters of a leader that went away unfinished join again (one
             // of them leads), within one coalesce timeout in all.
-            let wait = self.config.coalesce_timeout.min(Duration::from_secs(365 * 24 * 3600));
-            let deadline = tokio::time::Instant::now() + wait;
+            let deadline = tokio::time::Instant::now() + self.config.coalesce_timeout;
             loop {
                 // Only a miss that coalesced leaves a marker (a pass that stays
                 // unstorable does not rewrite it); a request with credentials
@@ -934,9 +933,7 @@ impl Ctx {
                 Probe::Miss | Probe::Failed => Across::Fill(Some(lock)),
             };
         }
-        // At most a year: `Duration::MAX` ("wait as long as it takes") must not overflow.
-        let wait = self.config.coalesce_timeout.min(Duration::from_secs(365 * 24 * 3600));
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now() + self.config.coalesce_timeout;
         let mut poll = Duration::from_millis(10);
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(poll).await;

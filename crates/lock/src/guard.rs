@@ -1,6 +1,5 @@
 //! [`LockGuard`]: a held lock, its fencing token, renewal and the lost signal.
 
-use redlayer_core::expiry::MAX_EXPIRY;
 use std::{
     fmt,
     future::Future,
@@ -98,7 +97,7 @@ impl Shared {
         if self.state() == State::Released {
             return Ok(false);
         }
-        let ttl = ttl.min(MAX_EXPIRY);
+        let (ttl, _) = crate::locks::store_ttl(ttl)?;
         let started = Instant::now();
         let extended = self.locks.extend_raw(&self.key, &self.token, ttl).await?;
         if extended {

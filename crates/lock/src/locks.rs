@@ -105,14 +105,16 @@ impl fmt::Debug for Locks {
     }
 }
 
-/// A time-to-live of at least 1 ms in whole milliseconds (Redis `PX`), at
-/// most [`MAX_EXPIRY`]. Callers cap the ttl itself with `.min(MAX_EXPIRY)`
-/// first, so that their own `Instant` arithmetic cannot overflow either.
-pub(crate) fn ttl_ms(ttl: Duration) -> Result<u64> {
+/// A lock ttl or lease as the store takes it: at least 1 ms, at most
+/// [`MAX_EXPIRY`] (a longer one, up to `Duration::MAX`, is "forever"), and
+/// the same in whole milliseconds (Redis `PX`). Callers use the capped ttl
+/// for their own `Instant` arithmetic too, so it cannot overflow.
+pub(crate) fn store_ttl(ttl: Duration) -> Result<(Duration, u64)> {
     if ttl.as_millis() == 0 {
         return Err(Error::InvalidInput(format!("lock ttl must be at least 1 ms, got {ttl:?}")));
     }
-    Ok(redlayer_core::expiry::expiry_ms(ttl))
+    let ttl = ttl.min(MAX_EXPIRY);
+    Ok((ttl, ttl.as_millis() as u64))
 }
 
 /// 128 random bits, URL-safe base64: from the thread-local CSPRNG of `rand`
@@ -225,8 +227,7 @@ impl Locks {
     /// One attempt: `Ok(Ok(guard))`, or `Ok(Err(holder's ttl))` when busy
     /// (`Duration::MAX` when the attempt did not learn it).
     async fn attempt(&self, name: &str, ttl: Duration) -> Result<Result<LockGuard, Duration>> {
-        let ttl = ttl.min(MAX_EXPIRY);
-        let ms = ttl_ms(ttl)?;
+        let (ttl, ms) = store_ttl(ttl)?;
         let key = self.lock_key(name);
         // `{prefix}:lock:{name}:fence`, in the lock's slot (only made when fences are issued).
         let fence_key = match &self.backend {
@@ -352,8 +353,7 @@ impl Locks {
     }
 
     pub(crate) async fn extend_raw(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
-        let ttl = ttl.min(MAX_EXPIRY);
-        let ms = ttl_ms(ttl)?;
+        let (ttl, ms) = store_ttl(ttl)?;
         match &self.backend {
             Backend::Memory(mem) => Ok(mem.extend(key, token, ttl, self.fence_retention)),
             Backend::Redlock(nodes) => crate::redlock::extend(nodes, key, token, ttl, ms).await,

@@ -1,6 +1,5 @@
 //! [`Semaphore`]: at most N holders at a time, each with a lease.
 
-use redlayer_core::expiry::MAX_EXPIRY;
 use std::{
     fmt,
     sync::{Arc, LazyLock},
@@ -12,7 +11,7 @@ use redlayer_core::{
     memory::{ExpiringMap, Update},
 };
 
-use crate::{AcquireError, Retry, locks::random_token, locks::ttl_ms};
+use crate::{AcquireError, Retry, locks::random_token, locks::store_ttl};
 
 static SEM_ACQUIRE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/sem_acquire.lua")));
@@ -73,8 +72,7 @@ impl Semaphore {
     }
 
     async fn attempt(&self, lease: Duration) -> Result<std::result::Result<Permit, Duration>> {
-        let lease = lease.min(MAX_EXPIRY);
-        let ms = ttl_ms(lease)?;
+        let (lease, ms) = store_ttl(lease)?;
         if self.permits == 0 {
             return Err(Error::InvalidInput("a semaphore needs at least one permit".into()));
         }
@@ -165,8 +163,7 @@ impl Permit {
 
     /// Sets the lease to `lease` from now, if the permit is still held.
     pub async fn extend(&self, lease: Duration) -> Result<bool> {
-        let lease = lease.min(MAX_EXPIRY);
-        let ms = ttl_ms(lease)?;
+        let (lease, ms) = store_ttl(lease)?;
         match &self.semaphore.backend {
             Backend::Redis(redis) => {
                 let mut conn = redis.connection().await?;
