@@ -257,8 +257,8 @@ impl LockGuard {
         };
         runtime.spawn(async move {
             let interval = (shared.ttl / 3).max(Duration::from_millis(1));
-            // `None`: a cap too far to represent (`Duration::MAX`), i.e. no cap.
-            let cap = shared.acquired_at.checked_add(max_hold);
+            // `Duration::MAX` ("no cap") is 100 years: a deadline that exists.
+            let cap = shared.acquired_at + max_hold.min(redlayer_core::expiry::MAX_EXPIRY);
             let mut delay = interval;
             loop {
                 tokio::select! {
@@ -269,12 +269,12 @@ impl LockGuard {
                     return;
                 }
                 let now = Instant::now();
-                if cap.is_some_and(|cap| now >= cap) {
+                if now >= cap {
                     tracing::debug!(target: "redlayer", key = %shared.key, "lock hold cap reached; renewal stops");
                     return;
                 }
                 // Never extend past the cap.
-                let ttl = cap.map_or(shared.ttl, |cap| shared.ttl.min(cap - now)).max(Duration::from_millis(1));
+                let ttl = shared.ttl.min(cap - now).max(Duration::from_millis(1));
                 let extended = tokio::select! {
                     r = shared.extend(ttl) => r,
                     () = shared.until_not_held() => return,

@@ -187,10 +187,10 @@ impl Locks {
     }
 
     /// How long the fence counter of a name lives (default
-    /// [`DEFAULT_FENCE_RETENTION`], one minute, from its first acquisition). After that the next fence restarts from the Redis
-    /// server time in microseconds, which is still larger than any fence issued
-    /// before, so the counter's expiry does not break monotonicity, and no
-    /// per-name key lives forever.
+    /// [`DEFAULT_FENCE_RETENTION`], one minute, from the last acquisition
+    /// that raised it to the Redis clock). Fences are never below that clock
+    /// in microseconds, so the counter's expiry does not break monotonicity,
+    /// and no per-name key lives forever.
     #[must_use]
     pub fn fence_retention(mut self, retention: Duration) -> Self {
         self.fence_retention = retention.max(Duration::from_secs(1));
@@ -246,7 +246,7 @@ impl Locks {
             Backend::Memory(mem) => mem.acquire(&key, &token, ttl, self.fence_retention),
             Backend::Redlock(nodes) => {
                 let retention = redlayer_core::expiry::expiry_ms(self.fence_retention);
-                let undo = UndoOnDrop::arm(&self.backend, &key, &token);
+                let undo = UndoOnDrop::arm(self, &key, &token);
                 // A failed attempt has released on every node itself.
                 let attempt = crate::redlock::acquire(nodes, &key, &fence_key, &token, ttl, ms, retention).await;
                 undo.disarm();
@@ -258,7 +258,7 @@ impl Locks {
             }
             Backend::Redis(redis) if !self.fencing => {
                 let mut conn = redis.connection().await?;
-                let undo = UndoOnDrop::arm(&self.backend, &key, &token);
+                let undo = UndoOnDrop::arm(self, &key, &token);
                 let taken: Result<Option<String>> = redis::cmd("SET")
                     .arg(&key)
                     .arg(&token)
@@ -277,7 +277,7 @@ impl Locks {
             }
             Backend::Redis(redis) => {
                 let mut conn = redis.connection().await?;
-                let undo = UndoOnDrop::arm(&self.backend, &key, &token);
+                let undo = UndoOnDrop::arm(self, &key, &token);
                 let answer: Result<(i64, i64)> = ACQUIRE
                     .key(&key)
                     .key(&fence_key)
@@ -372,15 +372,15 @@ impl Locks {
 /// command may have taken the lock for a holder that no longer exists, which
 /// would keep it taken by nobody until its ttl.
 struct UndoOnDrop<'a> {
-    backend: &'a Backend,
+    locks: &'a Locks,
     key: &'a str,
     token: &'a str,
     armed: bool,
 }
 
 impl<'a> UndoOnDrop<'a> {
-    fn arm(backend: &'a Backend, key: &'a str, token: &'a str) -> Self {
-        UndoOnDrop { backend, key, token, armed: true }
+    fn arm(locks: &'a Locks, key: &'a str, token: &'a str) -> Self {
+        UndoOnDrop { locks, key, token, armed: true }
     }
 
     /// The answer is known (taken, or busy): nothing to undo.
@@ -409,23 +409,9 @@ impl Drop for UndoOnDrop<'_> {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (key, token) = (self.key.to_owned(), self.token.to_owned());
-        match self.backend {
-            Backend::Redis(redis) => {
-                let redis = redis.clone();
-                runtime.spawn(async move {
-                    if let Ok(mut conn) = redis.connection().await {
-                        let _: Result<i64, _> = RELEASE.key(&key).arg(&token).invoke_async(&mut conn).await;
-                    }
-                });
-            }
-            Backend::Redlock(nodes) => {
-                let nodes = nodes.clone();
-                runtime.spawn(async move {
-                    crate::redlock::release(&nodes, &key, &token, Duration::MAX).await;
-                });
-            }
-            Backend::Memory(_) => {}
-        }
+        let (locks, key, token) = (self.locks.clone(), self.key.to_owned(), self.token.to_owned());
+        runtime.spawn(async move {
+            let _ = locks.release_raw(&key, &token).await;
+        });
     }
 }

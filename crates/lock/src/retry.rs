@@ -1,5 +1,6 @@
 //! [`Retry`]: how long and how often [`Locks::acquire`](crate::Locks::acquire) tries again.
 
+use redlayer_core::expiry::MAX_EXPIRY;
 use std::{future::Future, time::Duration};
 
 use tokio::time::Instant;
@@ -39,9 +40,10 @@ impl Default for Retry {
 
 impl Retry {
     /// Retry for at most `max_wait` in total (delays 10 ms to 200 ms).
+    /// `Duration::MAX` waits as long as it takes (100 years).
     pub fn new(max_wait: Duration) -> Self {
         Retry {
-            max_wait,
+            max_wait: max_wait.min(MAX_EXPIRY),
             min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(200),
             unavailable_wait: UNAVAILABLE_WAIT,
@@ -52,7 +54,7 @@ impl Retry {
     /// the first failure in a row (default 1 s; never more than the total
     /// wait). `Duration::ZERO` gives up at the first failure.
     pub fn unavailable_wait(mut self, wait: Duration) -> Self {
-        self.unavailable_wait = wait;
+        self.unavailable_wait = wait.min(MAX_EXPIRY);
         self
     }
 
@@ -98,8 +100,7 @@ impl Retry {
         Fut: Future<Output = redlayer_core::Result<Result<T, Duration>>>,
     {
         let start = Instant::now();
-        // `None`: a wait too long to represent (`Duration::MAX`), i.e. no deadline.
-        let deadline = start.checked_add(self.max_wait);
+        let deadline = start + self.max_wait;
         let mut last_error = None;
         let mut unavailable_since = None;
         for round in 0u32.. {
@@ -117,14 +118,11 @@ impl Retry {
                 Err(e) => return Err(AcquireError::Store(e)),
             };
             let now = Instant::now();
-            let gave_up_on_store = unavailable_since
-                .and_then(|since| since.checked_add(self.unavailable_wait))
-                .is_some_and(|until| now >= until);
-            if deadline.is_some_and(|deadline| now >= deadline) || gave_up_on_store {
+            let gave_up_on_store = unavailable_since.is_some_and(|since| now >= since + self.unavailable_wait);
+            if now >= deadline || gave_up_on_store {
                 break;
             }
-            let delay = self.delay(round, hint);
-            tokio::time::sleep(deadline.map_or(delay, |deadline| delay.min(deadline - now))).await;
+            tokio::time::sleep(self.delay(round, hint).min(deadline - now)).await;
         }
         Err(AcquireError::TimedOut { waited: start.elapsed(), last_error })
     }
