@@ -12,7 +12,7 @@ use redlayer_core::{FailurePolicy, Redis, Result, report_degraded};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    flight::{REFRESH_LIMIT, RefreshMark, Refreshing},
+    flight::{RefreshMark, Refreshing},
     store::Store,
 };
 
@@ -234,10 +234,7 @@ impl CacheAside {
             }
             drop(lock);
         };
-        rt.spawn(async move {
-            let _ = tokio::time::timeout(REFRESH_LIMIT, refresh).await;
-            drop(mark);
-        });
+        mark.spawn(&rt, refresh);
     }
 
     async fn load<T, F, Fut, E>(

@@ -99,12 +99,8 @@ pub(crate) async fn wait(mut rx: watch::Receiver<FlightState>) -> Waited {
             FlightState::Pending => {}
         }
         if rx.changed().await.is_err() {
-            // The sender is gone without a word (it always says one): as abandoned.
-            return match &*rx.borrow() {
-                FlightState::Done(Some(entry)) => Waited::Entry(entry.clone()),
-                FlightState::Done(None) => Waited::NotShareable,
-                FlightState::Pending | FlightState::Abandoned => Waited::Abandoned,
-            };
+            // The sender went without a word (it always says one before it goes).
+            return Waited::Abandoned;
         }
     }
 }
@@ -128,6 +124,15 @@ impl RefreshMark {
         let fresh = marked.len() < MAX_REFRESHES && marked.insert(key.to_owned());
         fresh.then(|| RefreshMark { set: set.clone(), key: key.to_owned() })
     }
+
+    /// Runs `refresh` in a task of its own, for at most [`REFRESH_LIMIT`],
+    /// holding this mark until it ends.
+    pub fn spawn(self, runtime: &tokio::runtime::Handle, refresh: impl Future<Output = ()> + Send + 'static) {
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(REFRESH_LIMIT, refresh).await;
+            drop(self);
+        });
+    }
 }
 
 impl Drop for RefreshMark {
@@ -142,7 +147,7 @@ pub(crate) const MAX_REFRESHES: usize = 64;
 
 /// The longest a background refresh may take (an origin or fetch that
 /// hangs would otherwise keep its key from ever being refreshed again).
-pub(crate) const REFRESH_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+const REFRESH_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

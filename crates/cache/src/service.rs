@@ -16,7 +16,7 @@ use tower_service::Service;
 use crate::{
     body::{CacheBody, Collected, Collector},
     entry::Entry,
-    flight::{self, FlightGuard, Join, REFRESH_LIMIT, RefreshMark, Waited},
+    flight::{self, FlightGuard, Join, RefreshMark, Waited},
     future::ResponseFuture,
     key::{normalized_uri, vary_spec},
     layer::{Config, State},
@@ -409,7 +409,6 @@ impl Ctx {
         self.fill(res, &client, method, key, (request_time, since), Guards::default(), status)
     }
 
-    /// Deletes the entries under `key` (in the background).
     /// Deletes the entry `key` in a task of its own, awaited: an
     /// invalidation due to a successful unsafe request still happens when
     /// the request is dropped meanwhile. False when it failed.
@@ -422,6 +421,7 @@ impl Ctx {
         }
     }
 
+    /// Deletes the entries under `key` (in the background).
     fn spawn_invalidate(&self, key: &str) {
         self.state.invalidated.record(key);
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
@@ -1080,10 +1080,7 @@ impl Ctx {
                 }
             }
         };
-        rt.spawn(async move {
-            let _ = tokio::time::timeout(REFRESH_LIMIT, refresh).await;
-            drop(mark);
-        });
+        mark.spawn(&rt, refresh);
     }
 
     async fn unsafe_method<S, ReqBody, ResBody>(

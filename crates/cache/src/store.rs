@@ -585,8 +585,9 @@ impl Store {
                     let expires = now.saturating_add(ttl);
                     let slot = set.entry(key.to_owned()).or_insert(expires);
                     *slot = (*slot).max(expires);
-                    // Keep the longest expiry: memory sets simply live as long as the latest ttl or more.
-                    (Update::Set(set, Some(bound(ttl).max(Duration::from_secs(1)))), ())
+                    // The index lives as long as its longest-lived member.
+                    let longest = set.values().max().map_or(ttl, |last| last.saturating_sub(now));
+                    (Update::Set(set, Some(longest.max(Duration::from_secs(1)))), ())
                 });
                 Ok(())
             }
