@@ -106,3 +106,88 @@ async fn a_cluster_that_is_gone_fails_fast() {
     }
     assert!(fast >= 10, "only {fast} of 20 calls failed fast with the cluster gone");
 }
+
+/// Runs a one-key script on each key, every call bounded by the handle's
+/// timeout; the number that succeeded.
+async fn scripts_ok(redis: &Redis, keys: &[String], timeout: Duration) -> usize {
+    let script = redis::Script::new("return redis.call('INCR', KEYS[1])");
+    let mut ok = 0;
+    for key in keys {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = redis.connection().await?;
+            script.key(key).invoke_async::<i64>(&mut conn).await.map_err(redlayer_core::Error::from)
+        }
+        .await;
+        // A NOSCRIPT reload is a second and third command: three timeouts at most.
+        assert!(started.elapsed() < 3 * timeout + Duration::from_millis(500), "a call took {:?}", started.elapsed());
+        ok += usize::from(result.is_ok());
+    }
+    ok
+}
+
+/// A master dies and its replica takes over. The promoted replica has never
+/// loaded the scripts (Redis does not replicate its script cache), so this is
+/// also the `NOSCRIPT` reload on a changed topology: every slot serves scripts
+/// again within a bounded time, and no call hangs meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_again_after_a_failover_to_a_replica() {
+    let mut cluster = RedisCluster::start_with_replicas();
+    let timeout = Duration::from_millis(500);
+    let redis = Redis::builder().timeout(timeout).connect_cluster(cluster.urls()).await.unwrap();
+    let keys: Vec<String> = (0..30).map(|i| redis.keys().key("f", &KeyPart::client(format!("k{i}")))).collect();
+    assert_eq!(scripts_ok(&redis, &keys, timeout).await, 30);
+
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3);
+    cluster.node_mut(masters[0]).kill();
+    let started = Instant::now();
+    let mut failed_meanwhile = false;
+    loop {
+        let ok = scripts_ok(&redis, &keys, timeout).await;
+        if ok == keys.len() {
+            break;
+        }
+        failed_meanwhile = true;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "scripts still failing {:?} after the kill",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("scripts ran on every slot {:?} after the master was killed", started.elapsed());
+    assert!(failed_meanwhile, "the killed master's slots failed until its replica took over");
+    let promoted = cluster.masters();
+    assert_eq!(promoted.len(), 3, "a replica took over: {promoted:?}");
+    assert!(!promoted.contains(&masters[0]));
+}
+
+/// A replica is gone (the masters are fine) and the masters forget their
+/// scripts: the reload (sent to every node) must not fail for the dead
+/// replica's sake, or every script call would fail until it came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_reload_with_a_replica_down() {
+    let mut cluster = RedisCluster::start_with_replicas();
+    let timeout = Duration::from_millis(500);
+    let redis = Redis::builder().timeout(timeout).connect_cluster(cluster.urls()).await.unwrap();
+    let keys: Vec<String> = (0..30).map(|i| redis.keys().key("r", &KeyPart::client(format!("k{i}")))).collect();
+    assert_eq!(scripts_ok(&redis, &keys, timeout).await, 30);
+
+    let masters = cluster.masters();
+    let replica = (0..cluster.nodes().len()).find(|i| !masters.contains(i)).unwrap();
+    cluster.node_mut(replica).kill();
+    for &m in &masters {
+        cluster.nodes()[m].cli(&["SCRIPT", "FLUSH"]);
+    }
+    let started = Instant::now();
+    loop {
+        let ok = scripts_ok(&redis, &keys, timeout).await;
+        if ok == keys.len() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{ok} of 30 script calls ran with a replica down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("scripts reloaded {:?} after the flush, a replica down", started.elapsed());
+}

@@ -1,5 +1,5 @@
 //! Real `redis-server` processes for tests: a standalone server or a
-//! 3-master cluster on free loopback ports, which a test can kill, restart on
+//! 3-master cluster (optionally with a replica per master) on free loopback ports, which a test can kill, restart on
 //! the same port, pause (`SIGSTOP`) and resume. Processes and their temporary
 //! directories are removed on drop, also when the test panics.
 //!
@@ -202,7 +202,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of three masters (no replicas), each a real `redis-server`.
+/// A Redis Cluster of three masters, each a real `redis-server`; with
+/// [`RedisCluster::start_with_replicas`], each master has a replica that takes
+/// over when the master dies.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
@@ -212,12 +214,33 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers, assigns all 16384 slots with
     /// `redis-cli --cluster create`, and waits until every node says `cluster_state:ok`.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(true)).collect();
+        Self::start_replicated(0)
+    }
+
+    /// Starts three masters and one replica of each (six servers), and waits
+    /// until every node says `cluster_state:ok` and every replica is in sync.
+    /// A killed master is replaced by its replica after about 2 s (the
+    /// nodes' `cluster-node-timeout`). See [`RedisCluster::masters`].
+    pub fn start_with_replicas() -> Self {
+        let cluster = Self::start_replicated(1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.nodes.iter().all(|n| {
+            let role = n.cli(&["ROLE"]);
+            role.starts_with("master") || role.contains("connected")
+        }) {
+            assert!(Instant::now() < deadline, "replicas did not sync with their masters");
+            thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    fn start_replicated(replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas)).map(|_| RedisServer::start_with(true)).collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli was not found; scripts/test installs redis-tools");
@@ -243,6 +266,14 @@ impl RedisCluster {
             assert!(Instant::now() < deadline, "cluster did not reach cluster_state:ok");
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The indices (in [`RedisCluster::nodes`]) of the running nodes that are
+    /// masters now (after a failover, a former replica is one).
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some() && self.nodes[i].cli(&["ROLE"]).starts_with("master"))
+            .collect()
     }
 
     /// The nodes' URLs, to hand to a cluster client.
