@@ -266,3 +266,52 @@ async fn an_acquisition_cancelled_mid_command_does_not_keep_the_lock() {
         taken.release().await.unwrap();
     }
 }
+
+/// A cluster master dies and its replica takes over: a lock held at that
+/// moment (its `SET` replicated) is still held, fences go on increasing, and
+/// the lock can be taken again once the replica serves the slot, within a
+/// bounded time and with no call waiting past its timeouts.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_failover_keeps_held_locks_and_fences_increasing() {
+    let mut cluster = redlayer_testkit::RedisCluster::start_with_replicas();
+    let timeout = 500 * MS;
+    let redis = redlayer_core::Redis::builder().timeout(timeout).connect_cluster(cluster.urls()).await.unwrap();
+    let locks = Locks::redis(redis);
+    let mut last = 0;
+    for _ in 0..20 {
+        let guard = locks.try_acquire("ledger", 30_000 * MS).await.unwrap().unwrap();
+        assert!(guard.fencing_token() > last);
+        last = guard.fencing_token();
+        guard.release().await.unwrap();
+    }
+    let held = locks.try_acquire("ledger", 30_000 * MS).await.unwrap().unwrap();
+    last = held.fencing_token();
+    let key = held.key().to_owned();
+    let master = cluster.masters().into_iter().find(|&m| cluster.nodes()[m].cli(&["EXISTS", &key]).trim() == "1");
+    let master = master.expect("one master holds the lock key");
+    // Wait until the replica has the lock's SET (replication is asynchronous).
+    cluster.nodes()[master].cli(&["WAIT", "1", "2000"]);
+    cluster.node_mut(master).kill();
+
+    let started = Instant::now();
+    let second = loop {
+        let attempt = Instant::now();
+        match locks.try_acquire("ledger", 30_000 * MS).await {
+            // Refused: the promoted replica serves the slot and has the lock.
+            Ok(None) => break None,
+            Ok(Some(guard)) => break Some(guard),
+            Err(_) => assert!(attempt.elapsed() < 4 * timeout, "a failing call took {:?}", attempt.elapsed()),
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no answer {:?} after the kill", started.elapsed());
+        tokio::time::sleep(100 * MS).await;
+    };
+    assert!(second.is_none(), "the lock held across the failover was taken twice");
+    println!("the promoted replica answered {:?} after the kill", started.elapsed());
+    assert!(held.is_held());
+    held.release().await.unwrap();
+
+    let next = locks.try_acquire("ledger", 30_000 * MS).await.unwrap().expect("free after its release");
+    assert!(next.fencing_token() > last, "{} after {last}", next.fencing_token());
+    next.release().await.unwrap();
+}
