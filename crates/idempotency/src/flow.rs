@@ -164,10 +164,15 @@ async fn claim<B: Body>(
     }
 }
 
+/// Whether a response header is stored for replays: not the hop-by-hop ones,
+/// nor `Set-Cookie` (a replay goes to whoever presents the key, and a cookie
+/// is a credential of the first caller, often a session).
 fn storable_header(name: &header::HeaderName) -> bool {
     !matches!(
         name.as_str(),
-        "connection"
+        "set-cookie"
+            | "set-cookie2"
+            | "connection"
             | "keep-alive"
             | "proxy-connection"
             | "transfer-encoding"

@@ -22,7 +22,7 @@ pub(crate) fn parse_key(headers: &HeaderMap, name: &HeaderName, max_len: usize) 
         return KeyHeader::Invalid("more than one Idempotency-Key field");
     }
     // Quotes, escapes and parameters take room too, but never more than this.
-    if value.len() > max_len * 2 + 64 {
+    if value.len() > max_len.saturating_mul(2).saturating_add(64) {
         return KeyHeader::Invalid("Idempotency-Key is too long");
     }
     let item = match sfv::Parser::new(value.as_bytes()).parse::<sfv::Item>() {

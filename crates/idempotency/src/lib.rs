@@ -21,7 +21,8 @@
 //!    retention, default 24 h) with the lease's fencing token: a completed
 //!    record is replayed; a record with another fingerprint answers 422;
 //!    otherwise the handler runs.
-//! 4. The response (status, headers, body up to 1 MiB) is stored if its
+//! 4. The response (status, headers but `Set-Cookie` and hop-by-hop ones,
+//!    body up to 1 MiB) is stored if its
 //!    fencing token still owns the record, then the lease is released. 5xx
 //!    answers, bodies over the limit, trailers and body errors are not
 //!    stored: the attempt is forgotten and a retry runs again.

@@ -39,9 +39,21 @@ async fn pay(State(c): State<Counters>, headers: HeaderMap, body: Bytes) -> (Sta
     (StatusCode::CREATED, Json(serde_json::json!({ "payment": n, "echo": body, "pad": "p".repeat(size) })))
 }
 
+/// A handler that hands out a credential in a cookie.
+async fn login(State(c): State<Counters>) -> (StatusCode, [(http::HeaderName, String); 2], &'static str) {
+    let n = c.runs.fetch_add(1, Ordering::SeqCst) + 1;
+    let cookie = format!("token=secret-{n}; HttpOnly");
+    (
+        StatusCode::OK,
+        [(http::header::SET_COOKIE, cookie), (http::HeaderName::from_static("x-run"), n.to_string())],
+        "in",
+    )
+}
+
 fn app(layer: IdempotencyLayer, counters: Counters) -> Router {
     Router::new()
         .route("/payments", post(pay).get(|| async { "list" }))
+        .route("/login", post(login))
         .route("/other", post(pay))
         .with_state(counters)
         .layer(layer)
@@ -94,6 +106,7 @@ async fn suite(a: IdempotencyLayer, b: IdempotencyLayer) {
     concurrent_duplicates_run_once(&app_a, &app_b, &counters).await;
     keys_are_scoped_per_client(a.clone(), b.clone()).await;
     server_errors_and_large_responses_are_not_stored(&app_a, &app_b, &counters).await;
+    set_cookie_is_never_replayed(&app_a, &app_b, &counters).await;
     // "Keep it forever" (`Duration::MAX`): no overflow, and an expiry Redis accepts.
     let endless = |l: IdempotencyLayer| app(l.retention(Duration::MAX).max_hold(Duration::MAX), counters.clone());
     replays_a_completed_request(&endless(a.clone()), &endless(b.clone()), &counters).await;
@@ -240,6 +253,23 @@ async fn server_errors_and_large_responses_are_not_stored(a: &Router, b: &Router
     let again = send(b, "/payments", Some(&key), "{}", &[("x-size", "200000")]).await;
     assert!(!again.replayed());
     assert_eq!(c.runs.load(Ordering::SeqCst), before + 4);
+}
+
+/// A stored response is replayed to whoever presents its key (in its scope):
+/// a cookie the handler set for the first caller is not part of it.
+async fn set_cookie_is_never_replayed(a: &Router, b: &Router, c: &Counters) {
+    let key = unique("login");
+    let before = c.runs.load(Ordering::SeqCst);
+    let first = send(a, "/login", Some(&key), "{}", &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first.headers["set-cookie"].to_str().unwrap().starts_with("token=secret-"));
+    for app in [a, b] {
+        let again = send(app, "/login", Some(&key), "{}", &[]).await;
+        assert!(again.replayed());
+        assert_eq!(again.headers["x-run"], first.headers["x-run"], "the other headers are replayed");
+        assert!(again.headers.get("set-cookie").is_none(), "{:?}", again.headers.get("set-cookie"));
+    }
+    assert_eq!(c.runs.load(Ordering::SeqCst), before + 1);
 }
 
 fn configure(layer: IdempotencyLayer) -> IdempotencyLayer {

@@ -17,7 +17,11 @@ pub struct PolicyStatus {
     pub allowed: bool,
     /// Cost units that could still be spent now.
     pub remaining: u64,
-    /// Time until the quota is whole again.
+    /// Time until more quota becomes available (draft-10's `t`): GCRA and
+    /// token bucket, the next unit; a fixed window, its end; a sliding log,
+    /// its oldest entry's expiry; a sliding window counter, the time until its
+    /// count is whole again. Zero when nothing is used; never later than
+    /// `retry_after` when denied.
     pub reset: Duration,
     /// When denied: time until the same request could pass (`None` if it never
     /// can, its cost being larger than the limit).

@@ -140,16 +140,15 @@ fn join(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
             slot.insert(value);
         }
         http::header::Entry::Occupied(mut slot) => {
-            let existing = slot.get();
-            let joined = if existing.is_empty() {
-                value
-            } else {
-                let mut bytes = existing.as_bytes().to_vec();
+            // A list may come split over several field lines (RFC 9651 3.1): all are kept.
+            let mut bytes = Vec::new();
+            for line in slot.iter().filter(|line| !line.is_empty()) {
+                bytes.extend_from_slice(line.as_bytes());
                 bytes.extend_from_slice(b", ");
-                bytes.extend_from_slice(value.as_bytes());
-                HeaderValue::from_bytes(&bytes).unwrap_or(value)
-            };
-            // `insert` replaces every value of the field, as before.
+            }
+            bytes.extend_from_slice(value.as_bytes());
+            let joined = HeaderValue::from_bytes(&bytes).unwrap_or(value);
+            // `insert` replaces every line of the field with the joined one.
             slot.insert(joined);
         }
     }
@@ -305,6 +304,13 @@ mod tests {
         };
         apply(&mut headers, &outer, true);
         assert_eq!(headers["ratelimit"], r#""burst";r=0;t=1, "daily";r=950;t=3601, "outer";r=59;t=1"#);
+        // An inner list split over two field lines keeps both.
+        let mut split = HeaderMap::new();
+        split.append("ratelimit", HeaderValue::from_static(r#""a";r=1;t=1"#));
+        split.append("ratelimit", HeaderValue::from_static(r#""b";r=2;t=2"#));
+        apply(&mut split, &outer, false);
+        assert_eq!(split.get_all("ratelimit").iter().count(), 1);
+        assert_eq!(split["ratelimit"], r#""a";r=1;t=1, "b";r=2;t=2, "outer";r=59;t=1"#);
         assert_eq!(headers["retry-after"], "1");
         assert_eq!(headers["x-ratelimit-limit"], "10");
     }

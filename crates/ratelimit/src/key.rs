@@ -177,8 +177,11 @@ impl Extract for Scoped {
             scope.push_str(route_of(parts));
         }
         let scope = KeyPart::client(scope);
-        let join =
-            move |part: Option<KeyPart>| part.map(|p| KeyPart::client(format!("{}:{}", scope.as_str(), p.as_str())));
+        // The scope's length first: paths and keys may hold ':', and
+        // ("/a", "u:1") must not meet ("/a:u", "1").
+        let join = move |part: Option<KeyPart>| {
+            part.map(|p| KeyPart::client(format!("{}:{}:{}", scope.as_str().len(), scope.as_str(), p.as_str())))
+        };
         match self.inner.extract(parts) {
             Extracted::Ready(part) => Extracted::Ready(join(part)),
             Extracted::Pending(fut) => Extracted::Pending(Box::pin(async move { join(fut.await) })),
@@ -527,6 +530,20 @@ mod tests {
             Extracted::Ready(v) => v.map(|p| p.as_str().to_owned()),
             Extracted::Pending(_) => panic!("sync"),
         }
+    }
+
+    /// Paths and keys may hold ':': a route scope and a key never run into each other.
+    #[test]
+    fn route_scopes_and_keys_do_not_blur() {
+        let client = Key::custom(|parts: &Parts| parts.headers.get("x-k").map(|v| v.to_str().unwrap().to_owned()));
+        let scoped = client.per_route();
+        let with = |path: &str, k: &str| {
+            let (mut parts, ()) = http::Request::get(path).header("x-k", k).body(()).unwrap().into_parts();
+            parts.extensions.insert(PeerAddr("192.0.2.1:1".parse().unwrap()));
+            key(&scoped, &parts).unwrap()
+        };
+        assert_ne!(with("/a", "u:1"), with("/a:u", "1"));
+        assert_eq!(with("/a", "u:1"), with("/a", "u:1"));
     }
 
     #[test]

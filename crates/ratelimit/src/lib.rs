@@ -117,7 +117,8 @@
 //!
 //! `RateLimit-Policy: "per-ip";q=100;w=60` gives each policy's count `q` per
 //! window `w` seconds; `RateLimit: "per-ip";r=20;t=12` the units left now `r`
-//! and the seconds `t` until the quota is whole again. With GCRA / token bucket
+//! and the seconds `t` until more quota becomes available (GCRA: the next
+//! unit; a fixed window: its end). With GCRA / token bucket
 //! `r` counts the burst, so it can exceed `q` when the burst is larger than the
 //! count. A denied request also gets `Retry-After` (seconds, rounded up, at least
 //! 1). When rate-limit layers are nested, the outer one appends its policies to

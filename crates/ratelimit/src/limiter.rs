@@ -13,7 +13,7 @@ use futures_util::FutureExt as _;
 use redlayer_core::{Error, FailurePolicy, KeyPart, memory::ExpiringMap, report_degraded};
 
 use crate::{
-    Decision, Policy, PolicyStatus,
+    Algorithm, Decision, Policy, PolicyStatus,
     memory::MemoryStore,
     store::{PolicySpec, RawOutcome, Store},
 };
@@ -322,13 +322,14 @@ impl RateLimiter {
             .zip(active)
             .map(|(o, &i)| {
                 let p = &self.inner.policies[i];
+                let retry_after = (!o.allowed && o.retry_us >= 0).then(|| Duration::from_micros(o.retry_us as u64));
                 PolicyStatus {
                     name: p.name.clone(),
                     quota: p.quota,
                     allowed: o.allowed,
                     remaining: o.remaining.max(0) as u64,
-                    reset: Duration::from_micros(o.reset_us.max(0) as u64),
-                    retry_after: (!o.allowed && o.retry_us >= 0).then(|| Duration::from_micros(o.retry_us as u64)),
+                    reset: more_quota_in(p, o, retry_after),
+                    retry_after,
                 }
             })
             .collect();
@@ -338,6 +339,33 @@ impl RateLimiter {
 
     fn all_policies_field(&self, reported: usize) -> Option<http::HeaderValue> {
         self.inner.policy_field.clone().filter(|_| reported == self.inner.policies.len())
+    }
+}
+
+/// The time until `p` has more quota to give (draft-10's `t`), from a store's
+/// outcome, whose `reset_us` is the time until the quota is whole again.
+/// GCRA gains a unit every emission interval: the next one comes when the
+/// state's distance from now has shrunk below the next multiple of it. A
+/// fixed window's units come back at its end, a sliding log's as its oldest
+/// entry leaves (both `reset_us` already). A sliding window counter's
+/// estimate decays continuously: `reset_us`, or the retry time when denied,
+/// so that `Retry-After` never points earlier than `t`.
+fn more_quota_in(p: &Policy, o: &RawOutcome, retry_after: Option<Duration>) -> Duration {
+    let whole_in = o.reset_us.max(0);
+    let next = match p.algorithm {
+        Algorithm::Gcra | Algorithm::TokenBucket if whole_in > 0 => {
+            let spec = p.spec();
+            let interval = (spec.period_us / spec.count.max(1)).max(1);
+            let dvt = interval.saturating_mul(spec.burst);
+            let remaining = o.remaining.max(0);
+            whole_in.saturating_sub(dvt).saturating_add(remaining.saturating_add(1).saturating_mul(interval))
+        }
+        _ => whole_in,
+    };
+    let next = Duration::from_micros(next.clamp(0, whole_in) as u64);
+    match retry_after {
+        Some(retry) => next.min(retry),
+        None => next,
     }
 }
 
@@ -459,6 +487,46 @@ mod tests {
     /// While Redis is down, client-chosen keys (random API keys) must not grow
     /// the local fallback without bound: past its bound, new keys share one
     /// overflow bucket (it used to keep every key for its whole period).
+    /// Draft-10: `t` is the time until more quota comes, and `Retry-After`
+    /// never points earlier than it, whatever the algorithm.
+    #[tokio::test]
+    async fn t_is_the_time_until_more_quota_and_never_after_retry_after() {
+        let quota = Quota::per_minute(6).burst(3); // GCRA: a unit every 10 s
+        for policy in [
+            Policy::gcra("p", quota),
+            Policy::token_bucket("p", 3, Quota::per_minute(6)),
+            Policy::fixed_window("p", Quota::per_minute(3)),
+            Policy::sliding_window("p", Quota::per_minute(3)),
+            Policy::sliding_log("p", Quota::per_minute(3)),
+        ] {
+            let algorithm = policy.algorithm();
+            let limiter = RateLimiter::builder(Store::memory()).policy(policy).build();
+            let first = limiter.check("k", 1).await;
+            let status = &first.policies()[0];
+            // A sliding window counter weighs the previous window: up to two windows.
+            assert!(
+                status.reset > Duration::ZERO && status.reset <= Duration::from_secs(120),
+                "{algorithm:?}: {status:?}"
+            );
+            if matches!(algorithm, Algorithm::Gcra | Algorithm::TokenBucket) {
+                // Two units left of three; the used one is back in 10 s, not 10 s per unit used.
+                assert_eq!(status.remaining, 2);
+                assert!(status.reset <= Duration::from_secs(10) && status.reset > Duration::from_secs(9), "{status:?}");
+            }
+            for _ in 0..2 {
+                limiter.check("k", 1).await;
+            }
+            let denied = limiter.check("k", 1).await;
+            assert!(!denied.is_allowed(), "{algorithm:?}");
+            let status = &denied.policies()[0];
+            let retry = denied.retry_after().unwrap();
+            assert!(status.reset <= retry, "{algorithm:?}: t {:?} after Retry-After {retry:?}", status.reset);
+            if matches!(algorithm, Algorithm::Gcra | Algorithm::TokenBucket) {
+                assert!(retry <= Duration::from_secs(10) && status.reset == retry, "{status:?}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn the_local_fallback_is_bounded_and_overflow_is_limited_together() {
         let down = redlayer_core::Redis::builder()

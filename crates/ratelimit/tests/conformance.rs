@@ -231,6 +231,11 @@ async fn layer_answers_and_shared_limit(backend: Backend) {
     let make = |store| limiter(store, vec![Policy::gcra("per-client", Quota::per_minute(5).burst(5))]);
     let a = app(make(backend.store().await));
     let b = app(make(backend.store().await));
+    // `t` (draft-10): seconds until more quota comes, here the next unit,
+    // one every 12 s (11 if a second passed during the test).
+    let t_of = |res: &http::Response<_>| -> u64 {
+        res.headers()["ratelimit"].to_str().unwrap().split(";t=").nth(1).unwrap().parse().unwrap()
+    };
     for i in 0..5 {
         let app = if i % 2 == 0 { &a } else { &b };
         let res = app.clone().oneshot(request("c1", None)).await.unwrap();
@@ -240,11 +245,14 @@ async fn layer_answers_and_shared_limit(backend: Backend) {
             res.headers()["ratelimit"].to_str().unwrap().split(";t=").next().unwrap(),
             format!(r#""per-client";r={}"#, 4 - i)
         );
+        assert!((11..=12).contains(&t_of(&res)), "{:?}", res.headers()["ratelimit"]);
     }
     let res = b.clone().oneshot(request("c1", None)).await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["retry-after"], "12");
     assert!(res.headers()["ratelimit"].to_str().unwrap().starts_with(r#""per-client";r=0;t="#));
+    // Retry-After never points earlier than `t` (draft-10 section 6).
+    assert!((11..=12).contains(&t_of(&res)), "{:?}", res.headers()["ratelimit"]);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();

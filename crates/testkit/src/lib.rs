@@ -46,6 +46,7 @@ impl RedisServer {
     }
 
     fn start_with(cluster: bool) -> Self {
+        let mut last_error = String::new();
         for _ in 0..10 {
             let port = free_port(cluster);
             let dir = std::env::temp_dir().join(format!(
@@ -58,16 +59,18 @@ impl RedisServer {
             if server.spawn() {
                 return server;
             }
+            last_error = std::fs::read_to_string(server.dir.join("stderr.log")).unwrap_or_default();
+            if let Ok(log) = std::fs::read_to_string(server.dir.join("redis.log")) {
+                last_error.push_str(log.lines().rev().take(5).collect::<Vec<_>>().join("\n").as_str());
+            }
         }
-        panic!("could not start redis-server on a free port after 10 attempts");
+        panic!("could not start redis-server on a free port after 10 attempts; the last one said: {last_error}");
     }
 
     fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            // Tests may switch active expiry off (`DEBUG SET-ACTIVE-EXPIRE 0`).
-            .args(["--enable-debug-command", "local"])
             .arg("--dir")
             .arg(&self.dir)
             .args(["--logfile", "redis.log"]);
@@ -81,7 +84,15 @@ impl RedisServer {
                 "2000",
             ]);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // Tests may switch active expiry off (`DEBUG SET-ACTIVE-EXPIRE 0`):
+        // Redis 7 refuses `DEBUG` unless enabled, and Redis 6 knows no such option.
+        if server_major_version() >= 7 {
+            cmd.args(["--enable-debug-command", "local"]);
+        }
+        // Refused options and the like are reported on stderr, before the log file opens.
+        let stderr =
+            std::fs::File::create(self.dir.join("stderr.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         let child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
@@ -295,6 +306,16 @@ impl RedisCluster {
     pub fn command_calls(&self, command: &str) -> u64 {
         self.nodes.iter().map(|n| n.command_calls(command)).sum()
     }
+}
+
+/// The major version of the `redis-server` on `PATH` (`v=7.0.15` → 7), 0 when unknown.
+fn server_major_version() -> u32 {
+    static VERSION: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let out = Command::new("redis-server").arg("--version").output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        text.split("v=").nth(1).and_then(|v| v.split('.').next()).and_then(|major| major.parse().ok()).unwrap_or(0)
+    })
 }
 
 fn signal(pid: u32, sig: &str) -> std::io::Result<()> {
