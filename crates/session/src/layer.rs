@@ -175,7 +175,8 @@ impl SessionLayer {
         self
     }
 
-    /// The `Secure` attribute (default on; turn off only for plain-HTTP development).
+    /// The `Secure` attribute (default on; turn off only for plain-HTTP
+    /// development). Always on with `SameSite=None` or the `__Host-` prefix.
     pub fn secure(mut self, on: bool) -> Self {
         self.cookie.secure = on;
         self

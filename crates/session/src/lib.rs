@@ -61,7 +61,10 @@
 //!   cookies and signing with a `cookie` crate [`Key`] as
 //!   options), or a header / gRPC metadata key ([`SessionLayer::header`]).
 //!   Garbage, oversized, non-UTF-8 or (when signed) forged ids are dropped
-//!   before any store call.
+//!   before any store call. A response that hands out an id gets
+//!   `Cache-Control: no-store` (replacing the handler's, and dropping
+//!   `CDN-Cache-Control` / `Surrogate-Control`): no cache may give it to
+//!   another client.
 //! - **Backends**: [`Store::redis`] (standalone or cluster, through the
 //!   shared [`redlayer_core::Redis`] handle) and [`Store::memory`], with the
 //!   same semantics (one conformance suite runs on all three).

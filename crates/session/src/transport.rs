@@ -159,6 +159,14 @@ pub(crate) fn add_vary(transport: &Transport, headers: &mut HeaderMap) {
 
 /// Writes the id (or its removal) into a response.
 pub(crate) fn write_id(transport: &Transport, headers: &mut HeaderMap, action: &IdAction) {
+    if matches!(action, IdAction::Set(_)) {
+        // A response that hands out a session id is a credential of one
+        // client: no cache may store it, whatever the handler said (a shared
+        // cache serving it to the next visitor would share the session).
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.remove("cdn-cache-control");
+        headers.remove("surrogate-control");
+    }
     match transport {
         Transport::Header(name) => {
             let value = match action {
@@ -176,7 +184,8 @@ pub(crate) fn write_id(transport: &Transport, headers: &mut HeaderMap, action: &
             };
             let mut cookie = Cookie::build((config.full_name(), value))
                 .path(if config.host_prefix { "/".to_owned() } else { config.path.clone() })
-                .secure(config.secure || config.host_prefix)
+                // Browsers refuse `SameSite=None` without `Secure`.
+                .secure(config.secure || config.host_prefix || config.same_site == SameSite::None)
                 .http_only(config.http_only)
                 .same_site(config.same_site)
                 .build();
@@ -202,10 +211,6 @@ pub(crate) fn write_id(transport: &Transport, headers: &mut HeaderMap, action: &
             }
             if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
                 headers.append(header::SET_COOKIE, value);
-            }
-            // A response that hands out a session id must not be stored by shared caches.
-            if matches!(action, IdAction::Set(_)) && !headers.contains_key(header::CACHE_CONTROL) {
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             }
         }
     }
@@ -283,6 +288,32 @@ mod tests {
         write_id(&transport, &mut headers, &IdAction::Remove);
         let removal = headers[header::SET_COOKIE].to_str().unwrap();
         assert!(removal.starts_with("id=;") && removal.contains("Max-Age=0"), "{removal}");
+    }
+
+    /// Whatever the handler said, no cache stores a response that hands out
+    /// an id (a shared cache would give the next visitor the same session).
+    #[test]
+    fn responses_handing_out_an_id_are_never_stored() {
+        let header = Transport::Header(HeaderName::from_static("x-session-id"));
+        for transport in [cookie_transport(None), header] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+            headers.insert("cdn-cache-control", HeaderValue::from_static("max-age=600"));
+            write_id(&transport, &mut headers, &IdAction::Set(SessionId::generate().unwrap().encode()));
+            assert_eq!(headers.get_all(header::CACHE_CONTROL).iter().collect::<Vec<_>>(), ["no-store"]);
+            assert!(headers.get("cdn-cache-control").is_none());
+        }
+    }
+
+    #[test]
+    fn same_site_none_is_always_secure() {
+        let transport = Transport::Cookie(Arc::new(CookieConfig {
+            secure: false,
+            same_site: SameSite::None,
+            ..CookieConfig::default()
+        }));
+        let set = set_cookie_of(&transport, &SessionId::generate().unwrap());
+        assert!(set.contains("SameSite=None") && set.contains("Secure"), "{set}");
     }
 
     #[test]
