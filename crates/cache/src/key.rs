@@ -1,6 +1,6 @@
 //! Cache keys: method + normalized URI (+ namespace), and variant ids from `Vary`.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use http::{HeaderMap, request::Parts};
 use redlayer_core::keys::digest_b64;
@@ -85,6 +85,32 @@ fn push_normalized(out: &mut String, https: bool, host: &str, path_and_query: &s
         out.push(b as char);
         i += 1;
     }
+}
+
+/// The authority a request is for, as its key has it (lowercase, without
+/// userinfo or default port): the URI's (HTTP/2, absolute-form), else the
+/// `Host` header's. `None` when both are there and disagree: the key names
+/// one site while the handler may read the other, so such a request is
+/// neither answered from nor stored in the cache.
+pub(crate) fn request_authority(parts: &Parts) -> Option<Cow<'_, str>> {
+    let https = parts.uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("https"));
+    let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+    match parts.uri.authority() {
+        Some(uri) => {
+            let uri = normalize_authority(uri.as_str(), https);
+            match host {
+                Some(host) if normalize_authority(host, https) != uri => None,
+                _ => Some(uri),
+            }
+        }
+        None => Some(normalize_authority(host.unwrap_or_default(), https)),
+    }
+}
+
+fn normalize_authority(raw: &str, https: bool) -> Cow<'_, str> {
+    let host = raw.rsplit('@').next().unwrap_or("");
+    let host = host.strip_suffix(if https { ":443" } else { ":80" }).unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(host.to_ascii_lowercase()) } else { Cow::Borrowed(host) }
 }
 
 /// The default primary key: `GET <normalized uri>`. HEAD requests use the GET

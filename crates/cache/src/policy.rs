@@ -480,8 +480,16 @@ pub(crate) fn initial_age(headers: &HeaderMap, request_time: SystemTime, respons
 /// The request as the stored entry's policy should see it: `Cache-Control`
 /// and dates as in [`policy_view`], and the headers named by the entry's
 /// `Vary` normalized the way they were stored.
-pub(crate) fn request_view<'a>(headers: &'a HeaderMap, entry: &Entry) -> Cow<'a, HeaderMap> {
-    let mut view = policy_view(headers);
+pub(crate) fn request_view<'a>(parts: &'a Parts, entry: &Entry) -> Cow<'a, HeaderMap> {
+    let mut view = policy_view(&parts.headers);
+    // The host as stored: the request's authority, normalized (an HTTP/2
+    // request has it in its URI, `Host: EXAMPLE.test:80` is example.test).
+    let authority = crate::key::request_authority(parts).unwrap_or_default();
+    if view.get(http::header::HOST).map(|h| h.as_bytes()) != Some(authority.as_bytes())
+        && let Ok(host) = HeaderValue::from_str(&authority)
+    {
+        view.to_mut().insert(http::header::HOST, host);
+    }
     // RFC 9111 5.4: with Cache-Control in the request, Pragma is ignored.
     if view.contains_key(http::header::CACHE_CONTROL) && view.contains_key(http::header::PRAGMA) {
         view.to_mut().remove(http::header::PRAGMA);
@@ -520,17 +528,19 @@ impl Entry {
     /// otherwise (stale, or not covered: ask the policy).
     pub(crate) fn quick_fresh(
         &self,
-        req: &HeaderMap,
+        parts: &Parts,
         opts: &CacheOptions,
         now: SystemTime,
     ) -> Option<(Duration, Duration)> {
         let f = self.freshness.as_ref()?;
+        let req = &parts.headers;
+        let authority = crate::key::request_authority(parts)?;
         if f.opts != OptsKey::of(opts)
             || req.contains_key(http::header::CACHE_CONTROL)
             || req.contains_key(http::header::PRAGMA)
             || req.contains_key(&CDN_CACHE_CONTROL)
             || self.headers.contains_key(http::header::VARY)
-            || self.req_headers.get(http::header::HOST) != req.get(http::header::HOST)
+            || self.req_headers.get(http::header::HOST).map(|h| h.as_bytes()) != Some(authority.as_bytes())
         {
             return None;
         }
@@ -913,13 +923,15 @@ mod tests {
                         for (n, v) in req {
                             rh.append(*n, HeaderValue::from_static(v));
                         }
+                        let (mut rp, ()) = http::Request::new(()).into_parts();
+                        rp.headers = rh.clone();
                         for after in [0u64, 1, 5, 9, 19, 25, 59, 60, 61, 89, 90, 3000, 3499, 3500, 10_000, 200_000] {
                             for nanos in [0u32, 999_999_999] {
                                 let now = t0 + Duration::new(after, nanos);
-                                let view = request_view(&rh, &entry);
+                                let view = request_view(&rp, &entry);
                                 let fresh =
                                     matches!(policy.before_request(&Incoming(&view), now), BeforeRequest::Fresh(_));
-                                let quick = entry.quick_fresh(&rh, o, now);
+                                let quick = entry.quick_fresh(&rp, o, now);
                                 let case = format!("{res:?} {status} {req:?} +{after}.{nanos} {o:?}");
                                 if let Some((age, ttl)) = quick {
                                     assert!(fresh, "{case}");

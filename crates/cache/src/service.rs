@@ -231,6 +231,12 @@ impl Ctx {
             let res = inner.call(Request::from_parts(parts, body)).await?;
             return Ok(self.pass(res, CacheStatus::fwd("bypass").detail("no-key")));
         };
+        if crate::key::request_authority(&parts).is_none() {
+            // `GET http://a.test/ HTTP/1.1` with `Host: b.test`: the key says
+            // one site, the handler may answer for the other.
+            let res = inner.call(Request::from_parts(parts, body)).await?;
+            return Ok(self.pass(res, CacheStatus::fwd("bypass").detail("host-mismatch")));
+        }
         let key = self.state.store.entry_key(&primary);
         // The request's Cache-Control, parsed once.
         let request_cc = policy::parse_cc(&parts.headers);
@@ -268,13 +274,13 @@ impl Ctx {
         };
         // The common fresh hit, from the stored freshness summary: the same
         // answer the policy gives, without rebuilding it.
-        if let Some((age, ttl)) = entry.quick_fresh(&parts.headers, &self.config.opts, at) {
+        if let Some((age, ttl)) = entry.quick_fresh(&parts, &self.config.opts, at) {
             self.maybe_xfetch(&inner, &entry, None, ttl, &parts, &key, &primary);
             let status = CacheStatus::hit(secs(ttl));
             return Ok(self.serve(entry, age, &parts, status));
         }
         let policy = entry.policy(self.config.opts);
-        let req_view = policy::request_view(&parts.headers, &entry);
+        let req_view = policy::request_view(&parts, &entry);
         match policy.before_request(&Incoming(&req_view), at) {
             BeforeRequest::Fresh(_) => {
                 self.maybe_xfetch(&inner, &entry, Some(&policy), policy.time_to_live(at), &parts, &key, &primary);
@@ -550,7 +556,7 @@ impl Ctx {
     #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
-        req_headers: &HeaderMap,
+        client: &Parts,
         method: &Method,
         uri: String,
         key: &str,
@@ -578,6 +584,7 @@ impl Ctx {
             return None;
         }
         let (status, res_view) = policy::response_view(res.status, &res.headers);
+        let req_headers = &client.headers;
         let req_view = policy::policy_view(req_headers);
         let policy = CachePolicy::new_options(
             &Incoming(&req_view),
@@ -604,9 +611,9 @@ impl Ctx {
             headers.insert(header::DATE, date);
         }
         let mut stored_req = HeaderMap::new();
-        if let Some(host) = req_headers.get(header::HOST) {
-            stored_req.insert(header::HOST, host.clone());
-        }
+        // The normalized authority, as hits compare it (see `request_view`).
+        let authority = crate::key::request_authority(client)?;
+        stored_req.insert(header::HOST, HeaderValue::from_str(&authority).ok()?);
         if !spec.is_empty() {
             for name in spec.split(',') {
                 if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
@@ -662,7 +669,7 @@ impl Ctx {
         let response_time = now();
         let (rparts, body) = res.into_parts();
         let uri = normalized_uri(client);
-        let plan = self.plan(&client.headers, &method, uri, key, &rparts, request_time, response_time, since);
+        let plan = self.plan(client, &method, uri, key, &rparts, request_time, response_time, since);
         status.fwd_status = Some(rparts.status.as_u16());
         let mut res = match plan {
             Some(plan) => {
@@ -880,7 +887,7 @@ impl Ctx {
     /// The policy of `entry` when it answers this request without revalidation.
     fn fresh_for(&self, entry: &Entry, parts: &Parts, at: SystemTime) -> Option<CachePolicy> {
         let policy = entry.policy(self.config.opts);
-        let req_view = policy::request_view(&parts.headers, entry);
+        let req_view = policy::request_view(parts, entry);
         matches!(policy.before_request(&Incoming(&req_view), at), BeforeRequest::Fresh(_)).then_some(policy)
     }
 
@@ -1032,7 +1039,7 @@ impl Ctx {
         for name in ["cache-control", "pragma"] {
             client.headers.remove(name);
         }
-        let req_view = policy::request_view(&client.headers, entry);
+        let req_view = policy::request_view(&client, entry);
         if let BeforeRequest::Stale { request, .. } = policy
             .before_request(&Incoming(&req_view), SystemTime::UNIX_EPOCH + Duration::from_secs(u32::MAX as u64 * 4))
         {

@@ -1087,6 +1087,43 @@ async fn hit_for_pass_expires_and_can_be_disabled(b: Backend) {
     assert_eq!(origin.hits(), 14);
 }
 
+/// One entry per site, however its name is spelt: `Host: EXAMPLE.test:80`
+/// and an HTTP/2 request (the authority in its URI, no `Host`) are hits on the
+/// entry an HTTP/1.1 request stored, so they neither miss nor replace it. A
+/// request whose URI names another site than its `Host` is neither answered
+/// from nor stored in the cache.
+async fn host_spellings_share_entries_and_conflicting_ones_bypass(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("v{n}")));
+    let app = App::new(b.layer(), &origin);
+    assert_eq!(app.get("/h").await.body, "v1");
+    let build = |uri: &str, host: Option<&str>| {
+        let mut req = http::Request::get(uri);
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        req.body(axum::body::Body::empty()).unwrap()
+    };
+    for req in [
+        build("/h", Some("EXAMPLE.test")),
+        build("/h", Some("example.test:80")),
+        build("http://example.test/h", None),
+        build("http://Example.Test:80/h", Some("example.test")),
+    ] {
+        let what = format!("{} {:?}", req.uri(), req.headers().get("host"));
+        let got = app.request(req).await;
+        assert!(got.is_hit(), "{what}: {}", got.cache_status());
+        assert_eq!(got.body, "v1", "{what}");
+    }
+    assert_eq!(origin.hits(), 1);
+    let poisoned = app.request(build("http://example.test/h", Some("evil.test"))).await;
+    assert!(poisoned.cache_status().contains("fwd=bypass"), "{}", poisoned.cache_status());
+    assert_eq!(poisoned.body, "v2");
+    let fresh = app.request(build("http://example.test/other", Some("evil.test"))).await;
+    assert!(!fresh.cache_status().contains("stored"), "{}", fresh.cache_status());
+    assert_eq!(app.get("/h").await.body, "v1", "the entry is untouched");
+    assert_eq!(origin.hits(), 3);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -1107,6 +1144,7 @@ macro_rules! suite {
 
 suite!(
     fresh_responses_are_hits_with_age_and_cache_status,
+    host_spellings_share_entries_and_conflicting_ones_bypass,
     age_counts_upstream_age_and_expires_entries,
     a_list_valued_age_counts_its_first_member,
     no_store_private_and_set_cookie_are_not_stored,

@@ -155,7 +155,11 @@ impl App {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Body::empty()).unwrap();
+        self.request(b.body(Body::empty()).unwrap()).await
+    }
+
+    /// Sends a request as built by the test (no `Host` added).
+    pub async fn request(&self, req: http::Request<Body>) -> Got {
         let res = tokio::time::timeout(Duration::from_secs(10), self.svc.clone().oneshot(req))
             .await
             .expect("request timed out")
