@@ -110,7 +110,11 @@ pub(crate) fn request_authority(parts: &Parts) -> Option<Cow<'_, str>> {
 fn normalize_authority(raw: &str, https: bool) -> Cow<'_, str> {
     let host = raw.rsplit('@').next().unwrap_or("");
     let host = host.strip_suffix(if https { ":443" } else { ":80" }).unwrap_or(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(host.to_ascii_lowercase()) } else { Cow::Borrowed(host) }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// The default primary key: `GET <normalized uri>`. HEAD requests use the GET

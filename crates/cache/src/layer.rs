@@ -183,9 +183,11 @@ impl CacheLayer {
         self.config(|c| c.namespace = Some(Arc::new(f)))
     }
 
-    /// The cache's name in `Cache-Status` (default `redlayer`).
+    /// The cache's name in `Cache-Status` (default `redlayer`). A name that
+    /// is not a structured-field token (`Example CDN`) is written as a
+    /// quoted string (RFC 9211 2); characters outside printable ASCII are dropped.
     pub fn status_name(self, name: impl Into<String>) -> Self {
-        let name: String = name.into();
+        let name = crate::status::member_name(&name.into());
         self.config(|c| {
             c.status_arc = Arc::from(name.as_str());
             c.status_name = name;

@@ -158,6 +158,12 @@ fn secs(d: Duration) -> i64 {
     d.as_secs().min(i64::MAX as u64) as i64
 }
 
+/// The entry's remaining freshness in seconds, negative once stale.
+fn signed_ttl(policy: &CachePolicy, entry: &Entry, at: SystemTime) -> i64 {
+    let ttl = policy.time_to_live(at);
+    if ttl.is_zero() { -secs(policy::staleness(policy, entry.response_time, at)) } else { secs(ttl) }
+}
+
 impl Ctx {
     fn primary(&self, parts: &Parts, ns_parts: &Parts) -> Option<String> {
         let base = (self.config.key_fn)(parts)?;
@@ -240,12 +246,16 @@ impl Ctx {
         let key = self.state.store.entry_key(&primary);
         // The request's Cache-Control, parsed once.
         let request_cc = policy::parse_cc(&parts.headers);
+        let only_if_cached = request_cc.iter().any(|d| d.name == "only-if-cached");
         if request_cc.iter().any(|d| d.name == "no-store") {
+            if only_if_cached {
+                // Never forwarded (RFC 9111 5.2.1.7); with no-store, not served from the store either.
+                return Ok(self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::default().detail("only-if-cached")));
+            }
             // Nothing of this exchange may be stored; answer it from the origin.
             let res = inner.call(Request::from_parts(parts, body)).await?;
             return Ok(self.pass(res, CacheStatus::fwd("request").detail("no-store")));
         }
-        let only_if_cached = request_cc.iter().any(|d| d.name == "only-if-cached");
         drop(request_cc);
         let (found, pass) = match self.state.store.lookup(&key, &parts.headers).await {
             Ok(looked) => {
@@ -256,7 +266,7 @@ impl Ctx {
                 report_degraded("cache", FailurePolicy::FailOpen, &e);
                 if only_if_cached {
                     return Ok(
-                        self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::fwd("miss").detail("store-unavailable"))
+                        self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::default().detail("store-unavailable"))
                     );
                 }
                 let res = inner.call(Request::from_parts(parts, body)).await?;
@@ -266,9 +276,7 @@ impl Ctx {
         let at = now();
         let Some(entry) = found else {
             if only_if_cached {
-                return Ok(
-                    self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::fwd("uri-miss").detail("only-if-cached"))
-                );
+                return Ok(self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::default().detail("only-if-cached")));
             }
             return self.miss(inner, parts, body, primary, key, pass).await;
         };
@@ -284,7 +292,8 @@ impl Ctx {
         match policy.before_request(&Incoming(&req_view), at) {
             BeforeRequest::Fresh(_) => {
                 self.maybe_xfetch(&inner, &entry, Some(&policy), policy.time_to_live(at), &parts, &key, &primary);
-                let status = CacheStatus::hit(secs(policy.time_to_live(at)));
+                // Fresh to this request, possibly stale (`max-stale`): then a negative ttl (RFC 9211 2.5).
+                let status = CacheStatus::hit(signed_ttl(&policy, &entry, at));
                 Ok(self.serve(entry, policy.age(at), &parts, status))
             }
             BeforeRequest::Stale { request, matches } => {
@@ -302,9 +311,7 @@ impl Ctx {
                     return Ok(self.serve(entry, policy.age(at), &parts, status));
                 }
                 if only_if_cached {
-                    return Ok(
-                        self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::fwd("stale").detail("only-if-cached"))
-                    );
+                    return Ok(self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::default().detail("only-if-cached")));
                 }
                 let fwd = if policy.is_stale(at) { "stale" } else { "request" };
                 let (request_time, since) = (now(), self.snapshot());
@@ -1247,22 +1254,12 @@ fn origin_of(parts: &Parts) -> String {
 fn same_origin_get(parts: &Parts, target: &str, origin: &str) -> Option<Parts> {
     let mut req = Request::new(());
     *req.method_mut() = Method::GET;
-    let lower = target.to_ascii_lowercase();
-    if lower.starts_with("http://") || lower.starts_with("https://") {
-        *req.uri_mut() = target.parse().ok()?;
-    } else {
-        let resolved = if target.starts_with('/') {
-            target.to_owned()
-        } else {
-            // A relative reference: resolve against the request path's directory.
-            let base = parts.uri.path();
-            let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
-            format!("{}{target}", if dir.is_empty() { "/" } else { dir })
-        };
-        let mut uri = parts.uri.clone().into_parts();
-        uri.path_and_query = Some(resolved.parse().ok()?);
-        *req.uri_mut() = http::Uri::from_parts(uri).ok()?;
-    }
+    // Resolved against the request's URI as RFC 3986 5.2 says (`?page=2`,
+    // `../list`, `//host/x` too), by the `url` crate.
+    let base = url::Url::parse(&normalized_uri(parts)).ok()?;
+    let mut resolved = base.join(target).ok()?;
+    resolved.set_fragment(None);
+    *req.uri_mut() = resolved.as_str().parse().ok()?;
     if let Some(host) = parts.headers.get(header::HOST) {
         req.headers_mut().insert(header::HOST, host.clone());
     }

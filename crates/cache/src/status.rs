@@ -77,6 +77,26 @@ impl CacheStatus {
     }
 }
 
+/// A cache name as a `Cache-Status` member: an sf-token as it is, anything
+/// else as an sf-string (printable ASCII only, `"` and `\` escaped).
+pub(crate) fn member_name(name: &str) -> String {
+    let token = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '*')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b));
+    if token {
+        return name.to_owned();
+    }
+    let mut quoted = String::with_capacity(name.len() + 2);
+    quoted.push('"');
+    for c in name.chars().filter(|c| (' '..='~').contains(c)) {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
 /// The `Cache-Status` header name.
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -117,6 +137,22 @@ mod tests {
         let mut h = HeaderMap::new();
         CacheStatus::hit(7).write("redlayer", &mut h);
         assert_eq!(h["cache-status"], "redlayer; hit; ttl=7");
+        // Names that are not sf-tokens are quoted: the field stays a valid sf-list.
+        for (name, member) in [
+            ("redlayer", "redlayer"),
+            ("edge-1.example", "edge-1.example"),
+            ("Example CDN", "\"Example CDN\""),
+            ("say \"hi\" \\o/", "\"say \\\"hi\\\" \\\\o/\""),
+            ("1st", "\"1st\""),
+            ("caf\u{e9}\n", "\"caf\""),
+        ] {
+            let quoted = member_name(name);
+            assert_eq!(quoted, member, "{name}");
+            let mut h = HeaderMap::new();
+            CacheStatus::hit(7).write(&quoted, &mut h);
+            let list = sfv::Parser::new(h["cache-status"].as_bytes()).parse::<sfv::List>().unwrap();
+            assert_eq!(list.len(), 1, "{name}");
+        }
         for n in [0, 7, -7, 10, -120, i64::MAX, i64::MIN] {
             let mut s = String::new();
             push_int(&mut s, n);

@@ -228,6 +228,20 @@ async fn unsafe_methods_invalidate_target_and_locations(b: Backend) {
     assert_eq!(post.status, 201);
     assert!(!app.get("/items").await.is_hit(), "target invalidated");
     assert!(!app.get("/items/1").await.is_hit(), "Location invalidated");
+    // Relative references resolve against the request URI (RFC 3986 5.2).
+    let relative = Origin::new(|parts, n| match (parts.method.as_str(), parts.uri.path()) {
+        ("POST", "/shop/items/new") => resp(201, &[("location", "../list"), ("content-location", "?page=2")], ""),
+        _ => resp(200, &[("cache-control", "max-age=60")], &format!("{n}")),
+    });
+    let app = App::new(b.layer(), &relative);
+    for path in ["/shop/list", "/shop/items/new?page=2", "/shop/items/list"] {
+        app.get(path).await;
+        assert!(app.get(path).await.is_hit(), "{path}");
+    }
+    assert_eq!(app.send("POST", "/shop/items/new", &[]).await.status, 201);
+    assert!(!app.get("/shop/list").await.is_hit(), "../list is /shop/list");
+    assert!(!app.get("/shop/items/new?page=2").await.is_hit(), "?page=2 is /shop/items/new?page=2");
+    assert!(app.get("/shop/items/list").await.is_hit(), "not /shop/items/list");
     // A failed unsafe request invalidates nothing.
     let origin2 = Origin::new(|parts, n| match parts.method.as_str() {
         "DELETE" => resp(500, &[], ""),
@@ -379,6 +393,11 @@ async fn request_cache_control_is_honoured(b: Backend) {
     let app = App::new(b.layer(), &origin);
     let miss = app.send("GET", "/rc", &[("cache-control", "only-if-cached")]).await;
     assert_eq!(miss.status, 504);
+    // Not forwarded, so no `fwd` (RFC 9211 2.2), with no-store too.
+    assert_eq!(miss.cache_status(), "redlayer; detail=only-if-cached");
+    let both = app.send("GET", "/rc", &[("cache-control", "no-store, only-if-cached")]).await;
+    assert_eq!((both.status.as_u16(), both.cache_status()), (504, "redlayer; detail=only-if-cached"));
+    assert_eq!(origin.hits(), 0);
     app.get("/rc").await;
     assert!(app.send("GET", "/rc", &[("cache-control", "only-if-cached")]).await.is_hit());
     assert!(!app.send("GET", "/rc", &[("cache-control", "no-cache")]).await.is_hit());
@@ -387,6 +406,16 @@ async fn request_cache_control_is_honoured(b: Backend) {
     assert!(!app.send("GET", "/rc", &[("cache-control", "max-age=0")]).await.is_hit());
     assert!(!app.send("GET", "/rc", &[("cache-control", "min-fresh=120")]).await.is_hit());
     assert!(app.get("/rc").await.is_hit());
+    // A stale response served under `max-stale` reports a negative ttl (RFC 9211 2.5).
+    let short = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=1")], &format!("{n}")));
+    let app = App::new(b.layer(), &short);
+    app.get("/ms").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = app.send("GET", "/ms", &[("cache-control", "max-stale=60")]).await;
+    assert!(stale.is_hit(), "{}", stale.cache_status());
+    let ttl: i64 =
+        stale.cache_status().split("ttl=").nth(1).unwrap().split(';').next().unwrap().trim().parse().unwrap();
+    assert!(ttl < 0, "{}", stale.cache_status());
 }
 
 async fn stale_while_revalidate_serves_stale_and_refreshes_once(b: Backend) {
