@@ -2,7 +2,8 @@
 //! in front of one origin server.
 //!
 //! ```text
-//! # origin on 127.0.0.1:8000, proxy on 127.0.0.1:8080, entries in memory:
+//! # an origin on 127.0.0.1:8000 first (any HTTP server, e.g. `python3 -m http.server 8000`),
+//! # then the proxy on 127.0.0.1:8080, entries in memory:
 //! cargo run --release --example cache_proxy
 //!
 //! # choose the ports / origin, share the cache in Redis:

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --example idempotency_axum                                   # in-memory store
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example idempotency_axum  # shared in Redis
-//! curl -i -X POST -H 'idempotency-key: "order-1"' -H 'x-api-key: alice' -d '{"sku":"book"}' localhost:3000/orders
+//! curl -i -X POST -H 'content-type: application/json' -H 'idempotency-key: "order-1"' -H 'x-api-key: alice' -d '{"sku":"book"}' localhost:3000/orders
 //! # again: the same 201, with Idempotent-Replayed: true, and the handler did not run
 //! # another body with the same key: 422; while the first runs: 409; a malformed key: 400
 //! ```

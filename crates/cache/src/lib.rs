@@ -9,7 +9,11 @@
 //! redlayer-core's handle, or memory), `Age` (RFC 9111 4.2.3), `Cache-Status`
 //! (RFC 9211), 304s to conditional clients, `stale-while-revalidate` and
 //! `stale-if-error` (RFC 5861), invalidation after unsafe methods,
-//! coalescing of concurrent misses, tags and purges, and XFetch.
+//! coalescing of concurrent misses, tags and purges, and XFetch. `sfv` parses
+//! `Cache-Control` / `CDN-Cache-Control`, `httpdate` HTTP dates, `url` resolves
+//! `Location` / `Content-Location` references, `rand` jitters XFetch,
+//! `serde_json` encodes cache-aside values, and redlayer-lock's locks
+//! coalesce fills across instances.
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -91,7 +95,7 @@
 //! - Optionally, [`Store::with_near_cache`] keeps hits in process memory as
 //!   well (a `NearCache` from redlayer-core): a hot page is then served
 //!   without a Redis round trip (in BENCHMARKS.md: about as fast as the
-//!   floor's one `INCR`, 0.81x the page served by its handler without the layer).
+//!   floor's one `INCR`, 0.91x the page served by its handler without the layer).
 //!   Copies stay coherent through Redis client tracking (RESP3 `CLIENT
 //!   TRACKING ... BCAST` on a connection of its own): any instance's store,
 //!   purge or invalidation makes Redis tell every instance, which drops its
@@ -159,7 +163,7 @@
 //! with `ZSCAN` and deletes each entry with its own `DEL` (pipelined on a
 //! standalone server, one by one on a cluster): nothing can fail with
 //! `CROSSSLOT`. Purges bump an in-process epoch so fills in flight are not
-//! stored, and re-run once after 2 s to catch fills finishing elsewhere.
+//! stored; a tag purge re-runs once after 2 s to catch fills finishing elsewhere.
 //! `purge_prefix` uses `SCAN` (never `KEYS`) and reads each entry's `uri`
 //! field; on a cluster it scans every master (found with `CLUSTER SLOTS`,
 //! reached with the handle's credentials and TLS, `Redis::node_info`) and

@@ -113,7 +113,7 @@ impl KeyBuilder {
     pub fn new(prefix: &str) -> Result<Self> {
         if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || !prefix.bytes().all(is_plain) {
             return Err(Error::InvalidInput(format!(
-                "key prefix must be 1..={MAX_PREFIX_LEN} characters of [A-Za-z0-9.-_:@/=+%], got {prefix:?}"
+                "key prefix must be 1..={MAX_PREFIX_LEN} characters of [A-Za-z0-9._:@/=+%-], got {prefix:?}"
             )));
         }
         Ok(KeyBuilder { prefix: Arc::from(prefix) })

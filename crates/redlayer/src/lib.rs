@@ -11,7 +11,7 @@
 //! | `cache`       | `redlayer-cache`       | `cache`         |
 //! | `session`     | `redlayer-session`     | `session`       |
 //! | `lock`        | `redlayer-lock`        | `lock`          |
-//! | `idempotency` | `redlayer-idempotency` | `idempotency`   |
+//! | `idempotency` | `redlayer-idempotency` (turns on `lock`) | `idempotency` |
 //! | `cluster`     | Redis Cluster support in [`Redis`] and every enabled crate | |
 //! | `full`        | all of the above       |                 |
 //!
@@ -33,8 +33,8 @@
 //! 3. **Session**: before the handlers and the layers that need the user.
 //! 4. **Idempotency**: inside the session layer, so a replayed answer does not
 //!    run the handler's session writes again.
-//! 5. **Per-key lock**: a `route_layer`, after routing, because its key comes
-//!    from the matched path.
+//! 5. **Per-key lock**: a `route_layer`, so only that route takes it; its key
+//!    is the request path (`/accounts/42/withdraw`).
 //!
 //! The cache never stores a response with `Set-Cookie` (by default), and the
 //! session layer adds `Vary: Cookie` (or its header) to every response of a
