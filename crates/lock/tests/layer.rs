@@ -102,6 +102,16 @@ async fn suite(a: Locks, b: Locks) {
         assert_eq!(probe.runs.load(Ordering::SeqCst), 1, "the refused request never ran");
     }
 
+    // Request-chosen keys live apart from other locks' names (idempotency
+    // leases, cache fills, the application's own): a client naming one in
+    // its header neither waits for it nor holds it.
+    let probe = Probe::default();
+    let x = app(a.clone(), probe.clone(), Retry::new(Duration::from_millis(100)), StatusCode::CONFLICT);
+    let other = a.try_acquire("cache-fill:some-entry", Duration::from_secs(5)).await.unwrap().unwrap();
+    let (status, _) = call(&x, "cache-fill:some-entry", 10).await;
+    assert_eq!(status, StatusCode::OK, "a request's key met another lock's name");
+    other.release().await.unwrap();
+
     // No key: passes through without a lock.
     let probe = Probe::default();
     let x = app(a, probe.clone(), long_wait, StatusCode::CONFLICT);

@@ -56,7 +56,8 @@ where
     pub(crate) fn acquire(config: Arc<Config>, key: String, request: Request<ReqBody>, service: S) -> Self {
         let locks = config.locks.clone();
         let (ttl, wait) = (config.ttl, config.wait);
-        let acquire = Box::pin(async move { locks.acquire(&key, ttl, wait).await });
+        // A namespace of its own: a request-chosen key never names another lock.
+        let acquire = Box::pin(async move { locks.acquire(&format!("req:{key}"), ttl, wait).await });
         ResponseFuture { state: State::Acquire { acquire, config, request: Some(request), service: Some(service) } }
     }
 }

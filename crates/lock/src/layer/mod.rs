@@ -2,7 +2,9 @@
 //! every instance on the same Redis.
 //!
 //! The key comes from an [`ExtractKey`] (a closure over the request, the
-//! path, a header). Requests without a key pass through. A request waits for
+//! path, a header). Requests without a key pass through. The lock's name is
+//! `req:` + the key, so a client-chosen key never names another lock (an
+//! idempotency lease, a cache fill, one of the application's own). A request waits for
 //! the key's lock within a bounded time ([`Retry`](crate::Retry)); when the
 //! wait runs out it gets `409 Conflict` (configurable, e.g. `503`) as an RFC
 //! 9457 problem, or `grpc-status: 10` (ABORTED) for gRPC. The lock is renewed
