@@ -46,7 +46,10 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem with this status and a short, constant title.
+    /// A problem with this status and a short, constant title. The title is
+    /// written only with a [`type_uri`](Problem::type_uri) of its own: with
+    /// the default `about:blank`, RFC 9457 4.2.1 has the title be the
+    /// status's reason phrase, so that one is written instead.
     pub fn new(status: StatusCode, title: &'static str) -> Self {
         Problem { status, title, detail: None, type_uri: "about:blank", extra: Vec::new() }
     }
@@ -103,7 +106,11 @@ impl serde::Serialize for Problem {
         const STANDARD: [&str; 4] = ["type", "title", "status", "detail"];
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("type", self.type_uri)?;
-        map.serialize_entry("title", self.title)?;
+        let title = match self.type_uri {
+            "about:blank" => self.status.canonical_reason().unwrap_or(self.title),
+            _ => self.title,
+        };
+        map.serialize_entry("title", title)?;
         map.serialize_entry("status", &self.status.as_u16())?;
         if let Some(detail) = &self.detail {
             map.serialize_entry("detail", detail)?;
@@ -172,6 +179,11 @@ mod tests {
         assert_eq!(doc["detail"], "key \"a\\b\"\n in flight");
         assert_eq!(doc["policies"][1], "per-\"key\"");
         assert_eq!(doc["type"], "about:blank");
+        // With about:blank the title is the status phrase (RFC 9457 4.2.1); a type of its own keeps its title.
+        let blank = Problem::new(StatusCode::CONFLICT, "Resource busy").to_json();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&blank).unwrap()["title"], "Conflict");
+        let typed = Problem::new(StatusCode::CONFLICT, "Resource busy").type_uri("https://example.test/busy").to_json();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&typed).unwrap()["title"], "Resource busy");
         assert_eq!(std::str::from_utf8(&json).unwrap().matches("\"status\"").count(), 1);
     }
 

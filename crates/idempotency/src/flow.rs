@@ -49,8 +49,18 @@ pub(crate) fn problem<B: Body>(grpc: bool, status: StatusCode, title: &'static s
         };
         return grpc_response(code, &format!("{title}: {detail}"));
     }
-    Problem::new(status, title).detail(detail).into_response()
+    let mut problem = Problem::new(status, title).detail(detail);
+    if matches!(status, StatusCode::BAD_REQUEST | StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY) {
+        // The draft's error scenarios: documentation of the problem, as it asks 400s and 422s to link.
+        problem = problem.type_uri(IDEMPOTENCY_ERRORS);
+    }
+    problem.into_response()
 }
+
+/// The problem type of the Idempotency-Key errors (400, 409, 422): the
+/// draft's section that defines them.
+pub(crate) const IDEMPOTENCY_ERRORS: &str =
+    "https://datatracker.ietf.org/doc/html/draft-ietf-httpapi-idempotency-key-header#name-error-scenarios";
 
 fn replay<B: Body>(stored: StoredResponse) -> Answer<B> {
     let mut response = Response::new(ResponseBody::full(stored.body));

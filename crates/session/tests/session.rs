@@ -168,7 +168,7 @@ async fn save_to_a_session_ended_mid_request_is_refused_and_reported(s: &[Store]
     probe.go.notify_one();
     let a = task.await.unwrap();
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "the lost write is reported: {}", a.body);
-    assert!(a.body.contains("Session expired"), "{}", a.body);
+    assert!(a.body.contains("the session ended during this request"), "{}", a.body);
     assert!(a.headers.get("set-cookie").is_none(), "no new session, and no cookie change");
     // Not resurrected: nothing under the old id, and the write is not anywhere.
     let mut again = client(&s[0]);
