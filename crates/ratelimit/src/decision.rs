@@ -52,12 +52,16 @@ impl Decision {
     }
 
     /// The longest wait among the denying policies (`None` when allowed, or
-    /// when no wait helps).
+    /// when no wait helps: a denying policy the request's cost can never fit).
     pub fn retry_after(&self) -> Option<Duration> {
         if self.allowed {
             return None;
         }
-        self.policies.iter().filter(|p| !p.allowed).map(|p| p.retry_after).max().flatten()
+        let mut longest = None;
+        for p in self.policies.iter().filter(|p| !p.allowed) {
+            longest = longest.max(Some(p.retry_after?));
+        }
+        longest
     }
 
     /// `Some(policy)` when the store was unavailable and the failure policy decided.

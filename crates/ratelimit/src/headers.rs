@@ -181,17 +181,22 @@ pub(crate) fn denied<B>(decision: &Decision, grpc: bool, legacy: bool) -> Respon
 /// [`problem_body`] must write (checked by a test).
 #[cfg(test)]
 fn problem(denied: &[&str], wait: Option<u64>) -> Problem {
-    let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+    let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, QUOTA_EXCEEDED_TITLE)
+        .type_uri(QUOTA_EXCEEDED)
         .detail(match wait {
             Some(s) => format!("Rate limit exceeded ({}). Retry after {s} second(s).", denied.join(", ")),
             None => format!("Rate limit exceeded ({}): this request costs more than the limit.", denied.join(", ")),
         })
-        .extension("policies", serde_json::Value::from(denied.to_vec()));
+        .extension("violated-policies", serde_json::Value::from(denied.to_vec()));
     if let Some(s) = wait {
         problem = problem.extension("retry_after", s);
     }
     problem
 }
+
+/// The problem type draft-10 (section 5.1) defines for a request over its quota.
+const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+const QUOTA_EXCEEDED_TITLE: &str = "Request cannot be satisfied as assigned quota has been exceeded";
 
 /// The 429 problem document (RFC 9457), written straight into one buffer:
 /// policy names need no escaping (see [`is_plain_name`]).
@@ -199,9 +204,11 @@ fn problem_body(denied: &[&str], wait: Option<u64>) -> Bytes {
     debug_assert!(denied.iter().all(|name| is_plain_name(name)));
     let names: usize = denied.iter().map(|name| 2 * name.len() + 5).sum();
     let mut out = Vec::with_capacity(180 + names);
-    out.extend_from_slice(
-        br#"{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"Rate limit exceeded ("#,
-    );
+    out.extend_from_slice(br#"{"type":""#);
+    out.extend_from_slice(QUOTA_EXCEEDED.as_bytes());
+    out.extend_from_slice(br#"","title":""#);
+    out.extend_from_slice(QUOTA_EXCEEDED_TITLE.as_bytes());
+    out.extend_from_slice(br#"","status":429,"detail":"Rate limit exceeded ("#);
     for (i, name) in denied.iter().enumerate() {
         if i > 0 {
             out.extend_from_slice(b", ");
@@ -216,7 +223,7 @@ fn problem_body(denied: &[&str], wait: Option<u64>) -> Bytes {
         }
         None => out.extend_from_slice(b"): this request costs more than the limit.\""),
     }
-    out.extend_from_slice(br#","policies":["#);
+    out.extend_from_slice(br#","violated-policies":["#);
     for (i, name) in denied.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -272,6 +279,25 @@ mod tests {
             reset: Duration::from_millis(reset_ms),
             retry_after: retry_ms.map(Duration::from_millis),
         }
+    }
+
+    /// No `Retry-After` when waiting cannot help: one denying policy can
+    /// never fit the request, however long another one asks to wait.
+    #[test]
+    fn no_retry_after_when_a_denying_policy_never_fits() {
+        let decision = Decision {
+            allowed: false,
+            policies: vec![
+                status("burst", Quota::per_second(10), 0, 100, Some(1)),
+                PolicyStatus { allowed: false, ..status("tiny", Quota::per_second(1), 0, 100, None) },
+            ],
+            degraded: None,
+            from_deny_cache: false,
+            policy_field: None,
+        };
+        let mut headers = HeaderMap::new();
+        apply(&mut headers, &decision, false);
+        assert!(headers.get("retry-after").is_none(), "{headers:?}");
     }
 
     #[test]

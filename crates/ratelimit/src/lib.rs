@@ -19,8 +19,10 @@
 //!   headers from trusted proxies only (never by default), IPv6 /64 grouping,
 //!   a header (hashed), route/method scoping, global, custom (sync or async).
 //! - **Answers**: 429 + `Retry-After` (whole seconds, rounded up, never 0
-//!   while waiting) + draft-10 `RateLimit-Policy` / `RateLimit` + RFC 9457
-//!   problem body; the fields on allowed responses too; optional legacy
+//!   while waiting; left out when a denying policy can never fit the
+//!   request) + draft-10 `RateLimit-Policy` / `RateLimit` + RFC 9457
+//!   problem body of draft-10's `quota-exceeded` type (`violated-policies`,
+//!   `retry_after`); the fields on allowed responses too; optional legacy
 //!   `X-RateLimit-*`; gRPC requests get HTTP 200 + `grpc-status: 8` with the same
 //!   fields as metadata.
 //! - **Local deny cache**, **shadow mode**, **failure policy** (fail open by

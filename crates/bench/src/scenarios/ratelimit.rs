@@ -107,7 +107,7 @@ pub async fn start(handle: &redlayer::Redis) -> Vec<Scenario> {
             "ratelimit",
             STATIC_429,
             "axum without any layer answering a copy of the deny cache's 429 (status, `RateLimit-Policy`, \
-             `RateLimit`, `Retry-After`, problem+json body: about 390 bytes against hello's 130): the cost of \
+             `RateLimit`, `Retry-After`, problem+json body: about 490 bytes against hello's 130): the cost of \
              the answer itself",
             static_429,
             blocked_request(),
