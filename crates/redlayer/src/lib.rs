@@ -13,6 +13,7 @@
 //! | `lock`        | `redlayer-lock`        | `lock`          |
 //! | `idempotency` | `redlayer-idempotency` (turns on `lock`) | `idempotency` |
 //! | `cluster`     | Redis Cluster support in [`Redis`] and every enabled crate | |
+//! | `axum` (default) | axum integration: `ConnectInfo` / `MatchedPath` keys, the `Session` extractor | |
 //! | `full`        | all of the above       |                 |
 //!
 //! ```no_run
