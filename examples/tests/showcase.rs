@@ -174,3 +174,64 @@ fn two_showcase_processes_share_limits_sessions_and_payments() {
     assert_eq!(b.call("POST", "/payments", &[key], r#"{"amount":99}"#).status, 422);
     assert_eq!(a.call("POST", "/payments", &[], r#"{"amount":10}"#).status, 400);
 }
+
+/// Redis killed under a running showcase, then back: every route answers
+/// within the timeouts while it is gone (the rate limit fails open, the cache
+/// steps aside, sessions and payments say 503), and all of them work on Redis
+/// again after the restart, without restarting the showcase.
+#[test]
+fn the_showcase_answers_while_redis_is_down_and_recovers() {
+    let mut redis = RedisServer::start();
+    let showcase = Showcase::start(&redis.url());
+    let visit = showcase.call("GET", "/visits", &[], "");
+    assert_eq!(visit.status, 200);
+    let cookie = visit.cookie().expect("a session cookie");
+    let key = ("Idempotency-Key", "\"down-1\"");
+
+    let timed = |method: &str, path: &str, headers: &[(&str, &str)], body: &str| {
+        let started = Instant::now();
+        let answer = showcase.call(method, path, headers, body);
+        // The handle's timeout is 500 ms (a frozen server); a dead one refuses connections at once.
+        assert!(started.elapsed() < Duration::from_secs(3), "{method} {path} took {:?}", started.elapsed());
+        answer
+    };
+    let all_routes_degrade = |what: &str| {
+        assert_eq!(timed("GET", "/api/limited", &[], "").status, 200, "{what}: the rate limit fails open");
+        let visits = timed("GET", "/visits", &[("Cookie", &cookie)], "").status;
+        assert_eq!(visits, 503, "{what}: a session is not silently lost");
+        let paid = timed("POST", "/payments", &[key], r#"{"amount":1}"#).status;
+        assert_eq!(paid, 503, "{what}: no payment without idempotency");
+        let page = timed("GET", "/cached/time", &[], "");
+        assert_eq!(page.status, 200, "{what}: the cache steps aside");
+        let status = page.header("cache-status").unwrap_or_default().to_owned();
+        assert!(status.contains("bypass"), "{what}: {status}");
+    };
+    // Frozen (SIGSTOP): connections stay open and nothing answers.
+    redis.pause();
+    all_routes_degrade("frozen");
+    redis.resume();
+    redis.kill();
+    all_routes_degrade("killed");
+
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let visits = showcase.call("GET", "/visits", &[], "");
+        let paid = showcase.call("POST", "/payments", &[key], r#"{"amount":1}"#);
+        if visits.status == 200 && paid.status == 201 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still {} / {} after the restart",
+            visits.status,
+            paid.status
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let replay = showcase.call("POST", "/payments", &[key], r#"{"amount":1}"#);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    // A fresh Redis (no persistence): the limit starts again, and is enforced.
+    let statuses: Vec<u16> = (0..6).map(|_| showcase.call("GET", "/api/limited", &[], "").status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+}
