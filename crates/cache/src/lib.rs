@@ -35,6 +35,12 @@
 //!   `Vary: *` is never stored. At most [`MAX_VARIANTS`] variants are kept
 //!   per URI (a new one replaces another), so clients inventing header
 //!   values cannot grow an entry without bound.
+//! - The site is the URI's authority (HTTP/2, absolute-form) or else the
+//!   `Host` header, compared normalized (`EXAMPLE.test:80` is `example.test`).
+//!   A request whose URI and `Host` name different sites bypasses the cache
+//!   (`Cache-Status: ...; fwd=bypass; detail=host-mismatch`): a proxy that
+//!   rewrites the URI to its origin should do so inside the cache layer (as
+//!   `examples/cache_proxy.rs` does), or rewrite `Host` too.
 //! - Hits are served with `Age`; a client whose `If-None-Match` /
 //!   `If-Modified-Since` matches gets a 304.
 //! - Stale entries with a validator are revalidated with a conditional
