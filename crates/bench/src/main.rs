@@ -41,6 +41,14 @@ fn parse_args() -> Args {
     let mut args = Args { rounds: 5, seconds: 3, connections: 32, out: "BENCHMARKS.md".into(), only: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!(
+                "redlayer-bench [--rounds N (5)] [--seconds N (3)] [--connections N (32)] [--out FILE (BENCHMARKS.md)] \
+                 [--only GROUP|NAME,...]\ngroups: {}",
+                GROUPS.join(", ")
+            );
+            std::process::exit(0);
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--rounds" => args.rounds = value.parse().expect("--rounds N"),

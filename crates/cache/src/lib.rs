@@ -10,8 +10,7 @@
 //! (RFC 9211), 304s to conditional clients, `stale-while-revalidate` and
 //! `stale-if-error` (RFC 5861), invalidation after unsafe methods,
 //! coalescing of concurrent misses, tags and purges, and XFetch. `sfv` parses
-//! `Cache-Control` / `CDN-Cache-Control`, `httpdate` HTTP dates, `url` resolves
-//! `Location` / `Content-Location` references, `rand` jitters XFetch,
+//! `Cache-Control` / `CDN-Cache-Control`, `httpdate` HTTP dates, `rand` jitters XFetch,
 //! `serde_json` encodes cache-aside values, and redlayer-lock's locks
 //! coalesce fills across instances.
 //!

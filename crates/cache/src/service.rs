@@ -622,7 +622,8 @@ impl Ctx {
         let authority = crate::key::request_authority(client)?;
         stored_req.insert(header::HOST, HeaderValue::from_str(&authority).ok()?);
         if !spec.is_empty() {
-            for name in spec.split(',') {
+            // `Host` is stored once, normalized, above (`Vary: Host` compares that).
+            for name in spec.split(',').filter(|name| *name != "host") {
                 if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
                     for v in req_headers.get_all(&name) {
                         stored_req.append(name.clone(), v.clone());
@@ -1114,7 +1115,8 @@ impl Ctx {
         let mut status = CacheStatus::fwd("method");
         let mut answers_get = None;
         if res.status().is_success() || res.status().is_redirection() {
-            let mut targets = vec![(None, parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned())];
+            // The request's own URI (as it is), then the references its answer names.
+            let mut targets = vec![(None, String::new())];
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(v) = res.headers().get(&name).and_then(|v| v.to_str().ok()) {
                     targets.push((Some(name), v.trim().to_owned()));
@@ -1126,7 +1128,7 @@ impl Ctx {
             // invalidation number (a store of this answer sees later ones).
             let (mut target, mut content_location_key) = (None, None);
             for (name, uri) in targets {
-                let Some(get) = same_origin_get(&parts, &uri, &origin) else { continue };
+                let Some(get) = same_origin_get(&parts, name.as_ref().map(|_| uri.as_str()), &origin) else { continue };
                 let Some(primary) = self.primary(&get, &parts) else { continue };
                 let key = self.state.store.entry_key(&primary);
                 // Content-Location may name the target again: count from our own record then.
@@ -1239,6 +1241,74 @@ fn clone_parts_of<B>(req: &Request<B>) -> Parts {
     r.into_parts().0
 }
 
+/// A URI reference resolved against a request URI.
+#[derive(Debug, PartialEq, Eq)]
+enum Resolved {
+    /// An absolute URI (it had a scheme, or was scheme-relative).
+    Absolute(String),
+    /// A path and query on the request's own origin.
+    Path(String),
+}
+
+/// Resolves `target` against the request's `base` path and query as RFC 3986
+/// 5.2 says (`../list`, `?page=2`, `//host/x`, dot segments removed from the
+/// merged path), on the strings as they are: nothing is re-encoded, so the
+/// result keys the way the same URI requested by a client does.
+fn resolve_reference(scheme: &str, base: &str, target: &str) -> Resolved {
+    let target = target.split('#').next().unwrap_or_default();
+    let scheme_end = target.find(|c: char| matches!(c, ':' | '/' | '?'));
+    if let Some(i) = scheme_end
+        && target.as_bytes()[i] == b':'
+        && i > 0
+    {
+        return Resolved::Absolute(target.to_owned());
+    }
+    if target.starts_with("//") {
+        return Resolved::Absolute(format!("{scheme}:{target}"));
+    }
+    let (base_path, base_query) = match base.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (base, None),
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let (path, query) = if path.is_empty() {
+        (base_path.to_owned(), query.or(base_query))
+    } else if path.starts_with('/') {
+        (remove_dot_segments(path), query)
+    } else {
+        let dir = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
+        let merged = if dir.is_empty() { format!("/{path}") } else { format!("{dir}{path}") };
+        (remove_dot_segments(&merged), query)
+    };
+    Resolved::Path(match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    })
+}
+
+/// RFC 3986 5.2.4 on an absolute path: `.` and `..` segments resolved.
+fn remove_dot_segments(path: &str) -> String {
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+        if last && matches!(*segment, "." | "..") {
+            out.push("");
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
 /// `scheme://host` of a request, normalized.
 fn origin_of(parts: &Parts) -> String {
     let full = normalized_uri(parts);
@@ -1249,20 +1319,56 @@ fn origin_of(parts: &Parts) -> String {
     }
 }
 
-/// A GET request for `target` (absolute URI, absolute path or relative
-/// reference) when it has the same origin as the request.
-fn same_origin_get(parts: &Parts, target: &str, origin: &str) -> Option<Parts> {
+/// A GET request for `target` when it has the same origin as the request:
+/// the request's own URI (`None`), or a `Location` / `Content-Location`
+/// reference resolved against it (see [`resolve_reference`]).
+fn same_origin_get(parts: &Parts, target: Option<&str>, origin: &str) -> Option<Parts> {
     let mut req = Request::new(());
     *req.method_mut() = Method::GET;
-    // Resolved against the request's URI as RFC 3986 5.2 says (`?page=2`,
-    // `../list`, `//host/x` too), by the `url` crate.
-    let base = url::Url::parse(&normalized_uri(parts)).ok()?;
-    let mut resolved = base.join(target).ok()?;
-    resolved.set_fragment(None);
-    *req.uri_mut() = resolved.as_str().parse().ok()?;
+    let base = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    match target.map(|t| resolve_reference(parts.uri.scheme_str().unwrap_or("http"), base, t)) {
+        Some(Resolved::Absolute(uri)) => *req.uri_mut() = uri.parse().ok()?,
+        resolved => {
+            let mut uri = parts.uri.clone().into_parts();
+            if let Some(Resolved::Path(path_and_query)) = resolved {
+                uri.path_and_query = Some(path_and_query.parse().ok()?);
+            }
+            *req.uri_mut() = http::Uri::from_parts(uri).ok()?;
+        }
+    }
     if let Some(host) = parts.headers.get(header::HOST) {
         req.headers_mut().insert(header::HOST, host.clone());
     }
     let get = req.into_parts().0;
     (origin_of(&get) == origin).then_some(get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_resolve_as_rfc_3986_says_without_reencoding() {
+        let path = |s: &str| Resolved::Path(s.to_owned());
+        let base = "/shop/items/new?x=1";
+        for (target, resolved) in [
+            ("../list", path("/shop/list")),
+            ("./a", path("/shop/items/a")),
+            ("a/../b", path("/shop/items/b")),
+            ("?page=2", path("/shop/items/new?page=2")),
+            ("", path("/shop/items/new?x=1")),
+            ("#frag", path("/shop/items/new?x=1")),
+            ("/abs/./p/../q?y", path("/abs/q?y")),
+            ("/a/b/..", path("/a/")),
+            ("../../../../up", path("/up")),
+            ("/o'brien?name=O'Brien\"", path("/o'brien?name=O'Brien\"")),
+            ("caf\u{e9}", path("/shop/items/caf\u{e9}")),
+            ("//other.test/x", Resolved::Absolute("http://other.test/x".into())),
+            ("HTTPS://Example.test/x#f", Resolved::Absolute("HTTPS://Example.test/x".into())),
+            ("mailto:a@b", Resolved::Absolute("mailto:a@b".into())),
+        ] {
+            assert_eq!(resolve_reference("http", base, target), resolved, "{target}");
+        }
+        assert_eq!(resolve_reference("http", "/", "x"), path("/x"));
+    }
 }

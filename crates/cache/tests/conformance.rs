@@ -242,6 +242,13 @@ async fn unsafe_methods_invalidate_target_and_locations(b: Backend) {
     assert!(!app.get("/shop/list").await.is_hit(), "../list is /shop/list");
     assert!(!app.get("/shop/items/new?page=2").await.is_hit(), "?page=2 is /shop/items/new?page=2");
     assert!(app.get("/shop/items/list").await.is_hit(), "not /shop/items/list");
+    // The request's own URI is invalidated as it was sent (nothing re-encoded, no dots removed).
+    for own in ["/q?name=O'Brien", "/d/./x"] {
+        app.get(own).await;
+        assert!(app.get(own).await.is_hit(), "{own}");
+        app.send("POST", own, &[]).await;
+        assert!(!app.get(own).await.is_hit(), "{own} invalidated by its own POST");
+    }
     // A failed unsafe request invalidates nothing.
     let origin2 = Origin::new(|parts, n| match parts.method.as_str() {
         "DELETE" => resp(500, &[], ""),
@@ -1151,6 +1158,12 @@ async fn host_spellings_share_entries_and_conflicting_ones_bypass(b: Backend) {
     assert!(!fresh.cache_status().contains("stored"), "{}", fresh.cache_status());
     assert_eq!(app.get("/h").await.body, "v1", "the entry is untouched");
     assert_eq!(origin.hits(), 3);
+    // `Vary: Host`: the stored host is the normalized one, and hits still match it.
+    let varying = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60"), ("vary", "Host")], &format!("{n}")));
+    let app = App::new(b.layer(), &varying);
+    assert_eq!(app.get("/vh").await.body, "1");
+    let again = app.get("/vh").await;
+    assert!(again.is_hit(), "{}", again.cache_status());
 }
 
 macro_rules! suite {
