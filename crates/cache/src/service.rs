@@ -1256,7 +1256,7 @@ enum Resolved {
 /// result keys the way the same URI requested by a client does.
 fn resolve_reference(scheme: &str, base: &str, target: &str) -> Resolved {
     let target = target.split('#').next().unwrap_or_default();
-    let scheme_end = target.find(|c: char| matches!(c, ':' | '/' | '?'));
+    let scheme_end = target.find([':', '/', '?']);
     if let Some(i) = scheme_end
         && target.as_bytes()[i] == b':'
         && i > 0
