@@ -39,7 +39,10 @@
 //!   A request whose URI and `Host` name different sites bypasses the cache
 //!   (`Cache-Status: ...; fwd=bypass; detail=host-mismatch`): a proxy that
 //!   rewrites the URI to its origin should do so inside the cache layer (as
-//!   `examples/cache_proxy.rs` does), or rewrite `Host` too.
+//!   `examples/cache_proxy.rs` does), or rewrite `Host` too. The scheme is
+//!   part of the key: an HTTP/1.1 request carries none and counts as `http`,
+//!   while an HTTP/2 request over TLS says `https`, so on a TLS server the two
+//!   protocols keep separate entries (a [`CacheLayer::key_fn`] can key them together).
 //! - Hits are served with `Age`; a client whose `If-None-Match` /
 //!   `If-Modified-Since` matches gets a 304.
 //! - Stale entries with a validator are revalidated with a conditional

@@ -161,7 +161,9 @@ fn secs(d: Duration) -> i64 {
 /// The entry's remaining freshness in seconds, negative once stale.
 fn signed_ttl(policy: &CachePolicy, entry: &Entry, at: SystemTime) -> i64 {
     let ttl = policy.time_to_live(at);
-    if ttl.is_zero() { -secs(policy::staleness(policy, entry.response_time, at)) } else { secs(ttl) }
+    // Stale by a fraction of a second is stale: -1, not 0.
+    let stale_by = policy::staleness(policy, entry.response_time, at);
+    if ttl.is_zero() { -secs(stale_by + Duration::from_nanos(999_999_999)) } else { secs(ttl) }
 }
 
 impl Ctx {

@@ -49,24 +49,32 @@ pub(crate) fn problem<B: Body>(grpc: bool, status: StatusCode, title: &'static s
         };
         return grpc_response(code, &format!("{title}: {detail}"));
     }
-    let mut problem = Problem::new(status, title).detail(detail);
-    if matches!(status, StatusCode::BAD_REQUEST | StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY) {
-        // The draft's error scenarios: documentation of the problem, as it asks 400s and 422s to link.
-        problem = problem.type_uri(IDEMPOTENCY_ERRORS);
-    }
-    problem.into_response()
+    Problem::new(status, title).detail(detail).into_response()
 }
 
-/// The problem type of the Idempotency-Key errors (400, 409, 422): the
-/// draft's section that defines them.
-pub(crate) const IDEMPOTENCY_ERRORS: &str =
-    "https://datatracker.ietf.org/doc/html/draft-ietf-httpapi-idempotency-key-header#name-error-scenarios";
+/// Where the Idempotency-Key errors are documented: the draft's section
+/// that defines them, linked from their answers as the draft asks.
+const KEY_ERRORS_LINK: HeaderValue = HeaderValue::from_static(
+    "<https://datatracker.ietf.org/doc/html/draft-ietf-httpapi-idempotency-key-header#name-error-scenarios>; \
+     rel=\"describedby\"",
+);
+
+/// A [`problem`] about the key itself (missing, malformed, in flight,
+/// reused): with a `Link` to the documentation of these errors.
+pub(crate) fn key_problem<B: Body>(grpc: bool, status: StatusCode, title: &'static str, detail: &str) -> Answer<B> {
+    let mut response = problem(grpc, status, title, detail);
+    if !grpc {
+        response.headers_mut().insert(header::LINK, KEY_ERRORS_LINK);
+    }
+    response
+}
 
 fn replay<B: Body>(stored: StoredResponse) -> Answer<B> {
     let mut response = Response::new(ResponseBody::full(stored.body));
     *response.status_mut() = stored.status;
     let headers = response.headers_mut();
-    for (name, value) in stored.headers {
+    // Records written before a header became unstorable (`Set-Cookie`) never replay it either.
+    for (name, value) in stored.headers.into_iter().filter(|(name, _)| storable_header(name)) {
         headers.append(name, value);
     }
     headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -74,7 +82,7 @@ fn replay<B: Body>(stored: StoredResponse) -> Answer<B> {
 }
 
 fn conflict<B: Body>(grpc: bool) -> Answer<B> {
-    let mut response = problem(
+    let mut response = key_problem(
         grpc,
         StatusCode::CONFLICT,
         "Request in progress",
@@ -85,7 +93,7 @@ fn conflict<B: Body>(grpc: bool) -> Answer<B> {
 }
 
 fn mismatch<B: Body>(grpc: bool) -> Answer<B> {
-    problem(
+    key_problem(
         grpc,
         StatusCode::UNPROCESSABLE_ENTITY,
         "Idempotency-Key reused",

@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::{
     ResponseFuture,
-    flow::{BoxError, decide, problem},
+    flow::{BoxError, decide, key_problem},
     key::{KeyHeader, parse_key, record_id},
     layer::Config,
 };
@@ -53,7 +53,7 @@ where
             KeyHeader::Key(key) => key,
             KeyHeader::Missing if !config.required => return ResponseFuture::pass(inner.call(req)),
             KeyHeader::Missing => {
-                return ResponseFuture::respond(problem(
+                return ResponseFuture::respond(key_problem(
                     is_grpc(req.headers()),
                     StatusCode::BAD_REQUEST,
                     "Idempotency-Key required",
@@ -62,7 +62,12 @@ where
             }
             KeyHeader::Invalid(why) => {
                 let grpc = is_grpc(req.headers());
-                return ResponseFuture::respond(problem(grpc, StatusCode::BAD_REQUEST, "Invalid Idempotency-Key", why));
+                return ResponseFuture::respond(key_problem(
+                    grpc,
+                    StatusCode::BAD_REQUEST,
+                    "Invalid Idempotency-Key",
+                    why,
+                ));
             }
         };
         let (parts, body) = req.into_parts();

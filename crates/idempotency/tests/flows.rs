@@ -134,6 +134,8 @@ async fn other_request_same_key_is_422(a: &Router, b: &Router) {
     let other_body = send(b, "/payments", Some(&key), r#"{"amount":11}"#, &[]).await;
     assert_eq!(other_body.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(other_body.headers["content-type"], "application/problem+json");
+    // The draft asks 400s and 422s to link to the documentation of the error.
+    assert!(other_body.headers["link"].to_str().unwrap().ends_with("rel=\"describedby\""));
     assert_eq!(other_body.json()["status"], 422);
     let other_path = send(b, "/other", Some(&key), r#"{"amount":10}"#, &[]).await;
     assert_eq!(other_path.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -149,6 +151,7 @@ async fn keys_are_checked(a: &Router, required: IdempotencyLayer, c: &Counters) 
     let missing = send(&strict, "/payments", None, "{}", &[]).await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST);
     assert_eq!(missing.headers["content-type"], "application/problem+json");
+    assert!(missing.headers["link"].to_str().unwrap().contains("idempotency-key-header"));
     let huge = format!("\"{}\"", "k".repeat(10_000));
     for bad in ["not-a-string", "\"\"", "\"a\" \"b\"", "1", huge.as_str()] {
         let r = send(&strict, "/payments", Some(bad), "{}", &[]).await;

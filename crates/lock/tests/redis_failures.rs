@@ -291,7 +291,7 @@ async fn a_cluster_failover_keeps_held_locks_and_fences_increasing() {
     let master = cluster.masters().into_iter().find(|&m| cluster.nodes()[m].cli(&["EXISTS", &key]).trim() == "1");
     let master = master.expect("one master holds the lock key");
     // Wait until the replica has the lock's SET (replication is asynchronous).
-    cluster.nodes()[master].cli(&["WAIT", "1", "2000"]);
+    cluster.wait_replicated(master, Duration::from_secs(5));
     cluster.node_mut(master).kill();
 
     let started = Instant::now();

@@ -123,7 +123,7 @@
 //! unit; a fixed window: its end). With GCRA / token bucket
 //! `r` counts the burst, so it can exceed `q` when the burst is larger than the
 //! count. A denied request also gets `Retry-After` (seconds, rounded up, at least
-//! 1). When rate-limit layers are nested, the outer one appends its policies to
+//! 1), unless a denying policy can never fit its cost. When rate-limit layers are nested, the outer one appends its policies to
 //! the lists of the inner one.
 //!
 //! # Failure

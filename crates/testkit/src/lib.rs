@@ -235,10 +235,13 @@ impl RedisCluster {
     pub fn start_with_replicas() -> Self {
         let cluster = Self::start_replicated(1);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !cluster.nodes.iter().all(|n| {
-            let role = n.cli(&["ROLE"]);
-            role.starts_with("master") || role.contains("connected")
-        }) {
+        // Three masters, and three replicas connected to theirs and in sync.
+        while !{
+            let roles: Vec<String> = cluster.nodes.iter().map(|n| n.cli(&["ROLE"])).collect();
+            let masters = roles.iter().filter(|r| r.starts_with("master")).count();
+            let synced = roles.iter().filter(|r| r.starts_with("slave") && r.contains("connected")).count();
+            masters == 3 && synced == 3
+        } {
             assert!(Instant::now() < deadline, "replicas did not sync with their masters");
             thread::sleep(Duration::from_millis(50));
         }
@@ -285,6 +288,33 @@ impl RedisCluster {
         (0..self.nodes.len())
             .filter(|&i| self.nodes[i].child.is_some() && self.nodes[i].cli(&["ROLE"]).starts_with("master"))
             .collect()
+    }
+
+    /// Waits until the replicas of the master at `index` have received all
+    /// of its writes so far (their replication offset reached its own).
+    pub fn wait_replicated(&self, index: usize, within: Duration) {
+        let master = &self.nodes[index];
+        let deadline = Instant::now() + within;
+        loop {
+            let text = master.cli(&["INFO", "replication"]);
+            let target: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            // `slave0:ip=..,port=..,state=online,offset=N,lag=0`
+            let offsets: Vec<u64> = text
+                .lines()
+                .filter(|l| l.starts_with("slave") && l.contains("ip="))
+                .filter_map(|l| l.split(',').find_map(|kv| kv.strip_prefix("offset=")))
+                .filter_map(|v| v.trim().parse().ok())
+                .collect();
+            if !offsets.is_empty() && offsets.iter().all(|&o| o >= target) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replicas of node {index} stayed behind {target}: {offsets:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The nodes' URLs, to hand to a cluster client.
