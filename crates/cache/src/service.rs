@@ -163,7 +163,7 @@ fn signed_ttl(policy: &CachePolicy, entry: &Entry, at: SystemTime) -> i64 {
     let ttl = policy.time_to_live(at);
     // Stale by a fraction of a second is stale: -1, not 0.
     let stale_by = policy::staleness(policy, entry.response_time, at);
-    if ttl.is_zero() { -secs(stale_by + Duration::from_nanos(999_999_999)) } else { secs(ttl) }
+    if ttl.is_zero() { -secs(stale_by.saturating_add(Duration::from_nanos(999_999_999))) } else { secs(ttl) }
 }
 
 impl Ctx {
@@ -1120,7 +1120,8 @@ impl Ctx {
             // The request's own URI (as it is), then the references its answer names.
             let mut targets = vec![(None, String::new())];
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                if let Some(v) = res.headers().get(&name).and_then(|v| v.to_str().ok()) {
+                // UTF-8, not only visible ASCII: a path a client may request (and a GET stored) raw.
+                if let Some(v) = res.headers().get(&name).and_then(|v| std::str::from_utf8(v.as_bytes()).ok()) {
                     targets.push((Some(name), v.trim().to_owned()));
                 }
             }
@@ -1263,10 +1264,10 @@ fn resolve_reference(scheme: &str, base: &str, target: &str) -> Resolved {
         && target.as_bytes()[i] == b':'
         && i > 0
     {
-        return Resolved::Absolute(target.to_owned());
+        return Resolved::Absolute(absolute_without_dots(target));
     }
     if target.starts_with("//") {
-        return Resolved::Absolute(format!("{scheme}:{target}"));
+        return Resolved::Absolute(absolute_without_dots(&format!("{scheme}:{target}")));
     }
     let (base_path, base_query) = match base.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -1291,20 +1292,43 @@ fn resolve_reference(scheme: &str, base: &str, target: &str) -> Resolved {
     })
 }
 
-/// RFC 3986 5.2.4 on an absolute path: `.` and `..` segments resolved.
+/// An absolute URI with the dot segments of its path removed (RFC 3986
+/// 5.2.2 does it for references with a scheme or an authority too).
+fn absolute_without_dots(uri: &str) -> String {
+    let Some(after_scheme) = uri.find("//").map(|i| i + 2) else { return uri.to_owned() };
+    let path_start = uri[after_scheme..].find(['/', '?']).map_or(uri.len(), |i| after_scheme + i);
+    let (head, rest) = uri.split_at(path_start);
+    match rest.split_once('?') {
+        Some((path, query)) if path.starts_with('/') => format!("{head}{}?{query}", remove_dot_segments(path)),
+        None if rest.starts_with('/') => format!("{head}{}", remove_dot_segments(rest)),
+        _ => uri.to_owned(),
+    }
+}
+
+/// RFC 3986 5.2.4 on an absolute path: `.` and `..` segments resolved,
+/// percent-encoded dots (`%2e`) counted as dots, as the cache keys decode them.
 fn remove_dot_segments(path: &str) -> String {
+    let dots = |segment: &str| -> Option<usize> {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        match decoded.as_str() {
+            "." => Some(1),
+            ".." => Some(2),
+            _ => None,
+        }
+    };
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     let mut out: Vec<&str> = Vec::with_capacity(segments.len());
     for (i, segment) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
-        match *segment {
-            "." => {}
-            ".." => {
+        let dot = if segment.len() <= 6 { dots(segment) } else { None };
+        match dot {
+            Some(1) => {}
+            Some(_) => {
                 out.pop();
             }
-            other => out.push(other),
+            None => out.push(segment),
         }
-        if last && matches!(*segment, "." | "..") {
+        if last && dot.is_some() {
             out.push("");
         }
     }
@@ -1329,7 +1353,14 @@ fn same_origin_get(parts: &Parts, target: Option<&str>, origin: &str) -> Option<
     *req.method_mut() = Method::GET;
     let base = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     match target.map(|t| resolve_reference(parts.uri.scheme_str().unwrap_or("http"), base, t)) {
-        Some(Resolved::Absolute(uri)) => *req.uri_mut() = uri.parse().ok()?,
+        Some(Resolved::Absolute(uri)) => {
+            // `host:8080` or `mailto:x` parse as authority-form: not a same-origin URI.
+            let uri: http::Uri = uri.parse().ok()?;
+            if !matches!(uri.scheme_str().map(str::to_ascii_lowercase).as_deref(), Some("http" | "https")) {
+                return None;
+            }
+            *req.uri_mut() = uri;
+        }
         resolved => {
             let mut uri = parts.uri.clone().into_parts();
             if let Some(Resolved::Path(path_and_query)) = resolved {
@@ -1368,9 +1399,36 @@ mod tests {
             ("//other.test/x", Resolved::Absolute("http://other.test/x".into())),
             ("HTTPS://Example.test/x#f", Resolved::Absolute("HTTPS://Example.test/x".into())),
             ("mailto:a@b", Resolved::Absolute("mailto:a@b".into())),
+            ("http://h.test/a/../b?q=/../x", Resolved::Absolute("http://h.test/b?q=/../x".into())),
+            ("//h.test/a/./b", Resolved::Absolute("http://h.test/a/b".into())),
+            ("http://h.test", Resolved::Absolute("http://h.test".into())),
+            ("a/%2e%2E/b/%2E", path("/shop/items/b/")),
+            ("..%2f", path("/shop/items/..%2f")),
         ] {
             assert_eq!(resolve_reference("http", base, target), resolved, "{target}");
         }
         assert_eq!(resolve_reference("http", "/", "x"), path("/x"));
+    }
+
+    /// A `Location` that only looks absolute (`host:port`, `mailto:`) names
+    /// nothing of this origin; one that names it is found.
+    #[test]
+    fn only_http_uris_of_the_same_origin_are_targets() {
+        let (parts, ()) = http::Request::post("/x").header("host", "example.test").body(()).unwrap().into_parts();
+        let origin = origin_of(&parts);
+        for target in
+            ["example.test:80", "example.test", "mailto:a@example.test", "x:y@example.test", "https://example.test/a"]
+        {
+            let get = same_origin_get(&parts, Some(target), &origin);
+            let found = get.as_ref().map(|g| g.uri.to_string());
+            if target == "example.test" {
+                assert_eq!(found.as_deref(), Some("/example.test"), "a relative path");
+            } else {
+                assert!(found.is_none(), "{target}: {found:?}");
+            }
+        }
+        let same = same_origin_get(&parts, Some("http://EXAMPLE.test:80/a/../b"), &origin).unwrap();
+        assert_eq!(same.uri, "http://EXAMPLE.test:80/b");
+        assert_eq!(same_origin_get(&parts, None, &origin).unwrap().uri, "/x");
     }
 }

@@ -242,6 +242,20 @@ async fn unsafe_methods_invalidate_target_and_locations(b: Backend) {
     assert!(!app.get("/shop/list").await.is_hit(), "../list is /shop/list");
     assert!(!app.get("/shop/items/new?page=2").await.is_hit(), "?page=2 is /shop/items/new?page=2");
     assert!(app.get("/shop/items/list").await.is_hit(), "not /shop/items/list");
+    // A Location in raw UTF-8 names the raw UTF-8 path clients request.
+    let utf8 = Origin::new(|parts, n| match parts.method.as_str() {
+        "POST" => {
+            let mut r = resp(201, &[], "");
+            r.headers_mut().insert("location", http::HeaderValue::from_bytes("/caf\u{e9}".as_bytes()).unwrap());
+            r
+        }
+        _ => resp(200, &[("cache-control", "max-age=60")], &format!("{n}")),
+    });
+    let app8 = App::new(b.layer(), &utf8);
+    app8.get("/caf\u{e9}").await;
+    assert!(app8.get("/caf\u{e9}").await.is_hit());
+    app8.send("POST", "/new", &[]).await;
+    assert!(!app8.get("/caf\u{e9}").await.is_hit(), "a raw UTF-8 Location invalidates");
     // The request's own URI is invalidated as it was sent (nothing re-encoded, no dots removed).
     for own in ["/q?name=O'Brien", "/d/./x"] {
         app.get(own).await;

@@ -301,7 +301,7 @@ impl RedisCluster {
                 .lines()
                 .find_map(|l| l.strip_prefix("master_repl_offset:"))
                 .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
+                .unwrap_or_else(|| panic!("no master_repl_offset from node {index}: {text}"));
             // `slave0:ip=..,port=..,state=online,offset=N,lag=0`
             let offsets: Vec<u64> = text
                 .lines()
