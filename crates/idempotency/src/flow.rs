@@ -139,8 +139,11 @@ where
     match claim(&config, &id, &fp, grpc).await {
         Ok(Ok(guard)) => Decision::Run(request, Some(Claim { config, id, guard })),
         Ok(Err(answer)) => Decision::Respond(answer),
+        // Fail open only when the store is unreachable: a store that answers
+        // with an error (out of memory, a corrupt record) is no reason to
+        // run a payment without protection.
         Err(error) => match config.failure {
-            FailurePolicy::FailOpen => {
+            FailurePolicy::FailOpen if error.is_unavailable() => {
                 report_degraded("idempotency", FailurePolicy::FailOpen, &error);
                 Decision::Run(request, None)
             }
@@ -211,10 +214,17 @@ where
 {
     let Claim { config, id, guard } = claim;
     let (parts, body) = response.into_parts();
+    // A gRPC answer is never stored (its status travels in trailers, or in
+    // the head of a trailers-only error), and a stream must not wait for its
+    // end: the attempt is forgotten at once and the body passes untouched.
+    if is_grpc(&parts.headers) || !storable_status(parts.status) {
+        settle_in_task(settle(config, id, guard, None)).await;
+        return Response::from_parts(parts, ResponseBody::inner(PassBody::new(body)));
+    }
     let mut body = Box::pin(body);
     let mut read = VecDeque::new();
     let mut data = BytesMut::new();
-    let mut storable = !parts.status.is_server_error() && !parts.status.is_informational();
+    let mut storable = true;
     let mut error = None;
     let mut rest = None;
     loop {
@@ -249,17 +259,29 @@ where
             .collect(),
         body: data.freeze(),
     });
-    // In a task of its own, awaited: a request dropped now (its client gave
-    // up just as the handler finished) must still record the response, or
-    // the released lease would let a retry run the finished handler again.
-    let settle = settle(config, id, guard, stored);
+    settle_in_task(settle(config, id, guard, stored)).await;
+    Response::from_parts(parts, ResponseBody::inner(PassBody::resume(read, error, rest)))
+}
+
+/// Whether an answer with this status may be replayed: not 5xx nor 1xx, and
+/// not the answers of a moment (408 timeout, 409 conflict, 425 too early,
+/// 429 rate limited: another layer or the handler refused *now*, the
+/// operation did not run, and a retry should get to run it).
+fn storable_status(status: StatusCode) -> bool {
+    !status.is_server_error() && !status.is_informational() && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
+}
+
+/// Runs `settle` in a task of its own, awaited: a request dropped now (its
+/// client gave up just as the handler finished) must still record the
+/// response, or the released lease would let a retry run the finished
+/// handler again.
+async fn settle_in_task(settle: impl std::future::Future<Output = ()> + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             let _ = runtime.spawn(settle).await;
         }
         Err(_) => settle.await,
     }
-    Response::from_parts(parts, ResponseBody::inner(PassBody::resume(read, error, rest)))
 }
 
 /// Stores the response of a finished handler (or forgets an attempt whose

@@ -37,7 +37,8 @@ pub(crate) struct Config {
 /// of HTTP 4xx/5xx: HTTP 200 with `grpc-status` `INVALID_ARGUMENT` (missing or
 /// malformed key), `ABORTED` (in flight), `FAILED_PRECONDITION` (key reused
 /// with another request), `RESOURCE_EXHAUSTED` (body too large) or
-/// `UNAVAILABLE`. gRPC responses end with trailers, which are not stored: a
+/// `UNAVAILABLE`. gRPC answers are never stored (their status is in trailers,
+/// or in the head of a trailers-only error) and stream through at once: a
 /// retry after completion runs the handler again (only concurrent duplicates
 /// are held off).
 #[derive(Clone, Debug)]
@@ -145,7 +146,8 @@ impl IdempotencyLayer {
 
     /// When the store is unreachable: [`FailurePolicy::FailClosed`] (default)
     /// answers 503; [`FailurePolicy::FailOpen`] runs the handler without
-    /// idempotency. `LocalFallback` is treated as `FailClosed`.
+    /// idempotency. `LocalFallback` is treated as `FailClosed`. A store that
+    /// answers with an error (out of memory, a corrupt record) always gets 503.
     pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
         self.config().failure = policy;
         self

@@ -24,8 +24,9 @@
 //! 4. The response (status, headers but `Set-Cookie` and hop-by-hop ones,
 //!    body up to 1 MiB) is stored if its
 //!    fencing token still owns the record, then the lease is released. 5xx
-//!    answers, bodies over the limit, trailers and body errors are not
-//!    stored: the attempt is forgotten and a retry runs again.
+//!    answers, refusals of the moment (408, 409, 425, 429), gRPC answers,
+//!    bodies over the limit, trailers and body errors are not stored: the
+//!    attempt is forgotten and a retry runs again.
 //! 5. A request that finds the lease held by someone else gets the stored
 //!    answer if there is one by now, 422 if its fingerprint differs, else
 //!    **409** with `Retry-After: 1`.

@@ -50,10 +50,24 @@ async fn login(State(c): State<Counters>) -> (StatusCode, [(http::HeaderName, St
     )
 }
 
+/// A gRPC error as tonic sends it (trailers-only: the status in the head).
+async fn grpc_unavailable(State(c): State<Counters>) -> (StatusCode, [(&'static str, &'static str); 2]) {
+    c.runs.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::OK, [("content-type", "application/grpc"), ("grpc-status", "14")])
+}
+
+/// A refusal of the moment (as a lock or rate-limit layer inside gives).
+async fn busy(State(c): State<Counters>) -> StatusCode {
+    c.runs.fetch_add(1, Ordering::SeqCst);
+    StatusCode::CONFLICT
+}
+
 fn app(layer: IdempotencyLayer, counters: Counters) -> Router {
     Router::new()
         .route("/payments", post(pay).get(|| async { "list" }))
         .route("/login", post(login))
+        .route("/grpc", post(grpc_unavailable))
+        .route("/busy", post(busy))
         .route("/other", post(pay))
         .with_state(counters)
         .layer(layer)
@@ -107,6 +121,7 @@ async fn suite(a: IdempotencyLayer, b: IdempotencyLayer) {
     keys_are_scoped_per_client(a.clone(), b.clone()).await;
     server_errors_and_large_responses_are_not_stored(&app_a, &app_b, &counters).await;
     set_cookie_is_never_replayed(&app_a, &app_b, &counters).await;
+    grpc_answers_and_refusals_of_the_moment_are_not_replayed(&app_a, &app_b, &counters).await;
     // "Keep it forever" (`Duration::MAX`): no overflow, and an expiry Redis accepts.
     let endless = |l: IdempotencyLayer| app(l.retention(Duration::MAX).max_hold(Duration::MAX), counters.clone());
     replays_a_completed_request(&endless(a.clone()), &endless(b.clone()), &counters).await;
@@ -273,6 +288,20 @@ async fn set_cookie_is_never_replayed(a: &Router, b: &Router, c: &Counters) {
         assert!(again.headers.get("set-cookie").is_none(), "{:?}", again.headers.get("set-cookie"));
     }
     assert_eq!(c.runs.load(Ordering::SeqCst), before + 1);
+}
+
+/// A gRPC answer (here a trailers-only UNAVAILABLE) and a 409 from inside
+/// are not stored: the retry runs the handler instead of replaying them.
+async fn grpc_answers_and_refusals_of_the_moment_are_not_replayed(a: &Router, b: &Router, c: &Counters) {
+    for (path, extra) in [("/grpc", &[("content-type", "application/grpc")][..]), ("/busy", &[][..])] {
+        let key = unique(path);
+        let before = c.runs.load(Ordering::SeqCst);
+        for app in [a, b] {
+            let got = send(app, path, Some(&key), "{}", extra).await;
+            assert!(!got.replayed(), "{path}: replayed");
+        }
+        assert_eq!(c.runs.load(Ordering::SeqCst), before + 2, "{path}: the retry ran the handler");
+    }
 }
 
 fn configure(layer: IdempotencyLayer) -> IdempotencyLayer {
