@@ -110,6 +110,12 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let ctx = Ctx { config: self.config.clone(), state: self.state.clone() };
+        // gRPC calls (POSTs whose answers live in trailers) are not HTTP
+        // resources this cache stores or invalidates: straight through.
+        if redlayer_core::problem::is_grpc(req.headers()) {
+            let mut inner = inner;
+            return ResponseFuture::passthrough(inner.call(req), self.config.status_arc.clone());
+        }
         match *req.method() {
             Method::GET | Method::HEAD => ResponseFuture::flow(Box::pin(ctx.cacheable(inner, req))),
             Method::OPTIONS | Method::TRACE | Method::CONNECT => {

@@ -556,7 +556,16 @@ impl Store {
     pub async fn delete_entry_key(&self, key: &str) -> Result<bool> {
         match &self.inner.backend {
             Backend::Memory { entries, .. } => Ok(entries.remove(&key.to_owned())),
-            Backend::Redis(redis) => {
+            Backend::Redis(_) => {
+                // Within the back-off after a failure, fail at once instead of
+                // waiting for the timeout (an invalidation holds its response).
+                let redis = match self.live() {
+                    Ok(redis) => redis,
+                    Err(e) => {
+                        self.forget(key);
+                        return Err(e);
+                    }
+                };
                 let result = async {
                     let mut conn = redis.connection().await?;
                     let n: i64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;

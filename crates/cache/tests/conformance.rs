@@ -1180,6 +1180,22 @@ async fn host_spellings_share_entries_and_conflicting_ones_bypass(b: Backend) {
     assert!(again.is_hit(), "{}", again.cache_status());
 }
 
+/// gRPC calls go straight through: no lookup, no store, and no
+/// invalidation (a DEL per call, waited for before the answer) either.
+async fn grpc_calls_pass_straight_through(b: Backend) {
+    let origin =
+        Origin::new(|_, n| resp(200, &[("content-type", "application/grpc"), ("grpc-status", "0")], &format!("{n}")));
+    let app = App::new(b.layer(), &origin);
+    let (dels, scripts) = (calls(&b, "del"), calls(&b, "evalsha"));
+    for _ in 0..3 {
+        let got = app.send("POST", "/pkg.Svc/Method", &[("content-type", "application/grpc")]).await;
+        assert_eq!(got.status, 200);
+        assert!(got.cache_status().contains("fwd=method"), "{}", got.cache_status());
+    }
+    assert_eq!(origin.hits(), 3);
+    assert_eq!((calls(&b, "del"), calls(&b, "evalsha")), (dels, scripts), "a gRPC call sent commands to Redis");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -1200,6 +1216,7 @@ macro_rules! suite {
 
 suite!(
     fresh_responses_are_hits_with_age_and_cache_status,
+    grpc_calls_pass_straight_through,
     host_spellings_share_entries_and_conflicting_ones_bypass,
     age_counts_upstream_age_and_expires_entries,
     a_list_valued_age_counts_its_first_member,
