@@ -48,6 +48,12 @@ impl ManualClock {
     pub fn advance(&self, by: Duration) {
         self.micros.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
     }
+
+    /// Moves the clock back, as a wall clock stepped by NTP can go.
+    pub fn rewind(&self, by: Duration) {
+        let by = by.as_micros() as u64;
+        let _ = self.micros.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| Some(m.saturating_sub(by)));
+    }
 }
 
 impl Clock for ManualClock {

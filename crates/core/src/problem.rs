@@ -23,6 +23,8 @@ pub enum GrpcCode {
     FailedPrecondition = 9,
     /// 10: aborted (lock not acquired).
     Aborted = 10,
+    /// 13: an internal error (not worth retrying as is).
+    Internal = 13,
     /// 14: the backing store is unavailable.
     Unavailable = 14,
     /// 16: no valid session.

@@ -94,7 +94,8 @@ impl MemoryStore {
         let mut outcomes = Vec::with_capacity(specs.len());
         let mut writes = Vec::with_capacity(specs.len());
         for (key, spec) in keys.iter().zip(specs) {
-            let (outcome, write) = self.map.update(key.clone().into_owned(), |state, now| {
+            let (outcome, write) = self.map.update(key.clone().into_owned(), |mut state, now| {
+                clamp_ahead(state.as_deref_mut(), now, spec);
                 (Update::Keep, evaluate(state.as_deref(), now, cost, spec))
             });
             outcomes.push(outcome);
@@ -123,6 +124,23 @@ impl MemoryStore {
     }
 }
 
+/// A GCRA state more than a full burst ahead (only a clock that went back
+/// can leave it there) is set to a burst ahead in place, kept whatever the
+/// decision, as the scripts do: the lockout ends after the burst, not after
+/// the clock's step.
+fn clamp_ahead(state: Option<&mut State>, now: Duration, spec: &PolicySpec) {
+    if spec.algorithm != 1 {
+        return;
+    }
+    if let Some(State::Tat(tat)) = state {
+        let interval = (spec.period_us / spec.count).max(1);
+        let limit = now_us(now).saturating_add(interval.saturating_mul(spec.burst));
+        if *tat > limit {
+            *tat = limit;
+        }
+    }
+}
+
 fn now_us(now: Duration) -> i64 {
     now.as_micros() as i64
 }
@@ -141,8 +159,9 @@ fn evaluate(state: Option<&State>, now: Duration, cost: i64, spec: &PolicySpec) 
         1 => {
             let interval = (period / count).max(1);
             let dvt = interval.saturating_mul(burst);
+            // (Never more than a burst ahead: see `clamp_ahead`.)
             let tat = match state {
-                Some(State::Tat(t)) => (*t).max(now),
+                Some(State::Tat(t)) => (*t).max(now).min(now.saturating_add(dvt)),
                 _ => now,
             };
             let new_tat = tat.saturating_add(interval.saturating_mul(cost));
@@ -282,6 +301,22 @@ mod tests {
 
     fn allowed(m: &MemoryStore, s: PolicySpec) -> bool {
         m.decide(&["k".to_owned()], &[s], 1).0
+    }
+
+    /// The wall clock stepped back an hour: clients are not locked out for
+    /// that hour, only until their burst would have refilled (as on Redis).
+    #[test]
+    fn gcra_survives_a_clock_that_went_back() {
+        let (clock, m) = store();
+        let s = spec(1, 10, 1, 10); // 10 per second, burst 10
+        assert!((0..10).all(|_| allowed(&m, s)));
+        assert!(!allowed(&m, s));
+        clock.rewind(Duration::from_secs(3600));
+        let (ok, out) = m.decide(&["k".to_owned()], &[s], 1);
+        assert!(!ok);
+        assert!(out[0].retry_us <= 100_000, "locked out for the clock's step: {} µs", out[0].retry_us);
+        clock.advance(Duration::from_millis(100));
+        assert!(allowed(&m, s));
     }
 
     #[test]

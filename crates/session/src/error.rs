@@ -53,7 +53,9 @@ impl SessionError {
         use redlayer_core::problem::GrpcCode;
         match self {
             SessionError::Expired => GrpcCode::Unauthenticated,
-            _ => GrpcCode::Unavailable,
+            // Only an unreachable store is worth a retry (clients and meshes retry UNAVAILABLE).
+            SessionError::Store(e) if e.is_unavailable() => GrpcCode::Unavailable,
+            _ => GrpcCode::Internal,
         }
     }
 
@@ -100,5 +102,23 @@ impl From<redlayer_core::Error> for SessionError {
 impl From<redis::RedisError> for SessionError {
     fn from(e: redis::RedisError) -> Self {
         SessionError::Store(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redlayer_core::problem::GrpcCode;
+
+    use super::*;
+
+    /// gRPC clients and meshes retry UNAVAILABLE: only an unreachable store says it.
+    #[test]
+    fn only_an_unreachable_store_is_unavailable_to_grpc() {
+        let down = SessionError::Store(redlayer_core::Error::Unavailable("down".into()));
+        assert_eq!(down.grpc_code(), GrpcCode::Unavailable);
+        assert_eq!(SessionError::Expired.grpc_code(), GrpcCode::Unauthenticated);
+        assert_eq!(SessionError::MissingLayer.grpc_code(), GrpcCode::Internal);
+        let refused = SessionError::Store(redlayer_core::Error::InvalidInput("WRONGTYPE".into()));
+        assert_eq!(refused.grpc_code(), GrpcCode::Internal);
     }
 }
