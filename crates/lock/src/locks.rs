@@ -133,7 +133,9 @@ impl Locks {
     }
 
     /// Locks in this process only, with the same semantics (for tests and
-    /// single-instance apps).
+    /// single-instance apps). Clones share their locks; another
+    /// `Locks::memory()` is a separate set (two Redis handles on one server
+    /// share theirs): build one and clone it.
     pub fn memory() -> Self {
         Self::with_backend(Backend::Memory(Arc::default()))
     }

@@ -56,7 +56,9 @@ impl Semaphore {
         Semaphore { backend: Backend::Redis(redis), key, permits }
     }
 
-    /// The same in this process only.
+    /// The same in this process only. Clones share the permits; another
+    /// `Semaphore::memory` (even of the same name) has permits of its own,
+    /// unlike two Redis semaphores of one name: share one value (clone it).
     pub fn memory(name: &str, permits: u32) -> Self {
         Semaphore { backend: Backend::Memory(Arc::default()), key: KeyPart::client(name).to_string(), permits }
     }
