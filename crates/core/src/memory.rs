@@ -173,6 +173,13 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
         self
     }
 
+    /// The heaviest entry a [`weighed`](ExpiringMap::weighed) map keeps (one
+    /// shard's budget): a heavier one is dropped as soon as it is written, so
+    /// a caller that must not lose data checks against this first.
+    pub fn max_entry_weight(&self) -> Option<usize> {
+        self.budget.as_ref().map(|budget| budget.per_shard)
+    }
+
     /// The total weight held (0 unless [`weighed`](ExpiringMap::weighed)).
     pub fn weight(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).weight).sum()

@@ -37,3 +37,41 @@ async fn a_flood_of_new_sessions_stays_within_the_memory_budget() {
     }
     assert_eq!(kept, 5, "only {kept} of the 5 newest sessions kept");
 }
+
+/// What the memory store cannot keep whole is refused, never dropped behind a
+/// success: an oversized session write fails (the session stays as it was),
+/// and a user index that would outgrow its share refuses the login (else the
+/// index would vanish and "log out everywhere" would miss live sessions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_memory_store_cannot_keep_is_refused_not_lost() {
+    // 64 KiB: a session may hold 4 KiB (a sixteenth), a user index 1 KiB.
+    let store = Store::memory_with_budget(64 * 1024);
+    let router = app(SessionLayer::new(store.clone()).secure(false), Probe::default());
+    let mut client = Client::new(router.clone());
+    assert_eq!(client.call("POST", "/set/a/small").await.status, StatusCode::OK);
+    let big = "b".repeat(8 * 1024);
+    let refused = client.call("POST", &format!("/set/a/{big}")).await;
+    assert!(refused.status.is_server_error(), "{}", refused.status);
+    assert_eq!(client.call("GET", "/get/a").await.body, "small", "the session is as it was");
+
+    let mut logged_in = Vec::new();
+    let mut refusals = 0;
+    for _ in 0..20 {
+        let mut c = Client::new(router.clone());
+        if c.login("u").await.status == StatusCode::OK {
+            logged_in.push(c);
+        } else {
+            refusals += 1;
+        }
+    }
+    assert!(refusals > 0, "the index never filled: the test does not test");
+    assert_eq!(store.sessions_of("u").await.unwrap().len(), logged_in.len(), "every live session is listed");
+    assert_eq!(store.revoke_all("u").await.unwrap(), logged_in.len());
+    for c in &mut logged_in {
+        assert_eq!(
+            c.call("GET", "/me").await.status,
+            StatusCode::UNAUTHORIZED,
+            "a session outlived log-out-everywhere"
+        );
+    }
+}

@@ -66,6 +66,9 @@ fn index_weight(rows: &HashMap<String, i64>) -> usize {
     rows.keys().map(|k| k.len() + OVERHEAD).sum::<usize>() + OVERHEAD
 }
 
+const TOO_LARGE: &str =
+    "larger than the memory session store keeps of one session or user (see Store::memory_with_budget)";
+
 impl MemoryBackend {
     /// Sessions holding about `max_bytes` (and user indexes a quarter of that).
     pub(super) fn new(clock: Arc<dyn Clock>, max_bytes: usize) -> Self {
@@ -114,19 +117,20 @@ impl MemoryBackend {
         outcome
     }
 
-    pub(super) fn write(&self, key: &str, op: &WriteOp) -> WriteOutcome {
+    pub(super) fn write(&self, key: &str, op: &WriteOp) -> Result<WriteOutcome, redlayer_core::Error> {
+        let limit = self.sessions.max_entry_weight().unwrap_or(usize::MAX);
         let outcome = self.sessions.update(key.to_owned(), |record, now| {
             let now = ms(now);
             // The stored record (changed in place once the write is known to
             // succeed), or none when creating.
             let mut stored = None;
             let mut next = match (record, op.create) {
-                (Some(_), true) => return (Update::Keep, WriteOutcome::Collision),
-                (None, false) => return (Update::Keep, WriteOutcome::Gone),
+                (Some(_), true) => return (Update::Keep, Ok(WriteOutcome::Collision)),
+                (None, false) => return (Update::Keep, Ok(WriteOutcome::Gone)),
                 (Some(Record { moved: Some(moved), .. }), false) => {
-                    return (Update::Keep, WriteOutcome::Moved(moved.clone()));
+                    return (Update::Keep, Ok(WriteOutcome::Moved(moved.clone())));
                 }
-                (Some(r), false) if now >= r.deadline => return (Update::Remove, WriteOutcome::Gone),
+                (Some(r), false) if now >= r.deadline => return (Update::Remove, Ok(WriteOutcome::Gone)),
                 (Some(r), false) => {
                     let next = r.clone();
                     stored = Some(r);
@@ -157,12 +161,12 @@ impl MemoryBackend {
                     None => 0,
                     Some(v) if is_integer(v) => match v.parse::<i64>() {
                         Ok(n) => n,
-                        Err(_) => return (Update::Keep, WriteOutcome::NotInteger(name.clone())),
+                        Err(_) => return (Update::Keep, Ok(WriteOutcome::NotInteger(name.clone()))),
                     },
-                    Some(_) => return (Update::Keep, WriteOutcome::NotInteger(name.clone())),
+                    Some(_) => return (Update::Keep, Ok(WriteOutcome::NotInteger(name.clone()))),
                 };
                 let Some(value) = current.checked_add(*by) else {
-                    return (Update::Keep, WriteOutcome::NotInteger(name.clone()));
+                    return (Update::Keep, Ok(WriteOutcome::NotInteger(name.clone())));
                 };
                 next.fields.insert(name.clone(), value.to_string());
                 results.push(value);
@@ -170,8 +174,13 @@ impl MemoryBackend {
             if let Some(user) = &op.user {
                 next.user = Some(user.clone());
             }
+            if Record::weight(&next) > limit {
+                // Past what the memory store keeps of one session: refused,
+                // the stored session unchanged (it would be dropped whole).
+                return (Update::Keep, Err(redlayer_core::Error::InvalidInput(TOO_LARGE.into())));
+            }
             let (created_ms, id_age_ms) = (next.created, now - next.issued);
-            let done = WriteOutcome::Done { created_ms, id_age_ms, increments: results };
+            let done = Ok(WriteOutcome::Done { created_ms, id_age_ms, increments: results });
             let Some(stored) = stored else {
                 let ttl = ttl(op.idle_ms, next.deadline, now);
                 return (Update::Set(next, ttl), done);
@@ -189,7 +198,7 @@ impl MemoryBackend {
                 false => (Update::Keep, done),
             }
         });
-        if let WriteOutcome::Moved(_) = outcome {
+        if let Ok(WriteOutcome::Moved(_)) = outcome {
             self.wait_for_renames();
         }
         outcome
@@ -266,15 +275,28 @@ impl MemoryBackend {
     }
 
     /// Adds the session to the index; returns how many entries it has.
-    pub(super) fn index_add(&self, index: &str, key: &str, created_ms: i64, absolute_ms: u64) -> usize {
+    pub(super) fn index_add(
+        &self,
+        index: &str,
+        key: &str,
+        created_ms: i64,
+        absolute_ms: u64,
+    ) -> Result<usize, redlayer_core::Error> {
         let ttl = Some(Duration::from_millis(absolute_ms));
+        let limit = self.users.max_entry_weight().unwrap_or(usize::MAX);
         self.users.update(index.to_owned(), |entry, _| match entry {
             // In place: a user with many sessions is not copied on every login.
             Some(map) => {
-                map.insert(key.to_owned(), created_ms);
-                (Update::KeepWithTtl(ttl), map.len())
+                let added = map.insert(key.to_owned(), created_ms).is_none();
+                if added && index_weight(map) > limit {
+                    // The index would be dropped whole, and "log out
+                    // everywhere" would miss its sessions: the login fails instead.
+                    map.remove(key);
+                    return (Update::Keep, Err(redlayer_core::Error::InvalidInput(TOO_LARGE.into())));
+                }
+                (Update::KeepWithTtl(ttl), Ok(map.len()))
             }
-            None => (Update::Set(HashMap::from([(key.to_owned(), created_ms)]), ttl), 1),
+            None => (Update::Set(HashMap::from([(key.to_owned(), created_ms)]), ttl), Ok(1)),
         })
     }
 

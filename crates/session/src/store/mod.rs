@@ -294,7 +294,7 @@ impl Store {
     pub(crate) async fn write(&self, key: &str, op: &WriteOp) -> Result<WriteOutcome, SessionError> {
         match &self.inner.backend {
             Backend::Redis(redis) => Box::pin(redis_backend::write(redis, key, op)).await,
-            Backend::Memory(m) => Ok(m.write(key, op)),
+            Backend::Memory(m) => m.write(key, op).map_err(SessionError::Store),
         }
     }
 
@@ -332,7 +332,7 @@ impl Store {
         let index = id::user_key(&self.inner.keys, user);
         let entries = match &self.inner.backend {
             Backend::Redis(redis) => redis_backend::index_add(redis, &index, key, created_ms, absolute_ms).await?,
-            Backend::Memory(m) => m.index_add(&index, key, created_ms, absolute_ms),
+            Backend::Memory(m) => m.index_add(&index, key, created_ms, absolute_ms).map_err(SessionError::Store)?,
         };
         // Entries of ended sessions are otherwise dropped only when the index
         // is listed: a user who logs in again and again without listing would
