@@ -218,7 +218,16 @@ impl SessionLayer {
     /// cookie: for API clients and gRPC (metadata key, e.g. `x-session-id`).
     /// A new id comes back in the same response header; an ended session as
     /// an empty value.
+    ///
+    /// # Panics
+    ///
+    /// On a name ending in `-bin`: gRPC treats such metadata as binary and
+    /// base64-encodes it on the wire, so the id would never read back.
     pub fn header(mut self, name: HeaderName) -> Self {
+        assert!(
+            !name.as_str().ends_with("-bin"),
+            "session header {name}: a `-bin` gRPC metadata key is binary (base64 on the wire); use a text key such as x-session-id"
+        );
         self.header = Some(name);
         self
     }
@@ -251,5 +260,16 @@ impl<S> Layer<S> for SessionLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         SessionService::new(inner, self.shared())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "-bin")]
+    fn a_binary_grpc_metadata_key_is_refused_at_configuration() {
+        let _ = SessionLayer::new(Store::memory()).header(HeaderName::from_static("x-session-bin"));
     }
 }
