@@ -355,7 +355,7 @@ fn more_quota_in(p: &Policy, o: &RawOutcome, retry_after: Option<Duration>) -> D
     let next = match p.algorithm {
         Algorithm::Gcra | Algorithm::TokenBucket if whole_in > 0 => {
             let spec = p.spec();
-            let interval = (spec.period_us / spec.count.max(1)).max(1);
+            let interval = spec.gcra_interval();
             let dvt = interval.saturating_mul(spec.burst);
             let remaining = o.remaining.max(0);
             whole_in.saturating_sub(dvt).saturating_add(remaining.saturating_add(1).saturating_mul(interval))

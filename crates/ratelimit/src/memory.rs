@@ -133,8 +133,7 @@ fn clamp_ahead(state: Option<&mut State>, now: Duration, spec: &PolicySpec) {
         return;
     }
     if let Some(State::Tat(tat)) = state {
-        let interval = (spec.period_us / spec.count).max(1);
-        let limit = now_us(now).saturating_add(interval.saturating_mul(spec.burst));
+        let limit = now_us(now).saturating_add(spec.gcra_interval().saturating_mul(spec.burst));
         if *tat > limit {
             *tat = limit;
         }
@@ -157,11 +156,11 @@ fn evaluate(state: Option<&State>, now: Duration, cost: i64, spec: &PolicySpec) 
     let mut before: (i64, i64);
     match spec.algorithm {
         1 => {
-            let interval = (period / count).max(1);
+            let interval = spec.gcra_interval();
             let dvt = interval.saturating_mul(burst);
-            // (Never more than a burst ahead: see `clamp_ahead`.)
+            // Never more than a burst ahead: `clamp_ahead` saw to it.
             let tat = match state {
-                Some(State::Tat(t)) => (*t).max(now).min(now.saturating_add(dvt)),
+                Some(State::Tat(t)) => (*t).max(now),
                 _ => now,
             };
             let new_tat = tat.saturating_add(interval.saturating_mul(cost));
