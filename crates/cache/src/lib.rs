@@ -185,6 +185,7 @@ mod flight;
 pub mod key;
 mod layer;
 mod policy;
+mod reference;
 mod service;
 mod status;
 mod store;

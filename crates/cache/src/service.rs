@@ -21,6 +21,7 @@ use crate::{
     key::{normalized_uri, vary_spec},
     layer::{Config, State},
     policy::{self, Incoming, Res},
+    reference,
     status::CacheStatus,
 };
 
@@ -108,18 +109,15 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let ctx = Ctx { config: self.config.clone(), state: self.state.clone() };
         // gRPC calls (POSTs whose answers live in trailers) are not HTTP
         // resources this cache stores or invalidates: straight through.
-        if redlayer_core::problem::is_grpc(req.headers()) {
-            let mut inner = inner;
-            return ResponseFuture::passthrough(inner.call(req), self.config.status_arc.clone());
-        }
+        let grpc = redlayer_core::problem::is_grpc(req.headers());
         match *req.method() {
+            _ if grpc => ResponseFuture::passthrough(inner.call(req), self.config.status_arc.clone()),
             Method::GET | Method::HEAD => ResponseFuture::flow(Box::pin(ctx.cacheable(inner, req))),
             Method::OPTIONS | Method::TRACE | Method::CONNECT => {
-                let mut inner = inner;
                 ResponseFuture::passthrough(inner.call(req), self.config.status_arc.clone())
             }
             _ => ResponseFuture::flow(Box::pin(ctx.unsafe_method(inner, req))),
@@ -193,6 +191,12 @@ impl Ctx {
         res
     }
 
+    /// The 504 of a request that may not go to the origin (`only-if-cached`):
+    /// no `fwd` in its `Cache-Status`, since nothing was forwarded.
+    fn unforwarded_504<B>(&self, detail: &'static str) -> Response<CacheBody<B>> {
+        self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::default().detail(detail))
+    }
+
     /// Builds the response from a stored entry (consumed: its headers become
     /// the response's), `age` being the entry's current age.
     fn serve<B>(&self, entry: Entry, age: Duration, parts: &Parts, status: CacheStatus) -> Response<CacheBody<B>> {
@@ -258,7 +262,7 @@ impl Ctx {
         if request_cc.iter().any(|d| d.name == "no-store") {
             if only_if_cached {
                 // Never forwarded (RFC 9111 5.2.1.7); with no-store, not served from the store either.
-                return Ok(self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::default().detail("only-if-cached")));
+                return Ok(self.unforwarded_504("only-if-cached"));
             }
             // Nothing of this exchange may be stored; answer it from the origin.
             let res = inner.call(Request::from_parts(parts, body)).await?;
@@ -273,9 +277,7 @@ impl Ctx {
             Err(e) => {
                 report_degraded("cache", FailurePolicy::FailOpen, &e);
                 if only_if_cached {
-                    return Ok(
-                        self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::default().detail("store-unavailable"))
-                    );
+                    return Ok(self.unforwarded_504("store-unavailable"));
                 }
                 let res = inner.call(Request::from_parts(parts, body)).await?;
                 return Ok(self.pass(res, CacheStatus::fwd("bypass").detail("store-unavailable")));
@@ -284,7 +286,7 @@ impl Ctx {
         let at = now();
         let Some(entry) = found else {
             if only_if_cached {
-                return Ok(self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::default().detail("only-if-cached")));
+                return Ok(self.unforwarded_504("only-if-cached"));
             }
             return self.miss(inner, parts, body, primary, key, pass).await;
         };
@@ -319,7 +321,7 @@ impl Ctx {
                     return Ok(self.serve(entry, policy.age(at), &parts, status));
                 }
                 if only_if_cached {
-                    return Ok(self.bare(StatusCode::GATEWAY_TIMEOUT, CacheStatus::default().detail("only-if-cached")));
+                    return Ok(self.unforwarded_504("only-if-cached"));
                 }
                 let fwd = if policy.is_stale(at) { "stale" } else { "request" };
                 let (request_time, since) = (now(), self.snapshot());
@@ -1124,11 +1126,11 @@ impl Ctx {
         let mut answers_get = None;
         if res.status().is_success() || res.status().is_redirection() {
             // The request's own URI (as it is), then the references its answer names.
-            let mut targets = vec![(None, String::new())];
+            let mut targets = vec![(None, None)];
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 // UTF-8, not only visible ASCII: a path a client may request (and a GET stored) raw.
                 if let Some(v) = res.headers().get(&name).and_then(|v| std::str::from_utf8(v.as_bytes()).ok()) {
-                    targets.push((Some(name), v.trim().to_owned()));
+                    targets.push((Some(name), Some(v.trim().to_owned())));
                 }
             }
             let origin = origin_of(&parts);
@@ -1137,7 +1139,7 @@ impl Ctx {
             // invalidation number (a store of this answer sees later ones).
             let (mut target, mut content_location_key) = (None, None);
             for (name, uri) in targets {
-                let Some(get) = same_origin_get(&parts, name.as_ref().map(|_| uri.as_str()), &origin) else { continue };
+                let Some(get) = same_origin_get(&parts, uri.as_deref(), &origin) else { continue };
                 let Some(primary) = self.primary(&get, &parts) else { continue };
                 let key = self.state.store.entry_key(&primary);
                 // Content-Location may name the target again: count from our own record then.
@@ -1250,97 +1252,6 @@ fn clone_parts_of<B>(req: &Request<B>) -> Parts {
     r.into_parts().0
 }
 
-/// A URI reference resolved against a request URI.
-#[derive(Debug, PartialEq, Eq)]
-enum Resolved {
-    /// An absolute URI (it had a scheme, or was scheme-relative).
-    Absolute(String),
-    /// A path and query on the request's own origin.
-    Path(String),
-}
-
-/// Resolves `target` against the request's `base` path and query as RFC 3986
-/// 5.2 says (`../list`, `?page=2`, `//host/x`, dot segments removed from the
-/// merged path), on the strings as they are: nothing is re-encoded, so the
-/// result keys the way the same URI requested by a client does.
-fn resolve_reference(scheme: &str, base: &str, target: &str) -> Resolved {
-    let target = target.split('#').next().unwrap_or_default();
-    let scheme_end = target.find([':', '/', '?']);
-    if let Some(i) = scheme_end
-        && target.as_bytes()[i] == b':'
-        && i > 0
-    {
-        return Resolved::Absolute(absolute_without_dots(target));
-    }
-    if target.starts_with("//") {
-        return Resolved::Absolute(absolute_without_dots(&format!("{scheme}:{target}")));
-    }
-    let (base_path, base_query) = match base.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (base, None),
-    };
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    };
-    let (path, query) = if path.is_empty() {
-        (base_path.to_owned(), query.or(base_query))
-    } else if path.starts_with('/') {
-        (remove_dot_segments(path), query)
-    } else {
-        let dir = &base_path[..base_path.rfind('/').map_or(0, |i| i + 1)];
-        let merged = if dir.is_empty() { format!("/{path}") } else { format!("{dir}{path}") };
-        (remove_dot_segments(&merged), query)
-    };
-    Resolved::Path(match query {
-        Some(query) => format!("{path}?{query}"),
-        None => path,
-    })
-}
-
-/// An absolute URI with the dot segments of its path removed (RFC 3986
-/// 5.2.2 does it for references with a scheme or an authority too).
-fn absolute_without_dots(uri: &str) -> String {
-    let Some(after_scheme) = uri.find("//").map(|i| i + 2) else { return uri.to_owned() };
-    let path_start = uri[after_scheme..].find(['/', '?']).map_or(uri.len(), |i| after_scheme + i);
-    let (head, rest) = uri.split_at(path_start);
-    match rest.split_once('?') {
-        Some((path, query)) if path.starts_with('/') => format!("{head}{}?{query}", remove_dot_segments(path)),
-        None if rest.starts_with('/') => format!("{head}{}", remove_dot_segments(rest)),
-        _ => uri.to_owned(),
-    }
-}
-
-/// RFC 3986 5.2.4 on an absolute path: `.` and `..` segments resolved,
-/// percent-encoded dots (`%2e`) counted as dots, as the cache keys decode them.
-fn remove_dot_segments(path: &str) -> String {
-    let dots = |segment: &str| -> Option<usize> {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        match decoded.as_str() {
-            "." => Some(1),
-            ".." => Some(2),
-            _ => None,
-        }
-    };
-    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
-    for (i, segment) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        let dot = if segment.len() <= 6 { dots(segment) } else { None };
-        match dot {
-            Some(1) => {}
-            Some(_) => {
-                out.pop();
-            }
-            None => out.push(segment),
-        }
-        if last && dot.is_some() {
-            out.push("");
-        }
-    }
-    format!("/{}", out.join("/"))
-}
-
 /// `scheme://host` of a request, normalized.
 fn origin_of(parts: &Parts) -> String {
     let full = normalized_uri(parts);
@@ -1353,13 +1264,13 @@ fn origin_of(parts: &Parts) -> String {
 
 /// A GET request for `target` when it has the same origin as the request:
 /// the request's own URI (`None`), or a `Location` / `Content-Location`
-/// reference resolved against it (see [`resolve_reference`]).
+/// reference resolved against it (see [`reference::resolve`]).
 fn same_origin_get(parts: &Parts, target: Option<&str>, origin: &str) -> Option<Parts> {
     let mut req = Request::new(());
     *req.method_mut() = Method::GET;
     let base = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    match target.map(|t| resolve_reference(parts.uri.scheme_str().unwrap_or("http"), base, t)) {
-        Some(Resolved::Absolute(uri)) => {
+    match target.map(|t| reference::resolve(parts.uri.scheme_str().unwrap_or("http"), base, t)) {
+        Some(reference::Resolved::Absolute(uri)) => {
             // `host:8080` or `mailto:x` parse as authority-form: not a same-origin URI.
             let uri: http::Uri = uri.parse().ok()?;
             if !matches!(uri.scheme_str().map(str::to_ascii_lowercase).as_deref(), Some("http" | "https")) {
@@ -1369,7 +1280,7 @@ fn same_origin_get(parts: &Parts, target: Option<&str>, origin: &str) -> Option<
         }
         resolved => {
             let mut uri = parts.uri.clone().into_parts();
-            if let Some(Resolved::Path(path_and_query)) = resolved {
+            if let Some(reference::Resolved::Path(path_and_query)) = resolved {
                 uri.path_and_query = Some(path_and_query.parse().ok()?);
             }
             *req.uri_mut() = http::Uri::from_parts(uri).ok()?;
@@ -1385,36 +1296,6 @@ fn same_origin_get(parts: &Parts, target: Option<&str>, origin: &str) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn references_resolve_as_rfc_3986_says_without_reencoding() {
-        let path = |s: &str| Resolved::Path(s.to_owned());
-        let base = "/shop/items/new?x=1";
-        for (target, resolved) in [
-            ("../list", path("/shop/list")),
-            ("./a", path("/shop/items/a")),
-            ("a/../b", path("/shop/items/b")),
-            ("?page=2", path("/shop/items/new?page=2")),
-            ("", path("/shop/items/new?x=1")),
-            ("#frag", path("/shop/items/new?x=1")),
-            ("/abs/./p/../q?y", path("/abs/q?y")),
-            ("/a/b/..", path("/a/")),
-            ("../../../../up", path("/up")),
-            ("/o'brien?name=O'Brien\"", path("/o'brien?name=O'Brien\"")),
-            ("caf\u{e9}", path("/shop/items/caf\u{e9}")),
-            ("//other.test/x", Resolved::Absolute("http://other.test/x".into())),
-            ("HTTPS://Example.test/x#f", Resolved::Absolute("HTTPS://Example.test/x".into())),
-            ("mailto:a@b", Resolved::Absolute("mailto:a@b".into())),
-            ("http://h.test/a/../b?q=/../x", Resolved::Absolute("http://h.test/b?q=/../x".into())),
-            ("//h.test/a/./b", Resolved::Absolute("http://h.test/a/b".into())),
-            ("http://h.test", Resolved::Absolute("http://h.test".into())),
-            ("a/%2e%2E/b/%2E", path("/shop/items/b/")),
-            ("..%2f", path("/shop/items/..%2f")),
-        ] {
-            assert_eq!(resolve_reference("http", base, target), resolved, "{target}");
-        }
-        assert_eq!(resolve_reference("http", "/", "x"), path("/x"));
-    }
 
     /// A `Location` that only looks absolute (`host:port`, `mailto:`) names
     /// nothing of this origin; one that names it is found.
