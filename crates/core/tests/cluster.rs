@@ -107,23 +107,59 @@ async fn a_cluster_that_is_gone_fails_fast() {
     assert!(fast >= 10, "only {fast} of 20 calls failed fast with the cluster gone");
 }
 
-/// Runs a one-key script on each key, every call bounded by the handle's
-/// timeout; the number that succeeded.
-async fn scripts_ok(redis: &Redis, keys: &[String], timeout: Duration) -> usize {
-    let script = redis::Script::new("return redis.call('INCR', KEYS[1])");
-    let mut ok = 0;
-    for key in keys {
-        let started = Instant::now();
-        let result = async {
-            let mut conn = redis.connection().await?;
-            script.key(key).invoke_async::<i64>(&mut conn).await.map_err(redlayer_core::Error::from)
-        }
-        .await;
-        // A NOSCRIPT reload is a second and third command: three timeouts at most.
-        assert!(started.elapsed() < 3 * timeout + Duration::from_millis(500), "a call took {:?}", started.elapsed());
-        ok += usize::from(result.is_ok());
+const SCRIPT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A cluster handle and 30 keys spread over the slots, each called through a
+/// one-key script; every call is bounded by the handle's timeout.
+struct ScriptProbe {
+    redis: Redis,
+    keys: Vec<String>,
+}
+
+impl ScriptProbe {
+    /// Connects and checks that every key's script runs.
+    async fn new(cluster: &RedisCluster, name: &str) -> Self {
+        let redis = Redis::builder().timeout(SCRIPT_TIMEOUT).connect_cluster(cluster.urls()).await.unwrap();
+        let keys = (0..30).map(|i| redis.keys().key(name, &KeyPart::client(format!("k{i}")))).collect();
+        let probe = ScriptProbe { redis, keys };
+        assert_eq!(probe.ok().await, 30);
+        probe
     }
-    ok
+
+    /// How many of the keys' scripts ran.
+    async fn ok(&self) -> usize {
+        let script = redis::Script::new("return redis.call('INCR', KEYS[1])");
+        let mut ok = 0;
+        for key in &self.keys {
+            let started = Instant::now();
+            let result = async {
+                let mut conn = self.redis.connection().await?;
+                script.key(key).invoke_async::<i64>(&mut conn).await.map_err(redlayer_core::Error::from)
+            }
+            .await;
+            // A NOSCRIPT reload is a second and third command: three timeouts at most.
+            let bound = 3 * SCRIPT_TIMEOUT + Duration::from_millis(500);
+            assert!(started.elapsed() < bound, "a call took {:?}", started.elapsed());
+            ok += usize::from(result.is_ok());
+        }
+        ok
+    }
+
+    /// Calls every key again until all run, within `within`: how long that
+    /// took, and whether some failed first.
+    async fn until_all_run(&self, within: Duration) -> (Duration, bool) {
+        let started = Instant::now();
+        let mut failed = false;
+        loop {
+            let ok = self.ok().await;
+            if ok == self.keys.len() {
+                return (started.elapsed(), failed);
+            }
+            failed = true;
+            assert!(started.elapsed() < within, "{ok} of 30 scripts ran {:?} after the change", started.elapsed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// A master dies and its replica takes over. The promoted replica has never
@@ -133,30 +169,12 @@ async fn scripts_ok(redis: &Redis, keys: &[String], timeout: Duration) -> usize 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_run_again_after_a_failover_to_a_replica() {
     let mut cluster = RedisCluster::start_with_replicas();
-    let timeout = Duration::from_millis(500);
-    let redis = Redis::builder().timeout(timeout).connect_cluster(cluster.urls()).await.unwrap();
-    let keys: Vec<String> = (0..30).map(|i| redis.keys().key("f", &KeyPart::client(format!("k{i}")))).collect();
-    assert_eq!(scripts_ok(&redis, &keys, timeout).await, 30);
-
+    let probe = ScriptProbe::new(&cluster, "f").await;
     let masters = cluster.masters();
     assert_eq!(masters.len(), 3);
     cluster.node_mut(masters[0]).kill();
-    let started = Instant::now();
-    let mut failed_meanwhile = false;
-    loop {
-        let ok = scripts_ok(&redis, &keys, timeout).await;
-        if ok == keys.len() {
-            break;
-        }
-        failed_meanwhile = true;
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "scripts still failing {:?} after the kill",
-            started.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    println!("scripts ran on every slot {:?} after the master was killed", started.elapsed());
+    let (took, failed_meanwhile) = probe.until_all_run(Duration::from_secs(30)).await;
+    println!("scripts ran on every slot {took:?} after the master was killed");
     assert!(failed_meanwhile, "the killed master's slots failed until its replica took over");
     // The killed master is not counted: three masters means its replica took over.
     let promoted = cluster.masters();
@@ -169,25 +187,13 @@ async fn scripts_run_again_after_a_failover_to_a_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_reload_with_a_replica_down() {
     let mut cluster = RedisCluster::start_with_replicas();
-    let timeout = Duration::from_millis(500);
-    let redis = Redis::builder().timeout(timeout).connect_cluster(cluster.urls()).await.unwrap();
-    let keys: Vec<String> = (0..30).map(|i| redis.keys().key("r", &KeyPart::client(format!("k{i}")))).collect();
-    assert_eq!(scripts_ok(&redis, &keys, timeout).await, 30);
-
+    let probe = ScriptProbe::new(&cluster, "r").await;
     let masters = cluster.masters();
     let replica = (0..cluster.nodes().len()).find(|i| !masters.contains(i)).unwrap();
     cluster.node_mut(replica).kill();
     for &m in &masters {
         cluster.nodes()[m].cli(&["SCRIPT", "FLUSH"]);
     }
-    let started = Instant::now();
-    loop {
-        let ok = scripts_ok(&redis, &keys, timeout).await;
-        if ok == keys.len() {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "{ok} of 30 script calls ran with a replica down");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    println!("scripts reloaded {:?} after the flush, a replica down", started.elapsed());
+    let (took, _) = probe.until_all_run(Duration::from_secs(15)).await;
+    println!("scripts reloaded {took:?} after the flush, a replica down");
 }

@@ -270,6 +270,10 @@ mod tests {
     use super::*;
     use crate::{PolicyStatus, Quota};
 
+    fn decided(allowed: bool, policies: Vec<PolicyStatus>) -> Decision {
+        Decision { allowed, policies, degraded: None, from_deny_cache: false, policy_field: None }
+    }
+
     fn status(name: &str, quota: Quota, remaining: u64, reset_ms: u64, retry_ms: Option<u64>) -> PolicyStatus {
         PolicyStatus {
             name: name.into(),
@@ -285,16 +289,13 @@ mod tests {
     /// never fit the request, however long another one asks to wait.
     #[test]
     fn no_retry_after_when_a_denying_policy_never_fits() {
-        let decision = Decision {
-            allowed: false,
-            policies: vec![
+        let decision = decided(
+            false,
+            vec![
                 status("burst", Quota::per_second(10), 0, 100, Some(1)),
                 PolicyStatus { allowed: false, ..status("tiny", Quota::per_second(1), 0, 100, None) },
             ],
-            degraded: None,
-            from_deny_cache: false,
-            policy_field: None,
-        };
+        );
         let mut headers = HeaderMap::new();
         apply(&mut headers, &decision, false);
         assert!(headers.get("retry-after").is_none(), "{headers:?}");
@@ -302,16 +303,13 @@ mod tests {
 
     #[test]
     fn draft_10_fields_list_every_policy() {
-        let decision = Decision {
-            allowed: false,
-            policies: vec![
+        let decision = decided(
+            false,
+            vec![
                 status("burst", Quota::per_second(10), 0, 100, Some(1)),
                 status("daily", Quota::per_day(1000), 950, 3_600_500, None),
             ],
-            degraded: None,
-            from_deny_cache: false,
-            policy_field: None,
-        };
+        );
         let mut headers = HeaderMap::new();
         apply(&mut headers, &decision, true);
         assert_eq!(headers["ratelimit-policy"], r#""burst";q=10;w=1, "daily";q=1000;w=86400"#);
@@ -321,13 +319,7 @@ mod tests {
         assert_eq!(headers["x-ratelimit-remaining"], "0");
         assert_eq!(headers["x-ratelimit-reset"], "1");
         // An outer layer adds its policies to the lists of an inner one.
-        let outer = Decision {
-            allowed: true,
-            policies: vec![status("outer", Quota::per_minute(60), 59, 1000, None)],
-            degraded: None,
-            from_deny_cache: false,
-            policy_field: None,
-        };
+        let outer = decided(true, vec![status("outer", Quota::per_minute(60), 59, 1000, None)]);
         apply(&mut headers, &outer, true);
         assert_eq!(headers["ratelimit"], r#""burst";r=0;t=1, "daily";r=950;t=3601, "outer";r=59;t=1"#);
         // An inner list split over two field lines keeps both.

@@ -236,12 +236,13 @@ impl RedisCluster {
         let cluster = Self::start_replicated(1);
         let deadline = Instant::now() + Duration::from_secs(20);
         // Three masters, and three replicas connected to theirs and in sync.
-        while !{
+        let ready = || {
             let roles: Vec<String> = cluster.nodes.iter().map(|n| n.cli(&["ROLE"])).collect();
             let masters = roles.iter().filter(|r| r.starts_with("master")).count();
             let synced = roles.iter().filter(|r| r.starts_with("slave") && r.contains("connected")).count();
             masters == 3 && synced == 3
-        } {
+        };
+        while !ready() {
             assert!(Instant::now() < deadline, "replicas did not sync with their masters");
             thread::sleep(Duration::from_millis(50));
         }
