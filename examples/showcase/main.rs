@@ -4,6 +4,7 @@
 //! cargo run --example showcase                                      # in-memory backends
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example showcase    # shared state in Redis
 //! PORT=3001 REDIS_URL=redis://127.0.0.1:6379/ cargo run --example showcase   # a second instance
+//! REDIS_URL=redis://127.0.0.1:7000/ cargo run --example showcase    # any node of a Redis Cluster
 //! ```
 //!
 //! Each capability has its own module with its routes and their layers.

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redlayer_testkit::RedisServer;
+use redlayer_testkit::{RedisCluster, RedisServer};
 
 /// A showcase process, killed when dropped.
 struct Showcase {
@@ -130,10 +130,24 @@ impl Answer {
 fn two_showcase_processes_share_limits_sessions_and_payments() {
     let redis = RedisServer::start();
     let (a, b) = (Showcase::start(&redis.url()), Showcase::start(&redis.url()));
+    two_instances_share_state(&a, &b);
+}
 
+/// The same on a 3-master Redis Cluster, each process given the URL of a
+/// different node (as `REDIS_URL`): each finds the whole cluster.
+#[test]
+fn two_showcase_processes_share_state_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let (a, b) = (Showcase::start(&urls[0]), Showcase::start(&urls[1]));
+    two_instances_share_state(&a, &b);
+}
+
+/// The showcase's routes, driven through two processes on one store.
+fn two_instances_share_state(a: &Showcase, b: &Showcase) {
     // Rate limit: 5 per minute per client IP, shared by both instances.
     for i in 0..5 {
-        let server = if i % 2 == 0 { &a } else { &b };
+        let server = if i % 2 == 0 { a } else { b };
         assert_eq!(server.call("GET", "/api/limited", &[], "").status, 200, "request {}", i + 1);
     }
     let sixth = b.call("GET", "/api/limited", &[], "");
@@ -173,6 +187,22 @@ fn two_showcase_processes_share_limits_sessions_and_payments() {
     assert_eq!(replay.body, paid.body, "the same payment id");
     assert_eq!(b.call("POST", "/payments", &[key], r#"{"amount":99}"#).status, 422);
     assert_eq!(a.call("POST", "/payments", &[], r#"{"amount":10}"#).status, 400);
+
+    // Cache: a page one instance stored is a hit on the other. (The store
+    // completes as the body ends: wait until the first instance hits it.)
+    let started = Instant::now();
+    let stored = loop {
+        let page = a.call("GET", "/cached/time", &[], "");
+        assert_eq!(page.status, 200);
+        if page.header("cache-status").unwrap_or_default().contains("hit") {
+            break page;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "the page was never stored");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let other = b.call("GET", "/cached/time", &[], "");
+    assert!(other.header("cache-status").unwrap_or_default().contains("hit"), "{:?}", other.header("cache-status"));
+    assert_eq!(other.body, stored.body, "the page the first instance stored");
 }
 
 /// Redis killed under a running showcase, then back: every route answers

@@ -145,8 +145,10 @@ impl Redis {
     }
 
     /// Connects to one Redis server (`redis://host:port/db`, `rediss://...`)
-    /// and checks that it answers `PING`. See [`RedisBuilder::connect_lazy`]
-    /// to start even while Redis is down.
+    /// and checks that it answers `PING`. A URL naming a node of a Redis
+    /// Cluster gives a handle on the whole cluster (with the `cluster`
+    /// feature; see [`RedisBuilder::connect`]). See
+    /// [`RedisBuilder::connect_lazy`] to start even while Redis is down.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::builder().connect(url).await
     }
@@ -296,6 +298,15 @@ impl Redis {
         template.set_addr(addr)
     }
 
+    /// True when the server behind this (standalone) handle is a node of a
+    /// Redis Cluster. A server that refuses `INFO` (an ACL, a proxy) is taken
+    /// for a single server.
+    async fn is_cluster_node(&self) -> bool {
+        let Ok(mut conn) = self.connection().await else { return false };
+        let info: redis::RedisResult<String> = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await;
+        info.is_ok_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+    }
+
     /// Sends `PING`; `Ok` when Redis answered within the timeout.
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.connection().await?;
@@ -382,11 +393,46 @@ impl RedisBuilder {
         self
     }
 
-    /// Connects to one server and checks that it answers `PING`.
+    /// Connects to the server at `url` and checks that it answers `PING`.
+    ///
+    /// A URL that names a node of a Redis Cluster (its `INFO` says
+    /// `cluster_enabled:1`) gives a cluster handle, as `connect_cluster`
+    /// would, seeded with that node and every master it lists, so that one
+    /// `REDIS_URL` works for both. That needs the `cluster` feature: without
+    /// it, the answer is an error that says so (a single-node handle on a
+    /// cluster node would fail on every key of the other nodes' slots).
     pub async fn connect(self, url: &str) -> Result<Redis> {
+        let builder = self.clone();
         let redis = self.connect_lazy(url)?;
         redis.ping().await?;
+        if redis.is_cluster_node().await {
+            return builder.connect_cluster_seeded_by(&redis).await;
+        }
         Ok(redis)
+    }
+
+    /// A cluster handle seeded with `node` (a standalone handle on one
+    /// cluster node) and the masters it lists: the client can still find
+    /// the cluster when that one node is gone.
+    #[cfg(feature = "cluster")]
+    async fn connect_cluster_seeded_by(self, node: &Redis) -> Result<Redis> {
+        let first = node.inner.info.clone().ok_or_else(|| Error::InvalidInput("no node URL".into()))?;
+        let mut seeds = vec![first];
+        for (host, port) in node.cluster_masters().await.unwrap_or_default() {
+            seeds.push(node.node_info(&host, port));
+        }
+        let redis = self.cluster_from_infos(seeds)?;
+        redis.ping().await?;
+        Ok(redis)
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    async fn connect_cluster_seeded_by(self, _node: &Redis) -> Result<Redis> {
+        Err(Error::InvalidInput(
+            "this Redis is a node of a Redis Cluster: enable redlayer's `cluster` feature \
+             (then `Redis::connect` with this URL talks to the whole cluster)"
+                .into(),
+        ))
     }
 
     /// Builds the handle without contacting Redis: an application can start
@@ -436,8 +482,19 @@ impl RedisBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let nodes: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
-        let info = nodes.first().and_then(|n| redis::IntoConnectionInfo::into_connection_info(n.as_str()).ok());
+        let nodes = nodes
+            .into_iter()
+            .map(|n| redis::IntoConnectionInfo::into_connection_info(n.as_ref()))
+            .collect::<redis::RedisResult<Vec<_>>>()
+            .map_err(|e| Error::InvalidInput(format!("redis cluster nodes: {e}")))?;
+        self.cluster_from_infos(nodes)
+    }
+
+    /// Builds a cluster handle on these nodes (the first one's credentials
+    /// and TLS settings serve every node) without contacting Redis.
+    #[cfg(feature = "cluster")]
+    fn cluster_from_infos(self, nodes: Vec<redis::ConnectionInfo>) -> Result<Redis> {
+        let info = nodes.first().cloned();
         let client = redis::cluster::ClusterClient::builder(nodes)
             .response_timeout(self.timeout)
             .connection_timeout(Duration::from_secs(1))

@@ -197,3 +197,35 @@ async fn scripts_reload_with_a_replica_down() {
     let (took, _) = probe.until_all_run(Duration::from_secs(15)).await;
     println!("scripts reloaded {took:?} after the flush, a replica down");
 }
+
+/// One node's URL is enough: `Redis::connect` on a cluster node gives a
+/// cluster handle (one `REDIS_URL` for both kinds of deployment), which
+/// reaches every slot and follows a failover of the very node it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_url_connects_to_the_whole_cluster() {
+    let mut cluster = RedisCluster::start_with_replicas();
+    let first = cluster.masters()[0];
+    let url = cluster.urls()[first].clone();
+    let redis = Redis::builder().timeout(Duration::from_millis(500)).connect(&url).await.unwrap();
+    assert!(redis.is_cluster());
+    let keys: Vec<String> = (0..30).map(|i| redis.keys().key("c", &KeyPart::client(format!("k{i}")))).collect();
+    let incr_all = || async {
+        let mut ok = 0;
+        for key in &keys {
+            let Ok(mut conn) = redis.connection().await else { continue };
+            ok += usize::from(redis::cmd("INCR").arg(key).query_async::<i64>(&mut conn).await.is_ok());
+        }
+        ok
+    };
+    assert_eq!(incr_all().await, keys.len(), "every slot is reached through one node's URL");
+    let on_first = keys.iter().filter(|k| cluster.nodes()[first].cli(&["EXISTS", k]).trim() == "1").count();
+    assert!(on_first > 0 && on_first < keys.len(), "{on_first} of the keys on the node named");
+
+    // That node dies: once its replica has taken over, every key works again.
+    cluster.node_mut(first).kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while incr_all().await < keys.len() {
+        assert!(Instant::now() < deadline, "keys still failing 30 s after the node named by the URL died");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
