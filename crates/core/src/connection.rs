@@ -1,8 +1,8 @@
 //! [`Connection`]: one command's view of a pooled multiplexed connection.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value, aio::ConnectionLike};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value, aio::ConnectionLike};
 
 use crate::{
     error::is_connection_error,
@@ -42,6 +42,17 @@ impl Connection {
             // finds the primary again if the address moved to it.
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) => {
                 slot.invalidate(self.generation, "server is read-only (a replica)")
+            }
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)) => {
+                slot.succeeded();
+                if !self.inner.told_moved.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        target: "redlayer",
+                        error = %e,
+                        "this single-server handle is on a node of a Redis Cluster: keys of the other nodes' slots \
+                         fail; build it with `Redis::connect` (cluster feature) or `Redis::connect_cluster`"
+                    );
+                }
             }
             Err(_) => slot.succeeded(),
         }

@@ -4,7 +4,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     /// cluster: its first node's, whose credentials the other nodes share):
     /// what a [`NearCache`](crate::NearCache) opens its own connections with.
     pub(crate) info: Option<redis::ConnectionInfo>,
+    /// A single-server handle got a cluster redirection, and said so (once).
+    pub(crate) told_moved: AtomicBool,
 }
 
 enum Source {
@@ -437,6 +439,9 @@ impl RedisBuilder {
 
     /// Builds the handle without contacting Redis: an application can start
     /// while Redis is down, and the layers apply their failure policy until it is up.
+    /// It can not tell a cluster node from a single server: for a cluster, use
+    /// `connect_cluster_lazy` (a single-server handle on a cluster node logs
+    /// an error at the first redirection it gets).
     pub fn connect_lazy(self, url: &str) -> Result<Redis> {
         let info = redis::IntoConnectionInfo::into_connection_info(url)
             .map_err(|e| Error::InvalidInput(format!("redis url: {e}")))?;
@@ -531,6 +536,7 @@ impl RedisBuilder {
                 timeout: self.timeout,
                 keys: self.keys,
                 info,
+                told_moved: AtomicBool::new(false),
             }),
         }
     }
