@@ -24,10 +24,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    // One Redis handle for every limiter (lazy: the app starts while Redis is down).
+    // One Redis handle for every limiter. `connect` makes a cluster handle
+    // when the URL names a cluster node; while Redis is down, a lazy handle
+    // lets the app start anyway (it can not tell a cluster node then).
     let redis = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
-            Some(redlayer::Redis::builder().timeout(Duration::from_millis(200)).connect_lazy(&url)?)
+            let builder = redlayer::Redis::builder().timeout(Duration::from_millis(200));
+            match builder.clone().connect(&url).await {
+                Ok(redis) => Some(redis),
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!(%e, "Redis is not reachable yet; starting anyway (limits fail open until it is)");
+                    Some(builder.connect_lazy(&url)?)
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         _ => None,
     };
