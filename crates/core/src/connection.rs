@@ -36,6 +36,12 @@ impl Connection {
         let slot = &self.inner.slots[self.slot];
         match result {
             Ok(_) => slot.succeeded(),
+            // A cluster connection times out on one node's keys (a frozen
+            // master) while the others answer: redis-rs replaces that node's
+            // connection itself, and a new cluster connection would only
+            // stall on the same node.
+            #[cfg(feature = "cluster")]
+            Err(e) if e.is_timeout() && matches!(self.raw, RawConnection::Cluster(_)) => {}
             Err(e) if e.is_timeout() => slot.timed_out(self.generation),
             Err(e) if is_connection_error(e) => slot.invalidate(self.generation, "connection error"),
             // The server at this address is a replica now: a new connection
@@ -65,6 +71,25 @@ async fn bounded<T>(timeout: std::time::Duration, call: RedisFuture<'_, T>) -> R
     tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
         Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redlayer: redis command timed out")))
     })
+}
+
+impl Connection {
+    /// `PING`, answered by one node: the server, or one master (any) of a
+    /// cluster (redis-rs sends a plain `PING` to every master).
+    pub(crate) async fn ping(&mut self) -> crate::Result<()> {
+        let ping = redis::cmd("PING");
+        let result = match &mut self.raw {
+            RawConnection::Single(c) => ping.query_async::<Value>(c).await,
+            #[cfg(feature = "cluster")]
+            RawConnection::Cluster(c) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                bounded(self.inner.timeout, Box::pin(c.route_command(ping, routing))).await
+            }
+        };
+        self.observe(&result);
+        result.map(drop).map_err(crate::Error::from)
+    }
 }
 
 impl ConnectionLike for Connection {

@@ -309,11 +309,12 @@ impl Redis {
         info.is_ok_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1"))
     }
 
-    /// Sends `PING`; `Ok` when Redis answered within the timeout.
+    /// Sends `PING`; `Ok` when Redis answered within the timeout. On a
+    /// cluster, one master (any) answers: a cluster with a master lost still
+    /// serves the other masters' keys.
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.connection().await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
+        conn.ping().await
     }
 }
 
@@ -505,7 +506,11 @@ impl RedisBuilder {
             .connection_timeout(Duration::from_secs(1))
             .build()
             .map_err(|e| Error::InvalidInput(format!("redis cluster nodes: {e}")))?;
-        let pool = self.pool_builder().build_unchecked(client);
+        // No checkout test: redis-rs sends `PING` to every master, so one
+        // lost master would refuse every fresh connection, and with it the
+        // healthy masters' keys. Making the connection already checked the
+        // nodes it reached.
+        let pool = self.pool_builder().test_on_check_out(false).build_unchecked(client);
         Ok(self.build(Source::Cluster(pool), info))
     }
 

@@ -229,3 +229,60 @@ async fn one_node_url_connects_to_the_whole_cluster() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Concurrent `INCR`s of `keys`: which succeeded.
+async fn incr_each(redis: &Redis, keys: &[String]) -> Vec<bool> {
+    let calls = keys.iter().map(|key| {
+        let (redis, key) = (redis.clone(), key.clone());
+        tokio::spawn(async move {
+            let mut conn = redis.connection().await?;
+            redis::cmd("INCR").arg(&key).query_async::<i64>(&mut conn).await.map_err(redlayer_core::Error::from)
+        })
+    });
+    let calls: Vec<_> = calls.collect();
+    let mut ok = Vec::new();
+    for call in calls {
+        ok.push(matches!(call.await, Ok(Ok(_))));
+    }
+    ok
+}
+
+/// One master frozen (`SIGSTOP`), then dead: until the cluster itself gives
+/// up on it (its node timeout, 2 s here), the keys of the other masters keep
+/// working through the handle, as they do on Redis; only the lost master's
+/// keys fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lost_master_fails_only_its_own_keys() {
+    for frozen in [true, false] {
+        let mut cluster = RedisCluster::start();
+        let redis = Redis::builder().timeout(Duration::from_millis(300)).connect_cluster(cluster.urls()).await.unwrap();
+        let keys: Vec<String> = (0..30).map(|i| redis.keys().key("c", &KeyPart::client(format!("k{i}")))).collect();
+        assert!(incr_each(&redis, &keys).await.iter().all(|ok| *ok));
+        let lost: Vec<bool> = keys.iter().map(|k| cluster.nodes()[1].cli(&["EXISTS", k]).trim() == "1").collect();
+        assert!(lost.iter().any(|l| *l) && !lost.iter().all(|l| *l));
+
+        let started = Instant::now();
+        match frozen {
+            true => cluster.nodes()[1].pause(),
+            false => cluster.node_mut(1).kill(),
+        }
+        if !frozen {
+            // An application starting now connects, and reaches the healthy masters.
+            let late = Redis::builder().timeout(Duration::from_millis(300)).connect_cluster(cluster.urls()).await;
+            let ok = incr_each(&late.expect("connect with a master dead"), &keys).await;
+            assert!(ok.iter().zip(&lost).all(|(ok, lost)| *ok || *lost), "{ok:?}");
+        }
+        let (mut rounds, mut others_failed) = (0, 0);
+        // Well within the node timeout: the cluster still serves the other slots.
+        while started.elapsed() < Duration::from_millis(1200) {
+            let ok = incr_each(&redis, &keys).await;
+            others_failed += ok.iter().zip(&lost).filter(|(ok, lost)| !**ok && !**lost).count();
+            rounds += 1;
+        }
+        if frozen {
+            cluster.nodes()[1].resume();
+        }
+        assert!(rounds >= 3, "{rounds} rounds");
+        assert_eq!(others_failed, 0, "frozen: {frozen}: calls to the healthy masters failed over {rounds} rounds");
+    }
+}
