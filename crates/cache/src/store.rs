@@ -654,8 +654,9 @@ impl Store {
         }
     }
 
-    /// Deletes keys one `DEL` each (pipelined on a standalone server), so no
-    /// command ever spans two cluster slots.
+    /// Deletes keys in one round trip: one `DEL` each, pipelined, on a
+    /// standalone server; on a cluster one `DEL` of them all, which redis-rs
+    /// splits by slot (one command per slot, sent concurrently, counts added).
     async fn del_each(&self, redis: &Redis, keys: &[String]) -> Result<usize> {
         if keys.is_empty() {
             return Ok(0);
@@ -663,12 +664,8 @@ impl Store {
         let mut conn = redis.connection().await?;
         let _forget = Forget { store: self, keys };
         if redis.is_cluster() {
-            let mut n = 0;
-            for key in keys {
-                let d: i64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
-                n += d as usize;
-            }
-            Ok(n)
+            let n: i64 = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
+            Ok(n as usize)
         } else {
             let mut pipe = redis::pipe();
             for key in keys {
@@ -681,7 +678,9 @@ impl Store {
 
     /// Deletes every entry whose normalized URI starts with `uri_prefix`
     /// (e.g. `http://example.com/products/`), with `SCAN` (never `KEYS`).
-    /// On a cluster, every master is scanned.
+    /// On a cluster, every master is scanned, on connections made with the
+    /// credentials and TLS settings of the handle's first node URL (a handle
+    /// made with `from_cluster_pool` has none: plain TCP, no password).
     pub async fn purge_prefix(&self, uri_prefix: &str) -> Result<usize> {
         match &self.inner.backend {
             Backend::Memory { entries, .. } => {

@@ -514,7 +514,10 @@ impl RedisBuilder {
         Ok(self.build(Source::Cluster(pool), info))
     }
 
-    /// Wraps an existing bb8 pool of cluster connections.
+    /// Wraps an existing bb8 pool of cluster connections. The handle knows
+    /// no node URL then: a [`NearCache`](crate::NearCache) can not start on
+    /// it, and the cache's purge by prefix reaches the masters without
+    /// credentials or TLS.
     #[cfg(feature = "cluster")]
     pub fn from_cluster_pool(self, pool: bb8::Pool<redis::cluster::ClusterClient>) -> Redis {
         self.build(Source::Cluster(pool), None)
