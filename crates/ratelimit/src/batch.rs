@@ -305,12 +305,13 @@ mod tests {
     }
 
     /// Concurrent decisions share script calls, and stay exact: each key
-    /// allows exactly its burst, however the decisions were grouped.
+    /// allows exactly its burst, however the decisions were grouped; a call
+    /// writes each of its keys once, however many of its decisions it holds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_decisions_share_calls_and_stay_exact() {
         let server = RedisServer::start();
         let limiter = limiter(&server, Quota::per_hour(50), Duration::from_secs(5)).await;
-        let calls_before = server.command_calls("evalsha");
+        let (calls_before, sets_before) = (server.command_calls("evalsha"), server.command_calls("set"));
         let start = Arc::new(tokio::sync::Barrier::new(300));
         let tasks: Vec<_> = (0..300)
             .map(|i| {
@@ -330,6 +331,8 @@ mod tests {
         assert_eq!(allowed, [50, 50, 50]);
         let calls = server.command_calls("evalsha") - calls_before;
         assert!(calls < 150, "{calls} script calls for 300 concurrent decisions");
+        let sets = server.command_calls("set") - sets_before;
+        assert!(sets <= 3 * calls, "{sets} writes in {calls} calls of 3 keys");
         assert_eq!(batcher(&limiter).load(), (0, 0), "every call ended and gave its place back");
     }
 

@@ -6,7 +6,9 @@
 -- One call decides one or more requests, in order, each on its own key (a key
 -- may come more than once: each decision sees the ones before it). Concurrent
 -- requests of one process share a call on standalone Redis (see batch.rs); on
--- a cluster each call has one key.
+-- a cluster each call has one key. A key that comes several times (a busy
+-- client, a global limit) is read once and written once, after the last of
+-- its decisions: GET and SET are most of a decision's cost to Redis.
 --
 -- KEYS[i]         the state key of decision i (the theoretical arrival time, microseconds)
 -- ARGV[3i-2]      its cost (integer >= 0; 0 only reads)
@@ -24,16 +26,14 @@ local call, floor, ceil, format, tonumber = redis.call, math.floor, math.ceil, s
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
--- One decision on `key`, whose state (the theoretical arrival time) is `tat`.
-local function decide(key, tat, cost, interval, dvt)
+-- One decision on a key whose state (the theoretical arrival time) is `tat`:
+-- its four answers, and the state after it.
+local function decide(tat, cost, interval, dvt)
   if tat < now then tat = now end
   -- Never more than a full burst ahead (only a clock that went back, say
-  -- after a failover, can leave it there): corrected in place, so the
-  -- lockout ends after the burst, not after the clocks' difference.
-  if tat > now + dvt then
-    tat = now + dvt
-    call('SET', key, format('%d', tat), 'PX', format('%d', ceil(dvt / 1000) + 1))
-  end
+  -- after a failover, can leave it there): corrected, so the lockout ends
+  -- after the burst, not after the clocks' difference.
+  if tat > now + dvt then tat = now + dvt end
   local new_tat = tat + interval * cost
   local allow_at = new_tat - dvt
   if now < allow_at then
@@ -42,36 +42,50 @@ local function decide(key, tat, cost, interval, dvt)
     if interval * cost > dvt then retry = -1 end
     local remaining = floor((dvt - (tat - now)) / interval)
     if remaining < 0 then remaining = 0 end
-    return 0, remaining, tat - now, retry
+    return 0, remaining, tat - now, retry, tat
   end
-  local after = tat
-  if cost > 0 then
-    after = new_tat
-    -- A TTL in whole milliseconds, as an integer string (see limit.lua).
-    local ms = ceil((new_tat - now) / 1000)
-    if ms < 1 then ms = 1 end
-    if ms > 1e15 then ms = 1e15 end
-    call('SET', key, format('%d', new_tat), 'PX', format('%d', ms))
-  end
-  local remaining = floor((dvt - (after - now)) / interval)
+  local remaining = floor((dvt - (new_tat - now)) / interval)
   if remaining < 0 then remaining = 0 end
-  return 1, remaining, after - now, 0
+  return 1, remaining, new_tat - now, 0, new_tat
 end
 
+-- Per key: the state as read (false: not a GCRA state), then as decided.
+local read, state, order = {}, {}, {}
 local out = {}
 for i = 1, #KEYS do
   local n = 4 * (i - 1)
   local key = KEYS[i]
-  local stored = redis.pcall('GET', key)
-  local tat = tonumber(stored or '0')
-  if type(stored) == 'table' or tat == nil then
+  local tat = state[key]
+  if tat == nil then
+    local stored = redis.pcall('GET', key)
+    tat = tonumber(stored or '0')
+    if type(stored) == 'table' or tat == nil then tat = false end
+    read[key], state[key] = tat, tat
+    order[#order + 1] = key
+  end
+  if tat == false then
     -- Not a GCRA state (another type, or not a number): this decision fails
     -- alone, the others of the call go on.
     out[n + 1], out[n + 2], out[n + 3], out[n + 4] = -1, 0, 0, 0
   else
     local interval = tonumber(ARGV[3 * i - 1])
-    out[n + 1], out[n + 2], out[n + 3], out[n + 4] =
-      decide(key, tat, tonumber(ARGV[3 * i - 2]), interval, interval * tonumber(ARGV[3 * i]))
+    local after
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], after =
+      decide(tat, tonumber(ARGV[3 * i - 2]), interval, interval * tonumber(ARGV[3 * i]))
+    state[key] = after
+  end
+end
+
+-- One write per key whose state moved: charged, or pulled back to a burst
+-- ahead. It expires when it is no different from no state at all (a TTL in
+-- whole milliseconds, as an integer string: see limit.lua).
+for _, key in ipairs(order) do
+  local tat = state[key]
+  if tat and tat ~= read[key] and tat > now then
+    local ms = ceil((tat - now) / 1000)
+    if ms < 1 then ms = 1 end
+    if ms > 1e15 then ms = 1e15 end
+    call('SET', key, format('%d', tat), 'PX', format('%d', ms))
   end
 end
 return out
