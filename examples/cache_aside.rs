@@ -1,4 +1,5 @@
-//! The typed cache-aside API: `get_or_insert_with(key, ttl, fetch)`.
+//! The typed cache-aside API: `get_or_insert_tagged(key, ttl, tags, fetch)`
+//! (`get_or_insert_with` is the same without tags).
 //!
 //! ```text
 //! cargo run --example cache_aside                                     # in memory

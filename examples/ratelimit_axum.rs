@@ -6,6 +6,7 @@
 //! curl -i localhost:3000/                      # 10/s per IP (burst 20)
 //! curl -i -H 'x-api-key: demo' localhost:3000/ # and 1000/day per API key
 //! curl -i -X POST -H 'x-items: 5' localhost:3000/bulk   # costs 5
+//! TRUSTED_PROXY=1 cargo run --example ratelimit_axum   # behind one proxy: the IP from X-Forwarded-For
 //! ```
 
 use std::{net::SocketAddr, time::Duration};

@@ -7,7 +7,8 @@
 //! cargo run --example ratelimit_tonic                                   # in-memory store
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example ratelimit_tonic  # shared in Redis
 //! ```
-//! It serves on 127.0.0.1:50051 and then calls itself 7 times with one API key.
+//! It serves on 127.0.0.1:50051 and then calls itself 7 times with one API key
+//! (`KEEP_SERVING=1` keeps it serving afterwards).
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -168,9 +168,9 @@
 //!
 //! Every script touches one key. A tag index cannot share a slot with all
 //! the entries it names, so it lives in its tag's slot and a purge reads it
-//! with `ZSCAN` and deletes each entry with its own `DEL` (pipelined on a
-//! standalone server, one by one on a cluster): nothing can fail with
-//! `CROSSSLOT`. Purges bump an in-process epoch so fills in flight are not
+//! with `ZSCAN` and deletes the entries of each batch (pipelined `DEL`s on a
+//! standalone server; on a cluster one `DEL`, which redis-rs splits by slot):
+//! nothing can fail with `CROSSSLOT`. Purges bump an in-process epoch so fills in flight are not
 //! stored; a tag purge re-runs once after 2 s to catch fills finishing elsewhere.
 //! `purge_prefix` uses `SCAN` (never `KEYS`) and reads each entry's `uri`
 //! field; on a cluster it scans every master (found with `CLUSTER SLOTS`,

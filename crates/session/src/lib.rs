@@ -92,7 +92,7 @@
 //!
 //! | key | type | expiry |
 //! |---|---|---|
-//! | `{prefix}:sess:{#sha256(family)}:sha256(id)` | hash: `f:<name>` values (JSON), `m:c` created, `m:s` last seen, `m:a` absolute deadline (ms), `m:u` user | idle timeout, capped at the absolute deadline |
+//! | `{prefix}:sess:{#sha256(family)}:sha256(id)` | hash: `f:<name>` values (JSON), `m:c` created, `m:s` last seen, `m:a` absolute deadline, `m:i` id issued (ms), `m:u` user; after a renewal the old key holds only `m:r` (new key) and `m:x` (sealed new id) | idle timeout, capped at the absolute deadline |
 //! | `{prefix}:sessu:{user}` | hash: session key → created (ms) | the absolute lifetime, from the latest login |
 //!
 //! `{user}` goes through [`KeyPart::client`](redlayer_core::KeyPart::client)
