@@ -515,6 +515,29 @@ async fn tag_purge_leaves_no_stale_copy(b: Backend) {
     assert!(app.get("/o/1").await.is_hit());
     assert!(layer.purge_key("GET http://example.test/o/1").await.unwrap());
     assert!(!app.get("/o/1").await.is_hit());
+
+    // By URI, in any spelling that normalizes to the stored one.
+    assert!(app.get("/o/1").await.is_hit());
+    assert!(layer.purge_uri("HTTP://EXAMPLE.test:80/o/1").await.unwrap());
+    assert!(!layer.purge_uri("http://example.test/o/1").await.unwrap(), "already gone");
+    assert!(!app.get("/o/1").await.is_hit());
+
+    // Another tag header (Surrogate-Key, space-separated): `Cache-Tag` is then not read.
+    let origin = Origin::new(|_, n| {
+        resp(
+            200,
+            &[("cache-control", "max-age=60"), ("surrogate-key", "red blue"), ("cache-tag", "green")],
+            &format!("{n}"),
+        )
+    });
+    let layer = b.layer().tag_header(Some(http::HeaderName::from_static("surrogate-key")));
+    let app = App::new(layer.clone(), &origin);
+    app.get("/s/1").await;
+    assert!(app.get("/s/1").await.is_hit());
+    assert_eq!(layer.purge_tag("green").await.unwrap(), 0, "Cache-Tag is not the tag header here");
+    assert!(app.get("/s/1").await.is_hit());
+    assert_eq!(layer.purge_tag("blue").await.unwrap(), 1);
+    assert!(!app.get("/s/1").await.is_hit());
 }
 
 /// At most 32 tags are taken from one response (the first in sorted order):

@@ -325,6 +325,37 @@ async fn legacy_headers_costs_and_keys() {
     assert_eq!(calls.load(Ordering::Relaxed), 3);
 }
 
+/// A global key counts every client together; scoped per method, each
+/// method of it has its own counter, whatever the path.
+#[tokio::test]
+async fn global_key_and_per_method_scoping() {
+    let limiter = || RateLimiter::builder(Store::memory()).policy(Policy::gcra("p", Quota::per_hour(2))).build();
+    let app = |key: Key| {
+        Router::new()
+            .route("/a", get(|| async { "a" }).post(|| async { "a" }))
+            .route("/b", get(|| async { "b" }))
+            .layer(RateLimitLayer::new(limiter()).key(key))
+    };
+    let req = |method: &str, path: &str, peer: u8| {
+        let mut r = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+        r.extensions_mut().insert(PeerAddr(SocketAddr::from(([10, 0, 0, peer], 1000))));
+        r
+    };
+
+    let global = app(Key::global());
+    assert_eq!(global.clone().oneshot(req("GET", "/a", 1)).await.unwrap().status(), 200);
+    assert_eq!(global.clone().oneshot(req("POST", "/a", 2)).await.unwrap().status(), 200);
+    let third = global.clone().oneshot(req("GET", "/b", 3)).await.unwrap();
+    assert_eq!(third.status(), 429, "three clients, methods and paths share one global quota of 2");
+
+    let per_method = app(Key::global().per_method());
+    for (method, path, peer) in [("GET", "/a", 1), ("GET", "/b", 2), ("POST", "/a", 3), ("POST", "/a", 4)] {
+        assert_eq!(per_method.clone().oneshot(req(method, path, peer)).await.unwrap().status(), 200, "{method}");
+    }
+    assert_eq!(per_method.clone().oneshot(req("GET", "/a", 5)).await.unwrap().status(), 429, "GET: 2 used");
+    assert_eq!(per_method.clone().oneshot(req("POST", "/a", 7)).await.unwrap().status(), 429, "POST: 2 used");
+}
+
 /// A tonic server: a denied call is RESOURCE_EXHAUSTED with the fields in metadata.
 #[tokio::test]
 async fn grpc_calls_get_resource_exhausted() {
