@@ -1,5 +1,6 @@
 //! [`GcraBatcher`]: concurrent decisions of a one-GCRA-policy limiter share
-//! one script call on standalone Redis.
+//! one script call: on a single server, any decisions; on a cluster, those
+//! whose keys share a slot ([`Batchers`] keeps one batcher per slot in use).
 //!
 //! Each call of `gcra.lua` costs Redis a fixed price (the `EVALSHA` itself, the
 //! script's `TIME`) on top of its per-decision work, and on a busy machine
@@ -18,7 +19,10 @@
 //! carries are never stranded; a decision whose request stopped waiting before
 //! its call was sent is left out of it.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use futures_util::future::BoxFuture;
 use redlayer_core::{Error, Redis, Result};
@@ -76,7 +80,41 @@ struct Queue {
     next_id: u64,
 }
 
-/// The one-GCRA-policy decisions of one store on standalone Redis (see the module docs).
+/// The batchers of one store: one on a single server; on a cluster one per
+/// slot, made when a key of that slot is first decided (a call's keys must
+/// share a slot). At most one per slot (16384), each a few words while idle.
+pub(crate) enum Batchers {
+    One(Arc<GcraBatcher>),
+    PerSlot { redis: Redis, slots: Mutex<HashMap<u16, Arc<GcraBatcher>>> },
+}
+
+impl Batchers {
+    pub(crate) fn new(redis: Redis) -> Self {
+        match redis.is_cluster() {
+            false => Batchers::One(Arc::new(GcraBatcher::new(redis))),
+            true => Batchers::PerSlot { redis, slots: Mutex::default() },
+        }
+    }
+
+    /// Decides `ask`, in a call it makes or shares with decisions of its slot.
+    pub(crate) async fn decide(&self, ask: GcraAsk) -> Result<RawOutcome> {
+        match self {
+            Batchers::One(batcher) => batcher.decide(ask).await,
+            Batchers::PerSlot { redis, slots } => {
+                let slot = redlayer_core::keys::cluster_slot(&ask.key);
+                let batcher = slots
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(slot)
+                    .or_insert_with(|| Arc::new(GcraBatcher::new(redis.clone())))
+                    .clone();
+                batcher.decide(ask).await
+            }
+        }
+    }
+}
+
+/// The one-GCRA-policy decisions of one store, or of one cluster slot (see the module docs).
 pub(crate) struct GcraBatcher {
     redis: Redis,
     queue: Mutex<Queue>,
@@ -288,8 +326,11 @@ mod tests {
 
     fn batcher(limiter: &RateLimiter) -> &super::GcraBatcher {
         match &limiter.inner.store.kind {
-            StoreKind::Redis(_, Some(batcher)) => batcher,
-            _ => panic!("a standalone Redis store has a batcher"),
+            StoreKind::Redis(_, batchers) => match &**batchers {
+                super::Batchers::One(batcher) => batcher,
+                super::Batchers::PerSlot { .. } => panic!("a standalone Redis store has one batcher"),
+            },
+            _ => panic!("a Redis store"),
         }
     }
 
@@ -334,6 +375,41 @@ mod tests {
         let sets = server.command_calls("set") - sets_before;
         assert!(sets <= 3 * calls, "{sets} writes in {calls} calls of 3 keys");
         assert_eq!(batcher(&limiter).load(), (0, 0), "every call ended and gave its place back");
+    }
+
+    /// On a cluster, decisions whose keys share a slot share calls (a busy
+    /// key: one client, a global limit), and every key stays exact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_a_cluster_decisions_of_one_slot_share_calls() {
+        let cluster = redlayer_testkit::RedisCluster::start();
+        let handle = Redis::builder().timeout(Duration::from_secs(5)).connect_cluster(cluster.urls()).await.unwrap();
+        let limiter = RateLimiter::builder(Store::redis(handle))
+            .policy(Policy::gcra("p", Quota::per_hour(50)))
+            .deny_cache(0)
+            .build();
+        for i in 0..3 {
+            assert!(limiter.check(&format!("key-{i}"), 0).await.degraded().is_none(), "Redis answers");
+        }
+        let calls_before = cluster.command_calls("evalsha");
+        let start = Arc::new(tokio::sync::Barrier::new(300));
+        let tasks: Vec<_> = (0..300)
+            .map(|i| {
+                let (limiter, start) = (limiter.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    (i % 3, limiter.check(&format!("key-{}", i % 3), 1).await)
+                })
+            })
+            .collect();
+        let mut allowed = [0; 3];
+        for task in tasks {
+            let (key, decision) = task.await.unwrap();
+            assert!(decision.degraded().is_none(), "{decision:?}");
+            allowed[key] += usize::from(decision.is_allowed());
+        }
+        assert_eq!(allowed, [50, 50, 50]);
+        let calls = cluster.command_calls("evalsha") - calls_before;
+        assert!(calls < 150, "{calls} script calls for 300 concurrent decisions on 3 keys");
     }
 
     /// Requests that stop waiting (leaders in the middle of their call,

@@ -6,12 +6,12 @@
 //!   Lua script (`src/scripts/limit.lua`; `src/scripts/gcra.lua`, the same
 //!   decision at a smaller cost to Redis, for a limiter of one GCRA or token
 //!   bucket policy), one round trip, with `now` from Redis `TIME` (app-server
-//!   clocks do not matter). On standalone Redis, decisions of a one-GCRA-policy
-//!   limiter that arrive while two calls are in flight wait for the next call
-//!   and share it (up to 64 per call, decided one after another, each atomic;
-//!   none waits more than a quarter of the handle's timeout for a call): under
-//!   load Redis spends less CPU per decision; an idle limiter sends each
-//!   decision at once.
+//!   clocks do not matter). Decisions of a one-GCRA-policy limiter that
+//!   arrive while two calls are in flight (per server; on a cluster, per slot)
+//!   wait for the next call and share it (up to 64 per call, decided one after
+//!   another, each atomic; a key read and written once per call; none waits
+//!   more than a quarter of the handle's timeout for a call): under load Redis
+//!   spends less CPU per decision; an idle limiter sends each decision at once.
 //! - **Several policies** (10/s *and* 1000/day; per IP *and* per API key)
 //!   decided atomically in that one script: a request denied by any policy is
 //!   charged to none, and all are reported together.

@@ -8,12 +8,12 @@ use std::{
 use futures_util::future::BoxFuture;
 use redlayer_core::{KeyBuilder, Redis, Result, memory::Clock};
 
-use crate::{batch::GcraBatcher, memory::MemoryStore};
+use crate::{batch::Batchers, memory::MemoryStore};
 
 /// The one Lua script of every decision (see `src/scripts/limit.lua`).
 static LIMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/limit.lua")));
 /// The same decisions for a limiter of one GCRA policy, at a smaller cost to
-/// Redis, several in one call (see `src/scripts/gcra.lua` and [`GcraBatcher`]).
+/// Redis, several in one call (see `src/scripts/gcra.lua` and `src/batch.rs`).
 static GCRA: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/gcra.lua")));
 
 /// Where limiter state lives: Redis (shared by every instance) or this
@@ -33,9 +33,8 @@ pub struct Store {
 
 #[derive(Clone)]
 pub(crate) enum StoreKind {
-    /// The handle, and the batcher of one-GCRA-policy decisions (standalone only:
-    /// on a cluster the keys of one call would have to share a slot).
-    Redis(Redis, Option<Arc<GcraBatcher>>),
+    /// The handle, and the batchers of one-GCRA-policy decisions.
+    Redis(Redis, Arc<Batchers>),
     Memory(Arc<MemoryStore>, KeyBuilder),
 }
 
@@ -55,8 +54,8 @@ pub const DEFAULT_MEMORY_MAX_KEYS: usize = 1_000_000;
 impl Store {
     /// State in Redis, through the shared handle: exact across instances.
     pub fn redis(redis: Redis) -> Self {
-        let batcher = (!redis.is_cluster()).then(|| Arc::new(GcraBatcher::new(redis.clone())));
-        Store { kind: StoreKind::Redis(redis, batcher) }
+        let batchers = Arc::new(Batchers::new(redis.clone()));
+        Store { kind: StoreKind::Redis(redis, batchers) }
     }
 
     /// State in this process's memory, on the system clock, for at most
@@ -108,15 +107,12 @@ impl Store {
         let cost = cost.min(crate::quota::MAX_COST);
         match &self.kind {
             StoreKind::Memory(m, _) => Ok(m.decide(keys, specs, cost)),
-            StoreKind::Redis(redis, batcher) => {
+            StoreKind::Redis(redis, batchers) => {
                 if let [only] = specs
                     && only.algorithm == crate::quota::Algorithm::Gcra.code()
                 {
                     let ask = GcraAsk { key: keys[0].clone(), cost, interval: only.gcra_interval(), burst: only.burst };
-                    let outcome = match batcher {
-                        Some(batcher) => batcher.decide(ask).await?,
-                        None => decide_gcra(redis, std::slice::from_ref(&ask)).await?.remove(0)?,
-                    };
+                    let outcome = batchers.decide(ask).await?;
                     return Ok((outcome.allowed, vec![outcome]));
                 }
                 // EVALSHA built straight into one command (what `Script::invoke_async`
