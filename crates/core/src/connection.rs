@@ -37,11 +37,12 @@ impl Connection {
         match result {
             Ok(_) => slot.succeeded(),
             // A cluster connection times out on one node's keys (a frozen
-            // master) while the others answer: redis-rs replaces that node's
-            // connection itself, and a new cluster connection would only
-            // stall on the same node.
+            // master) while the others answer: it keeps serving them, and a
+            // new one is made in the background (see `Slot::cluster_timed_out`).
             #[cfg(feature = "cluster")]
-            Err(e) if e.is_timeout() && matches!(self.raw, RawConnection::Cluster(_)) => {}
+            Err(e) if e.is_timeout() && matches!(self.raw, RawConnection::Cluster(_)) => {
+                crate::handle::Slot::cluster_timed_out(&self.inner, self.slot, self.generation)
+            }
             Err(e) if e.is_timeout() => slot.timed_out(self.generation),
             Err(e) if is_connection_error(e) => slot.invalidate(self.generation, "connection error"),
             // The server at this address is a replica now: a new connection
@@ -49,7 +50,10 @@ impl Connection {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) => {
                 slot.invalidate(self.generation, "server is read-only (a replica)")
             }
-            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)) => {
+            Err(e)
+                if matches!(self.raw, RawConnection::Single(_))
+                    && matches!(e.kind(), redis::ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)) =>
+            {
                 slot.succeeded();
                 if !self.inner.told_moved.swap(true, Ordering::Relaxed) {
                     tracing::error!(

@@ -22,6 +22,10 @@ pub const DEFAULT_CONNECTIONS: usize = 2;
 const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 /// The longest one attempt to make a connection may take (see `take_bounded`).
 const CONNECT_ATTEMPT: Duration = Duration::from_secs(2);
+/// The longest a cluster connection made in the background may take (a
+/// frozen node holds every new cluster connection up to its connect timeout).
+#[cfg(feature = "cluster")]
+const REPLACE_ATTEMPT: Duration = Duration::from_secs(10);
 
 /// A handle on Redis (a single server or a cluster), shared by every layer.
 ///
@@ -91,6 +95,9 @@ pub(crate) struct Slot {
     refill: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     timeouts: AtomicU32,
+    /// A replacement cluster connection is being made in the background.
+    #[cfg(feature = "cluster")]
+    replacing: AtomicBool,
 }
 
 impl Slot {
@@ -100,6 +107,8 @@ impl Slot {
             refill: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             timeouts: AtomicU32::new(0),
+            #[cfg(feature = "cluster")]
+            replacing: AtomicBool::new(false),
         }
     }
 
@@ -117,6 +126,46 @@ impl Slot {
         if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT {
             self.invalidate(generation, "repeated timeouts");
         }
+    }
+
+    /// A cluster connection timed out: after a few in a row (a frozen or cut
+    /// off master), a new one is made in the background while this one keeps
+    /// serving the other masters' keys. redis-rs retries a timed-out node on
+    /// the same socket and learns of a failover only from a node that
+    /// answers, so without a new connection the lost master's keys would
+    /// never move to the replica that took over.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster_timed_out(inner: &Arc<Inner>, index: usize, generation: u64) {
+        let slot = &inner.slots[index];
+        if slot.timeouts.fetch_add(1, Ordering::Relaxed) + 1 < TIMEOUTS_BEFORE_RECONNECT
+            || slot.replacing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            slot.replacing.store(false, Ordering::Release);
+            return;
+        };
+        let inner = inner.clone();
+        runtime.spawn(async move {
+            let slot = &inner.slots[index];
+            if let Source::Cluster(pool) = &inner.source {
+                match tokio::time::timeout(REPLACE_ATTEMPT, pool.dedicated_connection()).await {
+                    Ok(Ok(raw)) => {
+                        let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+                        if current.as_ref().is_none_or(|(g, _)| *g == generation) {
+                            let next = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                            *current = Some((next, RawConnection::Cluster(raw)));
+                            slot.timeouts.store(0, Ordering::Relaxed);
+                            tracing::debug!(target: "redlayer", "replaced a cluster connection after repeated timeouts");
+                        }
+                    }
+                    Ok(Err(error)) => tracing::debug!(target: "redlayer", %error, "no new cluster connection yet"),
+                    Err(_) => tracing::debug!(target: "redlayer", "no new cluster connection yet (timed out)"),
+                }
+            }
+            slot.replacing.store(false, Ordering::Release);
+        });
     }
 
     pub(crate) fn invalidate(&self, generation: u64, why: &str) {
