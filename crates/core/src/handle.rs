@@ -26,6 +26,9 @@ const CONNECT_ATTEMPT: Duration = Duration::from_secs(2);
 /// frozen node holds every new cluster connection up to its connect timeout).
 #[cfg(feature = "cluster")]
 const REPLACE_ATTEMPT: Duration = Duration::from_secs(10);
+/// The longest `connect_cluster` waits for its first connection.
+#[cfg(feature = "cluster")]
+const FIRST_CLUSTER_CONNECTION: Duration = Duration::from_secs(5);
 
 /// A handle on Redis (a single server or a cluster), shared by every layer.
 ///
@@ -95,9 +98,12 @@ pub(crate) struct Slot {
     refill: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     timeouts: AtomicU32,
-    /// A replacement cluster connection is being made in the background.
+    /// A cluster connection is being made in the background.
     #[cfg(feature = "cluster")]
     replacing: AtomicBool,
+    /// Told when a cluster connection made in the background is in place.
+    #[cfg(feature = "cluster")]
+    filled: tokio::sync::Notify,
 }
 
 impl Slot {
@@ -109,6 +115,8 @@ impl Slot {
             timeouts: AtomicU32::new(0),
             #[cfg(feature = "cluster")]
             replacing: AtomicBool::new(false),
+            #[cfg(feature = "cluster")]
+            filled: tokio::sync::Notify::new(),
         }
     }
 
@@ -136,10 +144,21 @@ impl Slot {
     /// never move to the replica that took over.
     #[cfg(feature = "cluster")]
     pub(crate) fn cluster_timed_out(inner: &Arc<Inner>, index: usize, generation: u64) {
+        if inner.slots[index].timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT {
+            Slot::build_cluster_connection(inner, index, Some(generation));
+        }
+    }
+
+    /// Makes a new cluster connection for slot `index` in a task of its own
+    /// (one at a time per slot), and puts it in place of connection
+    /// `replacing`, or in the empty slot. A task, not the caller's future: a
+    /// frozen node holds a new cluster connection up to its connect timeout,
+    /// which may be longer than the caller waits, and an attempt cancelled
+    /// each time would never finish.
+    #[cfg(feature = "cluster")]
+    fn build_cluster_connection(inner: &Arc<Inner>, index: usize, replacing: Option<u64>) {
         let slot = &inner.slots[index];
-        if slot.timeouts.fetch_add(1, Ordering::Relaxed) + 1 < TIMEOUTS_BEFORE_RECONNECT
-            || slot.replacing.swap(true, Ordering::AcqRel)
-        {
+        if slot.replacing.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -153,11 +172,11 @@ impl Slot {
                 match tokio::time::timeout(REPLACE_ATTEMPT, pool.dedicated_connection()).await {
                     Ok(Ok(raw)) => {
                         let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
-                        if current.as_ref().is_none_or(|(g, _)| *g == generation) {
+                        if current.as_ref().is_none_or(|(g, _)| Some(*g) == replacing) {
                             let next = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
                             *current = Some((next, RawConnection::Cluster(raw)));
                             slot.timeouts.store(0, Ordering::Relaxed);
-                            tracing::debug!(target: "redlayer", "replaced a cluster connection after repeated timeouts");
+                            tracing::debug!(target: "redlayer", "a new cluster connection is in place");
                         }
                     }
                     Ok(Err(error)) => tracing::debug!(target: "redlayer", %error, "no new cluster connection yet"),
@@ -165,7 +184,31 @@ impl Slot {
                 }
             }
             slot.replacing.store(false, Ordering::Release);
+            slot.filled.notify_waiters();
         });
+    }
+
+    /// Waits for a cluster connection in slot `index`, made in the background
+    /// (see [`Slot::build_cluster_connection`]); the caller bounds the wait.
+    #[cfg(feature = "cluster")]
+    async fn cluster_connection(inner: &Arc<Inner>, index: usize) -> Result<(u64, RawConnection)> {
+        let slot = &inner.slots[index];
+        loop {
+            let filled = slot.filled.notified();
+            tokio::pin!(filled);
+            filled.as_mut().enable();
+            if let Some(current) = slot.cached() {
+                return Ok(current);
+            }
+            if !slot.replacing.load(Ordering::Acquire) {
+                Slot::build_cluster_connection(inner, index, None);
+            }
+            filled.await;
+            if slot.cached().is_none() && !slot.replacing.load(Ordering::Acquire) {
+                // The attempt failed (every node refused, say): tell the caller now.
+                return Err(Error::Unavailable("no node of the cluster could be reached".into()));
+            }
+        }
     }
 
     pub(crate) fn invalidate(&self, generation: u64, why: &str) {
@@ -292,7 +335,10 @@ impl Redis {
             }
             // The cluster client was built with the handle's response timeout.
             #[cfg(feature = "cluster")]
-            Source::Cluster(pool) => RawConnection::Cluster(take_bounded(pool, attempt).await?),
+            Source::Cluster(_) => {
+                let (generation, raw) = Slot::cluster_connection(&self.inner, index).await?;
+                return Ok(Connection::new(self.inner.clone(), index, generation, raw));
+            }
         };
         let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, raw.clone()));
@@ -347,6 +393,20 @@ impl Redis {
             _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
         };
         template.set_addr(addr)
+    }
+
+    /// Makes the first connection of a cluster handle, which reads the
+    /// cluster's topology from a node that answers: the check that it is
+    /// there. Not a `PING` (redis-rs sends that to every master, and one
+    /// lost master would fail it) and not the handle's timeout (a frozen node
+    /// holds a new cluster connection up to its connect timeout).
+    #[cfg(feature = "cluster")]
+    async fn first_cluster_connection(&self) -> Result<()> {
+        let wait = self.inner.timeout.max(FIRST_CLUSTER_CONNECTION);
+        match tokio::time::timeout(wait, self.refill(0)).await {
+            Ok(result) => result.map(drop),
+            Err(_) => Err(Error::Timeout(wait)),
+        }
     }
 
     /// True when the server behind this (standalone) handle is a node of a
@@ -458,7 +518,7 @@ impl RedisBuilder {
         let redis = self.connect_lazy(url)?;
         redis.ping().await?;
         if redis.is_cluster_node().await {
-            return builder.connect_cluster_seeded_by(&redis).await;
+            return builder.connect_cluster_seeded_by(redis).await;
         }
         Ok(redis)
     }
@@ -467,19 +527,30 @@ impl RedisBuilder {
     /// cluster node) and the masters it lists: the client can still find
     /// the cluster when that one node is gone.
     #[cfg(feature = "cluster")]
-    async fn connect_cluster_seeded_by(self, node: &Redis) -> Result<Redis> {
+    async fn connect_cluster_seeded_by(self, node: Redis) -> Result<Redis> {
         let first = node.inner.info.clone().ok_or_else(|| Error::InvalidInput("no node URL".into()))?;
         let mut seeds = vec![first];
         for (host, port) in node.cluster_masters().await.unwrap_or_default() {
             seeds.push(node.node_info(&host, port));
         }
         let redis = self.cluster_from_infos(seeds)?;
-        redis.ping().await?;
+        // The node answered: a cluster handle it is, even if its first
+        // connection is still being made (a caller falling back to a
+        // single-server handle on an error would then fail most keys).
+        if let Err(error) = redis.first_cluster_connection().await {
+            tracing::warn!(target: "redlayer", %error, "the cluster's first connection is not made yet");
+        }
         Ok(redis)
     }
 
+    /// Without the `cluster` feature: a cluster of one master (a one-shard
+    /// managed cluster) answers every key itself, so the single-server handle
+    /// is kept; with more masters, an error.
     #[cfg(not(feature = "cluster"))]
-    async fn connect_cluster_seeded_by(self, _node: &Redis) -> Result<Redis> {
+    async fn connect_cluster_seeded_by(self, node: Redis) -> Result<Redis> {
+        if node.cluster_masters().await.is_ok_and(|masters| masters.len() == 1) {
+            return Ok(node);
+        }
         Err(Error::InvalidInput(
             "this Redis is a node of a Redis Cluster: enable redlayer's `cluster` feature \
              (then `Redis::connect` with this URL talks to the whole cluster)"
@@ -526,7 +597,7 @@ impl RedisBuilder {
         S: AsRef<str>,
     {
         let redis = self.connect_cluster_lazy(nodes)?;
-        redis.ping().await?;
+        redis.first_cluster_connection().await?;
         Ok(redis)
     }
 
