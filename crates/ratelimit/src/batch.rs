@@ -1,6 +1,6 @@
 //! [`GcraBatcher`]: concurrent decisions of a one-GCRA-policy limiter share
-//! one script call: on a single server, any decisions; on a cluster, those
-//! whose keys share a slot ([`Batchers`] keeps one batcher per slot in use).
+//! one script call: on a single server, any decisions; on a cluster, those of
+//! one key ([`Batchers`] keeps a batcher per key while it has decisions).
 //!
 //! Each call of `gcra.lua` costs Redis a fixed price (the `EVALSHA` itself, the
 //! script's `TIME`) on top of its per-decision work, and on a busy machine
@@ -81,34 +81,58 @@ struct Queue {
 }
 
 /// The batchers of one store: one on a single server; on a cluster one per
-/// slot, made when a key of that slot is first decided (a call's keys must
-/// share a slot). At most one per slot (16384), each a few words while idle.
+/// key with decisions in progress (dropped when its last one ends, so the
+/// map holds no more keys than requests in flight). A call's keys must share
+/// a slot, and while that slot migrates between masters Redis refuses a call
+/// naming several keys (TRYAGAIN) when some are missing: one key per call
+/// never meets that, and a busy key is where sharing calls pays.
 pub(crate) enum Batchers {
     One(Arc<GcraBatcher>),
-    PerSlot { redis: Redis, slots: Mutex<HashMap<u16, Arc<GcraBatcher>>> },
+    PerKey { redis: Redis, keys: Mutex<HashMap<String, (Arc<GcraBatcher>, usize)>> },
 }
 
 impl Batchers {
     pub(crate) fn new(redis: Redis) -> Self {
         match redis.is_cluster() {
             false => Batchers::One(Arc::new(GcraBatcher::new(redis))),
-            true => Batchers::PerSlot { redis, slots: Mutex::default() },
+            true => Batchers::PerKey { redis, keys: Mutex::default() },
         }
     }
 
-    /// Decides `ask`, in a call it makes or shares with decisions of its slot.
+    /// Decides `ask`, in a call it makes or shares with decisions of its key.
     pub(crate) async fn decide(&self, ask: GcraAsk) -> Result<RawOutcome> {
         match self {
             Batchers::One(batcher) => batcher.decide(ask).await,
-            Batchers::PerSlot { redis, slots } => {
-                let slot = redlayer_core::keys::cluster_slot(&ask.key);
-                let batcher = slots
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(slot)
-                    .or_insert_with(|| Arc::new(GcraBatcher::new(redis.clone())))
-                    .clone();
+            Batchers::PerKey { redis, keys } => {
+                let batcher = {
+                    let mut keys = keys.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (batcher, users) =
+                        keys.entry(ask.key.clone()).or_insert_with(|| (Arc::new(GcraBatcher::new(redis.clone())), 0));
+                    *users += 1;
+                    batcher.clone()
+                };
+                // Leaves the map when its last decision ends (or is dropped).
+                let _user = KeyUser { keys, key: ask.key.clone() };
                 batcher.decide(ask).await
+            }
+        }
+    }
+}
+
+/// One decision of a key in [`Batchers::PerKey`]: the key's batcher is
+/// dropped from the map with its last one.
+struct KeyUser<'a> {
+    keys: &'a Mutex<HashMap<String, (Arc<GcraBatcher>, usize)>>,
+    key: String,
+}
+
+impl Drop for KeyUser<'_> {
+    fn drop(&mut self) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, users)) = keys.get_mut(&self.key) {
+            *users -= 1;
+            if *users == 0 {
+                keys.remove(&self.key);
             }
         }
     }
@@ -328,7 +352,7 @@ mod tests {
         match &limiter.inner.store.kind {
             StoreKind::Redis(_, batchers) => match &**batchers {
                 super::Batchers::One(batcher) => batcher,
-                super::Batchers::PerSlot { .. } => panic!("a standalone Redis store has one batcher"),
+                super::Batchers::PerKey { .. } => panic!("a standalone Redis store has one batcher"),
             },
             _ => panic!("a Redis store"),
         }
@@ -377,8 +401,9 @@ mod tests {
         assert_eq!(batcher(&limiter).load(), (0, 0), "every call ended and gave its place back");
     }
 
-    /// On a cluster, decisions whose keys share a slot share calls (a busy
-    /// key: one client, a global limit), and every key stays exact.
+    /// On a cluster, decisions of one key share calls (a busy key: one
+    /// client, a global limit), every key stays exact, and no batcher is
+    /// kept once its key's decisions are done.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_a_cluster_decisions_of_one_slot_share_calls() {
         let cluster = redlayer_testkit::RedisCluster::start();
@@ -410,6 +435,13 @@ mod tests {
         assert_eq!(allowed, [50, 50, 50]);
         let calls = cluster.command_calls("evalsha") - calls_before;
         assert!(calls < 150, "{calls} script calls for 300 concurrent decisions on 3 keys");
+        match &limiter.inner.store.kind {
+            StoreKind::Redis(_, batchers) => match &**batchers {
+                super::Batchers::PerKey { keys, .. } => assert!(keys.lock().unwrap().is_empty(), "batchers kept"),
+                super::Batchers::One(_) => panic!("a cluster store batches per key"),
+            },
+            _ => panic!("a Redis store"),
+        }
     }
 
     /// Requests that stop waiting (leaders in the middle of their call,

@@ -7,7 +7,7 @@
 //!   decision at a smaller cost to Redis, for a limiter of one GCRA or token
 //!   bucket policy), one round trip, with `now` from Redis `TIME` (app-server
 //!   clocks do not matter). Decisions of a one-GCRA-policy limiter that
-//!   arrive while two calls are in flight (per server; on a cluster, per slot)
+//!   arrive while two calls are in flight (per server; on a cluster, per key)
 //!   wait for the next call and share it (up to 64 per call, decided one after
 //!   another, each atomic; a key read and written once per call; none waits
 //!   more than a quarter of the handle's timeout for a call): under load Redis

@@ -6,7 +6,7 @@
 -- One call decides one or more requests, in order, each on its own key (a key
 -- may come more than once: each decision sees the ones before it). Concurrent
 -- requests of one process share a call (see batch.rs): on a cluster, those
--- whose keys share a slot. A key that comes several times (a busy
+-- of one key. A key that comes several times (a busy
 -- client, a global limit) is read once and written once, after the last of
 -- its decisions: GET and SET are most of a decision's cost to Redis.
 --
