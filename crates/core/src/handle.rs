@@ -414,8 +414,13 @@ impl Redis {
     /// for a single server.
     async fn is_cluster_node(&self) -> bool {
         let Ok(mut conn) = self.connection().await else { return false };
-        let info: redis::RedisResult<String> = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await;
-        info.is_ok_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+        match redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn).await {
+            Ok(info) => info.lines().any(|line| line.trim() == "cluster_enabled:1"),
+            Err(error) => {
+                tracing::warn!(target: "redlayer", %error, "INFO failed: taking this Redis for a single server");
+                false
+            }
+        }
     }
 
     /// Sends `PING`; `Ok` when Redis answered within the timeout. On a
