@@ -34,8 +34,12 @@ impl Connection {
 
     fn observe<T>(&self, result: &Result<T, RedisError>) {
         let slot = &self.inner.slots[self.slot];
+        // On a cluster, the other masters' answers say nothing of a lost one:
+        // they do not reset its timeouts (see `Slot::cluster_timed_out`).
+        let single = matches!(self.raw, RawConnection::Single(_));
         match result {
-            Ok(_) => slot.succeeded(),
+            Ok(_) if single => slot.succeeded(),
+            Ok(_) => {}
             // A cluster connection times out on one node's keys (a frozen
             // master) while the others answer: it keeps serving them, and a
             // new one is made in the background (see `Slot::cluster_timed_out`).
@@ -64,14 +68,19 @@ impl Connection {
                     );
                 }
             }
-            Err(_) => slot.succeeded(),
+            Err(_) if single => slot.succeeded(),
+            Err(_) => {}
         }
     }
 }
 
-/// `call` within `timeout`, its expiry reported as a timed-out I/O error (as redis-rs reports its own).
+/// `call` within `timeout`, its expiry reported as a timed-out I/O error (as
+/// redis-rs reports its own). A twentieth inside it: a caller's own timer of
+/// the same length (a layer's) must not drop the call before the handle
+/// learns that it timed out.
 #[cfg(feature = "cluster")]
 async fn bounded<T>(timeout: std::time::Duration, call: RedisFuture<'_, T>) -> Result<T, RedisError> {
+    let timeout = (timeout - timeout / 20).max(std::time::Duration::from_millis(1));
     tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
         Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redlayer: redis command timed out")))
     })

@@ -23,9 +23,13 @@ const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 /// The longest one attempt to make a connection may take (see `take_bounded`).
 const CONNECT_ATTEMPT: Duration = Duration::from_secs(2);
 /// The longest a cluster connection made in the background may take (a
-/// frozen node holds every new cluster connection up to its connect timeout).
+/// frozen node holds every new cluster connection up to its connect timeout,
+/// twice: the seeds, then the masters).
 #[cfg(feature = "cluster")]
-const REPLACE_ATTEMPT: Duration = Duration::from_secs(10);
+const BUILD_ATTEMPT: Duration = Duration::from_secs(5);
+/// Cluster timeouts further apart than this are not counted together.
+#[cfg(feature = "cluster")]
+const CLUSTER_TIMEOUT_WINDOW: Duration = Duration::from_secs(5);
 /// The longest `connect_cluster` waits for its first connection.
 #[cfg(feature = "cluster")]
 const FIRST_CLUSTER_CONNECTION: Duration = Duration::from_secs(5);
@@ -49,6 +53,16 @@ const FIRST_CLUSTER_CONNECTION: Duration = Duration::from_secs(5);
 /// timeout, so failure policies answer without delay. Measured on the
 /// project's 2-core machine (see BENCHMARKS.md): this is level with one shared
 /// multiplexed connection and well ahead of checking a connection out per command.
+///
+/// A cluster connection (one redis-rs `ClusterConnection`, which reaches
+/// every node) is made in a task of its own, with the pool's manager
+/// (`dedicated_connection`, no checkout): a frozen node holds a new one up to
+/// its connect timeout, so an attempt is never cancelled by a caller's
+/// timeout. It is dropped on a connection error (the next command makes a
+/// new one: when every node refuses, commands fail at once); after three
+/// timeouts within a few seconds (a frozen or cut-off master) a new one is
+/// made in the background while it keeps serving the other masters' keys,
+/// so that the lost master's keys find the replica that took over.
 ///
 /// Every command through [`Redis::connection`] is bounded by the handle's
 /// timeout (default 500 ms), so nothing waits on a hung Redis for longer.
@@ -77,6 +91,9 @@ pub(crate) struct Inner {
     pub(crate) info: Option<redis::ConnectionInfo>,
     /// A single-server handle got a cluster redirection, and said so (once).
     pub(crate) told_moved: AtomicBool,
+    /// When the handle was made: the clock of its slots' timeout counts.
+    #[cfg(feature = "cluster")]
+    clock: std::time::Instant,
 }
 
 enum Source {
@@ -101,6 +118,9 @@ pub(crate) struct Slot {
     /// A cluster connection is being made in the background.
     #[cfg(feature = "cluster")]
     replacing: AtomicBool,
+    /// When the last cluster timeout came (ms on the handle's clock).
+    #[cfg(feature = "cluster")]
+    last_timeout_ms: AtomicU64,
     /// Told when a cluster connection made in the background is in place.
     #[cfg(feature = "cluster")]
     filled: tokio::sync::Notify,
@@ -115,6 +135,8 @@ impl Slot {
             timeouts: AtomicU32::new(0),
             #[cfg(feature = "cluster")]
             replacing: AtomicBool::new(false),
+            #[cfg(feature = "cluster")]
+            last_timeout_ms: AtomicU64::new(0),
             #[cfg(feature = "cluster")]
             filled: tokio::sync::Notify::new(),
         }
@@ -136,15 +158,27 @@ impl Slot {
         }
     }
 
-    /// A cluster connection timed out: after a few in a row (a frozen or cut
-    /// off master), a new one is made in the background while this one keeps
+    /// A cluster connection timed out: after a few (a frozen or cut off
+    /// master), a new one is made in the background while this one keeps
     /// serving the other masters' keys. redis-rs retries a timed-out node on
     /// the same socket and learns of a failover only from a node that
     /// answers, so without a new connection the lost master's keys would
-    /// never move to the replica that took over.
+    /// never move to the replica that took over. The other masters' answers
+    /// do not reset the count (they go on while one master is lost): it
+    /// restarts after [`CLUSTER_TIMEOUT_WINDOW`] without a timeout, and
+    /// after each new connection made.
     #[cfg(feature = "cluster")]
     pub(crate) fn cluster_timed_out(inner: &Arc<Inner>, index: usize, generation: u64) {
-        if inner.slots[index].timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT {
+        let slot = &inner.slots[index];
+        if !matches!(slot.cached(), Some((current, _)) if current == generation) {
+            return; // Already replaced.
+        }
+        let now = inner.clock.elapsed().as_millis() as u64;
+        let last = slot.last_timeout_ms.swap(now, Ordering::Relaxed);
+        if now.saturating_sub(last) > CLUSTER_TIMEOUT_WINDOW.as_millis() as u64 {
+            slot.timeouts.store(0, Ordering::Relaxed);
+        }
+        if slot.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT {
             Slot::build_cluster_connection(inner, index, Some(generation));
         }
     }
@@ -165,17 +199,19 @@ impl Slot {
             slot.replacing.store(false, Ordering::Release);
             return;
         };
-        let inner = inner.clone();
+        // Clears the flag and wakes the waiters however the task ends
+        // (done, panicked, dropped unrun by a runtime shutting down).
+        let building = Building { inner: inner.clone(), index };
         runtime.spawn(async move {
+            let inner = &building.inner;
             let slot = &inner.slots[index];
             if let Source::Cluster(pool) = &inner.source {
-                match tokio::time::timeout(REPLACE_ATTEMPT, pool.dedicated_connection()).await {
+                match tokio::time::timeout(BUILD_ATTEMPT, pool.dedicated_connection()).await {
                     Ok(Ok(raw)) => {
                         let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
                         if current.as_ref().is_none_or(|(g, _)| Some(*g) == replacing) {
                             let next = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
                             *current = Some((next, RawConnection::Cluster(raw)));
-                            slot.timeouts.store(0, Ordering::Relaxed);
                             tracing::debug!(target: "redlayer", "a new cluster connection is in place");
                         }
                     }
@@ -183,8 +219,10 @@ impl Slot {
                     Err(_) => tracing::debug!(target: "redlayer", "no new cluster connection yet (timed out)"),
                 }
             }
-            slot.replacing.store(false, Ordering::Release);
-            slot.filled.notify_waiters();
+            // Counted again from here, made or not: no new attempt at every
+            // timeout while a master stays lost.
+            slot.timeouts.store(0, Ordering::Relaxed);
+            drop(building);
         });
     }
 
@@ -218,6 +256,24 @@ impl Slot {
             self.timeouts.store(0, Ordering::Relaxed);
             tracing::debug!(target: "redlayer", why, "dropping redis connection; the next command reconnects");
         }
+    }
+}
+
+/// A cluster connection being made for one slot (see
+/// [`Slot::build_cluster_connection`]): when it goes, the slot is free for
+/// the next attempt and its waiters look again.
+#[cfg(feature = "cluster")]
+struct Building {
+    inner: Arc<Inner>,
+    index: usize,
+}
+
+#[cfg(feature = "cluster")]
+impl Drop for Building {
+    fn drop(&mut self) {
+        let slot = &self.inner.slots[self.index];
+        slot.replacing.store(false, Ordering::Release);
+        slot.filled.notify_waiters();
     }
 }
 
@@ -432,10 +488,11 @@ impl Redis {
     }
 }
 
-/// [`take`], each attempt given up after `attempt` and made again: redis-rs's
-/// cluster client has been seen to hang while connecting (redis-rs issue
-/// #1953; here, once in a few full test runs, under load). The caller's
-/// timeout bounds the whole.
+/// [`take`], each attempt given up after `attempt` and made again (a single
+/// server's connection; redis-rs's cluster client was seen to hang while
+/// connecting, redis-rs issue #1953, which is why cluster connections are
+/// made in a task bounded by `BUILD_ATTEMPT`). The caller's timeout bounds
+/// the whole.
 async fn take_bounded<M>(pool: &bb8::Pool<M>, attempt: Duration) -> Result<M::Connection>
 where
     M: bb8::ManageConnection<Error = redis::RedisError>,
@@ -515,9 +572,12 @@ impl RedisBuilder {
     /// A URL that names a node of a Redis Cluster (its `INFO` says
     /// `cluster_enabled:1`) gives a cluster handle, as `connect_cluster`
     /// would, seeded with that node and every master it lists, so that one
-    /// `REDIS_URL` works for both. That needs the `cluster` feature: without
-    /// it, the answer is an error that says so (a single-node handle on a
-    /// cluster node would fail on every key of the other nodes' slots).
+    /// `REDIS_URL` works for both; it is returned once the node has answered,
+    /// even if its first cluster connection is still being made (logged).
+    /// That needs the `cluster` feature: without it, the answer is an error
+    /// that says so (a single-node handle on a cluster node would fail on
+    /// every key of the other nodes' slots), except for a cluster of one
+    /// master, which answers every key itself.
     pub async fn connect(self, url: &str) -> Result<Redis> {
         let builder = self.clone();
         let redis = self.connect_lazy(url)?;
@@ -639,7 +699,9 @@ impl RedisBuilder {
         Ok(self.build(Source::Cluster(pool), info))
     }
 
-    /// Wraps an existing bb8 pool of cluster connections. The handle knows
+    /// Wraps an existing bb8 pool of cluster connections: its manager makes
+    /// the handle's connections (see [`Redis`] on clusters); its checkout
+    /// settings and idle connections are not used. The handle knows
     /// no node URL then: a [`NearCache`](crate::NearCache) can not start on
     /// it, and the cache's purge by prefix reaches the masters without
     /// credentials or TLS.
@@ -670,6 +732,8 @@ impl RedisBuilder {
                 keys: self.keys,
                 info,
                 told_moved: AtomicBool::new(false),
+                #[cfg(feature = "cluster")]
+                clock: std::time::Instant::now(),
             }),
         }
     }

@@ -138,7 +138,7 @@ impl Drop for KeyUser<'_> {
     }
 }
 
-/// The one-GCRA-policy decisions of one store, or of one cluster slot (see the module docs).
+/// The one-GCRA-policy decisions of one store, or of one key on a cluster (see the module docs).
 pub(crate) struct GcraBatcher {
     redis: Redis,
     queue: Mutex<Queue>,
@@ -405,7 +405,7 @@ mod tests {
     /// client, a global limit), every key stays exact, and no batcher is
     /// kept once its key's decisions are done.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn on_a_cluster_decisions_of_one_slot_share_calls() {
+    async fn on_a_cluster_decisions_of_one_key_share_calls() {
         let cluster = redlayer_testkit::RedisCluster::start();
         let handle = Redis::builder().timeout(Duration::from_secs(5)).connect_cluster(cluster.urls()).await.unwrap();
         let limiter = RateLimiter::builder(Store::redis(handle))
