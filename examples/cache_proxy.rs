@@ -83,18 +83,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layer = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
             println!("cache_proxy: entries in Redis at {url}");
-            // `connect` makes a cluster handle when the URL names a cluster
-            // node; while Redis is down, a lazy handle lets the proxy start
-            // anyway (it can not tell a cluster node then).
-            let redis = match redlayer::Redis::connect(&url).await {
-                Ok(redis) => redis,
-                Err(e) if e.is_unavailable() => {
-                    println!("cache_proxy: Redis is not reachable yet ({e}); forwarding uncached until it is");
-                    redlayer::Redis::builder().connect_lazy(&url)?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let store = redlayer::cache::Store::redis(redis);
+            // A cluster node's URL gives a cluster handle; while Redis is
+            // down the proxy starts anyway, forwarding uncached until it is up.
+            let store = redlayer::cache::Store::redis(redlayer::Redis::builder().connect_or_lazy(&url).await?);
             match std::env::var("NEAR_CACHE_MB").ok().and_then(|mb| mb.parse::<usize>().ok()) {
                 Some(mb) if mb > 0 => {
                     println!("cache_proxy: near cache of {mb} MiB");

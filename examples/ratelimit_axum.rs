@@ -25,20 +25,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    // One Redis handle for every limiter. `connect` makes a cluster handle
-    // when the URL names a cluster node; while Redis is down, a lazy handle
-    // lets the app start anyway (it can not tell a cluster node then).
+    // One Redis handle for every limiter (a cluster node's URL gives a
+    // cluster handle; while Redis is down the app starts anyway, and the
+    // limits fail open until it is up).
     let redis = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
-            let builder = redlayer::Redis::builder().timeout(Duration::from_millis(200));
-            match builder.clone().connect(&url).await {
-                Ok(redis) => Some(redis),
-                Err(e) if e.is_unavailable() => {
-                    tracing::warn!(%e, "Redis is not reachable yet; starting anyway (limits fail open until it is)");
-                    Some(builder.connect_lazy(&url)?)
-                }
-                Err(e) => return Err(e.into()),
-            }
+            Some(redlayer::Redis::builder().timeout(Duration::from_millis(200)).connect_or_lazy(&url).await?)
         }
         _ => None,
     };

@@ -44,7 +44,7 @@ impl Connection {
             // master) while the others answer: it keeps serving them, and a
             // new one is made in the background (see `Slot::cluster_timed_out`).
             #[cfg(feature = "cluster")]
-            Err(e) if e.is_timeout() && matches!(self.raw, RawConnection::Cluster(_)) => {
+            Err(e) if e.is_timeout() && !single => {
                 crate::handle::Slot::cluster_timed_out(&self.inner, self.slot, self.generation)
             }
             Err(e) if e.is_timeout() => slot.timed_out(self.generation),
@@ -55,7 +55,7 @@ impl Connection {
                 slot.invalidate(self.generation, "server is read-only (a replica)")
             }
             Err(e)
-                if matches!(self.raw, RawConnection::Single(_))
+                if single
                     && matches!(e.kind(), redis::ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)) =>
             {
                 slot.succeeded();

@@ -465,16 +465,18 @@ impl Redis {
         }
     }
 
-    /// True when the server behind this (standalone) handle is a node of a
-    /// Redis Cluster. A server that refuses `INFO` (an ACL, a proxy) is taken
-    /// for a single server.
-    async fn is_cluster_node(&self) -> bool {
-        let Ok(mut conn) = self.connection().await else { return false };
-        match redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn).await {
-            Ok(info) => info.lines().any(|line| line.trim() == "cluster_enabled:1"),
+    /// Whether the server behind this (standalone) handle is a node of a
+    /// Redis Cluster; its answer is also the check that it is there (no
+    /// `PING` besides). A server that refuses `INFO` (an ACL, a proxy) is
+    /// taken for a single server once it answers `PING`.
+    async fn is_cluster_node(&self) -> Result<bool> {
+        let mut conn = self.connection().await?;
+        match redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn).await.map_err(Error::from) {
+            Ok(info) => Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1")),
+            Err(error) if error.is_unavailable() => Err(error),
             Err(error) => {
-                tracing::warn!(target: "redlayer", %error, "INFO failed: taking this Redis for a single server");
-                false
+                tracing::warn!(target: "redlayer", %error, "INFO refused: taking this Redis for a single server");
+                self.ping().await.map(|()| false)
             }
         }
     }
@@ -567,7 +569,7 @@ impl RedisBuilder {
         self
     }
 
-    /// Connects to the server at `url` and checks that it answers `PING`.
+    /// Connects to the server at `url` and checks that it answers.
     ///
     /// A URL that names a node of a Redis Cluster (its `INFO` says
     /// `cluster_enabled:1`) gives a cluster handle, as `connect_cluster`
@@ -581,8 +583,7 @@ impl RedisBuilder {
     pub async fn connect(self, url: &str) -> Result<Redis> {
         let builder = self.clone();
         let redis = self.connect_lazy(url)?;
-        redis.ping().await?;
-        if redis.is_cluster_node().await {
+        if redis.is_cluster_node().await? {
             return builder.connect_cluster_seeded_by(redis).await;
         }
         Ok(redis)
@@ -621,6 +622,20 @@ impl RedisBuilder {
              (then `Redis::connect` with this URL talks to the whole cluster)"
                 .into(),
         ))
+    }
+
+    /// [`connect`](Self::connect), or, while Redis is unreachable, the handle
+    /// of [`connect_lazy`](Self::connect_lazy) (with a warning): the
+    /// application starts either way, and a cluster node's URL gives a
+    /// cluster handle whenever the node answers at start.
+    pub async fn connect_or_lazy(self, url: &str) -> Result<Redis> {
+        match self.clone().connect(url).await {
+            Err(error) if error.is_unavailable() => {
+                tracing::warn!(target: "redlayer", %error, "Redis is not reachable yet: starting without it");
+                self.connect_lazy(url)
+            }
+            other => other,
+        }
     }
 
     /// Builds the handle without contacting Redis: an application can start

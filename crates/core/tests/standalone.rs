@@ -163,3 +163,25 @@ async fn a_server_turned_replica_is_unavailable_not_a_hard_error() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `connect` fails while Redis is down; `connect_or_lazy` starts anyway and
+/// works once Redis is there, without a restart of the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_or_lazy_starts_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let builder = Redis::builder().timeout(Duration::from_millis(300));
+    let err = builder.clone().connect(&url).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let redis = builder.clone().connect_or_lazy(&url).await.expect("a lazy handle while Redis is down");
+    assert!(incr(&redis, "lazy").await.unwrap_err().is_unavailable());
+    server.restart();
+    let started = Instant::now();
+    while incr(&redis, "lazy").await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(5), "no answer 5 s after Redis came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A bad URL is not "unavailable": an error, not a lazy handle.
+    assert!(builder.connect_or_lazy("not a url").await.is_err());
+}
