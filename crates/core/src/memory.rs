@@ -216,10 +216,17 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
         }
         let (update, result) = f(shard.map.get_mut(&key).map(|e| &mut e.value), now);
         let grew = match update {
-            Update::Keep | Update::KeepWithTtl(_) => {
+            Update::Keep | Update::KeepWithTtl(_) | Update::KeepExtendingTtl(_) => {
                 let Some(entry) = shard.map.get_mut(&key) else { return result };
-                if let Update::KeepWithTtl(ttl) = update {
-                    entry.expires_at = ttl.and_then(|t| now.checked_add(t));
+                match update {
+                    Update::KeepWithTtl(ttl) => entry.expires_at = ttl.and_then(|t| now.checked_add(t)),
+                    Update::KeepExtendingTtl(ttl) => {
+                        entry.expires_at = match (entry.expires_at, ttl.and_then(|t| now.checked_add(t))) {
+                            (Some(current), Some(wanted)) => Some(current.max(wanted)),
+                            _ => None,
+                        }
+                    }
+                    _ => {}
                 }
                 // The closure may have changed the value in place: weigh it again.
                 let (old, weight) = (entry.weight, self.weigh(&entry.value));
@@ -341,6 +348,10 @@ pub enum Update<V> {
     Keep,
     /// Leave the value, set a new time to live (`None`: never expires).
     KeepWithTtl(Option<Duration>),
+    /// Leave the value; make it live at least this long from now (`None`:
+    /// forever), never shorter than it already would (as a conditional
+    /// `PEXPIRE` in a script).
+    KeepExtendingTtl(Option<Duration>),
     /// Store this value with this time to live.
     Set(V, Option<Duration>),
     /// Delete the entry.
@@ -433,6 +444,21 @@ mod tests {
         assert_eq!(map.ttl("c"), Ttl::Persistent);
         map.update("c".into(), |_, _| (Update::KeepWithTtl(Some(Duration::MAX)), ()));
         assert_eq!(map.get("c"), Some(3));
+    }
+
+    #[test]
+    fn extending_a_ttl_never_shortens_it() {
+        let (clock, map) = map();
+        map.insert("a".into(), 1, Some(Duration::from_secs(60)));
+        map.update("a".into(), |_, _| (Update::KeepExtendingTtl(Some(Duration::from_secs(2))), ()));
+        assert_eq!(map.ttl("a"), Ttl::ExpiresIn(Duration::from_secs(60)), "not shortened");
+        clock.advance(Duration::from_secs(59));
+        map.update("a".into(), |_, _| (Update::KeepExtendingTtl(Some(Duration::from_secs(10))), ()));
+        assert_eq!(map.ttl("a"), Ttl::ExpiresIn(Duration::from_secs(10)), "extended");
+        map.update("a".into(), |_, _| (Update::KeepExtendingTtl(None), ()));
+        assert_eq!(map.ttl("a"), Ttl::Persistent);
+        map.update("a".into(), |_, _| (Update::KeepExtendingTtl(Some(Duration::from_secs(1))), ()));
+        assert_eq!(map.ttl("a"), Ttl::Persistent, "forever stays forever");
     }
 
     #[test]

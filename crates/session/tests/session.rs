@@ -29,6 +29,7 @@ async fn suite(stores: Vec<Store>) {
         absolute_timeout_ends_active_sessions(s),
         periodic_renewal_keeps_requests_in_flight_and_ends_the_old_id(s),
         a_login_through_a_renewed_id_kills_every_older_id(s),
+        a_shorter_lived_login_does_not_shorten_the_users_index(s),
         async {
             new_visitor_gets_one_and_a_cookie(s).await;
             concurrent_increments_lose_nothing(s).await;
@@ -235,6 +236,26 @@ async fn user_index_lists_and_revokes(s: &[Store]) {
         assert_eq!(client.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
     }
     assert!(s[0].sessions_of("carol").await.unwrap().is_empty());
+}
+
+/// Two layers on one store with different absolute lifetimes: a login under
+/// the shorter one must not shorten the user's index, or "log out
+/// everywhere" would miss the longer-lived session once the index expired.
+async fn a_shorter_lived_login_does_not_shorten_the_users_index(s: &[Store]) {
+    let long = SessionLayer::new(s[0].clone()).absolute_timeout(60_000 * MS);
+    let short = SessionLayer::new(s[s.len() - 1].clone()).absolute_timeout(1500 * MS);
+    let mut kept = Client::new(app(long.clone(), Probe::default()));
+    kept.login("ursula").await;
+    let mut brief = Client::new(app(short, Probe::default()));
+    brief.login("ursula").await;
+    assert_eq!(s[0].sessions_of("ursula").await.unwrap().len(), 2);
+    tokio::time::sleep(2000 * MS).await;
+    assert_eq!(brief.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED, "past its lifetime");
+    assert_eq!(s[0].sessions_of("ursula").await.unwrap().len(), 1, "the longer-lived session is still indexed");
+    let mut other = Client::new(app(long, Probe::default()));
+    other.login("ursula").await;
+    assert_eq!(other.call("POST", "/logout-everywhere").await.status, StatusCode::OK);
+    assert_eq!(kept.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED, "logged out everywhere");
 }
 
 async fn second_instance_sees_the_same_sessions(s: &[Store]) {

@@ -294,7 +294,7 @@ impl MemoryBackend {
                     map.remove(key);
                     return (Update::Keep, Err(redlayer_core::Error::InvalidInput(TOO_LARGE.into())));
                 }
-                (Update::KeepWithTtl(ttl), Ok(map.len()))
+                (Update::KeepExtendingTtl(ttl), Ok(map.len()))
             }
             None => (Update::Set(HashMap::from([(key.to_owned(), created_ms)]), ttl), Ok(1)),
         })
