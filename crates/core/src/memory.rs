@@ -131,6 +131,8 @@ pub struct ExpiringMap<K, V> {
     hasher: RandomState,
     clock: Arc<dyn Clock>,
     budget: Option<Budget<V>>,
+    /// The entries dropped to keep the budget, until taken (see [`ExpiringMap::reporting_evictions`]).
+    evicted: Option<Mutex<Vec<(K, V)>>>,
 }
 
 impl<K, V> fmt::Debug for ExpiringMap<K, V> {
@@ -160,6 +162,7 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
             hasher: RandomState::new(),
             clock,
             budget: None,
+            evicted: None,
         }
     }
 
@@ -171,6 +174,27 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
     pub fn weighed(mut self, max_weight: usize, weigh: impl Fn(&V) -> usize + Send + Sync + 'static) -> Self {
         self.budget = Some(Budget { weigh: Box::new(weigh), per_shard: (max_weight / SHARDS).max(1) });
         self
+    }
+
+    /// Keeps the entries that a [`weighed`](ExpiringMap::weighed) map drops
+    /// to stay within its budget (not the expired ones, nor those replaced or
+    /// removed) until [`ExpiringMap::take_evicted`] takes them: for a map of
+    /// indexes whose targets must go with them (a user's sessions, a tag's
+    /// cache entries), since nothing could find those targets any more.
+    /// Whoever writes to such a map takes them after each write.
+    #[must_use]
+    pub fn reporting_evictions(mut self) -> Self {
+        self.evicted = Some(Mutex::default());
+        self
+    }
+
+    /// The entries dropped for the budget since the last call (empty unless
+    /// [`reporting_evictions`](ExpiringMap::reporting_evictions)).
+    pub fn take_evicted(&self) -> Vec<(K, V)> {
+        self.evicted
+            .as_ref()
+            .map(|e| std::mem::take(&mut *e.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default()
     }
 
     /// The heaviest entry a [`weighed`](ExpiringMap::weighed) map keeps (one
@@ -205,6 +229,23 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
     /// read-modify-write that the backends build their operations on, as the
     /// Redis backends use one Lua script. `f` sees the time of the operation.
     pub fn update<R>(&self, key: K, f: impl FnOnce(Option<&mut V>, Duration) -> (Update<V>, R)) -> R {
+        let mut dropped = Vec::new();
+        let result = self.update_in_shard(key, f, &mut dropped);
+        // Outside the shard's lock: kept for `take_evicted`, or freed here.
+        if !dropped.is_empty()
+            && let Some(evicted) = &self.evicted
+        {
+            evicted.lock().unwrap_or_else(|p| p.into_inner()).extend(dropped);
+        }
+        result
+    }
+
+    fn update_in_shard<R>(
+        &self,
+        key: K,
+        f: impl FnOnce(Option<&mut V>, Duration) -> (Update<V>, R),
+        dropped: &mut Vec<(K, V)>,
+    ) -> R {
         let now = self.clock.now();
         let mut shard = self.shard(&key);
         let live = match shard.map.get(&key) {
@@ -234,7 +275,9 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
                 shard.weight = shard.weight - old + weight;
                 if self.budget.as_ref().is_some_and(|budget| weight > budget.per_shard) {
                     // Grown past what a shard may hold: dropped, as `Set` would not store it.
-                    shard.remove(&key);
+                    if let Some(entry) = shard.remove(&key) {
+                        dropped.push((key, entry.value));
+                    }
                     return result;
                 }
                 weight > old
@@ -244,10 +287,11 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
                 shard.remove(&key);
                 if let Some(budget) = &self.budget {
                     if weight > budget.per_shard {
+                        dropped.push((key, value));
                         return result;
                     }
                     // Make room before the entry goes in, so that it is not the one evicted.
-                    enforce(&mut shard, budget.per_shard - weight, None, now);
+                    enforce(&mut shard, budget.per_shard - weight, None, now, dropped);
                 }
                 shard.weight += weight;
                 shard.map.insert(key, Entry { value, expires_at: ttl.and_then(|t| now.checked_add(t)), weight });
@@ -260,7 +304,7 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
             }
         };
         if grew && let Some(budget) = &self.budget {
-            enforce(&mut shard, budget.per_shard, Some(&key), now);
+            enforce(&mut shard, budget.per_shard, Some(&key), now, dropped);
         }
         result
     }
@@ -374,7 +418,13 @@ fn maybe_sweep<K: Hash + Eq, V>(shard: &mut Shard<K, V>, now: Duration) {
 /// live is renewed on use, as sessions', the least recently used), never
 /// `keep`. Past expired entries it frees down to 7/8 of `limit`, so that a
 /// flood of inserts sorts a shard once per eighth of it, not on every insert.
-fn enforce<K: Hash + Eq, V>(shard: &mut Shard<K, V>, limit: usize, keep: Option<&K>, now: Duration) {
+fn enforce<K: Hash + Eq, V>(
+    shard: &mut Shard<K, V>,
+    limit: usize,
+    keep: Option<&K>,
+    now: Duration,
+    dropped: &mut Vec<(K, V)>,
+) {
     if shard.weight <= limit {
         return;
     }
@@ -402,17 +452,23 @@ fn enforce<K: Hash + Eq, V>(shard: &mut Shard<K, V>, limit: usize, keep: Option<
         freed += weight;
         cutoff = at;
     }
-    shard.retain(|k, e| {
-        if excess == 0 || Some(k) == keep {
-            return true;
+    let evicted = shard.map.extract_if(|k, e| {
+        if excess == 0 || Some(&*k) == keep {
+            return false;
         }
         let at = e.expires_at.unwrap_or(Duration::MAX);
         if at > cutoff {
-            return true;
+            return false;
         }
         excess = excess.saturating_sub(e.weight);
-        false
+        true
     });
+    let mut freed = 0;
+    for (key, entry) in evicted {
+        freed += entry.weight;
+        dropped.push((key, entry.value));
+    }
+    shard.weight -= freed;
 }
 
 #[cfg(test)]
@@ -471,6 +527,35 @@ mod tests {
             (Update::Set(next, Some(Duration::from_secs(1))), next)
         });
         assert_eq!(seen, 1, "INCR on an expired key starts from zero");
+    }
+
+    #[test]
+    fn a_reporting_map_hands_over_every_entry_it_drops_for_its_budget() {
+        let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+        let map: ExpiringMap<String, Vec<u8>> = ExpiringMap::with_clock(Arc::new(clock.clone()))
+            .weighed(16 * 1_000, |v: &Vec<u8>| v.len())
+            .reporting_evictions();
+        for i in 0..500u64 {
+            map.insert(format!("k{i}"), vec![0; 100], Some(Duration::from_secs(3600 + i)));
+        }
+        // Too heavy for a shard: reported at once, not stored.
+        map.insert("huge".into(), vec![0; 2_000], None);
+        // Expired, replaced or removed entries are not evictions.
+        map.insert("short".into(), vec![0; 10], Some(Duration::from_secs(1)));
+        map.insert("k499".into(), vec![1; 100], Some(Duration::from_secs(9_999)));
+        map.remove(&"k498".to_owned());
+        clock.advance(Duration::from_secs(2));
+        let evicted = map.take_evicted();
+        assert!(map.take_evicted().is_empty(), "taken once");
+        let names: std::collections::HashSet<String> = evicted.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(names.len(), evicted.len());
+        assert!(names.contains("huge") && map.get("huge").is_none());
+        assert!(!names.contains("short") && !names.contains("k498") && !names.contains("k499"));
+        for i in 0..498u64 {
+            let key = format!("k{i}");
+            assert!(map.get(&key).is_some() != names.contains(&key), "{key} neither kept nor reported");
+        }
+        assert!(names.len() > 300, "{} reported", names.len());
     }
 
     #[test]

@@ -75,3 +75,33 @@ async fn what_the_memory_store_cannot_keep_is_refused_not_lost() {
         );
     }
 }
+
+/// User indexes have a share of the budget of their own: when logins fill
+/// it, an index that has to go takes its sessions with it. A session whose
+/// index is gone could never be revoked ("log out everywhere" would find
+/// nothing and leave it logged in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_index_dropped_for_the_budget_takes_its_sessions_with_it() {
+    let store = Store::memory_with_budget(64 * 1024);
+    let router = app(SessionLayer::new(store.clone()).secure(false), Probe::default());
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let mut c = Client::new(router.clone());
+        assert_eq!(c.login(&format!("u{i}")).await.status, StatusCode::OK);
+        clients.push(c);
+    }
+    let mut indexed = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let user = format!("u{i}");
+        let listed = store.sessions_of(&user).await.unwrap().len();
+        let live = c.call("GET", "/me").await.status == StatusCode::OK;
+        assert_eq!(listed == 1, live, "{user}: listed {listed}, logged in {live}");
+        if live {
+            indexed += 1;
+            assert_eq!(store.revoke_all(&user).await.unwrap(), 1);
+            assert_eq!(c.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED, "{user} outlived its revocation");
+        }
+    }
+    assert!(indexed < 200, "no index was dropped: the test does not test");
+    assert!(indexed > 20, "only {indexed} users kept");
+}

@@ -74,7 +74,8 @@ impl MemoryBackend {
     pub(super) fn new(clock: Arc<dyn Clock>, max_bytes: usize) -> Self {
         MemoryBackend {
             sessions: ExpiringMap::with_clock(clock.clone()).weighed(max_bytes, Record::weight),
-            users: ExpiringMap::with_clock(clock).weighed(max_bytes / 4, index_weight),
+            // An index dropped for the budget takes its sessions with it (see `index_add`).
+            users: ExpiringMap::with_clock(clock).weighed(max_bytes / 4, index_weight).reporting_evictions(),
             renames: Mutex::new(()),
         }
     }
@@ -284,7 +285,7 @@ impl MemoryBackend {
     ) -> Result<usize, redlayer_core::Error> {
         let ttl = Some(Duration::from_millis(absolute_ms));
         let limit = self.users.max_entry_weight().unwrap_or(usize::MAX);
-        self.users.update(index.to_owned(), |entry, _| match entry {
+        let added = self.users.update(index.to_owned(), |entry, _| match entry {
             // In place: a user with many sessions is not copied on every login.
             Some(map) => {
                 let added = map.insert(key.to_owned(), created_ms).is_none();
@@ -297,7 +298,16 @@ impl MemoryBackend {
                 (Update::KeepExtendingTtl(ttl), Ok(map.len()))
             }
             None => (Update::Set(HashMap::from([(key.to_owned(), created_ms)]), ttl), Ok(1)),
-        })
+        });
+        // Other users' indexes dropped to make room: their sessions end with
+        // them, since nothing could revoke them any more ("log out
+        // everywhere" would miss them). Redis never drops an index this way.
+        for (_, rows) in self.users.take_evicted() {
+            for session in rows.into_keys() {
+                self.sessions.remove(&session);
+            }
+        }
+        added
     }
 
     pub(super) fn index_remove(&self, index: &str, key: &str) {

@@ -230,7 +230,9 @@ impl Store {
     /// keys; user indexes get a quarter more). Past it, expired sessions are
     /// dropped first, then those closest to their expiry (the least recently
     /// used: their users are logged out), as Redis does under `maxmemory`
-    /// with `volatile-ttl`.
+    /// with `volatile-ttl`. A user index dropped from its quarter (the one
+    /// closest to expiry) ends that user's sessions with it, so that no
+    /// session is left that "log out everywhere" cannot find.
     pub fn memory_with_budget(max_bytes: usize) -> Self {
         Self::memory_with(Arc::new(SystemClock), max_bytes)
     }
