@@ -767,11 +767,15 @@ impl Ctx {
             // Tags first, all at once (they pipeline on one connection): once
             // the entry can be found, a purge of any of its tags finds it too.
             // A tag left by a failed store names a key that is not there: a
-            // purge deletes nothing for it.
+            // purge deletes nothing for it. An entry that could not be
+            // indexed under one of its tags is not stored: a purge of that
+            // tag would miss it.
             let tagging = plan.tags.iter().map(|tag| store.add_tag(tag, &plan.key, plan.ttl));
-            let _ = futures_util::future::join_all(tagging).await;
-            let value = entry.encode();
-            let stored = store.put(&plan.key, &plan.uri, &plan.spec, &req_headers, value, plan.ttl).await;
+            let untagged = futures_util::future::join_all(tagging).await.into_iter().find_map(Result::err);
+            let stored = match untagged {
+                Some(e) => Err(e),
+                None => store.put(&plan.key, &plan.uri, &plan.spec, &req_headers, entry.encode(), plan.ttl).await,
+            };
             // The flight ends once the entry is in the store (or failed to get
             // there): a request arriving in between joins it instead of missing
             // the store and going to the origin again.

@@ -59,6 +59,36 @@ pub use redlayer_core::memory::DEFAULT_MEMORY_BUDGET;
 /// What an entry, a variant or a tag member costs besides its bytes (map
 /// slots, allocations), for the memory budget.
 const ENTRY_OVERHEAD: usize = 64;
+
+/// What a tag's index weighs in the memory store's budget.
+fn tag_weight(members: &HashMap<String, Duration>) -> usize {
+    members.keys().map(|k| k.len() + ENTRY_OVERHEAD).sum::<usize>() + ENTRY_OVERHEAD
+}
+
+/// Brings a memory tag index heavier than `limit` down to 7/8 of it (so
+/// that a stream of new members sorts it once per eighth, not every time):
+/// the members closest to expiry go, never `newest`. Returns them: their
+/// entries must go too.
+fn make_room(members: &mut HashMap<String, Duration>, newest: &str, limit: usize) -> Vec<String> {
+    let weight = tag_weight(members);
+    if weight <= limit {
+        return Vec::new();
+    }
+    let mut excess = weight - (limit - limit / 8);
+    let mut by_expiry: Vec<(Duration, String)> =
+        members.iter().filter(|(k, _)| k.as_str() != newest).map(|(k, at)| (*at, k.clone())).collect();
+    by_expiry.sort_unstable();
+    let mut gone = Vec::new();
+    for (_, member) in by_expiry {
+        if excess == 0 {
+            break;
+        }
+        excess = excess.saturating_sub(member.len() + ENTRY_OVERHEAD);
+        members.remove(&member);
+        gone.push(member);
+    }
+    gone
+}
 /// The longest a near-cache copy is kept (Redis's pushes drop it sooner
 /// when its key changes; freshness is decided on every hit anyway).
 const NEAR_TTL: Duration = Duration::from_secs(30);
@@ -216,7 +246,12 @@ impl Store {
     /// (bodies, headers, keys) and a quarter of that of tag sets. Past it,
     /// expired entries are dropped first, then those closest to expiry, as
     /// Redis does under `maxmemory` with `volatile-ttl`; an entry larger than a
-    /// sixteenth of the budget is not stored.
+    /// sixteenth of the budget is not stored. One tag's index holds at most a
+    /// sixteenth of the tags' quarter (about 35,000 members at the default
+    /// budget): past it, its members closest to expiry make room and their
+    /// entries are dropped with them; a tag index dropped for the budget takes
+    /// its entries too. So every entry kept is in its tags' indexes, and a
+    /// purge by tag never misses one.
     pub fn memory_with_budget(max_bytes: usize) -> Self {
         Self::memory_with(Arc::new(SystemClock), max_bytes)
     }
@@ -240,12 +275,8 @@ impl Store {
         Self::build(
             Backend::Memory {
                 entries: ExpiringMap::with_clock(clock.clone()).weighed(max_bytes, MemHash::weight),
-                tags: ExpiringMap::with_clock(clock.clone()).weighed(
-                    max_bytes / 4,
-                    |keys: &HashMap<String, Duration>| {
-                        keys.keys().map(|k| k.len() + ENTRY_OVERHEAD).sum::<usize>() + ENTRY_OVERHEAD
-                    },
-                ),
+                // A tag index dropped for the budget takes its entries with it (see `add_tag`).
+                tags: ExpiringMap::with_clock(clock.clone()).weighed(max_bytes / 4, tag_weight).reporting_evictions(),
                 clock,
             },
             KeyBuilder::default(),
@@ -583,8 +614,9 @@ impl Store {
         let tag_key = self.tag_key(tag);
         let ttl = bound(ttl);
         match &self.inner.backend {
-            Backend::Memory { tags, .. } => {
-                tags.update(tag_key, |old, now| {
+            Backend::Memory { entries, tags, .. } => {
+                let limit = tags.max_entry_weight().unwrap_or(usize::MAX);
+                let crowded_out = tags.update(tag_key, |old, now| {
                     let mut set = old.map(std::mem::take).unwrap_or_default();
                     // As tag.lua: members whose entries expired go as new ones come
                     // (in passes, each time the index has doubled).
@@ -594,10 +626,20 @@ impl Store {
                     let expires = now.saturating_add(ttl);
                     let slot = set.entry(key.to_owned()).or_insert(expires);
                     *slot = (*slot).max(expires);
+                    // An index may not outgrow what the map keeps of one
+                    // entry (it would be dropped, and a purge of the tag
+                    // would miss its entries): its members closest to expiry
+                    // make room, and their entries go (below).
+                    let crowded_out = make_room(&mut set, key, limit);
                     // The index lives as long as its longest-lived member.
                     let longest = set.values().max().map_or(ttl, |last| last.saturating_sub(now));
-                    (Update::Set(set, Some(longest.max(Duration::from_secs(1)))), ())
+                    (Update::Set(set, Some(longest.max(Duration::from_secs(1)))), crowded_out)
                 });
+                // So do the entries of other tags' indexes dropped for the budget.
+                let evicted = tags.take_evicted().into_iter().flat_map(|(_, members)| members.into_keys());
+                for member in crowded_out.into_iter().chain(evicted) {
+                    entries.remove(&member);
+                }
                 Ok(())
             }
             Backend::Redis(redis) => {
@@ -825,7 +867,11 @@ impl Store {
             }
         }
         for tag in tags {
-            self.add_tag(tag, &vkey, ttl).await?;
+            if let Err(e) = self.add_tag(tag, &vkey, ttl).await {
+                // A value that a purge of this tag would miss is not kept.
+                let _ = self.delete_entry_key(&vkey).await;
+                return Err(e);
+            }
         }
         Ok(())
     }
