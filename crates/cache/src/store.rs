@@ -492,9 +492,12 @@ impl Store {
                 entries.update(key.to_owned(), |old, now| {
                     let until = (now.as_millis() as u64).saturating_add(ttl_ms);
                     match old {
+                        // As pass.lua: the hash lives at least as long as the marker.
                         Some(hash) => {
-                            Arc::make_mut(hash).pass_until_ms = until;
-                            (Update::Keep, ())
+                            let hash = Arc::make_mut(hash);
+                            hash.pass_until_ms = until;
+                            hash.expires_at = hash.expires_at.max(now + ttl);
+                            (Update::KeepExtendingTtl(Some(ttl)), ())
                         }
                         None => {
                             let hash = MemHash {
@@ -538,8 +541,11 @@ impl Store {
         match &self.inner.backend {
             Backend::Memory { entries, .. } => {
                 entries.update(key.to_owned(), |old, now| {
+                    // As store.lua: another Vary spec replaces the stored
+                    // variants; a hash holding only a hit-for-pass marker is kept
+                    // (with its expiry, if later).
                     let mut hash = match old {
-                        Some(h) if h.spec == spec => Arc::unwrap_or_clone(std::mem::take(h)),
+                        Some(h) if h.spec == spec || h.variants.is_empty() => Arc::unwrap_or_clone(std::mem::take(h)),
                         _ => MemHash::default(),
                     };
                     hash.uri = uri.to_owned();
@@ -734,7 +740,8 @@ impl Store {
                 });
                 let doomed: Vec<String> = keys
                     .into_iter()
-                    .filter(|k| entries.get(k).is_some_and(|h| h.uri.starts_with(uri_prefix)))
+                    // Cache-aside values have no URI (on Redis, keys of another kind).
+                    .filter(|k| entries.get(k).is_some_and(|h| !h.uri.is_empty() && h.uri.starts_with(uri_prefix)))
                     .collect();
                 Ok(doomed.iter().filter(|k| entries.remove(k)).count())
             }
@@ -894,5 +901,34 @@ impl Drop for Forget<'_> {
         for key in self.keys {
             self.store.forget(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redlayer_core::memory::{ManualClock, Ttl};
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// As pass.lua and store.lua: a hit-for-pass marker keeps the entry hash
+    /// (and its other variants) alive at least as long as itself, and a
+    /// marker-only hash keeps its expiry when a variant is stored into it.
+    #[tokio::test]
+    async fn a_pass_marker_never_shortens_the_life_of_its_hash() {
+        let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+        let store = Store::memory_with_clock(Arc::new(clock.clone()));
+        let Backend::Memory { entries, .. } = &store.inner.backend else { unreachable!() };
+        let (en, de) = (HeaderMap::new(), HeaderMap::new());
+        store.put("k", "u", "", &en, Bytes::from_static(b"en"), 2 * S).await.unwrap();
+        store.mark_pass("k", "u", 30 * S).await.unwrap();
+        clock.advance(10 * S);
+        let looked = store.lookup("k", &de).await.unwrap();
+        assert!(looked.pass_until_ms.is_some(), "the marker outlived its hash");
+        assert!(matches!(entries.ttl("k"), Ttl::ExpiresIn(left) if left == 20 * S));
+
+        store.mark_pass("m", "u", 30 * S).await.unwrap();
+        store.put("m", "u", "accept-language", &en, Bytes::from_static(b"en"), 2 * S).await.unwrap();
+        assert!(matches!(entries.ttl("m"), Ttl::ExpiresIn(left) if left == 30 * S));
     }
 }

@@ -655,6 +655,13 @@ async fn purge_by_prefix(b: Backend) {
     assert_eq!(layer.purge_prefix("http://example.test/docs/").await.unwrap(), 2);
     assert!(!app.get("/docs/a").await.is_hit());
     assert!(app.get("/blog/a").await.is_hit());
+    // The empty prefix purges every response, and only responses: values of
+    // the cache-aside API on the same store stay.
+    let aside = redlayer_cache::CacheAside::new(b.store.clone());
+    aside.set("kept", &7u32, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(layer.purge_prefix("").await.unwrap(), 2, "/docs/a and /blog/a");
+    assert!(!app.get("/blog/a").await.is_hit());
+    assert_eq!(aside.get::<u32>("kept").await.unwrap(), Some(7));
 }
 
 async fn cache_aside_runs_the_fetcher_once(b: Backend) {
