@@ -331,3 +331,20 @@ async fn a_users_index_does_not_keep_growing_with_sessions_that_ended() {
     let entries: usize = server.cli(&["HLEN", index.trim()]).trim().parse().unwrap();
     assert!(entries < 256, "{entries} index entries for 0 live sessions");
 }
+
+/// `cycle_id` (a login) works whatever the session's stored times say: a
+/// Redis clock that went back (times written in its future) only matters to
+/// periodic renewal, which asks for a minimum age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_works_after_the_redis_clock_went_back() {
+    let server = RedisServer::start();
+    let mut c = setup(&server, |l| l).await;
+    c.call("POST", "/set/a/1").await;
+    let key = server.cli(&["--scan", "--pattern", "*:sess:*"]).lines().next().expect("a session key").to_owned();
+    let future =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 600_000).to_string();
+    server.cli(&["HSET", &key, "m:c", &future, "m:i", &future]);
+    assert_eq!(c.login("gus").await.status, StatusCode::OK);
+    assert_eq!(c.call("GET", "/me").await.body, "gus");
+    assert_eq!(c.call("GET", "/get/a").await.body, "1", "data kept");
+}

@@ -27,7 +27,9 @@ if now >= tonumber(meta[2]) then
   redis.call('DEL', KEYS[1])
   return {0}
 end
-if now - tonumber(meta[6] or meta[1]) < tonumber(ARGV[3]) then
+-- (Only renewals ask for an age: a clock that went back never stops a cycle.)
+local min_age = tonumber(ARGV[3])
+if min_age > 0 and now - tonumber(meta[6] or meta[1]) < min_age then
   return {2}
 end
 local grace = tonumber(ARGV[1])
