@@ -201,7 +201,9 @@ impl Locks {
 
     /// Whether to issue fencing tokens (default true). Without them an
     /// acquisition on standalone Redis or a cluster is a plain `SET NX PX`
-    /// instead of the acquire script (see BENCHMARKS.md for both), and [`LockGuard::fencing_token`] is always 0. Keep them
+    /// instead of the acquire script (see BENCHMARKS.md for both), and
+    /// [`LockGuard::fencing_token`] is always 0 (in memory too; Redlock
+    /// issues them regardless). Keep them
     /// whenever the lock protects a write to storage that can check them.
     #[must_use]
     pub fn fencing(mut self, fencing: bool) -> Self {
@@ -245,7 +247,10 @@ impl Locks {
         let token = random_token();
         let started = Instant::now();
         let fence = match &self.backend {
-            Backend::Memory(mem) => mem.acquire(&key, &token, ttl, self.fence_retention),
+            Backend::Memory(mem) => {
+                let fence = mem.acquire(&key, &token, ttl, self.fence_retention);
+                fence.map(|fence| if self.fencing { fence } else { 0 })
+            }
             Backend::Redlock(nodes) => {
                 let retention = redlayer_core::expiry::expiry_ms(self.fence_retention);
                 let undo = UndoOnDrop::arm(self, &key, &token);

@@ -132,9 +132,10 @@ impl Semaphore {
             }
             Backend::Memory(map) => Ok(map.update(self.key.clone(), |holders, now| match holders {
                 Some(list) => {
-                    let before = list.len();
+                    // As sem_release.lua: true only for a lease not ended yet.
+                    let held = list.iter().any(|(t, until)| &**t == token && *until > now);
                     list.retain(|(t, until)| &**t != token && *until > now);
-                    (Update::Keep, list.len() < before)
+                    (Update::Keep, held)
                 }
                 None => (Update::Keep, false),
             })),

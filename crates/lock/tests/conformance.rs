@@ -60,6 +60,12 @@ async fn fencing_tokens_strictly_increase(h: &[Locks]) {
             g.release().await.unwrap();
         }
     }
+    // Without fencing, no token (the same lock, though: exclusive with the fenced helpers).
+    let plain = h[1].clone().fencing(false);
+    let g = plain.try_acquire("fence", 5000 * MS).await.unwrap().unwrap();
+    assert_eq!(g.fencing_token(), 0);
+    assert!(h[0].try_acquire("fence", 5000 * MS).await.unwrap().is_none());
+    g.release().await.unwrap();
 }
 
 async fn stale_holder_cannot_release_or_extend(h: &[Locks]) {

@@ -55,14 +55,26 @@ async fn suite(make: impl Fn(&str) -> Vec<Semaphore>) {
     drop(b); // released in the background
     let d = sems[0].acquire(Duration::from_secs(10), Retry::new(Duration::from_secs(2))).await.unwrap();
     assert!(sems[0].try_acquire(Duration::from_secs(10)).await.unwrap().is_none());
-    c.release().await.unwrap();
-    d.release().await.unwrap();
+    assert!(c.release().await.unwrap());
+    assert!(d.release().await.unwrap());
+
+    // A release tells whether the permit was still held: never for a lease
+    // that ended, whatever became of the other holders.
+    let sems = make("ended-3");
+    let (p1, p2) = (sems[0].try_acquire(Duration::from_millis(20)).await.unwrap().unwrap(), {
+        sems[1].try_acquire(Duration::from_millis(20)).await.unwrap().unwrap()
+    });
+    let p3 = sems[0].try_acquire(Duration::from_secs(10)).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(!p1.release().await.unwrap(), "p1's lease had ended");
+    assert!(!p2.release().await.unwrap(), "p2's lease had ended");
+    assert!(p3.release().await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn semaphore_memory() {
     suite(|name| {
-        let sem = Semaphore::memory(name, if name == "pool-3" { 3 } else { 2 });
+        let sem = Semaphore::memory(name, if name == "pool-3" || name == "ended-3" { 3 } else { 2 });
         vec![sem.clone(), sem]
     })
     .await;
@@ -74,7 +86,7 @@ async fn semaphore_standalone() {
     let a = redlayer_core::Redis::connect(&server.url()).await.unwrap();
     let b = redlayer_core::Redis::connect(&server.url()).await.unwrap();
     suite(|name| {
-        let n = if name == "pool-3" { 3 } else { 2 };
+        let n = if name == "pool-3" || name == "ended-3" { 3 } else { 2 };
         vec![Semaphore::redis(a.clone(), name, n), Semaphore::redis(b.clone(), name, n)]
     })
     .await;
@@ -87,7 +99,7 @@ async fn semaphore_cluster() {
     let a = redlayer_core::Redis::connect_cluster(cluster.urls()).await.unwrap();
     let b = redlayer_core::Redis::connect_cluster(cluster.urls()).await.unwrap();
     suite(|name| {
-        let n = if name == "pool-3" { 3 } else { 2 };
+        let n = if name == "pool-3" || name == "ended-3" { 3 } else { 2 };
         vec![Semaphore::redis(a.clone(), name, n), Semaphore::redis(b.clone(), name, n)]
     })
     .await;
