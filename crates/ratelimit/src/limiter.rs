@@ -10,7 +10,11 @@ use std::{
 };
 
 use futures_util::FutureExt as _;
-use redlayer_core::{Error, FailurePolicy, KeyPart, memory::ExpiringMap, report_degraded};
+use redlayer_core::{
+    Error, FailurePolicy, KeyPart,
+    memory::{Clock, ExpiringMap},
+    report_degraded,
+};
 
 use crate::{
     Algorithm, Decision, Policy, PolicyStatus,
@@ -70,14 +74,16 @@ pub(crate) struct Inner {
 
 #[derive(Debug)]
 struct DenyCache {
-    /// Key → when its block ends. An entry lives at most [`DENY_RECHECK`].
-    map: ExpiringMap<String, Instant>,
+    /// Key → when its block ends, on `clock`. An entry lives at most [`DENY_RECHECK`].
+    map: ExpiringMap<String, Duration>,
+    /// The memory store's clock when it was given one (a test's manual
+    /// clock moves the cache and the store together), else a monotonic one.
+    clock: Arc<dyn Clock>,
     max: usize,
-    /// When the full cache was last swept (ms since `born`): expired denials
+    /// When the full cache was last swept (ms on `clock`): expired denials
     /// count in `map.len()` until swept, so a full cache is swept (at most
     /// every [`DENY_SWEEP_EVERY_MS`]) before it refuses a new denial.
     last_sweep_ms: AtomicU64,
-    born: Instant,
 }
 
 const DENY_SWEEP_EVERY_MS: u64 = 100;
@@ -88,18 +94,31 @@ const DENY_SWEEP_EVERY_MS: u64 = 100;
 /// blocked key and instance.
 pub const DENY_RECHECK: Duration = Duration::from_secs(1);
 
+/// Time since this clock was made, never going back (a wall clock's step
+/// must not lengthen a cached denial).
+#[derive(Debug)]
+struct Monotonic(Instant);
+
+impl Clock for Monotonic {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
 impl DenyCache {
-    fn new(max: usize) -> Self {
-        DenyCache { map: ExpiringMap::new(), max, last_sweep_ms: AtomicU64::new(0), born: Instant::now() }
+    fn new(max: usize, clock: Option<Arc<dyn Clock>>) -> Self {
+        let clock = clock.unwrap_or_else(|| Arc::new(Monotonic(Instant::now())));
+        DenyCache { map: ExpiringMap::with_clock(clock.clone()), clock, max, last_sweep_ms: AtomicU64::new(0) }
     }
 
     /// Remembers that `key` is blocked for `ttl`, unless the cache is full of live denials.
     fn insert(&self, key: &str, ttl: Duration) {
+        let now = self.clock.now();
         if self.map.len() >= self.max {
-            let now = self.born.elapsed().as_millis() as u64;
+            let now_ms = now.as_millis() as u64;
             let last = self.last_sweep_ms.load(Ordering::Relaxed);
-            if now.saturating_sub(last) < DENY_SWEEP_EVERY_MS
-                || self.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+            if now_ms.saturating_sub(last) < DENY_SWEEP_EVERY_MS
+                || self.last_sweep_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_err()
             {
                 return;
             }
@@ -108,13 +127,13 @@ impl DenyCache {
                 return;
             }
         }
-        let Some(until) = Instant::now().checked_add(ttl) else { return };
+        let Some(until) = now.checked_add(ttl) else { return };
         self.map.insert(key.to_owned(), until, Some(ttl.min(DENY_RECHECK)));
     }
 
     /// How long `key` stays blocked, when its denial is cached.
     fn blocked_for(&self, key: &str) -> Option<Duration> {
-        let left = self.map.get(key)?.saturating_duration_since(Instant::now());
+        let left = self.map.get(key)?.saturating_sub(self.clock.now());
         (!left.is_zero()).then_some(left)
     }
 }
@@ -442,6 +461,7 @@ impl RateLimiterBuilder {
         let shared_head = format!("{}:rl:{{", keys.prefix());
         let shared_tails = suffixes.iter().map(|s| format!("}}:{s}")).collect();
         let tagged_heads = suffixes.iter().map(|s| keys.key_with("rl", &self.tag, &format!("{s}:"))).collect();
+        let deny_cache = (self.deny_cache > 0).then(|| DenyCache::new(self.deny_cache, self.store.clock()));
         RateLimiter {
             inner: Arc::new(Inner {
                 shared_head,
@@ -453,7 +473,7 @@ impl RateLimiterBuilder {
                 policies: self.policies,
                 failure: self.failure,
                 fallback: MemoryStore::bounded(None, self.fallback_keys),
-                deny_cache: (self.deny_cache > 0).then(|| DenyCache::new(self.deny_cache)),
+                deny_cache,
                 shadow: self.shadow,
                 timeout,
             }),
@@ -525,6 +545,21 @@ mod tests {
                 assert!(retry <= Duration::from_secs(10) && status.reset == retry, "{status:?}");
             }
         }
+    }
+
+    /// The deny cache keeps the time of a memory store given a clock: a test
+    /// moving a manual clock past a block sees the key allowed again at once.
+    #[tokio::test]
+    async fn the_deny_cache_follows_the_memory_stores_clock() {
+        let clock = redlayer_core::memory::ManualClock::new(Duration::from_secs(1_700_000_000));
+        let store = Store::memory_with_clock(Some(Arc::new(clock.clone())));
+        let limiter = RateLimiter::builder(store).policy(Policy::gcra("p", Quota::per_minute(1))).build();
+        assert!(limiter.check("k", 1).await.is_allowed());
+        assert!(!limiter.check("k", 1).await.is_allowed());
+        let cached = limiter.check("k", 1).await;
+        assert!(!cached.is_allowed() && cached.from_deny_cache());
+        clock.advance(Duration::from_secs(60));
+        assert!(limiter.check("k", 1).await.is_allowed(), "still denied from the cache after the block ended");
     }
 
     /// While Redis is down, client-chosen keys (random API keys) must not grow

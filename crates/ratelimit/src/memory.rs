@@ -26,6 +26,8 @@ enum State {
 /// The in-memory limiter state.
 pub(crate) struct MemoryStore {
     map: ExpiringMap<String, State>,
+    /// The clock given to the store (a test's manual clock), if any.
+    given_clock: Option<Arc<dyn Clock>>,
     /// Held across the read and the write of one decision: several keys move together.
     gate: Mutex<()>,
     /// At most this many keys (the local fallback's bound): once full, new
@@ -51,12 +53,18 @@ impl MemoryStore {
     /// A store of at most `max_keys` keys (plus one overflow bucket per policy).
     pub(crate) fn bounded(clock: Option<Arc<dyn Clock>>, max_keys: usize) -> Self {
         MemoryStore {
-            map: ExpiringMap::with_clock(clock.unwrap_or_else(|| Arc::new(SystemClock))),
+            map: ExpiringMap::with_clock(clock.clone().unwrap_or_else(|| Arc::new(SystemClock))),
+            given_clock: clock,
             gate: Mutex::new(()),
             max_keys,
             last_sweep_ms: AtomicU64::new(0),
             born: Instant::now(),
         }
+    }
+
+    /// The clock this store was given (a test's), if any.
+    pub(crate) fn given_clock(&self) -> Option<Arc<dyn Clock>> {
+        self.given_clock.clone()
     }
 
     /// Entries held (expired ones not yet swept included).

@@ -81,6 +81,14 @@ impl Store {
         Store { kind: StoreKind::Memory(Arc::new(MemoryStore::bounded(clock, max_keys)), KeyBuilder::default()) }
     }
 
+    /// The clock a memory store was given, if any.
+    pub(crate) fn clock(&self) -> Option<Arc<dyn Clock>> {
+        match &self.kind {
+            StoreKind::Memory(memory, _) => memory.given_clock(),
+            StoreKind::Redis(..) => None,
+        }
+    }
+
     /// The key builder (prefix) of this store.
     pub(crate) fn keys(&self) -> &KeyBuilder {
         match &self.kind {
