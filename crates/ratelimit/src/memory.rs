@@ -271,7 +271,12 @@ fn evaluate(state: Option<&State>, now: Duration, cost: i64, spec: &PolicySpec) 
                 };
             } else {
                 used += cost;
+                let behind = log.back().is_some_and(|last| *last > now);
                 log.extend(std::iter::repeat_n(now, cost as usize));
+                if behind {
+                    // The clock went back: kept in time order, as Redis's sorted set.
+                    log.make_contiguous().sort_unstable();
+                }
             }
             out.remaining = count - used;
             out.reset_us = match log.front() {
@@ -324,6 +329,20 @@ mod tests {
         assert!(out[0].retry_us <= 100_000, "locked out for the clock's step: {} µs", out[0].retry_us);
         clock.advance(Duration::from_millis(100));
         assert!(allowed(&m, s));
+    }
+
+    /// The log stays in time order when the clock went back (Redis keeps it
+    /// in a sorted set): the earliest request is the one that frees a place.
+    #[test]
+    fn sliding_log_keeps_time_order_when_the_clock_went_back() {
+        let (clock, m) = store();
+        let s = spec(4, 3, 10, 3);
+        assert!(allowed(&m, s));
+        clock.rewind(Duration::from_secs(5));
+        assert!(allowed(&m, s) && allowed(&m, s));
+        let (ok, out) = m.decide(&["k".to_owned()], &[s], 1);
+        assert!(!ok);
+        assert_eq!((out[0].retry_us, out[0].reset_us), (10_000_000, 10_000_000));
     }
 
     #[test]
