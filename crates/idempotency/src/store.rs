@@ -159,7 +159,9 @@ impl Store {
     /// first, then those closest to expiry, as Redis does under `maxmemory`
     /// with `volatile-ttl`: a retry whose record was dropped runs the handler
     /// again, so size the budget for the retention you promise. A response
-    /// larger than a sixteenth of the budget is not kept for replay.
+    /// larger than a sixteenth of the budget is not kept for replay (a
+    /// warning says so): its record stays, so the key still refuses another
+    /// request (422), and a retry runs the handler again.
     pub fn memory_with_budget(max_bytes: usize) -> Self {
         let records = ExpiringMap::new().weighed(max_bytes, MemRecord::weight);
         Store { locks: Locks::memory(), records: Records::Memory(Arc::new(records)) }
@@ -254,13 +256,29 @@ impl Store {
                     .await?;
                 Ok(n == 1)
             }
-            Records::Memory(map) => Ok(map.update(key, |rec, _| match rec {
-                Some(rec) if rec.fence == fence => {
-                    rec.done = Some(stored.clone());
-                    (Update::KeepWithTtl(Some(retention)), true)
-                }
-                _ => (Update::Keep, false),
-            })),
+            Records::Memory(map) => {
+                let limit = map.max_entry_weight().unwrap_or(usize::MAX);
+                map.update(key, |rec, _| match rec {
+                    Some(rec) if rec.fence == fence => {
+                        let running = rec.done.replace(stored.clone());
+                        if MemRecord::weight(rec) > limit {
+                            // The map would drop the record whole: it stays running
+                            // (a retry runs the handler again), and the caller is told.
+                            rec.done = running;
+                            return (
+                                Update::Keep,
+                                Err(redlayer_core::Error::InvalidInput(
+                                    "the response is larger than the memory store keeps of one record \
+                                     (see Store::memory_with_budget)"
+                                        .into(),
+                                )),
+                            );
+                        }
+                        (Update::KeepWithTtl(Some(retention)), Ok(true))
+                    }
+                    _ => (Update::Keep, Ok(false)),
+                })
+            }
         }
     }
 

@@ -50,3 +50,31 @@ async fn a_flood_of_new_keys_stays_within_the_memory_budget() {
     assert!(used <= BUDGET + BUDGET / 4, "{used} bytes held for a budget of {BUDGET}");
     assert!(used > BUDGET / 4, "{used} bytes: the budget was not used");
 }
+
+/// A response too large for the memory store to keep is not replayed (the
+/// retry runs the handler again, as documented), but its record stays: the
+/// key still belongs to that request, so another body under it gets 422, as
+/// on Redis (the record used to vanish whole, and the other body ran).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_too_large_to_keep_leaves_its_record() {
+    // 64 KiB: one record may hold 4 KiB.
+    let store = Store::memory_with_budget(64 * 1024);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let app = Router::new()
+        .route(
+            "/payments",
+            post(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move { (axum::http::StatusCode::CREATED, "p".repeat(6_000)) }
+            }),
+        )
+        .layer(IdempotencyLayer::new(store.clone()));
+    assert_eq!(post_with_key(&app, "big").await.0, 201);
+    let other = Request::post("/payments").header("idempotency-key", "\"big\"").body(Body::from("{\"other\":1}"));
+    let other = app.clone().oneshot(other.unwrap()).await.unwrap();
+    assert_eq!(other.status().as_u16(), 422, "another request reused the key");
+    let (status, replayed, _) = post_with_key(&app, "big").await;
+    assert_eq!((status, replayed), (201, false), "not replayed: run again");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
