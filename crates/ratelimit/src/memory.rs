@@ -345,6 +345,26 @@ mod tests {
         assert_eq!((out[0].retry_us, out[0].reset_us), (10_000_000, 10_000_000));
     }
 
+    /// A huge burst of a slow rate is capped where the arithmetic stays
+    /// exact (it used to saturate, and a large cost then left every later
+    /// request allowed).
+    #[test]
+    fn a_huge_burst_of_a_slow_rate_stays_exact() {
+        let (_, m) = store();
+        let policy = crate::Policy::token_bucket("c", 1_000_000_000, crate::Quota::per_day(1));
+        let burst = policy.quota().burst_size() as i64;
+        assert_eq!(burst, 104_249);
+        let s = policy.spec();
+        let (ok, out) = m.decide(&["k".to_owned()], &[s], 1);
+        assert!(ok);
+        assert_eq!(out[0].remaining, burst - 1);
+        let (ok, out) = m.decide(&["k".to_owned()], &[s], 200_000_000);
+        assert!(!ok && out[0].retry_us == -1, "more than the burst never fits");
+        let (ok, _) = m.decide(&["k".to_owned()], &[s], (burst - 1) as u64);
+        assert!(ok);
+        assert!(!allowed(&m, s), "the burst is spent");
+    }
+
     #[test]
     fn gcra_refills_one_per_interval() {
         let (clock, m) = store();

@@ -30,6 +30,8 @@ pub struct Quota {
 const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
 /// The largest count accepted.
 const MAX_COUNT: u64 = 1_000_000_000;
+/// The longest a full burst may take to refill, in µs (about 285 years).
+const MAX_BURST_WINDOW_US: u64 = 1 << 53;
 /// Costs are clamped to this (more than any count or burst: never fits either way).
 pub(crate) const MAX_COST: u64 = MAX_COUNT + 1;
 
@@ -59,9 +61,12 @@ impl Quota {
         Self::new(count, Duration::from_secs(86_400))
     }
     /// The most requests (cost units) allowed back to back (GCRA, token
-    /// bucket). Clamped to 1..=1e9.
+    /// bucket). Clamped to 1..=1e9, and to what refills within about 285
+    /// years (2^53 µs: the stores' arithmetic stays exact, Lua numbers being
+    /// doubles), e.g. at most 104,249 for one a day.
     pub fn burst(mut self, burst: u64) -> Self {
-        self.burst = Some(burst.clamp(1, MAX_COUNT));
+        let interval_us = (self.period_us() as u64 / self.count).max(1);
+        self.burst = Some(burst.clamp(1, MAX_COUNT).min(MAX_BURST_WINDOW_US / interval_us).max(1));
         self
     }
     /// The count per period.
