@@ -492,7 +492,11 @@ mod tests {
         clock.advance(Duration::from_millis(1499));
         assert_eq!(map.get("a"), Some(1));
         clock.advance(Duration::from_millis(1));
-        assert_eq!(map.get("a"), None, "expired at exactly its TTL, as Redis");
+        assert_eq!(
+            map.get("a"),
+            None,
+            "expired at exactly its TTL (Redis keeps a key through its last millisecond: 1 ms earlier here, so that a zero TTL deletes at once, as PEXPIRE 0 does)"
+        );
         assert_eq!(map.ttl("a"), Ttl::Missing);
         assert_eq!(map.get("b"), Some(2));
         // A ttl past the clock's range (`Duration::MAX`) is no expiry, not an overflow.
