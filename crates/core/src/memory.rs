@@ -120,6 +120,9 @@ struct Budget<V> {
     per_shard: usize,
 }
 
+/// The entries a reporting map dropped for its budget, until taken.
+type Evicted<K, V> = Mutex<Vec<(K, V)>>;
+
 /// A concurrent map whose entries expire, with Redis semantics: an expired
 /// entry is never returned, and memory stays bounded by the live entries
 /// (expired ones are swept whenever a shard doubles in size). A
@@ -132,7 +135,7 @@ pub struct ExpiringMap<K, V> {
     clock: Arc<dyn Clock>,
     budget: Option<Budget<V>>,
     /// The entries dropped to keep the budget, until taken (see [`ExpiringMap::reporting_evictions`]).
-    evicted: Option<Mutex<Vec<(K, V)>>>,
+    evicted: Option<Box<Evicted<K, V>>>,
 }
 
 impl<K, V> fmt::Debug for ExpiringMap<K, V> {
@@ -184,7 +187,7 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
     /// Whoever writes to such a map takes them after each write.
     #[must_use]
     pub fn reporting_evictions(mut self) -> Self {
-        self.evicted = Some(Mutex::default());
+        self.evicted = Some(Box::default());
         self
     }
 
@@ -453,7 +456,7 @@ fn enforce<K: Hash + Eq, V>(
         cutoff = at;
     }
     let evicted = shard.map.extract_if(|k, e| {
-        if excess == 0 || Some(&*k) == keep {
+        if excess == 0 || Some(k) == keep {
             return false;
         }
         let at = e.expires_at.unwrap_or(Duration::MAX);
