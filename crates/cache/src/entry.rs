@@ -151,7 +151,9 @@ fn get_headers(buf: &mut Bytes) -> Option<HeaderMap> {
         return None;
     }
     let n = buf.get_u16() as usize;
-    let mut headers = HeaderMap::with_capacity(n);
+    // The count comes from the store: a foreign value must not size the map
+    // (a map past http's limit panics); past that limit it is not ours.
+    let mut headers = HeaderMap::with_capacity(n.min(128));
     for _ in 0..n {
         if buf.remaining() < 2 {
             return None;
@@ -166,7 +168,7 @@ fn get_headers(buf: &mut Bytes) -> Option<HeaderMap> {
             return None;
         }
         let value = HeaderValue::from_maybe_shared(buf.split_to(len)).ok()?;
-        headers.append(name, value);
+        headers.try_append(name, value).ok()?;
     }
     Some(headers)
 }
@@ -252,6 +254,35 @@ mod tests {
             let _ = Entry::decode(bytes.slice(..cut));
         }
         assert!(Entry::decode(Bytes::from_static(b"garbage garbage garbage")).is_none());
+    }
+
+    /// A foreign value's header count must not panic the map (http's
+    /// `HeaderMap` panics past 24,576 names): such a value is a miss.
+    #[test]
+    fn a_foreign_header_count_is_a_miss_not_a_panic() {
+        let entry = Entry {
+            response_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            fetch_time: Duration::ZERO,
+            status: StatusCode::OK,
+            req_headers: HeaderMap::new(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            freshness: None,
+        };
+        let bytes = entry.encode();
+        let head = &bytes[..bytes.len() - 2];
+        let mut claimed = head.to_vec();
+        claimed.extend_from_slice(&[0xFF, 0xFF]);
+        assert!(Entry::decode(Bytes::from(claimed)).is_none(), "65,535 headers claimed, none there");
+        let mut many = BytesMut::from(head);
+        many.put_u16(30_000);
+        for i in 0..30_000 {
+            let name = format!("x{i}");
+            many.put_u16(name.len() as u16);
+            many.put_slice(name.as_bytes());
+            many.put_u32(0);
+        }
+        assert!(Entry::decode(many.freeze()).is_none(), "more names than a header map holds");
     }
 
     #[test]

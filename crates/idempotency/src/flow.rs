@@ -75,7 +75,8 @@ fn replay<B: Body>(stored: StoredResponse) -> Answer<B> {
     let headers = response.headers_mut();
     // Records written before a header became unstorable (`Set-Cookie`) never replay it either.
     for (name, value) in stored.headers.into_iter().filter(|(name, _)| storable_header(name)) {
-        headers.append(name, value);
+        // Decoded records hold at most MAX_STORED_HEADERS lines: this never fails.
+        let _ = headers.try_append(name, value);
     }
     headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     response
@@ -249,6 +250,7 @@ where
             }
         }
     }
+    let storable = storable && parts.headers.len() <= crate::store::MAX_STORED_HEADERS;
     let stored = storable.then(|| StoredResponse {
         status: parts.status,
         headers: parts

@@ -22,6 +22,11 @@ static ABANDON: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(in
 /// The key kind of idempotency records: `{prefix}:idem:{{digest}}`.
 pub const KIND: &str = "idem";
 
+/// The most header lines a stored response keeps: a response with more is
+/// not stored (a retry runs the handler again), and a record holding more
+/// (not one of ours) is a decode error, not a header map past http's limit.
+pub(crate) const MAX_STORED_HEADERS: usize = 1024;
+
 /// A stored response: what a retry gets back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -61,6 +66,9 @@ impl StoredResponse {
             Some(value)
         };
         while !rest.is_empty() {
+            if list.len() == MAX_STORED_HEADERS {
+                return Err(bad("too many headers"));
+            }
             let name = take(&mut rest).and_then(|n| HeaderName::from_bytes(&n).ok()).ok_or_else(|| bad("header"))?;
             let value = take(&mut rest).and_then(|v| HeaderValue::from_bytes(&v).ok()).ok_or_else(|| bad("header"))?;
             list.push((name, value));
@@ -316,5 +324,14 @@ mod tests {
         assert_eq!(decoded, stored);
         assert!(StoredResponse::decode(b"201", b"\x00\x00\x00\x09abc", vec![]).is_err(), "truncated");
         assert!(StoredResponse::decode(b"xyz", b"", vec![]).is_err());
+        // A record with more header lines than a header map holds (not one
+        // of ours) is a decode error: replaying it would panic in http.
+        let many = StoredResponse {
+            headers: (0..30_000)
+                .map(|i| (HeaderName::try_from(format!("x-h{i}")).unwrap(), HeaderValue::from_static("v")))
+                .collect(),
+            ..stored
+        };
+        assert!(StoredResponse::decode(b"201", &many.encode_headers(), vec![]).is_err());
     }
 }
