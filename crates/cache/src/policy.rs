@@ -453,12 +453,14 @@ pub(crate) const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
 
 /// An `Age` of digits past 2^31, which counts as 2^31 (RFC 9111 1.2.2):
 /// `http-cache-semantics` would take it whole (or as 0 past `u64`), and its
-/// sum with the resident time can overflow.
+/// sum with the resident time can overflow. A leading `+` too: Rust's
+/// integer parse, which the library uses, accepts it.
 fn has_oversized_age(headers: &HeaderMap) -> bool {
     headers.get(http::header::AGE).and_then(|v| v.to_str().ok()).map(str::trim).is_some_and(|v| {
-        !v.is_empty()
-            && v.bytes().all(|b| b.is_ascii_digit())
-            && v.parse::<u64>().map_or(true, |n| n > MAX_DELTA_SECONDS)
+        let digits = v.strip_prefix('+').unwrap_or(v);
+        !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && digits.parse::<u64>().map_or(true, |n| n > MAX_DELTA_SECONDS)
     })
 }
 
@@ -763,7 +765,7 @@ mod tests {
         // else: the library would add the resident time to it and overflow.
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let later = t0 + Duration::from_secs(10);
-        for age in ["18446744073709551615", "99999999999999999999999", "2147483649"] {
+        for age in ["18446744073709551615", "+18446744073709551615", "99999999999999999999999", "2147483649"] {
             let entry = Entry {
                 response_time: t0,
                 fetch_time: Duration::ZERO,
