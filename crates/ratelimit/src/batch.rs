@@ -464,6 +464,28 @@ mod tests {
         assert!(decision.is_allowed() && decision.degraded().is_none(), "{decision:?}");
     }
 
+    /// limit.lua (several policies) refuses a GCRA state that is not a
+    /// number too, "nan" included (which would allow every request), and
+    /// leaves it as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn several_policies_refuse_a_foreign_gcra_state() {
+        let server = RedisServer::start();
+        let handle = Redis::builder().timeout(Duration::from_secs(5)).connect(&server.url()).await.unwrap();
+        let limiter = RateLimiter::builder(Store::redis(handle))
+            .policy(Policy::gcra("p", Quota::per_minute(1)))
+            .policy(Policy::fixed_window("w", Quota::per_minute(10)))
+            .deny_cache(0)
+            .build();
+        let key = limiter.shared_key(&KeyPart::client("nan"), 0);
+        server.cli(&["SET", &key, "nan"]);
+        for _ in 0..3 {
+            assert!(limiter.try_check("nan", 1).await.is_err(), "a NaN state decided");
+        }
+        assert_eq!(server.cli(&["GET", &key]).trim(), "nan", "left as it was");
+        assert!(limiter.try_check("other", 1).await.unwrap().is_allowed());
+        assert!(!limiter.try_check("other", 1).await.unwrap().is_allowed());
+    }
+
     /// A key that holds something else than a GCRA state (a string that is
     /// not a number, a hash) fails its own decision only: the decisions that
     /// share its call are made and answered.
@@ -473,27 +495,31 @@ mod tests {
         let limiter = limiter(&server, Quota::per_hour(50), Duration::from_secs(5)).await;
         let text = limiter.shared_key(&KeyPart::client("text"), 0);
         let hash = limiter.shared_key(&KeyPart::client("hash"), 0);
+        // Lua's tonumber takes "nan": as a state, it would allow every request.
+        let nan = limiter.shared_key(&KeyPart::client("nan"), 0);
         server.cli(&["SET", &text, "not a number"]);
         server.cli(&["HSET", &hash, "f", "1"]);
+        server.cli(&["SET", &nan, "nan"]);
         let start = Arc::new(tokio::sync::Barrier::new(40));
         let tasks: Vec<_> = (0..40)
             .map(|i| {
                 let (limiter, start) = (limiter.clone(), start.clone());
-                let client = match i % 4 {
+                let client = match i % 5 {
                     0 => "text".to_owned(),
                     1 => "hash".to_owned(),
+                    2 => "nan".to_owned(),
                     _ => format!("good-{i}"),
                 };
                 tokio::spawn(async move {
                     start.wait().await;
-                    (i % 4, limiter.try_check(&client, 1).await)
+                    (i % 5, limiter.try_check(&client, 1).await)
                 })
             })
             .collect();
         for task in tasks {
             match task.await.unwrap() {
-                (0 | 1, Err(Error::Decode(_))) => {}
-                (0 | 1, other) => panic!("a foreign value must fail its decision: {other:?}"),
+                (0..=2, Err(Error::Decode(_))) => {}
+                (0..=2, other) => panic!("a foreign value must fail its decision: {other:?}"),
                 (_, Ok(decision)) => assert!(decision.is_allowed(), "{decision:?}"),
                 (_, Err(e)) => panic!("a good key failed with the foreign ones: {e}"),
             }

@@ -26,6 +26,14 @@ local call, floor, ceil, format, tonumber = redis.call, math.floor, math.ceil, s
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
+-- A stored number, or nil for a value written by something else: 'abc', and
+-- 'nan' or 'inf', which tonumber takes (a NaN state would allow every request).
+local function num(s)
+  local v = tonumber(s)
+  if v == nil or v ~= v or v == math.huge or v == -math.huge then return nil end
+  return v
+end
+
 -- One decision on a key whose state (the theoretical arrival time) is `tat`:
 -- its four answers, and the state after it.
 local function decide(tat, cost, interval, dvt)
@@ -58,7 +66,7 @@ for i = 1, #KEYS do
   local tat = state[key]
   if tat == nil then
     local stored = redis.pcall('GET', key)
-    tat = tonumber(stored or '0')
+    tat = num(stored or '0')
     if type(stored) == 'table' or tat == nil then tat = false end
     read[key], state[key] = tat, tat
     order[#order + 1] = key

@@ -29,6 +29,16 @@ local function ms_ceil(us)
   return format('%d', ms)
 end
 
+-- A stored number, or nil for a value written by something else: 'abc', and
+-- 'nan' or 'inf', which tonumber takes (a NaN state would allow every
+-- request). A GCRA key holding one fails the decision; a window counter
+-- holding one counts as empty, and is replaced.
+local function num(s)
+  local v = tonumber(s)
+  if v == nil or v ~= v or v == math.huge or v == -math.huge then return nil end
+  return v
+end
+
 local results = {}
 local writes = {}
 local all = 1
@@ -49,7 +59,11 @@ for i = 1, n do
     local interval = floor(period / count)
     if interval < 1 then interval = 1 end
     local dvt = interval * burst
-    local tat = tonumber(call('GET', key) or '0')
+    local stored = call('GET', key)
+    local tat = num(stored or '0')
+    if tat == nil then
+      return redis.error_reply('redlayer: ' .. key .. ' holds no rate-limit state')
+    end
     if tat < now then tat = now end
     -- Never more than a full burst ahead (only a clock that went back, say
     -- after a failover, can leave it there): corrected in place, so the
@@ -76,7 +90,7 @@ for i = 1, n do
     local w = floor(now / period)
     local v = call('HMGET', key, 'w', 'n')
     local used = 0
-    if tonumber(v[1]) == w then used = tonumber(v[2]) or 0 end
+    if num(v[1]) == w then used = num(v[2]) or 0 end
     local ends = (w + 1) * period - now
     rb = count - used
     if used > 0 then tb = ends end
@@ -93,13 +107,13 @@ for i = 1, n do
     local w = floor(now / period)
     local elapsed = now - w * period
     local v = call('HMGET', key, 'w', 'c', 'p')
-    local sw = tonumber(v[1])
+    local sw = num(v[1])
     local cur, prev = 0, 0
     if sw == w then
-      cur = tonumber(v[2]) or 0
-      prev = tonumber(v[3]) or 0
+      cur = num(v[2]) or 0
+      prev = num(v[3]) or 0
     elseif sw == w - 1 then
-      prev = tonumber(v[2]) or 0
+      prev = num(v[2]) or 0
     end
     local est = prev * (period - elapsed) / period + cur
     rb = floor(count - est)
