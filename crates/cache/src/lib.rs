@@ -43,6 +43,9 @@
 //!   part of the key: an HTTP/1.1 request carries none and counts as `http`,
 //!   while an HTTP/2 request over TLS says `https`, so on a TLS server the two
 //!   protocols keep separate entries (a [`CacheLayer::key_fn`] can key them together).
+//!   A key longer than 32 KiB (a huge `Host` or query) is not cached
+//!   (`fwd=bypass; detail=key-too-long`), and a `Cache-Control` longer than
+//!   8 KiB, which no real one is, reads as `no-store`.
 //! - Hits are served with `Age`; a client whose `If-None-Match` /
 //!   `If-Modified-Since` matches gets a 304.
 //! - Stale entries with a validator are revalidated with a conditional

@@ -75,6 +75,9 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The longest `Cache-Control` (all its lines) read as it is.
+const MAX_CACHE_CONTROL: usize = 8192;
+
 /// Parses `Cache-Control` fields strictly (RFC 9111 5.2: `token [ "=" (
 /// token / quoted-string ) ]`). Invalid directives (`max-age =1`,
 /// `max-age= 1`) are dropped; commas inside quoted strings are respected.
@@ -84,6 +87,13 @@ fn is_tchar(b: u8) -> bool {
 pub(crate) fn parse_cc(headers: &HeaderMap) -> Vec<Directive> {
     if let Some(targeted) = targeted_cc(headers) {
         return targeted;
+    }
+    let size: usize = headers.get_all(http::header::CACHE_CONTROL).iter().map(|v| v.len()).sum();
+    if size > MAX_CACHE_CONTROL {
+        // No real field is that long: a hostile or broken one is read as
+        // `no-store` (nothing stored, nothing served from the cache for a
+        // request), and not parsed (it is parsed several times per request).
+        return vec![Directive { name: "no-store".to_owned(), value: None }];
     }
     let mut out = Vec::new();
     for value in headers.get_all(http::header::CACHE_CONTROL) {

@@ -68,6 +68,9 @@ enum Across {
 
 /// Most tags taken from one response, and the longest tag kept.
 const MAX_TAGS: usize = 32;
+/// The longest primary key (`GET <normalized uri>`, the `Host` in it) cached:
+/// longer requests pass through (`fwd=bypass; detail=key-too-long`).
+const MAX_PRIMARY_KEY: usize = 32 * 1024;
 /// How long an entry without a validator is kept past its freshness.
 const GRACE: Duration = Duration::from_secs(10);
 const MAX_TAG_LEN: usize = 256;
@@ -254,6 +257,12 @@ impl Ctx {
             // one site, the handler may answer for the other.
             let res = inner.call(Request::from_parts(parts, body)).await?;
             return Ok(self.pass(res, CacheStatus::fwd("bypass").detail("host-mismatch")));
+        }
+        if primary.len() > MAX_PRIMARY_KEY {
+            // The key's URI is stored in the entry (for purges by prefix): a
+            // client's 300 KB Host or query is not kept in Redis.
+            let res = inner.call(Request::from_parts(parts, body)).await?;
+            return Ok(self.pass(res, CacheStatus::fwd("bypass").detail("key-too-long")));
         }
         let key = self.state.store.entry_key(&primary);
         // The request's Cache-Control, parsed once.

@@ -842,6 +842,18 @@ async fn hostile_requests_are_bounded(b: Backend) {
     let long = format!("/{}", "a".repeat(20_000));
     app.get(&long).await;
     assert!(app.get(&long).await.is_hit(), "a 20 KB URI is hashed into its key");
+    // Past 32 KiB (a huge Host or query), requests pass through: nothing of them is stored.
+    let huge = format!("/{}", "a".repeat(40_000));
+    app.get(&huge).await;
+    let passed = app.get(&huge).await;
+    assert!(passed.cache_status().contains("fwd=bypass; detail=key-too-long"), "{}", passed.cache_status());
+    // A Cache-Control longer than any real one reads as no-store.
+    let cc = vec!["a"; 10_000].join(",");
+    for _ in 0..2 {
+        let got = app.send("GET", "/long-cc", &[("cache-control", &cc)]).await;
+        assert!(!got.is_hit(), "{}", got.cache_status());
+    }
+    assert!(!app.get("/long-cc").await.is_hit(), "a request with no-store stored its answer");
     let weird = http::HeaderValue::from_bytes(b"\xff\xfe{}*").unwrap();
     for _ in 0..2 {
         let req = http::Request::get("/weird")
