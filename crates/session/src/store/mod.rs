@@ -203,8 +203,10 @@ pub(crate) fn millis(d: Duration) -> u64 {
     redlayer_core::expiry::expiry_ms(d)
 }
 
+/// A stored time (ms since the epoch, written by anyone) as a `SystemTime`:
+/// one past the platform's range (Windows' is narrower) is the epoch.
 fn time_of(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms.max(0) as u64)).unwrap_or(UNIX_EPOCH)
 }
 
 impl Store {
