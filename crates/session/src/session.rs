@@ -89,7 +89,7 @@ struct State {
     renew_due: bool,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Pending {
     clear: bool,
     deletes: BTreeSet<String>,
@@ -115,28 +115,6 @@ impl Pending {
         if let Some(user) = &self.user {
             loaded.user = Some(user.clone());
         }
-    }
-
-    /// Puts back changes that could not be written, under any made since.
-    fn restore(&mut self, mut older: Pending) {
-        if self.clear {
-            if self.user.is_none() {
-                self.user = older.user;
-            }
-            return;
-        }
-        for name in std::mem::take(&mut self.deletes) {
-            older.sets.remove(&name);
-            older.deletes.insert(name);
-        }
-        for (name, value) in std::mem::take(&mut self.sets) {
-            older.deletes.remove(&name);
-            older.sets.insert(name, value);
-        }
-        if self.user.is_some() {
-            older.user = self.user.take();
-        }
-        *self = older;
     }
 }
 
@@ -539,7 +517,10 @@ impl Session {
 
     /// Writes the pending changes and `increments` in one script.
     async fn write_locked(&self, st: &mut State, increments: Vec<(String, i64)>) -> Result<Vec<i64>, SessionError> {
-        let pending = std::mem::take(&mut st.pending);
+        // A copy: the changes stay pending until they are written, so that a
+        // call dropped midway (a handler's timeout around `save`) loses none,
+        // and `finish` writes them.
+        let pending = st.pending.clone();
         let timeouts = &self.inner.shared.timeouts;
         let mut op = WriteOp {
             create: false,
@@ -557,10 +538,7 @@ impl Session {
                 (Some(id), Status::Incoming | Status::Live) => (id.clone(), false),
                 _ => match SessionId::generate() {
                     Ok(id) => (id, true),
-                    Err(e) => {
-                        st.pending.restore(pending);
-                        return Err(e);
-                    }
+                    Err(e) => return Err(e),
                 },
             };
             op.create = create;
@@ -572,10 +550,7 @@ impl Session {
             let newly_indexed = match &op.user {
                 Some(user) if st.cache.as_ref().and_then(|c| c.user.as_ref()) != Some(user) => {
                     let created_ms = st.cache.as_ref().map_or(0, |c| c.created_ms);
-                    if let Err(e) = self.store().index_add(user, &key, created_ms, timeouts.absolute_ms).await {
-                        st.pending.restore(pending);
-                        return Err(e);
-                    }
+                    self.store().index_add(user, &key, created_ms, timeouts.absolute_ms).await?;
                     Some(user)
                 }
                 _ => None,
@@ -586,15 +561,10 @@ impl Session {
             {
                 let _ = self.store().index_remove(user, &key).await;
             }
-            let outcome = match written {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    st.pending.restore(pending);
-                    return Err(e);
-                }
-            };
+            let outcome = written?;
             match outcome {
                 WriteOutcome::Done { created_ms, id_age_ms, increments } => {
+                    st.pending = Pending::default();
                     if timeouts.renew.is_some_and(|r| id_age_ms >= r.every_ms as i64) {
                         st.renew_due = true;
                         self.mark();
@@ -634,16 +604,13 @@ impl Session {
                 }
                 WriteOutcome::Gone | WriteOutcome::Moved(_) => {
                     // Ended while this request ran: not recreated, reported.
+                    st.pending = Pending::default();
                     self.forget(st);
                     return Err(SessionError::Expired);
                 }
-                WriteOutcome::NotInteger(name) => {
-                    st.pending.restore(pending);
-                    return Err(SessionError::NotAnInteger(name));
-                }
+                WriteOutcome::NotInteger(name) => return Err(SessionError::NotAnInteger(name)),
             }
         }
-        st.pending.restore(pending);
         Err(SessionError::Rng("no free session id after several attempts (id collisions, or renewals in a row)".into()))
     }
 

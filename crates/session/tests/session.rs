@@ -34,6 +34,7 @@ async fn suite(stores: Vec<Store>) {
             new_visitor_gets_one_and_a_cookie(s).await;
             concurrent_increments_lose_nothing(s).await;
             concurrent_writes_to_different_keys_both_stay(s).await;
+            an_abandoned_save_loses_no_change(s).await;
             typed_values_remove_and_clear(s).await;
             unknown_ids_are_never_adopted(s).await;
             login_cycles_the_id_keeps_data_and_kills_the_old_id(s).await;
@@ -71,6 +72,17 @@ async fn concurrent_increments_lose_nothing(s: &[Store]) {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
     assert_eq!(c.call("GET", "/visits").await.body, "34", "32 concurrent increments, none lost");
+}
+
+async fn an_abandoned_save_loses_no_change(s: &[Store]) {
+    for session_exists in [false, true] {
+        let mut c = client(&s[0]);
+        if session_exists {
+            c.call("POST", "/set/a/1").await;
+        }
+        assert_eq!(c.call("POST", "/set-then-abandon-save/cart/3").await.status, StatusCode::OK);
+        assert_eq!(c.call("GET", "/get/cart").await.body, "3", "session existed: {session_exists}");
+    }
 }
 
 async fn concurrent_writes_to_different_keys_both_stay(s: &[Store]) {

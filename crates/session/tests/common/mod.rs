@@ -64,6 +64,16 @@ pub fn app(layer: SessionLayer, probe: Probe) -> Router {
             }),
         )
         .route(
+            // Sets a value, then gives up on saving it at once (a handler's
+            // own timeout around `save`): the change must still be written.
+            "/set-then-abandon-save/{key}/{value}",
+            post(|s: Session, Path((key, value)): Path<(String, String)>| async move {
+                s.insert(&key, value).await?;
+                let _ = tokio::time::timeout(std::time::Duration::ZERO, s.save()).await;
+                Ok::<_, SessionError>("ok")
+            }),
+        )
+        .route(
             "/remove/{key}",
             post(|s: Session, Path(key): Path<String>| async move {
                 s.remove(&key).await;
