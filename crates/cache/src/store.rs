@@ -846,14 +846,35 @@ impl Store {
         }
     }
 
+    /// Stores a cache-aside value with its tags: the tags first, so that a
+    /// value is never found without them (a purge of a tag would miss it),
+    /// in a task of its own that a dropped caller does not stop midway.
     pub(crate) async fn set_value(&self, key: &str, value: Bytes, ttl: Duration, tags: &[String]) -> Result<()> {
+        let (store, key, tags) = (self.clone(), key.to_owned(), tags.to_vec());
+        let set = async move { store.set_value_now(&key, value, ttl, &tags).await };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn(set)
+                .await
+                .unwrap_or_else(|e| Err(Error::Unavailable(format!("cache-aside write did not finish: {e}")))),
+            Err(_) => set.await,
+        }
+    }
+
+    async fn set_value_now(&self, key: &str, value: Bytes, ttl: Duration, tags: &[String]) -> Result<()> {
         let vkey = self.value_key(key);
         let ttl = bound(ttl);
+        for tag in tags {
+            // A tag left by a failed write names a key that is not there: a
+            // purge deletes nothing for it.
+            self.add_tag(tag, &vkey, ttl).await?;
+        }
         match &self.inner.backend {
             Backend::Memory { entries, .. } => {
                 let mut hash = MemHash::default();
                 hash.variants.insert(String::new(), value);
                 entries.insert(vkey.clone(), Arc::new(hash), Some(ttl));
+                Ok(())
             }
             Backend::Redis(_) => {
                 let result = async {
@@ -870,17 +891,9 @@ impl Store {
                 }
                 .await;
                 self.forget(&vkey);
-                self.observe(result)?;
+                self.observe(result)
             }
         }
-        for tag in tags {
-            if let Err(e) = self.add_tag(tag, &vkey, ttl).await {
-                // A value that a purge of this tag would miss is not kept.
-                let _ = self.delete_entry_key(&vkey).await;
-                return Err(e);
-            }
-        }
-        Ok(())
     }
 
     pub(crate) async fn delete_value(&self, key: &str) -> Result<bool> {

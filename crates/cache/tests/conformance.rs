@@ -697,6 +697,19 @@ async fn cache_aside_runs_the_fetcher_once(b: Backend) {
     assert_eq!(cache.get::<String>("user:2").await.unwrap(), None);
     assert_eq!(cache.invalidate_tag("users").await.unwrap(), 1);
     assert_eq!(cache.get::<Vec<u32>>("user:1").await.unwrap(), None);
+    // A write given up at once (its caller dropped) still ends with the value
+    // findable by its tag, or not there at all: never an untagged value.
+    for i in 0..40u64 {
+        let key = format!("drop:{i}");
+        let set = cache.set_with_tags(&key, &i, Duration::from_secs(60), &["t", "u"]);
+        let _ = tokio::time::timeout(Duration::from_micros(i * 50), set).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cache.invalidate_tag("u").await.unwrap();
+    for i in 0..40u64 {
+        let left = cache.get::<u64>(&format!("drop:{i}")).await.unwrap();
+        assert_eq!(left, None, "drop:{i} outlived the purge of its tag");
+    }
 }
 
 async fn xfetch_refreshes_hot_keys_before_they_expire(b: Backend) {
