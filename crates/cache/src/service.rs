@@ -441,12 +441,18 @@ impl Ctx {
         self.fill(res, &client, method, key, (request_time, since), Guards::default(), status)
     }
 
-    /// Deletes the entry `key` in a task of its own, awaited: an
-    /// invalidation due to a successful unsafe request still happens when
-    /// the request is dropped meanwhile. False when it failed.
-    async fn delete_detached(&self, key: &str) -> bool {
-        let (store, key) = (self.state.store.clone(), key.to_owned());
-        let delete = async move { store.delete_entry_key(&key).await.is_ok() };
+    /// Deletes the entries `keys` in a task of its own, awaited: an
+    /// invalidation due to a successful unsafe request still happens, every
+    /// key of it, when the request is dropped meanwhile. False when one failed.
+    async fn delete_detached(&self, keys: Vec<String>) -> bool {
+        let store = self.state.store.clone();
+        let delete = async move {
+            let mut all = true;
+            for key in keys {
+                all &= store.delete_entry_key(&key).await.is_ok();
+            }
+            all
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => rt.spawn(delete).await.unwrap_or(false),
             Err(_) => delete.await,
@@ -1151,6 +1157,7 @@ impl Ctx {
             // while this one was on its way; then this request's own
             // invalidation number (a store of this answer sees later ones).
             let (mut target, mut content_location_key) = (None, None);
+            let mut doomed = Vec::new();
             for (name, uri) in targets {
                 let Some(get) = same_origin_get(&parts, uri.as_deref(), &origin) else { continue };
                 let Some(primary) = self.primary(&get, &parts) else { continue };
@@ -1168,14 +1175,17 @@ impl Ctx {
                     *target_raced |= raced;
                     *own = n;
                 }
-                if !self.delete_detached(&key).await {
-                    status = status.detail("invalidation-failed");
-                }
+                doomed.push(key.clone());
                 match name {
                     None => target = Some((key, raced, n)),
                     Some(name) if name == header::CONTENT_LOCATION => content_location_key = Some(key),
                     Some(_) => {}
                 }
+            }
+            // Every target recorded first (above, at once), then all deleted
+            // together: a request dropped during a slow delete loses none.
+            if !self.delete_detached(doomed).await {
+                status = status.detail("invalidation-failed");
             }
             // A POST answer whose Content-Location is its target URI, with
             // explicit freshness, is the target's current representation: it

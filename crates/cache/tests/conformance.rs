@@ -1314,3 +1314,31 @@ suite!(
     uncacheable_routes_skip_the_fill_lock_until_they_become_cacheable,
     hit_for_pass_expires_and_can_be_disabled,
 );
+
+/// An unsafe request dropped while its invalidation waits on a slow Redis
+/// still invalidates every target (the request's own URI and the one its
+/// answer names), not only the one in progress when it was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_unsafe_request_still_invalidates_every_target() {
+    let b = Backend::standalone().await;
+    let origin = Origin::new(|parts, n| match parts.method.as_str() {
+        "PUT" => resp(200, &[("content-location", "/b")], ""),
+        _ => resp(200, &[("cache-control", "max-age=600")], &format!("{n}")),
+    });
+    let app = App::new(b.layer(), &origin);
+    for path in ["/a", "/b"] {
+        app.get(path).await;
+        assert!(app.get(path).await.is_hit(), "{path}");
+    }
+    let server = b.server.as_ref().unwrap();
+    server.pause();
+    let put = http::Request::put("/a").header("host", "example.test").body(axum::body::Body::empty()).unwrap();
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(100), tower::ServiceExt::oneshot(app.service(), put)).await;
+    assert!(dropped.is_err(), "the request was to be dropped while Redis was frozen");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.resume();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!app.get("/a").await.is_hit(), "/a invalidated");
+    assert!(!app.get("/b").await.is_hit(), "/b (Content-Location) invalidated");
+}
