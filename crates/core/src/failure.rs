@@ -22,5 +22,6 @@ pub enum FailurePolicy {
 
 /// Emits the `tracing` event for one degraded decision.
 pub fn report_degraded(layer: &'static str, policy: FailurePolicy, error: &crate::Error) {
-    tracing::warn!(target: "redlayer", layer, ?policy, %error, "redis unavailable; applying failure policy");
+    let why = if error.is_unavailable() { "redis unavailable" } else { "redis call failed" };
+    tracing::warn!(target: "redlayer", layer, ?policy, %error, "{why}; applying failure policy");
 }
