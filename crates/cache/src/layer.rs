@@ -263,28 +263,44 @@ impl CacheLayer {
         self.state.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Deletes every entry tagged `tag`. Fills in flight in this process are
-    /// not stored, and the tag is purged once more after a short delay to
-    /// catch fills finishing on other instances.
-    pub async fn purge_tag(&self, tag: &str) -> Result<usize> {
-        self.bump();
-        let n = self.state.store.purge_tag(tag).await?;
-        let (store, tag, delay) = (self.state.store.clone(), tag.to_owned(), self.config.purge_recheck);
+    /// Runs `purge` once more after 2 s (in the background):
+    /// a fill in flight on another instance, which this process cannot stop,
+    /// may store its response just after a purge; the second pass deletes
+    /// what such fills stored within that time.
+    fn recheck<F>(&self, purge: impl FnOnce(Store) -> F + Send + 'static)
+    where
+        F: std::future::Future + Send + 'static,
+    {
+        let (store, delay) = (self.state.store.clone(), self.config.purge_recheck);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 tokio::time::sleep(delay).await;
-                let _ = store.purge_tag(&tag).await;
+                purge(store).await;
             });
         }
+    }
+
+    /// Deletes every entry tagged `tag`. Fills in flight in this process are
+    /// not stored, and the tag is purged once more after 2 s to catch fills
+    /// finishing on other instances.
+    pub async fn purge_tag(&self, tag: &str) -> Result<usize> {
+        self.bump();
+        let n = self.state.store.purge_tag(tag).await?;
+        let tag = tag.to_owned();
+        self.recheck(move |store| async move { store.purge_tag(&tag).await });
         Ok(n)
     }
 
     /// Deletes the entry (every variant) of a primary key as built by the key
     /// function (default: `GET http://host/path?query`, see [`key::default_key`]).
+    /// Fills in flight in this process are not stored, and the key is deleted
+    /// once more after 2 s to catch fills finishing on other instances.
     pub async fn purge_key(&self, primary: &str) -> Result<bool> {
         self.bump();
         let key = self.state.store.entry_key(primary);
-        self.state.store.delete_entry_key(&key).await
+        let deleted = self.state.store.delete_entry_key(&key).await?;
+        self.recheck(move |store| async move { store.delete_entry_key(&key).await });
+        Ok(deleted)
     }
 
     /// Deletes the entry of an absolute URI under the default key function.
@@ -296,10 +312,14 @@ impl CacheLayer {
     }
 
     /// Deletes every entry whose normalized URI starts with `uri_prefix`
-    /// (`SCAN`, never `KEYS`; on a cluster every master is scanned).
+    /// (`SCAN`, never `KEYS`; on a cluster every master is scanned), and
+    /// once more after 2 s, as [`CacheLayer::purge_key`].
     pub async fn purge_prefix(&self, uri_prefix: &str) -> Result<usize> {
         self.bump();
-        self.state.store.purge_prefix(uri_prefix).await
+        let n = self.state.store.purge_prefix(uri_prefix).await?;
+        let prefix = uri_prefix.to_owned();
+        self.recheck(move |store| async move { store.purge_prefix(&prefix).await });
+        Ok(n)
     }
 }
 

@@ -88,7 +88,11 @@
 //! - A `304` or a `200` to a `HEAD` only updates a stored entry when the
 //!   updated response is still storable for the request; otherwise the
 //!   entry is dropped. A response is never stored when a purge or an
-//!   invalidation of its key came while it was on its way.
+//!   invalidation of its key came, in this process, while it was on its way.
+//!   A fill on another instance cannot see them: every purge runs once more
+//!   2 s later to delete what such fills stored meanwhile (a fill that takes
+//!   longer, or one racing an unsafe request's invalidation, can still store
+//!   a response from before it, until its freshness ends).
 //! - `Cache-Control` is parsed strictly before `http-cache-semantics` sees it
 //!   (`max-age =1` and directives inside quoted strings are ignored; qualified
 //!   `no-cache="f"` / `private="f"` store the response without field `f`;

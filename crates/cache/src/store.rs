@@ -666,10 +666,14 @@ impl Store {
         let tag_key = self.tag_key(tag);
         match &self.inner.backend {
             Backend::Memory { entries, tags, .. } => {
-                let members = tags.get(&tag_key).unwrap_or_default();
-                tags.remove(&tag_key);
+                // The members read leave the index; one added meanwhile (a
+                // fill finishing now) stays for the next purge.
+                let members: Vec<String> = tags.update(tag_key, |set, _| match set {
+                    Some(set) => (Update::Remove, std::mem::take(set).into_keys().collect()),
+                    None => (Update::Keep, Vec::new()),
+                });
                 let mut n = 0;
-                for key in members.into_keys() {
+                for key in members {
                     if entries.remove(&key) {
                         n += 1;
                     }
@@ -691,12 +695,17 @@ impl Store {
                         .await?;
                     let members: Vec<String> = scanned.into_iter().step_by(2).collect();
                     n += self.del_each(redis, &members).await?;
+                    // Only the members read leave the index: one a fill adds
+                    // while the scan runs stays, for the next purge to find
+                    // (deleting the whole index would hide its entry).
+                    if !members.is_empty() {
+                        let _: i64 = redis::cmd("ZREM").arg(&tag_key).arg(&members).query_async(&mut conn).await?;
+                    }
                     cursor = next;
                     if cursor == 0 {
                         break;
                     }
                 }
-                let _: i64 = redis::cmd("DEL").arg(&tag_key).query_async(&mut conn).await?;
                 Ok(n)
             }
         }

@@ -403,3 +403,25 @@ async fn a_tag_index_does_not_keep_expired_members() {
     assert_eq!(cache.invalidate_tag("site").await.unwrap(), 1);
     assert_eq!(cache.get::<i32>("fresh").await.unwrap(), None);
 }
+
+/// A purge on one instance while another is filling the key: the fill,
+/// which that instance cannot see, stores the response it fetched before the
+/// purge; the purge's second pass (2 s later) deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_catches_a_fill_finishing_on_another_instance() {
+    let server = RedisServer::start();
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=600")], &format!("v{n}")))
+        .delay(Duration::from_millis(300));
+    let a = CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap());
+    let app_a = App::new(a.clone(), &origin);
+    let app_b = App::new(CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap()), &origin);
+    let filling = tokio::spawn(async move { app_b.get("/x").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!a.purge_uri("http://example.test/x").await.unwrap(), "nothing stored yet");
+    assert_eq!(filling.await.unwrap().body, "v1");
+    assert!(app_a.get("/x").await.is_hit(), "the pre-purge response was stored after the purge");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let after = app_a.get("/x").await;
+    assert!(!after.is_hit(), "the second pass did not delete it");
+    assert_eq!(after.body, "v2");
+}
