@@ -161,6 +161,24 @@ fn now() -> SystemTime {
     SystemTime::now()
 }
 
+/// An invalidation that failed (Redis slow, or this instance backing off
+/// after an error) is tried once more a second later: the entry would
+/// otherwise be served, on every instance, until its freshness ends.
+fn retry_invalidation(store: crate::Store, keys: Vec<String>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    rt.spawn(async move {
+        tokio::time::sleep(INVALIDATION_RETRY).await;
+        for key in keys {
+            if let Err(e) = store.delete_entry_key(&key).await {
+                tracing::warn!(target: "redlayer", %e, "cache: an invalidated entry could not be deleted");
+            }
+        }
+    });
+}
+
+/// How long after a failed invalidation it is tried again (past the store's back-off).
+const INVALIDATION_RETRY: Duration = Duration::from_secs(1);
+
 fn secs(d: Duration) -> i64 {
     d.as_secs().min(i64::MAX as u64) as i64
 }
@@ -447,9 +465,15 @@ impl Ctx {
     async fn delete_detached(&self, keys: Vec<String>) -> bool {
         let store = self.state.store.clone();
         let delete = async move {
-            let mut all = true;
+            let mut failed = Vec::new();
             for key in keys {
-                all &= store.delete_entry_key(&key).await.is_ok();
+                if store.delete_entry_key(&key).await.is_err() {
+                    failed.push(key);
+                }
+            }
+            let all = failed.is_empty();
+            if !all {
+                retry_invalidation(store, failed);
             }
             all
         };
@@ -459,14 +483,15 @@ impl Ctx {
         }
     }
 
-    /// Deletes the entries under `key` (in the background).
+    /// Deletes the entries under `key` (in the background; once more a
+    /// second later if that fails).
     fn spawn_invalidate(&self, key: &str) {
         self.state.invalidated.record(key);
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (store, key) = (self.state.store.clone(), key.to_owned());
         rt.spawn(async move {
-            if let Err(e) = store.delete_entry_key(&key).await {
-                tracing::debug!(target: "redlayer", %e, "cache: outdated entry not deleted");
+            if store.delete_entry_key(&key).await.is_err() {
+                retry_invalidation(store, vec![key]);
             }
         });
     }

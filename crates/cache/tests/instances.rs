@@ -425,3 +425,29 @@ async fn a_purge_catches_a_fill_finishing_on_another_instance() {
     assert!(!after.is_hit(), "the second pass did not delete it");
     assert_eq!(after.body, "v2");
 }
+
+/// An invalidation that failed (here: made while this instance backs off
+/// after a Redis timeout) is tried again a second later, so other instances
+/// stop serving the outdated entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_invalidation_is_tried_again() {
+    let server = RedisServer::start();
+    let origin = Origin::new(|parts, n| match parts.method.as_str() {
+        "POST" => resp(200, &[], "done"),
+        _ => resp(200, &[("cache-control", "max-age=600")], &format!("v{n}")),
+    });
+    let b = App::new(CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap()), &origin);
+    b.get("/x").await;
+    assert!(b.get("/x").await.is_hit());
+    let quick =
+        redlayer_core::Redis::builder().timeout(Duration::from_millis(50)).connect(&server.url()).await.unwrap();
+    let a = App::new(CacheLayer::new(quick), &origin);
+    server.pause();
+    a.get("/y").await;
+    server.resume();
+    let post = a.send("POST", "/x", &[]).await;
+    assert_eq!(post.status, 200);
+    assert!(post.cache_status().contains("invalidation-failed"), "{}", post.cache_status());
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(!b.get("/x").await.is_hit(), "the other instance still serves the invalidated entry");
+}
