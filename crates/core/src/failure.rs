@@ -16,7 +16,8 @@ pub enum FailurePolicy {
     FailClosed,
     /// Fall back to an in-process implementation with the same configuration
     /// until Redis answers again (per-instance only, so limits are per instance
-    /// for that time).
+    /// for that time; the rate limiter drops the fallback's counts once Redis
+    /// decides again).
     LocalFallback,
 }
 

@@ -67,6 +67,9 @@ pub(crate) struct Inner {
     policy_field: Option<http::HeaderValue>,
     failure: FailurePolicy,
     fallback: MemoryStore,
+    /// Set when the fallback decided: cleared, with the fallback's counts,
+    /// by the next decision the store makes (see `decide_in_store`).
+    fallback_used: std::sync::atomic::AtomicBool,
     deny_cache: Option<DenyCache>,
     shadow: bool,
     timeout: Duration,
@@ -263,6 +266,11 @@ impl RateLimiter {
         let result = self.timed(inner.store.decide(&keys, &specs, cost)).await;
         let decision = match result {
             Ok((allowed, raw)) => {
+                // The store is back: counts the fallback made during the
+                // outage must not deny clients in a later one.
+                if inner.fallback_used.load(Ordering::Relaxed) && inner.fallback_used.swap(false, Ordering::Relaxed) {
+                    inner.fallback.clear();
+                }
                 if let (Some(cache), 1) = (&inner.deny_cache, cost) {
                     for (key, outcome) in keys.iter().zip(&raw) {
                         if !outcome.allowed && outcome.remaining == 0 && outcome.retry_us > 0 {
@@ -283,6 +291,7 @@ impl RateLimiter {
                         policy_field: None,
                     },
                     FailurePolicy::LocalFallback => {
+                        inner.fallback_used.store(true, Ordering::Relaxed);
                         let (allowed, raw) = inner.fallback.decide(&keys, &specs, cost);
                         let mut d = self.build_decision(allowed, &raw, &active);
                         d.degraded = Some(FailurePolicy::LocalFallback);
@@ -473,6 +482,7 @@ impl RateLimiterBuilder {
                 policies: self.policies,
                 failure: self.failure,
                 fallback: MemoryStore::bounded(None, self.fallback_keys),
+                fallback_used: std::sync::atomic::AtomicBool::new(false),
                 deny_cache,
                 shadow: self.shadow,
                 timeout,
@@ -560,6 +570,39 @@ mod tests {
         assert!(!cached.is_allowed() && cached.from_deny_cache());
         clock.advance(Duration::from_secs(60));
         assert!(limiter.check("k", 1).await.is_allowed(), "still denied from the cache after the block ended");
+    }
+
+    /// The local fallback stands in for one outage: once the store decides
+    /// again, its counts are dropped, so a later outage starts afresh
+    /// instead of denying clients for what they did in the earlier one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_local_fallback_forgets_an_outage_once_redis_is_back() {
+        let server = redlayer_testkit::RedisServer::start();
+        let handle =
+            redlayer_core::Redis::builder().timeout(Duration::from_millis(100)).connect(&server.url()).await.unwrap();
+        let limiter = RateLimiter::builder(Store::redis(handle))
+            .policy(Policy::gcra("p", Quota::per_hour(2)))
+            .failure_policy(FailurePolicy::LocalFallback)
+            .deny_cache(0)
+            .build();
+        let outage = |expect: [bool; 3]| {
+            let limiter = limiter.clone();
+            async move {
+                for allowed in expect {
+                    let d = limiter.check("k", 1).await;
+                    assert_eq!(d.degraded(), Some(FailurePolicy::LocalFallback));
+                    assert_eq!(d.is_allowed(), allowed, "{d:?}");
+                }
+            }
+        };
+        server.pause();
+        outage([true, true, false]).await;
+        server.resume();
+        let back = limiter.check("other", 1).await;
+        assert!(back.degraded().is_none() && back.is_allowed(), "{back:?}");
+        server.pause();
+        outage([true, true, false]).await;
+        server.resume();
     }
 
     /// While Redis is down, client-chosen keys (random API keys) must not grow

@@ -67,6 +67,11 @@ impl MemoryStore {
         self.given_clock.clone()
     }
 
+    /// Forgets every state.
+    pub(crate) fn clear(&self) {
+        self.map.remove_where(|_| true);
+    }
+
     /// Entries held (expired ones not yet swept included).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
