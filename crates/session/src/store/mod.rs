@@ -203,6 +203,10 @@ pub(crate) fn millis(d: Duration) -> u64 {
     redlayer_core::expiry::expiry_ms(d)
 }
 
+/// Passes over a user's index that "log out everywhere" makes at most (see
+/// [`Store::revoke_all`]).
+const REVOKE_PASSES: usize = 4;
+
 /// A stored time (ms since the epoch, written by anyone) as a `SystemTime`:
 /// one past the platform's range (Windows' is narrower) is the epoch.
 fn time_of(ms: i64) -> SystemTime {
@@ -413,23 +417,33 @@ impl Store {
 
     pub(crate) async fn revoke_all_except(&self, user: &str, keep: Option<&str>) -> Result<usize, SessionError> {
         let index = id::user_key(&self.inner.keys, user);
-        let keys: Vec<String> = match &self.inner.backend {
-            Backend::Redis(redis) => redis_backend::index_keys(redis, &index).await?,
-            Backend::Memory(m) => m.index_keys(&index),
-        };
         let mut ended = 0;
-        for key in keys {
-            if Some(key.as_str()) == keep {
-                continue;
-            }
-            if self.is_session_key(&key) {
-                let gone = self.destroy(&key).await?;
-                ended += usize::from(gone.existed);
-                if gone.key != key {
-                    self.index_remove(user, &gone.key).await?;
+        // A session whose id is cycled meanwhile (a login on another
+        // instance) is renamed under a key indexed before the rename: when a
+        // listed session was not found, the index is read again for it.
+        for _ in 0..REVOKE_PASSES {
+            let keys: Vec<String> = match &self.inner.backend {
+                Backend::Redis(redis) => redis_backend::index_keys(redis, &index).await?,
+                Backend::Memory(m) => m.index_keys(&index),
+            };
+            let mut missed = false;
+            for key in keys {
+                if Some(key.as_str()) == keep {
+                    continue;
                 }
+                if self.is_session_key(&key) {
+                    let gone = self.destroy(&key).await?;
+                    ended += usize::from(gone.existed);
+                    missed |= !gone.existed;
+                    if gone.key != key {
+                        self.index_remove(user, &gone.key).await?;
+                    }
+                }
+                self.index_remove(user, &key).await?;
             }
-            self.index_remove(user, &key).await?;
+            if !missed {
+                break;
+            }
         }
         Ok(ended)
     }
