@@ -67,9 +67,11 @@ impl MemoryStore {
         self.given_clock.clone()
     }
 
-    /// Forgets every state.
-    pub(crate) fn clear(&self) {
-        self.map.remove_where(|_| true);
+    /// Forgets the state of these keys.
+    pub(crate) fn forget(&self, keys: &[String]) {
+        for key in keys {
+            self.map.remove(key);
+        }
     }
 
     /// Entries held (expired ones not yet swept included).
