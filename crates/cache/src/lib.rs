@@ -175,10 +175,11 @@
 //!
 //! Every script touches one key. A tag index cannot share a slot with all
 //! the entries it names, so it lives in its tag's slot and a purge reads it
-//! with `ZSCAN` and deletes the entries of each batch (pipelined `DEL`s on a
-//! standalone server; on a cluster one `DEL`, which redis-rs splits by slot):
-//! nothing can fail with `CROSSSLOT`. Purges bump an in-process epoch so fills in flight are not
-//! stored; a tag purge re-runs once after 2 s to catch fills finishing elsewhere.
+//! with `ZSCAN`, takes each batch of members out of it (`ZREM`) and deletes
+//! their entries (pipelined `DEL`s on a standalone server; on a cluster one
+//! `DEL`, which redis-rs splits by slot): nothing can fail with `CROSSSLOT`.
+//! Purges bump an in-process epoch so fills in flight are not stored, and
+//! every purge re-runs once after 2 s to catch fills finishing elsewhere.
 //! `purge_prefix` uses `SCAN` (never `KEYS`) and reads each entry's `uri`
 //! field; on a cluster it scans every master (found with `CLUSTER SLOTS`,
 //! reached with the handle's credentials and TLS, `Redis::node_info`) and

@@ -816,6 +816,10 @@ impl Ctx {
                 Some(e) => Err(e),
                 None => store.put(&plan.key, &plan.uri, &plan.spec, &req_headers, entry.encode(), plan.ttl).await,
             };
+            if stored.is_ok() && !store.tags_hold(&plan.key, &plan.tags) {
+                // A memory tag index let go of it meanwhile: a purge would miss it.
+                let _ = store.delete_entry_key(&plan.key).await;
+            }
             // The flight ends once the entry is in the store (or failed to get
             // there): a request arriving in between joins it instead of missing
             // the store and going to the origin again.

@@ -615,13 +615,28 @@ impl Store {
         }
     }
 
+    /// Whether every index of `tags` still names `key` (memory only; true on
+    /// Redis): a memory index crowded out or evicted between the tagging and
+    /// the write took along an entry that was not there yet, so the caller
+    /// drops the entry it just wrote.
+    pub(crate) fn tags_hold(&self, key: &str, tags: &[String]) -> bool {
+        match &self.inner.backend {
+            Backend::Memory { tags: indexes, .. } => tags.iter().all(|tag| {
+                indexes.update(self.tag_key(tag), |set, _| (Update::Keep, set.is_some_and(|s| s.contains_key(key))))
+            }),
+            Backend::Redis(_) => true,
+        }
+    }
+
     /// Records that the entry key carries `tag`.
     pub(crate) async fn add_tag(&self, tag: &str, key: &str, ttl: Duration) -> Result<()> {
         let tag_key = self.tag_key(tag);
         let ttl = bound(ttl);
         match &self.inner.backend {
             Backend::Memory { entries, tags, .. } => {
-                let limit = tags.max_entry_weight().unwrap_or(usize::MAX);
+                // Half a shard at most: one site-wide tag must not push every
+                // other index of its shard out (with their entries).
+                let limit = tags.max_entry_weight().map_or(usize::MAX, |shard| shard / 2);
                 let crowded_out = tags.update(tag_key, |old, now| {
                     let mut set = old.map(std::mem::take).unwrap_or_default();
                     // As tag.lua: members whose entries expired go as new ones come
@@ -660,7 +675,8 @@ impl Store {
         }
     }
 
-    /// Deletes every entry (and value) tagged `tag`, then the tag index.
+    /// Deletes every entry (and value) tagged `tag`, taking each batch of
+    /// members out of the tag index first.
     /// Returns how many entries were deleted.
     pub async fn purge_tag(&self, tag: &str) -> Result<usize> {
         let tag_key = self.tag_key(tag);
@@ -694,13 +710,14 @@ impl Store {
                         .query_async(&mut conn)
                         .await?;
                     let members: Vec<String> = scanned.into_iter().step_by(2).collect();
-                    n += self.del_each(redis, &members).await?;
-                    // Only the members read leave the index: one a fill adds
-                    // while the scan runs stays, for the next purge to find
-                    // (deleting the whole index would hide its entry).
+                    // Only the members read leave the index, before their
+                    // entries go: one a fill adds (or tags again) meanwhile
+                    // stays, for the next purge to find (deleting the whole
+                    // index, or unindexing after the delete, would hide it).
                     if !members.is_empty() {
                         let _: i64 = redis::cmd("ZREM").arg(&tag_key).arg(&members).query_async(&mut conn).await?;
                     }
+                    n += self.del_each(redis, &members).await?;
                     cursor = next;
                     if cursor == 0 {
                         break;
@@ -883,6 +900,9 @@ impl Store {
                 let mut hash = MemHash::default();
                 hash.variants.insert(String::new(), value);
                 entries.insert(vkey.clone(), Arc::new(hash), Some(ttl));
+                if !self.tags_hold(&vkey, tags) {
+                    entries.remove(&vkey);
+                }
                 Ok(())
             }
             Backend::Redis(_) => {

@@ -53,7 +53,8 @@ impl Policy {
     }
 
     /// A token bucket of `capacity` tokens, refilled continuously at `refill`
-    /// (e.g. `Quota::per_second(5)`); computed as GCRA with burst = capacity.
+    /// (e.g. `Quota::per_second(5)`); computed as GCRA with burst = capacity
+    /// (capped as [`Quota::burst`] says).
     pub fn token_bucket(name: &str, capacity: u64, refill: Quota) -> Self {
         Self::new(name, Algorithm::TokenBucket, refill.burst(capacity))
     }
