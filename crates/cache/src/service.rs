@@ -162,21 +162,31 @@ fn now() -> SystemTime {
 }
 
 /// An invalidation that failed (Redis slow, or this instance backing off
-/// after an error) is tried once more a second later: the entry would
+/// after an error) is tried again 1, 2 and 4 s later: the entry would
 /// otherwise be served, on every instance, until its freshness ends.
-fn retry_invalidation(store: crate::Store, keys: Vec<String>) {
+fn retry_invalidation(store: crate::Store, mut keys: Vec<String>) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
     rt.spawn(async move {
-        tokio::time::sleep(INVALIDATION_RETRY).await;
-        for key in keys {
-            if let Err(e) = store.delete_entry_key(&key).await {
-                tracing::warn!(target: "redlayer", %e, "cache: an invalidated entry could not be deleted");
+        let mut wait = INVALIDATION_RETRY;
+        for _ in 0..3 {
+            tokio::time::sleep(wait).await;
+            let mut failed = Vec::new();
+            for key in keys {
+                if store.delete_entry_key(&key).await.is_err() {
+                    failed.push(key);
+                }
             }
+            if failed.is_empty() {
+                return;
+            }
+            keys = failed;
+            wait *= 2;
         }
+        tracing::warn!(target: "redlayer", keys = keys.len(), "cache: invalidated entries could not be deleted");
     });
 }
 
-/// How long after a failed invalidation it is tried again (past the store's back-off).
+/// How long after a failed invalidation it is first tried again (past the store's back-off).
 const INVALIDATION_RETRY: Duration = Duration::from_secs(1);
 
 fn secs(d: Duration) -> i64 {

@@ -519,7 +519,9 @@ impl Session {
     async fn write_locked(&self, st: &mut State, increments: Vec<(String, i64)>) -> Result<Vec<i64>, SessionError> {
         // A copy: the changes stay pending until they are written, so that a
         // call dropped midway (a handler's timeout around `save`) loses none,
-        // and `finish` writes them.
+        // and `finish` writes them. (If the dropped call had created the
+        // session already, `finish` creates another: the first, unknown to
+        // the client, ends at its idle timeout.)
         let pending = st.pending.clone();
         let timeouts = &self.inner.shared.timeouts;
         let mut op = WriteOp {

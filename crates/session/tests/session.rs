@@ -74,6 +74,7 @@ async fn concurrent_increments_lose_nothing(s: &[Store]) {
     assert_eq!(c.call("GET", "/visits").await.body, "34", "32 concurrent increments, none lost");
 }
 
+/// (The memory store's save finishes on its first poll: only Redis can fail this.)
 async fn an_abandoned_save_loses_no_change(s: &[Store]) {
     for session_exists in [false, true] {
         let mut c = client(&s[0]);
