@@ -247,7 +247,7 @@ impl Store {
     /// expired entries are dropped first, then those closest to expiry, as
     /// Redis does under `maxmemory` with `volatile-ttl`; an entry larger than a
     /// sixteenth of the budget is not stored. One tag's index holds at most a
-    /// sixteenth of the tags' quarter (about 35,000 members at the default
+    /// thirty-second of the tags' quarter (about 17,000 members at the default
     /// budget): past it, its members closest to expiry make room and their
     /// entries are dropped with them; a tag index dropped for the budget takes
     /// its entries too. So every entry kept is in its tags' indexes, and a

@@ -8,7 +8,8 @@
 --              period (microseconds), burst
 --
 -- Time comes from the Redis server (TIME), never from the application.
--- Phase 1 evaluates every policy without writing; phase 2 writes only when all
+-- Phase 1 evaluates every policy without writing its decision (it only
+-- corrects a state a clock left too far ahead, and trims a log); phase 2 writes only when all
 -- of them allow: a request denied by any policy consumes from none.
 --
 -- Returns per policy: allowed, remaining, reset_us, retry_us (the request is
