@@ -60,6 +60,9 @@ pub use redlayer_core::memory::DEFAULT_MEMORY_BUDGET;
 /// slots, allocations), for the memory budget.
 const ENTRY_OVERHEAD: usize = 64;
 
+/// How many parts the memory store splits each tag's index into.
+const MEMORY_TAG_BUCKETS: usize = 16;
+
 /// What a tag's index weighs in the memory store's budget.
 fn tag_weight(members: &HashMap<String, Duration>) -> usize {
     members.keys().map(|k| k.len() + ENTRY_OVERHEAD).sum::<usize>() + ENTRY_OVERHEAD
@@ -246,10 +249,10 @@ impl Store {
     /// (bodies, headers, keys) and a quarter of that of tag sets. Past it,
     /// expired entries are dropped first, then those closest to expiry, as
     /// Redis does under `maxmemory` with `volatile-ttl`; an entry larger than a
-    /// sixteenth of the budget is not stored. One tag's index holds at most a
-    /// thirty-second of the tags' quarter (about 17,000 members at the default
-    /// budget): past it, its members closest to expiry make room and their
-    /// entries are dropped with them; a tag index dropped for the budget takes
+    /// sixteenth of the budget is not stored. A tag's index is kept in 16
+    /// parts, each at most half of what the map keeps per shard (about
+    /// 280,000 members in all at the default budget): past that, the members
+    /// closest to expiry make room and their entries are dropped with them; a tag index dropped for the budget takes
     /// its entries too. So every entry kept is in its tags' indexes, and a
     /// purge by tag never misses one.
     pub fn memory_with_budget(max_bytes: usize) -> Self {
@@ -367,6 +370,17 @@ impl Store {
 
     fn tag_key(&self, tag: &str) -> String {
         self.inner.keys.key("cachetag", &KeyPart::client(tag))
+    }
+
+    /// The memory store's index of `tag` holding `member`: one of
+    /// [`MEMORY_TAG_BUCKETS`], by the member's hash, so that a tag on many
+    /// entries spreads over the map's shards instead of filling one.
+    fn memory_tag_bucket(&self, tag: &str, member: &str) -> String {
+        use std::hash::BuildHasher as _;
+        let hash =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(member);
+        let bucket = hash as usize % MEMORY_TAG_BUCKETS;
+        format!("{}#{bucket}", self.tag_key(tag))
     }
 
     fn value_key(&self, key: &str) -> String {
@@ -622,7 +636,8 @@ impl Store {
     pub(crate) fn tags_hold(&self, key: &str, tags: &[String]) -> bool {
         match &self.inner.backend {
             Backend::Memory { tags: indexes, .. } => tags.iter().all(|tag| {
-                indexes.update(self.tag_key(tag), |set, _| (Update::Keep, set.is_some_and(|s| s.contains_key(key))))
+                let bucket = self.memory_tag_bucket(tag, key);
+                indexes.update(bucket, |set, _| (Update::Keep, set.is_some_and(|s| s.contains_key(key))))
             }),
             Backend::Redis(_) => true,
         }
@@ -637,7 +652,7 @@ impl Store {
                 // Half a shard at most: one site-wide tag must not push every
                 // other index of its shard out (with their entries).
                 let limit = tags.max_entry_weight().map_or(usize::MAX, |shard| shard / 2);
-                let crowded_out = tags.update(tag_key, |old, now| {
+                let crowded_out = tags.update(self.memory_tag_bucket(tag, key), |old, now| {
                     let mut set = old.map(std::mem::take).unwrap_or_default();
                     // As tag.lua: members whose entries expired go as new ones come
                     // (in passes, each time the index has doubled).
@@ -684,10 +699,16 @@ impl Store {
             Backend::Memory { entries, tags, .. } => {
                 // The members read leave the index; one added meanwhile (a
                 // fill finishing now) stays for the next purge.
-                let members: Vec<String> = tags.update(tag_key, |set, _| match set {
-                    Some(set) => (Update::Remove, std::mem::take(set).into_keys().collect()),
-                    None => (Update::Keep, Vec::new()),
-                });
+                let mut members: Vec<String> = Vec::new();
+                for bucket in 0..MEMORY_TAG_BUCKETS {
+                    tags.update(format!("{tag_key}#{bucket}"), |set, _| match set {
+                        Some(set) => {
+                            members.extend(std::mem::take(set).into_keys());
+                            (Update::Remove, ())
+                        }
+                        None => (Update::Keep, ()),
+                    });
+                }
                 let mut n = 0;
                 for key in members {
                     if entries.remove(&key) {

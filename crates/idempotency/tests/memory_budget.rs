@@ -20,10 +20,9 @@ async fn post_with_key(app: &Router, key: &str) -> (u16, bool, String) {
     (status, replayed, String::from_utf8_lossy(&body).into_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_new_keys_stays_within_the_memory_budget() {
-    const BUDGET: usize = 256 * 1024;
-    let store = Store::memory_with_budget(BUDGET);
+/// `POST /payments` behind the layer on `store`, answering 201 with
+/// `body(n)` for its n-th run; and the count of runs.
+fn payments(store: &Store, body: fn(usize) -> String) -> (Router, Arc<AtomicUsize>) {
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = runs.clone();
     let app = Router::new()
@@ -31,10 +30,18 @@ async fn a_flood_of_new_keys_stays_within_the_memory_budget() {
             "/payments",
             post(move || {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
-                async move { (axum::http::StatusCode::CREATED, format!("{n}:{}", "p".repeat(1_000))) }
+                async move { (axum::http::StatusCode::CREATED, body(n)) }
             }),
         )
         .layer(IdempotencyLayer::new(store.clone()));
+    (app, runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_keys_stays_within_the_memory_budget() {
+    const BUDGET: usize = 256 * 1024;
+    let store = Store::memory_with_budget(BUDGET);
+    let (app, runs) = payments(&store, |n| format!("{n}:{}", "p".repeat(1_000)));
     for i in 0..1_000 {
         let key = format!("key-{i}");
         let (status, replayed, first) = post_with_key(&app, &key).await;
@@ -59,17 +66,7 @@ async fn a_flood_of_new_keys_stays_within_the_memory_budget() {
 async fn a_response_too_large_to_keep_leaves_its_record() {
     // 64 KiB: one record may hold 4 KiB.
     let store = Store::memory_with_budget(64 * 1024);
-    let runs = Arc::new(AtomicUsize::new(0));
-    let counter = runs.clone();
-    let app = Router::new()
-        .route(
-            "/payments",
-            post(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                async move { (axum::http::StatusCode::CREATED, "p".repeat(6_000)) }
-            }),
-        )
-        .layer(IdempotencyLayer::new(store.clone()));
+    let (app, runs) = payments(&store, |_| "p".repeat(6_000));
     assert_eq!(post_with_key(&app, "big").await.0, 201);
     let other = Request::post("/payments").header("idempotency-key", "\"big\"").body(Body::from("{\"other\":1}"));
     let other = app.clone().oneshot(other.unwrap()).await.unwrap();
