@@ -49,6 +49,9 @@ pub struct CacheAside {
     locks: Option<redlayer_lock::Locks>,
     flights: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     refreshing: Refreshing,
+    /// Bumped by every invalidation of this process: a fetch that started
+    /// before one does not store its (maybe older) value.
+    invalidations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for CacheAside {
@@ -94,7 +97,13 @@ impl CacheAside {
     /// Values in the given store (it may be the one a `CacheLayer` uses).
     pub fn new(store: Store) -> Self {
         let locks = store.redis_handle().cloned().map(|redis| redlayer_lock::Locks::redis(redis).fencing(false));
-        CacheAside { store, locks, flights: Arc::new(Mutex::new(HashMap::new())), refreshing: Refreshing::default() }
+        CacheAside {
+            store,
+            locks,
+            flights: Arc::new(Mutex::new(HashMap::new())),
+            refreshing: Refreshing::default(),
+            invalidations: Arc::default(),
+        }
     }
 
     fn check(key: &str) -> Result<()> {
@@ -138,14 +147,29 @@ impl CacheAside {
         self.store.set_value(key, encode(value, ttl)?, ttl.saturating_add(stale_for), &tags).await
     }
 
-    /// Deletes `key`; true when it was there.
+    /// Deletes `key`; true when it was there. A fetch that this `CacheAside`
+    /// (or a clone) is running meanwhile returns its value without storing
+    /// it (it may be from before the change); another instance's is not
+    /// stopped.
     pub async fn invalidate(&self, key: &str) -> Result<bool> {
         Self::check(key)?;
+        self.bump();
         self.store.delete_value(key).await
     }
 
-    /// Deletes every value (and cached response) tagged `tag`.
+    /// Before a deletion: fetches in flight in this process then do not store.
+    fn bump(&self) {
+        self.invalidations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.invalidations.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Deletes every value (and cached response) tagged `tag`; fetches in
+    /// flight are not stored, as with [`CacheAside::invalidate`].
     pub async fn invalidate_tag(&self, tag: &str) -> Result<usize> {
+        self.bump();
         self.store.purge_tag(tag).await
     }
 
@@ -223,11 +247,12 @@ impl CacheAside {
                 },
                 None => None,
             };
+            let epoch = this.epoch();
             let encoded = match fetch().await {
                 Ok(value) => encode(&value, ttl).ok(),
                 Err(_) => None,
             };
-            if let Some(bytes) = encoded
+            if let Some(bytes) = encoded.filter(|_| this.epoch() == epoch)
                 && let Err(e) = this.store.set_value(&key, bytes, ttl.saturating_add(stale_for), &[]).await
             {
                 report_degraded("cache-aside", FailurePolicy::FailOpen, &e);
@@ -301,8 +326,12 @@ impl CacheAside {
                 }
                 None => None,
             };
+            let epoch = self.epoch();
             let value = fetch().await?;
-            if let Err(e) = self.store_value(key, &value, ttl, stale_for, tags).await {
+            // Invalidated meanwhile: the value may be from before; returned, not stored.
+            if self.epoch() == epoch
+                && let Err(e) = self.store_value(key, &value, ttl, stale_for, tags).await
+            {
                 report_degraded("cache-aside", FailurePolicy::FailOpen, &e);
             }
             Ok(value)

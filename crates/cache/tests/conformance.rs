@@ -699,6 +699,20 @@ async fn cache_aside_runs_the_fetcher_once(b: Backend) {
     assert_eq!(cache.get::<Vec<u32>>("user:1").await.unwrap(), None);
     // A write given up at once (its caller dropped) still ends with the value
     // findable by its tag, or not there at all: never an untagged value.
+    // An invalidation while a fetch runs: its value is returned, not stored.
+    let slow = cache.clone();
+    let loading = tokio::spawn(async move {
+        slow.get_or_insert_with("inflight", Duration::from_secs(60), || async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, std::io::Error>(1u32)
+        })
+        .await
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cache.invalidate("inflight").await.unwrap();
+    assert_eq!(loading.await.unwrap(), 1);
+    assert_eq!(cache.get::<u32>("inflight").await.unwrap(), None, "stored after its invalidation");
     for i in 0..40u64 {
         let key = format!("drop:{i}");
         let set = cache.set_with_tags(&key, &i, Duration::from_secs(60), &["t", "u"]);
