@@ -487,10 +487,7 @@ impl Ctx {
             }
             all
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => rt.spawn(delete).await.unwrap_or(false),
-            Err(_) => delete.await,
-        }
+        redlayer_core::run_detached(delete).await.unwrap_or(false)
     }
 
     /// Deletes the entries under `key` (in the background; once more a

@@ -899,13 +899,9 @@ impl Store {
     pub(crate) async fn set_value(&self, key: &str, value: Bytes, ttl: Duration, tags: &[String]) -> Result<()> {
         let (store, key, tags) = (self.clone(), key.to_owned(), tags.to_vec());
         let set = async move { store.set_value_now(&key, value, ttl, &tags).await };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => runtime
-                .spawn(set)
-                .await
-                .unwrap_or_else(|e| Err(Error::Unavailable(format!("cache-aside write did not finish: {e}")))),
-            Err(_) => set.await,
-        }
+        redlayer_core::run_detached(set)
+            .await
+            .unwrap_or_else(|| Err(Error::Unavailable("cache-aside write did not finish".into())))
     }
 
     async fn set_value_now(&self, key: &str, value: Bytes, ttl: Duration, tags: &[String]) -> Result<()> {

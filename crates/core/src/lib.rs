@@ -29,6 +29,7 @@
 
 pub mod body;
 mod connection;
+mod detached;
 mod error;
 pub mod expiry;
 mod failure;
@@ -40,6 +41,7 @@ pub mod problem;
 
 pub use body::ResponseBody;
 pub use connection::Connection;
+pub use detached::run_detached;
 pub use error::{Error, Result};
 pub use failure::{FailurePolicy, report_degraded};
 pub use handle::{DEFAULT_CONNECTIONS, DEFAULT_TIMEOUT, Redis, RedisBuilder};

@@ -219,7 +219,7 @@ where
     // the head of a trailers-only error), and a stream must not wait for its
     // end: the attempt is forgotten at once and the body passes untouched.
     if is_grpc(&parts.headers) || !storable_status(parts.status) {
-        settle_in_task(settle(config, id, guard, None)).await;
+        redlayer_core::run_detached(settle(config, id, guard, None)).await;
         return Response::from_parts(parts, ResponseBody::inner(PassBody::new(body)));
     }
     let mut body = Box::pin(body);
@@ -261,7 +261,10 @@ where
             .collect(),
         body: data.freeze(),
     });
-    settle_in_task(settle(config, id, guard, stored)).await;
+    // Detached: a request dropped now (its client gave up just as the handler
+    // finished) must still record the response, or the released lease would
+    // let a retry run the finished handler again.
+    redlayer_core::run_detached(settle(config, id, guard, stored)).await;
     Response::from_parts(parts, ResponseBody::inner(PassBody::resume(read, error, rest)))
 }
 
@@ -271,19 +274,6 @@ where
 /// operation did not run, and a retry should get to run it).
 fn storable_status(status: StatusCode) -> bool {
     !status.is_server_error() && !status.is_informational() && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
-}
-
-/// Runs `settle` in a task of its own, awaited: a request dropped now (its
-/// client gave up just as the handler finished) must still record the
-/// response, or the released lease would let a retry run the finished
-/// handler again.
-async fn settle_in_task(settle: impl std::future::Future<Output = ()> + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            let _ = runtime.spawn(settle).await;
-        }
-        Err(_) => settle.await,
-    }
 }
 
 /// Stores the response of a finished handler (or forgets an attempt whose
