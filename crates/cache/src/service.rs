@@ -170,20 +170,25 @@ fn retry_invalidation(store: crate::Store, mut keys: Vec<String>) {
         let mut wait = INVALIDATION_RETRY;
         for _ in 0..3 {
             tokio::time::sleep(wait).await;
-            let mut failed = Vec::new();
-            for key in keys {
-                if store.delete_entry_key(&key).await.is_err() {
-                    failed.push(key);
-                }
-            }
-            if failed.is_empty() {
+            keys = delete_entries(&store, keys).await;
+            if keys.is_empty() {
                 return;
             }
-            keys = failed;
             wait *= 2;
         }
         tracing::warn!(target: "redlayer", keys = keys.len(), "cache: invalidated entries could not be deleted");
     });
+}
+
+/// Deletes the entries `keys`; returns those that could not be deleted.
+async fn delete_entries(store: &crate::Store, keys: Vec<String>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for key in keys {
+        if store.delete_entry_key(&key).await.is_err() {
+            failed.push(key);
+        }
+    }
+    failed
 }
 
 /// How long after a failed invalidation it is first tried again (past the store's back-off).
@@ -475,12 +480,7 @@ impl Ctx {
     async fn delete_detached(&self, keys: Vec<String>) -> bool {
         let store = self.state.store.clone();
         let delete = async move {
-            let mut failed = Vec::new();
-            for key in keys {
-                if store.delete_entry_key(&key).await.is_err() {
-                    failed.push(key);
-                }
-            }
+            let failed = delete_entries(&store, keys).await;
             let all = failed.is_empty();
             if !all {
                 retry_invalidation(store, failed);
@@ -490,15 +490,16 @@ impl Ctx {
         redlayer_core::run_detached(delete).await.unwrap_or(false)
     }
 
-    /// Deletes the entries under `key` (in the background; once more a
-    /// second later if that fails).
+    /// Deletes the entries under `key` (in the background; tried again
+    /// later if that fails, see [`retry_invalidation`]).
     fn spawn_invalidate(&self, key: &str) {
         self.state.invalidated.record(key);
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (store, key) = (self.state.store.clone(), key.to_owned());
         rt.spawn(async move {
-            if store.delete_entry_key(&key).await.is_err() {
-                retry_invalidation(store, vec![key]);
+            let failed = delete_entries(&store, vec![key]).await;
+            if !failed.is_empty() {
+                retry_invalidation(store, failed);
             }
         });
     }
