@@ -6,6 +6,10 @@ use std::future::Future;
 /// meanwhile (a client gone, a timeout around it) does not stop it halfway.
 /// Without a runtime it runs inline. `None` when the task panicked or the
 /// runtime shut down.
+///
+/// `work` is boxed on the inline path, so that the caller's future does not
+/// hold it in place: a deep chain of async calls otherwise overflows the
+/// compiler's query depth when it computes the caller's layout.
 pub async fn run_detached<F>(work: F) -> Option<F::Output>
 where
     F: Future + Send + 'static,
@@ -13,6 +17,6 @@ where
 {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => runtime.spawn(work).await.ok(),
-        Err(_) => Some(work.await),
+        Err(_) => Some(Box::pin(work).await),
     }
 }
