@@ -278,17 +278,25 @@ fn storable_status(status: StatusCode) -> bool {
 
 /// Stores the response of a finished handler (or forgets an attempt whose
 /// response cannot be replayed) and releases its lease.
+///
+/// A store that fails for a reason that may pass (Redis slow, restarting, a
+/// connection lost) is retried in the background while the lease is kept
+/// renewed, so that a retry of the request gets 409 meanwhile and then the
+/// replay, instead of running the handler again. It is retried until it
+/// succeeds, another attempt took the record over, or `max_hold` has passed
+/// since the handler finished.
 async fn settle(config: Arc<Config>, id: String, guard: LockGuard, stored: Option<StoredResponse>) {
     let fence = guard.fencing_token();
     match stored {
         Some(stored) => {
-            match config.store.complete(&id, fence, &stored, config.retention).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(target: "redlayer", "idempotency: lease lost and taken over; response not stored")
-                }
-                Err(error) => tracing::warn!(target: "redlayer", %error, "idempotency: response not stored"),
+            let first = config.store.complete(&id, fence, &stored, config.retention).await;
+            if retry_later(&first)
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                runtime.spawn(complete_later(config, id, guard, stored));
+                return;
             }
+            report_complete(&first);
             // Released in the background: a retry that comes meanwhile finds the record done.
             drop(guard);
         }
@@ -300,4 +308,38 @@ async fn settle(config: Arc<Config>, id: String, guard: LockGuard, stored: Optio
             let _ = guard.release().await;
         }
     }
+}
+
+/// Whether a failed store may succeed if tried again (not a response the
+/// memory store cannot hold).
+fn retry_later(result: &redlayer_core::Result<bool>) -> bool {
+    matches!(result, Err(e) if !matches!(e, redlayer_core::Error::InvalidInput(_)))
+}
+
+fn report_complete(result: &redlayer_core::Result<bool>) {
+    match result {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(target: "redlayer", "idempotency: lease lost and taken over; response not stored"),
+        Err(error) => tracing::warn!(target: "redlayer", %error, "idempotency: response not stored"),
+    }
+}
+
+/// The retries of [`settle`]: every 100 ms at first, then up to every 2 s,
+/// with the lease (and its renewal) held throughout.
+async fn complete_later(config: Arc<Config>, id: String, guard: LockGuard, stored: StoredResponse) {
+    const FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+    const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+    tracing::warn!(target: "redlayer", "idempotency: response not stored yet; retrying while the lease is held");
+    let give_up = tokio::time::Instant::now() + config.max_hold;
+    let mut delay = FIRST_DELAY;
+    let result = loop {
+        tokio::time::sleep(delay).await;
+        let result = config.store.complete(&id, guard.fencing_token(), &stored, config.retention).await;
+        if !retry_later(&result) || tokio::time::Instant::now() >= give_up {
+            break result;
+        }
+        delay = (delay * 2).min(MAX_DELAY);
+    };
+    report_complete(&result);
+    drop(guard);
 }

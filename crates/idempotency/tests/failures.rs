@@ -127,3 +127,57 @@ async fn redis_killed_and_restarted_mid_traffic() {
     assert!(unavailable > 0, "fail-closed answered 503 while Redis was down");
     assert!(slowest < Duration::from_secs(2), "{slowest:?}");
 }
+
+/// The first attempt to store the response fails (Redis answers an error for
+/// the record, as it might while restarting or out of memory): the response
+/// is stored by a retry while the lease is kept, and a retry of the request
+/// gets the replay: the handler never runs twice. (Meanwhile a retry of the
+/// request gets 409, or here 503 while the record is unreadable.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_could_not_be_stored_at_once_is_stored_later_and_replayed() {
+    let server = Arc::new(RedisServer::start());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let redis = Redis::connect(&server.url()).await.unwrap();
+    let breaker = server.clone();
+    let app = Router::new()
+        .route(
+            "/pay",
+            post(move |State(runs): State<Arc<AtomicUsize>>| {
+                let server = breaker.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    // Put a string where the record's hash is, so that storing the response fails, and
+                    // put the record back 700 ms later.
+                    let record = server
+                        .cli(&["KEYS", "*"])
+                        .lines()
+                        .map(str::to_owned)
+                        .find(|key| server.cli(&["TYPE", key]).trim() == "hash")
+                        .expect("the record of this attempt");
+                    assert_eq!(server.cli(&["RENAME", &record, "aside"]).trim(), "OK");
+                    assert_eq!(server.cli(&["SET", &record, "not a record"]).trim(), "OK");
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(700)).await;
+                        server.cli(&["DEL", &record]);
+                        assert_eq!(server.cli(&["RENAME", "aside", &record]).trim(), "OK");
+                    });
+                    (StatusCode::CREATED, "paid")
+                }
+            }),
+        )
+        .with_state(runs.clone())
+        .layer(IdempotencyLayer::redis(redis));
+    assert_eq!(pay(&app, "\"late\"").await, StatusCode::CREATED, "the handler's own answer");
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match pay(&app, "\"late\"").await {
+            StatusCode::CREATED => break,
+            StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(started.elapsed() < Duration::from_secs(5), "never stored")
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the retry was a replay");
+}
