@@ -162,3 +162,58 @@ async fn the_layer_leaves_no_state_per_client_key_in_redis() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Redis loses the lock while a handler runs (here `FLUSHALL`; a restart
+/// without persistence does the same): the handler is stopped and answered
+/// 503 rather than left running beside the next holder of the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_whose_lock_is_lost_is_stopped() {
+    struct Inside(Arc<AtomicUsize>);
+    impl Drop for Inside {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let server = redlayer_testkit::RedisServer::start();
+    let locks = Locks::redis(redlayer_core::Redis::connect(&server.url()).await.unwrap());
+    let probe = Probe::default();
+    let app = Router::new()
+        .route(
+            "/work",
+            post(|State(p): State<Probe>, req: Request<Body>| async move {
+                let ms: u64 = req.headers()["x-ms"].to_str().unwrap().parse().unwrap();
+                if p.inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    p.overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                let _inside = Inside(p.inside.clone());
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                p.runs.fetch_add(1, Ordering::SeqCst);
+                "done"
+            }),
+        )
+        .with_state(probe.clone())
+        .layer(
+            LockLayer::new(locks, HeaderKey::new(http::HeaderName::from_static("x-account")))
+                .ttl(Duration::from_millis(500)),
+        );
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            (call(&app, "acct", 3000).await.0, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(probe.inside.load(Ordering::SeqCst), 1, "the first handler runs");
+    assert_eq!(server.cli(&["FLUSHALL"]).trim(), "OK");
+    // The holder learns of the loss at its next renewal (a third of the ttl):
+    // a request that came in between could run beside it (fencing tokens are
+    // what guards storage from that), but not for the rest of the handler.
+    let (first, took) = first.await.unwrap();
+    assert_eq!(first, StatusCode::SERVICE_UNAVAILABLE, "stopped once its lock was gone");
+    assert!(took < Duration::from_millis(1500), "stopped at the next renewal, not at its end: {took:?}");
+    assert_eq!(probe.inside.load(Ordering::SeqCst), 0, "the handler is no longer running");
+    assert_eq!(call(&app, "acct", 100).await.0, StatusCode::OK);
+    assert_eq!(probe.overlaps.load(Ordering::SeqCst), 0);
+    assert_eq!(probe.runs.load(Ordering::SeqCst), 1, "only the second ran to its end");
+}

@@ -41,7 +41,15 @@ pin_project_lite::pin_project! {
             request: Option<Request<ReqBody>>,
             service: Option<S>,
         },
-        Call { #[pin] future: S::Future, guard: Option<LockGuard> },
+        Call {
+            #[pin]
+            future: S::Future,
+            guard: Option<LockGuard>,
+            // Resolves when the lock can no longer be guaranteed (see `LockGuard::lost`).
+            lost: Option<BoxFuture<'static, ()>>,
+            grpc: bool,
+        },
+        Done { finished: () },
     }
 }
 
@@ -50,7 +58,7 @@ where
     S: Service<Request<ReqBody>>,
 {
     pub(crate) fn pass(future: S::Future) -> Self {
-        ResponseFuture { state: State::Call { future, guard: None } }
+        ResponseFuture { state: State::Call { future, guard: None, lost: None, grpc: false } }
     }
 
     pub(crate) fn acquire(config: Arc<Config>, key: String, request: Request<ReqBody>, service: S) -> Self {
@@ -123,15 +131,36 @@ where
                             )));
                         }
                     };
+                    let lost = guard.as_ref().map(|g| Box::pin(g.lost()) as BoxFuture<'static, ()>);
                     let future = service.take().expect("polled after completion").call(request);
-                    this.state.set(State::Call { future, guard });
+                    this.state.set(State::Call { future, guard, lost, grpc });
                 }
-                StateProj::Call { future, guard } => {
-                    let response = ready!(future.poll(cx))?;
-                    // Dropping the guard releases the lock in the background.
-                    drop(guard.take());
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                StateProj::Call { future, guard, lost, grpc } => {
+                    if let Poll::Ready(response) = future.poll(cx) {
+                        // Dropping the guard releases the lock in the background.
+                        drop(guard.take());
+                        return Poll::Ready(response.map(|r| r.map(ResponseBody::inner)));
+                    }
+                    if let Some(lost) = lost
+                        && lost.as_mut().poll(cx).is_ready()
+                    {
+                        // Another request may hold the key now: the handler
+                        // is stopped rather than left running beside it.
+                        let grpc = *grpc;
+                        this.state.set(State::Done { finished: () });
+                        return Poll::Ready(Ok(refuse(
+                            grpc,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            GrpcCode::Unavailable,
+                            "Lock lost",
+                            "the lock of this resource was lost while the request ran (the lock store was \
+                             unreachable or restarted, or the handler outran max_hold); the request was stopped \
+                             and may have been partly done",
+                        )));
+                    }
+                    return Poll::Pending;
                 }
+                StateProj::Done { .. } => panic!("polled after completion"),
             }
         }
     }

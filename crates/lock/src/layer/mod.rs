@@ -8,9 +8,14 @@
 //! the key's lock within a bounded time ([`Retry`](crate::Retry)); when the
 //! wait runs out it gets `409 Conflict` (configurable, e.g. `503`) as an RFC
 //! 9457 problem, or `grpc-status: 10` (ABORTED) for gRPC. The lock is renewed
-//! by the watchdog while the handler runs and released (in the background)
-//! as soon as the handler has produced its response head; streaming the body
-//! happens outside the lock.
+//! by the watchdog while the handler runs (at most `max_hold`) and released
+//! (in the background) as soon as the handler has produced its response
+//! head; streaming the body happens outside the lock. Should the lock be lost
+//! while the handler runs (the watchdog could not renew it, Redis restarted
+//! empty, `max_hold` ran out), the handler is stopped, as
+//! [`Locks::with_lock`](crate::Locks::with_lock) stops its work, and the
+//! request gets `503` (`grpc-status: 14`): another request may hold the key
+//! by then.
 //!
 //! ```no_run
 //! use std::time::Duration;
