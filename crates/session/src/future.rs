@@ -121,7 +121,8 @@ pub(crate) fn error_response<B>(error: &SessionError, grpc: bool) -> Response<Re
     if let SessionError::Expired = error {
         problem = problem.detail("the session ended during this request; its changes were not saved");
     } else if error.is_unavailable() {
-        problem = problem.detail("the session store did not answer; the changes of this request were not saved");
+        problem =
+            problem.detail("the session store did not answer; the changes of this request may not have been saved");
     } else if let SessionError::MissingLayer = error {
         problem = problem.detail("no SessionLayer in front of this handler");
     } else {

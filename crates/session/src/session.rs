@@ -590,7 +590,7 @@ impl Session {
                     if let Some(user) = &op.user {
                         // Again with the stored creation time (and in case a
                         // prune dropped the early entry of a key not yet written).
-                        self.store().index_add(user, &key, created_ms, timeouts.absolute_ms).await?;
+                        self.reindex(user, &key, created_ms, timeouts.absolute_ms).await;
                     }
                     return Ok(increments);
                 }
@@ -614,6 +614,25 @@ impl Session {
             }
         }
         Err(SessionError::Rng("no free session id after several attempts (id collisions, or renewals in a row)".into()))
+    }
+
+    /// Indexes a written session again under its user. The write is done,
+    /// so a failure is not reported as a lost write (the client would retry
+    /// what already happened): it is logged and tried once more a second
+    /// later, in the background. The index named the session before the
+    /// write; this only repairs a prune that raced it.
+    async fn reindex(&self, user: &str, key: &str, created_ms: i64, absolute_ms: u64) {
+        let Err(error) = self.store().index_add(user, key, created_ms, absolute_ms).await else { return };
+        tracing::warn!(target: "redlayer", layer = "session", %error, "session saved; its user index not updated, retrying");
+        let (store, user, key) = (self.store().clone(), user.to_owned(), key.to_owned());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if let Err(error) = store.index_add(&user, &key, created_ms, absolute_ms).await {
+                    tracing::warn!(target: "redlayer", layer = "session", %error, "session user index not updated");
+                }
+            });
+        }
     }
 
     /// Runs after the handler: writes what is pending, and says what to tell the client.
