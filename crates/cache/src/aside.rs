@@ -26,6 +26,11 @@ const MAX_KEY: usize = 4096;
 /// How long a caller waits for another instance's fetch of the same key.
 const FILL_WAIT: Duration = Duration::from_secs(5);
 
+/// One key's fetch in this process: callers take turns on the mutex, and the
+/// one that fetched leaves the encoded value (with the invalidation epoch it
+/// started in) for the others, also when storing it failed.
+type Flight = Arc<tokio::sync::Mutex<Option<(Bytes, u64)>>>;
+
 /// Typed values cached in a [`Store`] (Redis or memory), serialized as JSON
 /// with a version byte: a value written by another version is a miss.
 ///
@@ -47,7 +52,7 @@ const FILL_WAIT: Duration = Duration::from_secs(5);
 pub struct CacheAside {
     store: Store,
     locks: Option<redlayer_lock::Locks>,
-    flights: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    flights: Arc<Mutex<HashMap<String, Flight>>>,
     refreshing: Refreshing,
     /// Bumped by every invalidation of this process: a fetch that started
     /// before one does not store its (maybe older) value.
@@ -293,7 +298,14 @@ impl CacheAside {
         // Dropped before `lock`, also when this call is cancelled.
         let _forget = ForgetFlight { flights: &self.flights, key };
         async {
-            let _held = lock.lock().await;
+            // Bounded: a caller stuck behind slow fetches fetches itself.
+            let Ok(mut shared) = tokio::time::timeout(FILL_WAIT, lock.lock()).await else { return fetch().await };
+            if let Some((raw, epoch)) = shared.as_ref()
+                && *epoch == self.epoch()
+                && let Some((v, _)) = decode::<T>(raw)
+            {
+                return Ok(v);
+            }
             if let Ok(Some(v)) = self.get::<T>(key).await {
                 return Ok(v);
             }
@@ -328,11 +340,20 @@ impl CacheAside {
             };
             let epoch = self.epoch();
             let value = fetch().await?;
-            // Invalidated meanwhile: the value may be from before; returned, not stored.
-            if self.epoch() == epoch
-                && let Err(e) = self.store_value(key, &value, ttl, stale_for, tags).await
-            {
-                report_degraded("cache-aside", FailurePolicy::FailOpen, &e);
+            // Invalidated meanwhile: the value may be from before; returned,
+            // neither stored nor handed to the callers waiting here.
+            if self.epoch() == epoch {
+                let stored = match encode(&value, ttl) {
+                    Ok(raw) => {
+                        *shared = Some((raw.clone(), epoch));
+                        let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+                        self.store.set_value(key, raw, ttl.saturating_add(stale_for), &tags).await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = stored {
+                    report_degraded("cache-aside", FailurePolicy::FailOpen, &e);
+                }
             }
             Ok(value)
         }
@@ -343,7 +364,7 @@ impl CacheAside {
 /// Forgets the in-process flight of `key` when dropped, once no other call
 /// holds it (the map's reference and the dropping call's are all that are left).
 struct ForgetFlight<'a> {
-    flights: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    flights: &'a Mutex<HashMap<String, Flight>>,
     key: &'a str,
 }
 

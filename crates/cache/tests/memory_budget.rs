@@ -47,3 +47,38 @@ async fn a_tag_purge_reaches_every_entry_however_many_the_tag_has() {
         assert!(!app.get(&uri).await.is_hit(), "{uri} outlived the purge of its tag");
     }
 }
+
+/// A value the store cannot keep (larger than the budget) is still fetched
+/// once for the callers that wait for the same key together: the fetching
+/// caller hands it to them, instead of each fetching again in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_for_one_key_share_a_value_too_large_to_store() {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::Duration,
+    };
+    let cache = redlayer_cache::CacheAside::new(Store::memory_with_budget(64 * 1024));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..10 {
+        let (cache, fetches) = (cache.clone(), fetches.clone());
+        callers.push(tokio::spawn(async move {
+            cache
+                .get_or_insert_with("big", Duration::from_secs(60), || async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>("x".repeat(200_000))
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().len(), 200_000);
+    }
+    assert_eq!(cache.get::<String>("big").await.unwrap(), None, "too large to keep");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+}
