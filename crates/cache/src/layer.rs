@@ -263,7 +263,8 @@ impl CacheLayer {
         self.state.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Runs `purge` once more after 2 s (in the background):
+    /// Runs `purge` once more after 2 s (in the background), also after a
+    /// first pass that failed:
     /// a fill in flight on another instance, which this process cannot stop,
     /// may store its response just after a purge; the second pass deletes
     /// what such fills stored within that time.
@@ -285,10 +286,10 @@ impl CacheLayer {
     /// finishing on other instances.
     pub async fn purge_tag(&self, tag: &str) -> Result<usize> {
         self.bump();
-        let n = self.state.store.purge_tag(tag).await?;
+        let n = self.state.store.purge_tag(tag).await;
         let tag = tag.to_owned();
         self.recheck(move |store| async move { store.purge_tag(&tag).await });
-        Ok(n)
+        n
     }
 
     /// Deletes the entry (every variant) of a primary key as built by the key
@@ -298,9 +299,9 @@ impl CacheLayer {
     pub async fn purge_key(&self, primary: &str) -> Result<bool> {
         self.bump();
         let key = self.state.store.entry_key(primary);
-        let deleted = self.state.store.delete_entry_key(&key).await?;
+        let deleted = self.state.store.delete_entry_key(&key).await;
         self.recheck(move |store| async move { store.delete_entry_key(&key).await });
-        Ok(deleted)
+        deleted
     }
 
     /// Deletes the entry of an absolute URI under the default key function.
@@ -316,10 +317,10 @@ impl CacheLayer {
     /// once more after 2 s, as [`CacheLayer::purge_key`].
     pub async fn purge_prefix(&self, uri_prefix: &str) -> Result<usize> {
         self.bump();
-        let n = self.state.store.purge_prefix(uri_prefix).await?;
+        let n = self.state.store.purge_prefix(uri_prefix).await;
         let prefix = uri_prefix.to_owned();
         self.recheck(move |store| async move { store.purge_prefix(&prefix).await });
-        Ok(n)
+        n
     }
 }
 

@@ -730,7 +730,7 @@ impl Store {
                         .arg(500)
                         .query_async(&mut conn)
                         .await?;
-                    let members: Vec<String> = scanned.into_iter().step_by(2).collect();
+                    let members: Vec<String> = scanned.iter().step_by(2).cloned().collect();
                     // Only the members read leave the index, before their
                     // entries go: one a fill adds (or tags again) meanwhile
                     // stays, for the next purge to find (deleting the whole
@@ -738,7 +738,27 @@ impl Store {
                     if !members.is_empty() {
                         let _: i64 = redis::cmd("ZREM").arg(&tag_key).arg(&members).query_async(&mut conn).await?;
                     }
-                    n += self.del_each(redis, &members).await?;
+                    match self.del_each(redis, &members).await {
+                        Ok(deleted) => n += deleted,
+                        Err(error) => {
+                            // Put them back (with their scores), so that the
+                            // purge tried again finds them.
+                            let mut zadd = redis::cmd("ZADD");
+                            zadd.arg(&tag_key).arg("GT");
+                            for pair in scanned.chunks_exact(2) {
+                                zadd.arg(&pair[1]).arg(&pair[0]);
+                            }
+                            let readded: Result<i64> = async {
+                                let mut conn = redis.connection().await?;
+                                Ok(zadd.query_async(&mut conn).await?)
+                            }
+                            .await;
+                            if let Err(e) = readded {
+                                tracing::warn!(target: "redlayer", error = %e, "cache: a failed tag purge could not re-index its entries");
+                            }
+                            return Err(error);
+                        }
+                    }
                     cursor = next;
                     if cursor == 0 {
                         break;

@@ -455,3 +455,21 @@ async fn a_failed_invalidation_is_tried_again() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A tag purge whose deletes fail (here: a Redis user not allowed `DEL`)
+/// leaves the tag's index as it was, so that the purge tried again (by an
+/// operator, or by the layer's second pass) still finds every entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tag_purge_keeps_the_index_for_the_next_try() {
+    let server = RedisServer::start();
+    let cache = redlayer_cache::CacheAside::new(Store::redis(one_connection(&server).await));
+    cache.set_with_tags("product-1", &1, Duration::from_secs(60), &["products"]).await.unwrap();
+    cache.set_with_tags("product-2", &2, Duration::from_secs(60), &["products"]).await.unwrap();
+    assert_eq!(server.cli(&["ACL", "SETUSER", "nodel", "on", "nopass", "~*", "+@all", "-del"]).trim(), "OK");
+    let url = format!("redis://nodel:any@127.0.0.1:{}", server.port());
+    let refused = Store::redis(redlayer_core::Redis::connect(&url).await.unwrap());
+    assert!(refused.purge_tag("products").await.is_err(), "DEL is refused to this user");
+    assert_eq!(cache.get::<i32>("product-1").await.unwrap(), Some(1), "nothing was deleted");
+    assert_eq!(cache.invalidate_tag("products").await.unwrap(), 2, "the next purge finds both");
+    assert_eq!(cache.get::<i32>("product-2").await.unwrap(), None);
+}
