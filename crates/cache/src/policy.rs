@@ -20,6 +20,7 @@ const HOP_BY_HOP: &[&str] = &[
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
+    "proxy-authentication-info",
     "te",
     "trailer",
     "transfer-encoding",
@@ -276,8 +277,20 @@ pub(crate) fn policy_view(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
             if (d.name == "no-cache" || d.name == "private") && d.value.is_some() {
                 continue;
             }
+            // `immutable` is read by the library as a heuristic of at least
+            // 24 h, which it lets outlast an explicit `Expires` (RFC 9111
+            // 4.2.1: an explicit time is the freshness lifetime).
+            if d.name == "immutable" && expires_applies(headers) {
+                continue;
+            }
             let name = if d.name == "proxy-revalidate" { "must-revalidate".to_owned() } else { d.name };
             match d.value {
+                // A delta-seconds past 2^31 counts as 2^31 (RFC 9111 1.2.2):
+                // the library reads one past u64 as 0.
+                Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                    let capped = v.parse::<u64>().map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS));
+                    parts.push(format!("{name}={capped}"))
+                }
                 Some(v) if !v.is_empty() && v.bytes().all(is_tchar) => parts.push(format!("{name}={v}")),
                 Some(_) => parts.push(format!("{name}=invalid")),
                 None => parts.push(name),
@@ -295,6 +308,10 @@ pub(crate) fn policy_view(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
     // Date or Last-Modified is ignored.
     for name in dates {
         let Some(value) = headers.get(&name) else { continue };
+        if name == http::header::EXPIRES && !expires_applies(headers) {
+            out.remove(name);
+            continue;
+        }
         let parsed = value.to_str().ok().and_then(parse_date);
         match parsed {
             Some(t) => {
@@ -349,7 +366,7 @@ pub(crate) fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusC
     let explicit = has_directive(headers, "max-age")
         || has_directive(headers, "s-maxage")
         || has_directive(headers, "public")
-        || headers.contains_key(http::header::EXPIRES);
+        || expires_applies(headers);
     if final_status && !UNDERSTOOD.contains(&code) && !must_understand && explicit {
         return (StatusCode::OK, view);
     }
@@ -436,11 +453,29 @@ pub(crate) fn parse_date(value: &str) -> Option<SystemTime> {
 pub(crate) fn has_explicit_freshness(headers: &HeaderMap) -> bool {
     directive(headers, "max-age").flatten().is_some()
         || directive(headers, "s-maxage").flatten().is_some()
-        || headers.contains_key(http::header::EXPIRES)
+        || expires_applies(headers)
+}
+
+/// Whether the response's `Expires` counts: not beside a valid
+/// `CDN-Cache-Control`, which replaces `Cache-Control` and `Expires` both
+/// (RFC 9213 2.2).
+fn expires_applies(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::EXPIRES) && targeted_cc(headers).is_none()
 }
 
 pub(crate) fn has_directive(headers: &HeaderMap, name: &str) -> bool {
     directive(headers, name).is_some()
+}
+
+/// RFC 9111 3.5: a response to a request with `Authorization` is stored only
+/// when `public`, `s-maxage` or `must-revalidate` allow it. Checked here on
+/// the response as sent, because the library sees `proxy-revalidate` as
+/// `must-revalidate` (see [`policy_view`]), which 3.5 does not list.
+pub(crate) fn authorization_allows_storing(req: &HeaderMap, res: &HeaderMap) -> bool {
+    !req.contains_key(http::header::AUTHORIZATION)
+        || has_directive(res, "public")
+        || has_directive(res, "s-maxage")
+        || has_directive(res, "must-revalidate")
 }
 
 /// Headers as stored: hop-by-hop ones (and those named by `Connection`) removed.
@@ -505,6 +540,27 @@ pub(crate) fn request_view<'a>(parts: &'a Parts, entry: &Entry) -> Cow<'a, Heade
     // RFC 9111 5.4: with Cache-Control in the request, Pragma is ignored.
     if view.contains_key(http::header::CACHE_CONTROL) && view.contains_key(http::header::PRAGMA) {
         view.to_mut().remove(http::header::PRAGMA);
+    }
+    // A stored response that forbids stale use (must-revalidate, no-cache,
+    // s-maxage, proxy-revalidate: RFC 9111 4.2.4, 5.2.2) is never served
+    // stale, whatever `max-stale` the request allows; the library only
+    // knows must-revalidate.
+    if has_directive(&view, "max-stale") && forbids_stale(&entry.headers) {
+        let kept: Vec<String> = parse_cc(&view)
+            .into_iter()
+            .filter(|d| d.name != "max-stale")
+            .map(|d| match d.value {
+                Some(v) => format!("{}={v}", d.name),
+                None => d.name,
+            })
+            .collect();
+        let view = view.to_mut();
+        view.remove(http::header::CACHE_CONTROL);
+        if let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+            && !kept.is_empty()
+        {
+            view.insert(http::header::CACHE_CONTROL, v);
+        }
     }
     match crate::key::vary_spec(&entry.headers) {
         Some(spec) if !spec.is_empty() => {

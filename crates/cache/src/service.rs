@@ -371,7 +371,18 @@ impl Ctx {
                 let mut parts = parts;
                 let revalidating = matches && policy::has_validator(&entry.headers);
                 if revalidating {
-                    parts.headers = request.headers;
+                    // The client's request as it came (every line of a
+                    // repeated field, its own Cache-Control), with the
+                    // validators the policy chose (the stored ones added to
+                    // the client's).
+                    for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_RANGE] {
+                        parts.headers.remove(&name);
+                    }
+                    for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+                        for value in request.headers.get_all(&name) {
+                            parts.headers.append(name.clone(), value.clone());
+                        }
+                    }
                 }
                 let res = inner.call(Request::from_parts(parts, body)).await?;
                 Ok(self.after_forward(
@@ -518,7 +529,7 @@ impl Ctx {
         fwd: &'static str,
         code: u16,
     ) -> Response<CacheBody<B>> {
-        let updated = freshened(entry, new, request_time, response_time);
+        let updated = freshened(entry, new, request_time, response_time, self.config.replay_set_cookie);
         let new_policy = updated.policy(self.config.opts);
         let mut status = CacheStatus::fwd(fwd);
         status.fwd_status = Some(code);
@@ -528,8 +539,11 @@ impl Ctx {
         }
         status.ttl = Some(secs(new_policy.time_to_live(response_time)));
         let mut res = self.serve(updated, new_policy.age(response_time), client, status);
-        for cookie in new.get_all(header::SET_COOKIE) {
-            res.headers_mut().append(header::SET_COOKIE, cookie.clone());
+        // Replayed cookies are in the updated entry already (the 304's replace the stored ones).
+        if !self.config.replay_set_cookie {
+            for cookie in new.get_all(header::SET_COOKIE) {
+                res.headers_mut().append(header::SET_COOKIE, cookie.clone());
+            }
         }
         res
     }
@@ -548,6 +562,7 @@ impl Ctx {
             let req_view = policy::policy_view(req_headers);
             let res = Res { status, headers: &res_view };
             CachePolicy::new_options(&Incoming(&req_view), &res, entry.response_time, self.config.opts).is_storable()
+                && policy::authorization_allows_storing(req_headers, &entry.headers)
         };
         if !storable(&client.headers) {
             // The origin now says `no-store` or `private`: the entry goes. Only
@@ -657,7 +672,7 @@ impl Ctx {
             response_time,
             self.config.opts,
         );
-        if !policy.is_storable() {
+        if !policy.is_storable() || !policy::authorization_allows_storing(req_headers, &res.headers) {
             return None;
         }
         let spec = vary_spec(&res.headers)?;
@@ -1265,14 +1280,23 @@ impl Ctx {
 /// own, except those that describe the body, hop-by-hop ones (and those
 /// `Connection` names), cookies and `Cache-Status`; the fields a qualified
 /// `no-cache="f"` / `private="f"` names are then dropped, as when storing.
-fn freshened(entry: &Entry, new: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Entry {
+/// The stored entry updated by a 304's header fields (RFC 9111 4.3.4): each
+/// field the 304 carries replaces the stored one, except the ones describing
+/// the stored body. `Set-Cookie` too, when cookies are stored and replayed
+/// (`replay_cookies`); otherwise the entry holds none.
+fn freshened(
+    entry: &Entry,
+    new: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+    replay_cookies: bool,
+) -> Entry {
     let mut headers = entry.headers.clone();
     let new_fields = policy::storable_headers(new);
     for name in new_fields.keys() {
-        if matches!(
-            name.as_str(),
-            "content-length" | "content-encoding" | "content-range" | "set-cookie" | "cache-status"
-        ) {
+        if matches!(name.as_str(), "content-length" | "content-encoding" | "content-range" | "cache-status")
+            || (name == header::SET_COOKIE && !replay_cookies)
+        {
             continue;
         }
         headers.remove(name);

@@ -1272,6 +1272,91 @@ async fn grpc_calls_pass_straight_through(b: Backend) {
     assert_eq!((calls(&b, "del"), calls(&b, "evalsha")), (dels, scripts), "a gRPC call sent commands to Redis");
 }
 
+/// Corner cases of RFC 9111 (and RFC 9213) where `http-cache-semantics`
+/// alone, or the view of the response the layer gives it, decides otherwise.
+async fn stale_use_and_storage_follow_the_response_as_sent(b: Backend) {
+    let past = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(3600));
+    let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let origin = Origin::new(move |parts, n| {
+        let body = format!("{n}");
+        match parts.uri.path() {
+            // Stored for its validator; never reused without one (5.2.2.4).
+            "/no-cache" => resp(200, &[("cache-control", "no-cache"), ("etag", "\"v\"")], &body),
+            // 3.5: proxy-revalidate does not make an authorized answer shareable.
+            "/proxy-revalidate" => resp(200, &[("cache-control", "max-age=60, proxy-revalidate")], &body),
+            // 1.2.2: past 2^31 counts as 2^31, not as 0.
+            "/huge" => resp(200, &[("cache-control", "max-age=99999999999999999999")], &body),
+            // 4.2.1: an explicit Expires is the lifetime, immutable or not.
+            "/immutable-expired" => {
+                resp(200, &[("cache-control", "immutable"), ("expires", &past), ("etag", "\"i\"")], &body)
+            }
+            // RFC 9213 2.2: beside CDN-Cache-Control, Expires is ignored, and a
+            // 302 without explicit freshness is not stored.
+            "/cdn-expires" => {
+                resp(302, &[("cdn-cache-control", "no-transform"), ("expires", &later), ("location", "/")], &body)
+            }
+            // 3.1: never stored, like the hop-by-hop fields.
+            "/auth-info" => {
+                resp(200, &[("cache-control", "max-age=60"), ("proxy-authentication-info", "nextnonce=\"x\"")], &body)
+            }
+            _ => resp(404, &[], ""),
+        }
+    });
+    let app = App::new(b.layer(), &origin);
+
+    app.get("/no-cache").await;
+    let before = origin.hits();
+    let stale_ok = app.send("GET", "/no-cache", &[("cache-control", "max-stale")]).await;
+    assert!(!stale_ok.is_hit(), "max-stale cannot skip no-cache's validation: {}", stale_ok.cache_status());
+    assert_eq!(origin.hits(), before + 1);
+    assert_eq!(origin.last_seen().get("if-none-match").unwrap(), "\"v\"");
+
+    let alice = app.send("GET", "/proxy-revalidate", &[("authorization", "Bearer alice")]).await;
+    let anonymous = app.get("/proxy-revalidate").await;
+    assert!(!anonymous.is_hit(), "alice's answer reached another client");
+    assert_ne!(alice.body, anonymous.body);
+
+    app.get("/huge").await;
+    assert!(app.get("/huge").await.is_hit(), "max-age past u64 is 2^31 s");
+
+    app.get("/immutable-expired").await;
+    assert!(!app.get("/immutable-expired").await.is_hit(), "Expires in the past: stale, immutable or not");
+
+    app.get("/cdn-expires").await;
+    assert!(!app.get("/cdn-expires").await.is_hit(), "Expires ignored beside CDN-Cache-Control");
+
+    app.get("/auth-info").await;
+    let hit = app.get("/auth-info").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert!(hit.headers.get("proxy-authentication-info").is_none(), "not stored");
+}
+
+/// RFC 9111 4.3.4: a 304's `Set-Cookie` replaces the stored one (when
+/// cookies are stored and replayed) instead of being added to it; and the
+/// revalidation forwards the client's request whole (each line of a
+/// repeated field) with the validators added.
+async fn a_304_replaces_stored_cookies_and_the_revalidation_keeps_the_request(b: Backend) {
+    let origin = Origin::new(|parts, _| {
+        if parts.headers.get("if-none-match").is_some_and(|v| v == "\"c\"") {
+            return resp(304, &[("cache-control", "max-age=60"), ("etag", "\"c\""), ("set-cookie", "a=new")], "");
+        }
+        resp(200, &[("cache-control", "max-age=1"), ("etag", "\"c\""), ("set-cookie", "a=old")], "body")
+    });
+    let app = App::new(b.layer().replay_set_cookie(true), &origin);
+    app.get("/cookie").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let revalidated = app.send("GET", "/cookie", &[("x-line", "one"), ("x-line", "two")]).await;
+    assert!(revalidated.cache_status().contains("fwd-status=304"), "{}", revalidated.cache_status());
+    let cookies: Vec<_> = revalidated.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=new"], "the 304's cookie replaces the stored one");
+    let lines: Vec<_> = origin.last_seen().get_all("x-line").iter().cloned().collect();
+    assert_eq!(lines, ["one", "two"], "every line of a repeated field reaches the origin");
+    let hit = app.get("/cookie").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    let cookies: Vec<_> = hit.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=new"], "and is stored");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -1334,6 +1419,8 @@ suite!(
     a_request_right_after_a_fill_finds_the_entry,
     uncacheable_routes_skip_the_fill_lock_until_they_become_cacheable,
     hit_for_pass_expires_and_can_be_disabled,
+    stale_use_and_storage_follow_the_response_as_sent,
+    a_304_replaces_stored_cookies_and_the_revalidation_keeps_the_request,
 );
 
 /// An unsafe request dropped while its invalidation waits on a slow Redis
