@@ -252,7 +252,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     // ONE handle for every layer of both servers.
     let redis = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(Redis::connect(&url).await?),
+        Ok(url) if !url.is_empty() => Some(Redis::builder().connect_or_lazy(&url).await?),
         _ => None,
     };
     println!("full_stack: backends = {}", if redis.is_some() { "one shared Redis" } else { "memory" });

@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let layer = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => IdempotencyLayer::redis(redlayer::Redis::connect(&url).await?),
+        Ok(url) if !url.is_empty() => IdempotencyLayer::redis(redlayer::Redis::builder().connect_or_lazy(&url).await?),
         _ => IdempotencyLayer::memory(),
     }
     // Keys belong to the caller: two API keys never share (or block) a key.

@@ -26,8 +26,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     // One Redis handle for every limiter (a cluster node's URL gives a
-    // cluster handle; while Redis is down the app starts anyway, and the
-    // limits fail open until it is up).
+    // cluster handle; while Redis is down the app starts anyway, and each
+    // limiter counts in this process, with the same policy, until it is up).
     let redis = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
             Some(redlayer::Redis::builder().timeout(Duration::from_millis(200)).connect_or_lazy(&url).await?)

@@ -35,7 +35,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
 
     let backend = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => Backend { redis: Some(redlayer::Redis::connect(&url).await?) },
+        // Starts while Redis is down too (with a warning): every layer then
+        // answers by its failure policy until Redis is up.
+        Ok(url) if !url.is_empty() => Backend { redis: Some(redlayer::Redis::builder().connect_or_lazy(&url).await?) },
         _ => Backend { redis: None },
     };
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000);

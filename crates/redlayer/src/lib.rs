@@ -37,7 +37,7 @@
 //! 5. **Per-key lock**: a `route_layer`, so only that route takes it; its key
 //!    is the request path (`/accounts/42/withdraw`).
 //!
-//! The cache never stores a response with `Set-Cookie` (by default), and the
+//! By default the cache does not store a response with `Set-Cookie`, and the
 //! session layer adds `Vary: Cookie` (or its header) to every response of a
 //! request that used the session, so one user's page never reaches another.
 //! Personal pages should still say `Cache-Control: private`.
