@@ -264,10 +264,10 @@ impl CacheLayer {
     }
 
     /// Runs `purge` once more after 2 s (in the background), also after a
-    /// first pass that failed:
-    /// a fill in flight on another instance, which this process cannot stop,
-    /// may store its response just after a purge; the second pass deletes
-    /// what such fills stored within that time.
+    /// first pass that failed (then it is the retry). Fills in flight on
+    /// other instances are stopped by the entries' generations (see the
+    /// crate docs); the second pass catches what gets past them (an entry
+    /// tagged after the purge read the tag's index).
     fn recheck<F>(&self, purge: impl FnOnce(Store) -> F + Send + 'static)
     where
         F: std::future::Future + Send + 'static,

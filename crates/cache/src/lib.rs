@@ -89,10 +89,13 @@
 //!   updated response is still storable for the request; otherwise the
 //!   entry is dropped. A response is never stored when a purge or an
 //!   invalidation of its key came, in this process, while it was on its way.
-//!   A fill on another instance cannot see them: every purge runs once more
-//!   2 s later to delete what such fills stored meanwhile (a fill that takes
-//!   longer, or one racing an unsafe request's invalidation, can still store
-//!   a response from before it, until its freshness ends).
+//!   Across instances, on Redis: every invalidation (a purge, an unsafe
+//!   request's targets) bumps the entry's generation (field `gen`, kept 10
+//!   minutes after the entry is gone), and a fill stores its response only if
+//!   the generation is still the one its lookup saw. So a fill on another
+//!   instance that started before an invalidation does not store a response
+//!   from before it (unless it ran more than 10 minutes). Every purge also
+//!   runs once more 2 s later.
 //! - `Cache-Control` is parsed strictly before `http-cache-semantics` sees it
 //!   (`max-age =1` and directives inside quoted strings are ignored; qualified
 //!   `no-cache="f"` / `private="f"` store the response without field `f`;
@@ -176,10 +179,11 @@
 //! Every script touches one key. A tag index cannot share a slot with all
 //! the entries it names, so it lives in its tag's slot and a purge reads it
 //! with `ZSCAN`, takes each batch of members out of it (`ZREM`) and deletes
-//! their entries (pipelined `DEL`s on a standalone server; on a cluster one
-//! `DEL`, which redis-rs splits by slot): nothing can fail with `CROSSSLOT`.
-//! Purges bump an in-process epoch so fills in flight are not stored, and
-//! every purge re-runs once after 2 s to catch fills finishing elsewhere.
+//! their entries (one single-key script per entry, `invalidate.lua`, up to 32
+//! at a time: on a cluster each goes to its entry's master): nothing can fail
+//! with `CROSSSLOT`. Purges bump an in-process epoch and each entry's
+//! generation, so fills in flight here or elsewhere are not stored, and
+//! every purge re-runs once after 2 s.
 //! `purge_prefix` uses `SCAN` (never `KEYS`) and reads each entry's `uri`
 //! field; on a cluster it scans every master (found with `CLUSTER SLOTS`,
 //! reached with the handle's credentials and TLS, `Redis::node_info`) and

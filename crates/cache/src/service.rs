@@ -142,19 +142,23 @@ struct Plan {
     spec: String,
     ttl: Duration,
     tags: Vec<String>,
-    /// The purge epoch and the invalidation number when the fill started.
+    /// The purge epoch, the invalidation number and the entry's generation
+    /// when the fill started.
     epoch: u64,
     invalidations: u64,
+    generation: Option<u64>,
     started: std::time::Instant,
 }
 
 /// The purge epoch and the invalidation number when a request was sent on:
 /// a response is not stored when a purge or an invalidation of its key came
-/// while it was on its way.
+/// while it was on its way. Those are this process's; across instances, the
+/// entry's generation when it was looked up (checked by the store script).
 #[derive(Clone, Copy)]
 struct Snapshot {
     epoch: u64,
     invalidations: u64,
+    generation: Option<u64>,
 }
 
 fn now() -> SystemTime {
@@ -311,10 +315,10 @@ impl Ctx {
             return Ok(self.pass(res, CacheStatus::fwd("request").detail("no-store")));
         }
         drop(request_cc);
-        let (found, pass) = match self.state.store.lookup(&key, &parts.headers).await {
+        let (found, pass, generation) = match self.state.store.lookup(&key, &parts.headers).await {
             Ok(looked) => {
                 let pass = looked.pass(self.config.hit_for_pass);
-                (looked.found.and_then(|f| Entry::decode(f.value)), pass)
+                (looked.found.and_then(|f| Entry::decode(f.value)), pass, looked.generation)
             }
             Err(e) => {
                 report_degraded("cache", FailurePolicy::FailOpen, &e);
@@ -330,12 +334,12 @@ impl Ctx {
             if only_if_cached {
                 return Ok(self.unforwarded_504("only-if-cached"));
             }
-            return self.miss(inner, parts, body, primary, key, pass).await;
+            return self.miss(inner, parts, body, generation, key, pass).await;
         };
         // The common fresh hit, from the stored freshness summary: the same
         // answer the policy gives, without rebuilding it.
         if let Some((age, ttl)) = entry.quick_fresh(&parts, &self.config.opts, at) {
-            self.maybe_xfetch(&inner, &entry, None, ttl, &parts, &key, &primary);
+            self.maybe_xfetch(&inner, &entry, None, ttl, &parts, &key, generation);
             let status = CacheStatus::hit(secs(ttl));
             return Ok(self.serve(entry, age, &parts, status));
         }
@@ -343,7 +347,8 @@ impl Ctx {
         let req_view = policy::request_view(&parts, &entry);
         match policy.before_request(&Incoming(&req_view), at) {
             BeforeRequest::Fresh(_) => {
-                self.maybe_xfetch(&inner, &entry, Some(&policy), policy.time_to_live(at), &parts, &key, &primary);
+                let left = policy.time_to_live(at);
+                self.maybe_xfetch(&inner, &entry, Some(&policy), left, &parts, &key, generation);
                 // Fresh to this request, possibly stale (`max-stale`): then a negative ttl (RFC 9211 2.5).
                 let status = CacheStatus::hit(signed_ttl(&policy, &entry, at));
                 Ok(self.serve(entry, policy.age(at), &parts, status))
@@ -357,7 +362,7 @@ impl Ctx {
                         .flatten()
                         .is_some_and(|w| stale_by < Duration::from_secs(w))
                 {
-                    self.refresh_in_background(inner, &entry, &policy, &parts, &key, &primary);
+                    self.refresh_in_background(inner, &entry, &policy, &parts, &key, generation);
                     let mut status = CacheStatus::hit(-secs(stale_by)).detail("stale-while-revalidate");
                     status.ttl = Some(-secs(stale_by));
                     return Ok(self.serve(entry, policy.age(at), &parts, status));
@@ -366,7 +371,7 @@ impl Ctx {
                     return Ok(self.unforwarded_504("only-if-cached"));
                 }
                 let fwd = if policy.is_stale(at) { "stale" } else { "request" };
-                let (request_time, since) = (now(), self.snapshot());
+                let (request_time, since) = (now(), self.snapshot(Some(generation)));
                 let client = clone_parts(&parts);
                 let mut parts = parts;
                 let revalidating = matches && policy::has_validator(&entry.headers);
@@ -548,8 +553,12 @@ impl Ctx {
         res
     }
 
-    fn snapshot(&self) -> Snapshot {
-        Snapshot { epoch: self.state.epoch.load(Ordering::SeqCst), invalidations: self.state.invalidated.current() }
+    fn snapshot(&self, generation: Option<u64>) -> Snapshot {
+        Snapshot {
+            epoch: self.state.epoch.load(Ordering::SeqCst),
+            invalidations: self.state.invalidated.current(),
+            generation,
+        }
     }
 
     /// The plan to store `entry` with the header fields of a 304 or of a 200
@@ -588,6 +597,7 @@ impl Ctx {
             tags: self.tags(&entry.headers),
             epoch: since.epoch,
             invalidations: since.invalidations,
+            generation: since.generation,
             started: std::time::Instant::now(),
         })
     }
@@ -726,6 +736,7 @@ impl Ctx {
             ttl,
             epoch: since.epoch,
             invalidations: since.invalidations,
+            generation: since.generation,
             started: std::time::Instant::now(),
         })
     }
@@ -837,9 +848,15 @@ impl Ctx {
             let untagged = futures_util::future::join_all(tagging).await.into_iter().find_map(Result::err);
             let stored = match untagged {
                 Some(e) => Err(e),
-                None => store.put(&plan.key, &plan.uri, &plan.spec, &req_headers, entry.encode(), plan.ttl).await,
+                None => {
+                    let value = entry.encode();
+                    store.put(&plan.key, &plan.uri, &plan.spec, &req_headers, value, plan.ttl, plan.generation).await
+                }
             };
-            if stored.is_ok() && !store.tags_hold(&plan.key, &plan.tags) {
+            if stored.as_ref().is_ok_and(|stored| !stored) {
+                tracing::debug!(target: "redlayer", "cache: entry invalidated during the fill; not stored");
+            }
+            if stored.as_ref().is_ok_and(|stored| *stored) && !store.tags_hold(&plan.key, &plan.tags) {
                 // A memory tag index let go of it meanwhile: a purge would miss it.
                 let _ = store.delete_entry_key(&plan.key).await;
             }
@@ -874,7 +891,7 @@ impl Ctx {
         mut inner: S,
         parts: Parts,
         body: ReqBody,
-        primary: String,
+        generation: u64,
         key: String,
         pass: bool,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
@@ -884,7 +901,6 @@ impl Ctx {
         ReqBody: Default + Send + 'static,
         ResBody: Body<Data = Bytes> + Send + 'static,
     {
-        let _ = primary;
         let mut guards = Guards::default();
         let mut detail = None;
         if pass {
@@ -965,7 +981,7 @@ impl Ctx {
                 break;
             }
         }
-        let (request_time, since) = (now(), self.snapshot());
+        let (request_time, since) = (now(), self.snapshot(Some(generation)));
         let client = clone_parts(&parts);
         let res = inner.call(Request::from_parts(parts, body)).await?;
         let mut status = CacheStatus::fwd("uri-miss");
@@ -1076,7 +1092,7 @@ impl Ctx {
         left: Duration,
         parts: &Parts,
         key: &str,
-        primary: &str,
+        generation: u64,
     ) where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -1099,7 +1115,7 @@ impl Ctx {
                     &built
                 }
             };
-            self.refresh_in_background(inner.clone(), entry, policy, parts, key, primary);
+            self.refresh_in_background(inner.clone(), entry, policy, parts, key, generation);
         }
     }
 
@@ -1112,14 +1128,13 @@ impl Ctx {
         policy: &CachePolicy,
         parts: &Parts,
         key: &str,
-        primary: &str,
+        generation: u64,
     ) where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         ReqBody: Default + Send + 'static,
         ResBody: Body<Data = Bytes> + Send + 'static,
     {
-        let _ = primary;
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let Some(mark) = RefreshMark::claim(&self.state.refreshing, key) else { return };
         let mut client = clone_parts(parts);
@@ -1154,7 +1169,7 @@ impl Ctx {
                 }
                 None => None,
             };
-            let (request_time, since) = (now(), ctx.snapshot());
+            let (request_time, since) = (now(), ctx.snapshot(Some(generation)));
             let mut req = Request::new(ReqBody::default());
             *req.method_mut() = Method::GET;
             *req.uri_mut() = client.uri.clone();
@@ -1191,7 +1206,8 @@ impl Ctx {
         ResBody: Body<Data = Bytes> + Send + 'static,
     {
         let parts = clone_parts_of(&req);
-        let (request_time, before) = (now(), self.snapshot());
+        // No generation to check: the target is invalidated by this request.
+        let (request_time, before) = (now(), self.snapshot(None));
         let res = inner.call(req).await?;
         let mut status = CacheStatus::fwd("method");
         let mut answers_get = None;
@@ -1263,7 +1279,7 @@ impl Ctx {
                 let key = self.primary(&get, &get).map(|primary| self.state.store.entry_key(&primary));
                 if key.as_ref() == Some(&target_key) {
                     // From our own last invalidation of the target on.
-                    let since = Snapshot { epoch: before.epoch, invalidations: n };
+                    let since = Snapshot { epoch: before.epoch, invalidations: n, generation: None };
                     answers_get = Some((target_key, get, since));
                 }
             }

@@ -43,6 +43,16 @@ use crate::key::variant_id;
 static STORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/store.lua")));
 static PASS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/pass.lua")));
 static TAG: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/tag.lua")));
+static INVALIDATE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/invalidate.lua")));
+
+/// How long an invalidated entry keeps its generation (see `invalidate.lua`):
+/// a fill that looked the key up longer ago than this before an invalidation
+/// (on another instance) may still store what it fetched.
+pub(crate) const INVALIDATED_GENERATION_KEPT: Duration = Duration::from_secs(600);
+
+/// Invalidations sent at once by a purge of many keys.
+const INVALIDATIONS_IN_FLIGHT: usize = 32;
 
 /// How long the store is skipped after Redis failed (it steps aside instead
 /// of making every request wait for a timeout).
@@ -102,6 +112,7 @@ struct NearHit {
     field: String,
     value: Bytes,
     pass_until_ms: Option<u64>,
+    generation: u64,
 }
 
 impl NearHit {
@@ -177,6 +188,10 @@ pub(crate) struct Lookup {
     pub pass_until_ms: Option<u64>,
     /// Now, on the clock the deadline is compared with (ms since the Unix epoch).
     pub now_ms: u64,
+    /// The entry's generation (bumped by each invalidation; 0 in memory,
+    /// where this process's own records of invalidations are enough): a
+    /// response fetched after this lookup is stored only if it is unchanged.
+    pub generation: u64,
 }
 
 impl Lookup {
@@ -208,7 +223,7 @@ fn variant_field(spec: &str, req: &HeaderMap) -> std::borrow::Cow<'static, str> 
 }
 
 /// What a lookup's `HMGET` reads: the Vary spec, the variant, the `pass` deadline.
-type Fields = (Option<String>, Option<Vec<u8>>, Option<String>);
+type Fields = (Option<String>, Option<Vec<u8>>, Option<String>, Option<String>);
 
 /// How long a near copy may live: [`NEAR_TTL`], and never past the key's
 /// own expiry (`PTTL`: -1 none, -2 gone).
@@ -440,6 +455,7 @@ impl Store {
                         found: h.variants.get(&field).map(|v| Found { value: v.clone() }),
                         pass_until_ms: (h.pass_until_ms > 0).then_some(h.pass_until_ms),
                         now_ms,
+                        generation: 0,
                     }
                 }))
             }
@@ -459,21 +475,31 @@ impl Store {
             && hit.field == field
         {
             let found = Some(Found { value: hit.value.clone() });
-            return Ok(Lookup { found, pass_until_ms: hit.pass_until_ms, now_ms: now_ms() });
+            return Ok(Lookup {
+                found,
+                pass_until_ms: hit.pass_until_ms,
+                now_ms: now_ms(),
+                generation: hit.generation,
+            });
         }
         let ticket = near.map(|near| near.ticket(key));
         let redis = self.live()?;
         let mut conn = redis.connection().await?;
-        // One round trip: the Vary spec, the guessed variant and the
-        // hit-for-pass deadline (and, for a near copy, how long the key lives).
+        // One round trip: the Vary spec, the guessed variant, the
+        // hit-for-pass deadline and the generation (and, for a near copy, how
+        // long the key lives).
         let mut hmget = redis::cmd("HMGET");
-        hmget.arg(key).arg("vary").arg(&field).arg("pass");
-        let ((spec, value, pass), pttl): (Fields, i64) = match near {
+        hmget.arg(key).arg("vary").arg(&field).arg("pass").arg("gen");
+        let ((spec, value, pass, generation), pttl): (Fields, i64) = match near {
             None => (hmget.query_async(&mut conn).await?, -1),
             Some(_) => redis::pipe().add_command(hmget).cmd("PTTL").arg(key).query_async(&mut conn).await?,
         };
-        let mut looked =
-            Lookup { found: None, pass_until_ms: pass.and_then(|p| p.trim().parse::<u64>().ok()), now_ms: now_ms() };
+        let mut looked = Lookup {
+            found: None,
+            pass_until_ms: pass.and_then(|p| p.trim().parse::<u64>().ok()),
+            now_ms: now_ms(),
+            generation: generation.and_then(|g| g.parse().ok()).unwrap_or(0),
+        };
         let Some(spec) = spec else { return Ok(looked) };
         if spec == guess {
             looked.found = value.map(|v| Found { value: Bytes::from(v) });
@@ -483,6 +509,7 @@ impl Store {
                     field: field.into_owned(),
                     value: found.value.clone(),
                     pass_until_ms: looked.pass_until_ms,
+                    generation: looked.generation,
                 };
                 near.insert(ticket, key, Arc::new(hit), near_ttl(pttl));
             }
@@ -540,7 +567,10 @@ impl Store {
         }
     }
 
-    /// Stores one variant (replacing all variants when the Vary spec changed).
+    /// Stores one variant (replacing all variants when the Vary spec changed),
+    /// unless the entry was invalidated since the lookup that saw
+    /// `generation` (`None`: no check): `Ok(false)` then.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn put(
         &self,
         key: &str,
@@ -549,7 +579,8 @@ impl Store {
         req: &HeaderMap,
         value: Bytes,
         ttl: Duration,
-    ) -> Result<()> {
+        generation: Option<u64>,
+    ) -> Result<bool> {
         let ttl = bound(ttl);
         let field = variant_id(spec, req);
         match &self.inner.backend {
@@ -576,13 +607,13 @@ impl Store {
                     let ttl = hash.expires_at - now;
                     (Update::Set(Arc::new(hash), Some(ttl)), ())
                 });
-                Ok(())
+                Ok(true)
             }
             Backend::Redis(_) => {
                 let result = async {
                     let redis = self.live()?;
                     let mut conn = redis.connection().await?;
-                    let _: i64 = STORE
+                    let stored: i64 = STORE
                         .key(key)
                         .arg(uri)
                         .arg(spec)
@@ -590,10 +621,13 @@ impl Store {
                         .arg(value.as_ref())
                         .arg(ttl.as_millis() as u64)
                         .arg(MAX_VARIANTS)
+                        .arg(generation.map(|g| g.to_string()).unwrap_or_default())
                         .invoke_async(&mut conn)
                         .await?;
-                    self.remember(key, spec);
-                    Ok(())
+                    if stored == 1 {
+                        self.remember(key, spec);
+                    }
+                    Ok(stored == 1)
                 }
                 .await;
                 // Also after a failure: the write may have happened.
@@ -603,7 +637,9 @@ impl Store {
         }
     }
 
-    /// Deletes the entry hash (every variant) of an entry key.
+    /// Deletes the entry hash (every variant) of an entry key; on Redis its
+    /// generation stays for a while, so that fills that looked it up before,
+    /// on any instance, do not store (see `scripts/invalidate.lua`).
     pub async fn delete_entry_key(&self, key: &str) -> Result<bool> {
         match &self.inner.backend {
             Backend::Memory { entries, .. } => Ok(entries.remove(&key.to_owned())),
@@ -619,7 +655,11 @@ impl Store {
                 };
                 let result = async {
                     let mut conn = redis.connection().await?;
-                    let n: i64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
+                    let n: i64 = INVALIDATE
+                        .key(key)
+                        .arg(INVALIDATED_GENERATION_KEPT.as_millis() as u64)
+                        .invoke_async(&mut conn)
+                        .await?;
                     Ok(n > 0)
                 }
                 .await;
@@ -769,26 +809,29 @@ impl Store {
         }
     }
 
-    /// Deletes keys in one round trip: one `DEL` each, pipelined, on a
-    /// standalone server; on a cluster one `DEL` of them all, which redis-rs
-    /// splits by slot (one command per slot, sent concurrently, counts added).
+    /// Invalidates keys as [`Store::delete_entry_key`] does (a cache-aside
+    /// value is deleted), up to 32 at a time: on one connection they go out
+    /// together; on a cluster each goes to its key's master.
     async fn del_each(&self, redis: &Redis, keys: &[String]) -> Result<usize> {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut conn = redis.connection().await?;
         let _forget = Forget { store: self, keys };
-        if redis.is_cluster() {
-            let n: i64 = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
-            Ok(n as usize)
-        } else {
-            let mut pipe = redis::pipe();
-            for key in keys {
-                pipe.cmd("DEL").arg(key);
-            }
-            let counts: Vec<i64> = pipe.query_async(&mut conn).await?;
-            Ok(counts.iter().sum::<i64>() as usize)
-        }
+        let kept = INVALIDATED_GENERATION_KEPT.as_millis() as u64;
+        let counts: Vec<i64> = futures_util::stream::iter(keys.to_vec())
+            .map(|key| {
+                let redis = redis.clone();
+                async move {
+                    let mut conn = redis.connection().await?;
+                    let n: i64 = INVALIDATE.key(&key).arg(kept).invoke_async(&mut conn).await?;
+                    Ok::<_, redlayer_core::Error>(n)
+                }
+            })
+            .buffer_unordered(INVALIDATIONS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(counts.iter().filter(|n| **n > 0).count())
     }
 
     /// Deletes every entry whose normalized URI starts with `uri_prefix`
@@ -902,6 +945,7 @@ impl Store {
                             field: String::new(),
                             value: value.clone(),
                             pass_until_ms: None,
+                            generation: 0,
                         };
                         near.insert(ticket, &key, Arc::new(hit), near_ttl(pttl));
                     }
@@ -999,7 +1043,7 @@ mod tests {
         let store = Store::memory_with_clock(Arc::new(clock.clone()));
         let Backend::Memory { entries, .. } = &store.inner.backend else { unreachable!() };
         let (en, de) = (HeaderMap::new(), HeaderMap::new());
-        store.put("k", "u", "", &en, Bytes::from_static(b"en"), 2 * S).await.unwrap();
+        store.put("k", "u", "", &en, Bytes::from_static(b"en"), 2 * S, None).await.unwrap();
         store.mark_pass("k", "u", 30 * S).await.unwrap();
         clock.advance(10 * S);
         let looked = store.lookup("k", &de).await.unwrap();
@@ -1007,7 +1051,7 @@ mod tests {
         assert!(matches!(entries.ttl("k"), Ttl::ExpiresIn(left) if left == 20 * S));
 
         store.mark_pass("m", "u", 30 * S).await.unwrap();
-        store.put("m", "u", "accept-language", &en, Bytes::from_static(b"en"), 2 * S).await.unwrap();
+        store.put("m", "u", "accept-language", &en, Bytes::from_static(b"en"), 2 * S, None).await.unwrap();
         assert!(matches!(entries.ttl("m"), Ttl::ExpiresIn(left) if left == 30 * S));
     }
 }

@@ -405,10 +405,10 @@ async fn a_tag_index_does_not_keep_expired_members() {
 }
 
 /// A purge on one instance while another is filling the key: the fill,
-/// which that instance cannot see, stores the response it fetched before the
-/// purge; the purge's second pass (2 s later) deletes it.
+/// which that instance cannot see, fetched its response before the purge;
+/// the purge bumped the entry's generation, so the fill does not store it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_purge_catches_a_fill_finishing_on_another_instance() {
+async fn a_fill_on_another_instance_does_not_store_over_a_purge() {
     let server = RedisServer::start();
     let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=600")], &format!("v{n}")))
         .delay(Duration::from_millis(300));
@@ -418,12 +418,48 @@ async fn a_purge_catches_a_fill_finishing_on_another_instance() {
     let filling = tokio::spawn(async move { app_b.get("/x").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!a.purge_uri("http://example.test/x").await.unwrap(), "nothing stored yet");
-    assert_eq!(filling.await.unwrap().body, "v1");
-    assert!(app_a.get("/x").await.is_hit(), "the pre-purge response was stored after the purge");
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(filling.await.unwrap().body, "v1", "the fill answers its own client");
     let after = app_a.get("/x").await;
-    assert!(!after.is_hit(), "the second pass did not delete it");
+    assert!(!after.is_hit(), "the pre-purge response was stored after the purge: {}", after.cache_status());
     assert_eq!(after.body, "v2");
+    assert!(app_a.get("/x").await.is_hit(), "a fill that started after the purge is stored");
+}
+
+/// The same for an unsafe request's invalidation, and for a tag purge, made
+/// on one instance while another fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_on_another_instance_do_not_store_over_invalidations_and_tag_purges() {
+    let server = RedisServer::start();
+    let origin = Origin::new(|parts, n| match parts.method.as_str() {
+        "POST" => resp(200, &[], "changed"),
+        _ => resp(200, &[("cache-control", "max-age=600"), ("cache-tag", "all")], &format!("v{n}")),
+    })
+    .delay(Duration::from_millis(300));
+    let a = CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap());
+    let app_a = App::new(a.clone(), &origin);
+    let app_b = App::new(CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap()), &origin);
+
+    let filling = tokio::spawn({
+        let app_b = app_b.clone();
+        async move { app_b.get("/posted").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(app_a.send("POST", "/posted", &[]).await.body, "changed");
+    filling.await.unwrap();
+    assert!(!app_b.get("/posted").await.is_hit(), "stored over the POST's invalidation");
+
+    // Stored and tagged once; then filled again (a request that skips the
+    // stored response) while the tag is purged.
+    app_b.get("/tagged").await;
+    assert!(app_b.get("/tagged").await.is_hit());
+    let filling = tokio::spawn({
+        let app_b = app_b.clone();
+        async move { app_b.send("GET", "/tagged", &[("cache-control", "no-cache")]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(a.purge_tag("all").await.unwrap() >= 1);
+    filling.await.unwrap();
+    assert!(!app_b.get("/tagged").await.is_hit(), "stored over the tag purge");
 }
 
 /// An invalidation that failed (here: made while this instance backs off
