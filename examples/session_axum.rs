@@ -115,7 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let store = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => Store::redis(redlayer::Redis::connect(&url).await?),
+        Ok(url) if !url.is_empty() => Store::redis(redlayer::Redis::builder().connect_or_lazy(&url).await?),
         _ => Store::memory(),
     };
 

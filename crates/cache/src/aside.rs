@@ -181,7 +181,8 @@ impl CacheAside {
     /// The cached value of `key`, or the result of `fetch` (stored for `ttl`).
     ///
     /// Concurrent callers for one key in this process run `fetch` once (the
-    /// others wait and read what it stored). When the store fails, `fetch`
+    /// others wait, up to 5 s, and get its value while it is fresh, stored or
+    /// not). When the store fails, `fetch`
     /// runs and its value is returned: the cache never fails the call. Only
     /// `fetch`'s own error is returned.
     pub async fn get_or_insert_with<T, F, Fut, E>(&self, key: &str, ttl: Duration, fetch: F) -> Result<T, E>
@@ -298,11 +299,13 @@ impl CacheAside {
         // Dropped before `lock`, also when this call is cancelled.
         let _forget = ForgetFlight { flights: &self.flights, key };
         async {
-            // Bounded: a caller stuck behind slow fetches fetches itself.
-            let Ok(mut shared) = tokio::time::timeout(FILL_WAIT, lock.lock()).await else { return fetch().await };
-            if let Some((raw, epoch)) = shared.as_ref()
+            // Bounded: a caller stuck behind slow fetches goes on without its
+            // turn (to the store, and the lock across instances).
+            let mut shared = tokio::time::timeout(FILL_WAIT, lock.lock()).await.ok();
+            if let Some(Some((raw, epoch))) = shared.as_deref()
                 && *epoch == self.epoch()
-                && let Some((v, _)) = decode::<T>(raw)
+                && let Some((v, fresh_until)) = decode::<T>(raw)
+                && now_ms() < fresh_until
             {
                 return Ok(v);
             }
@@ -345,7 +348,9 @@ impl CacheAside {
             if self.epoch() == epoch {
                 let stored = match encode(&value, ttl) {
                     Ok(raw) => {
-                        *shared = Some((raw.clone(), epoch));
+                        if let Some(shared) = shared.as_mut() {
+                            **shared = Some((raw.clone(), epoch));
+                        }
                         let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
                         self.store.set_value(key, raw, ttl.saturating_add(stale_for), &tags).await
                     }

@@ -1294,12 +1294,10 @@ impl Ctx {
 /// The stored `entry` with the header fields of a response that validated
 /// it (a 304, RFC 9111 4.3.4, or a 200 to a HEAD, 4.3.5) put in place of its
 /// own, except those that describe the body, hop-by-hop ones (and those
-/// `Connection` names), cookies and `Cache-Status`; the fields a qualified
-/// `no-cache="f"` / `private="f"` names are then dropped, as when storing.
-/// The stored entry updated by a 304's header fields (RFC 9111 4.3.4): each
-/// field the 304 carries replaces the stored one, except the ones describing
-/// the stored body. `Set-Cookie` too, when cookies are stored and replayed
-/// (`replay_cookies`); otherwise the entry holds none.
+/// `Connection` names) and `Cache-Status`; `Set-Cookie` only when cookies
+/// are stored and replayed (`replay_cookies`), as the entry holds none
+/// otherwise. The fields a qualified `no-cache="f"` / `private="f"` names
+/// are then dropped, as when storing.
 fn freshened(
     entry: &Entry,
     new: &HeaderMap,

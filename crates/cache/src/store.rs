@@ -43,6 +43,7 @@ use crate::key::variant_id;
 static STORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/store.lua")));
 static PASS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/pass.lua")));
 static TAG: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/tag.lua")));
+static REINDEX: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/reindex.lua")));
 static INVALIDATE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/invalidate.lua")));
 
@@ -783,14 +784,13 @@ impl Store {
                         Err(error) => {
                             // Put them back (with their scores), so that the
                             // purge tried again finds them.
-                            let mut zadd = redis::cmd("ZADD");
-                            zadd.arg(&tag_key).arg("GT");
+                            let mut reindex = REINDEX.key(&tag_key);
                             for pair in scanned.chunks_exact(2) {
-                                zadd.arg(&pair[1]).arg(&pair[0]);
+                                reindex.arg(&pair[1]).arg(&pair[0]);
                             }
                             let readded: Result<i64> = async {
                                 let mut conn = redis.connection().await?;
-                                Ok(zadd.query_async(&mut conn).await?)
+                                Ok(reindex.invoke_async(&mut conn).await?)
                             }
                             .await;
                             if let Err(e) = readded {

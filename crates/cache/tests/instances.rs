@@ -505,6 +505,9 @@ async fn a_failed_tag_purge_keeps_the_index_for_the_next_try() {
     let url = format!("redis://nodel:any@127.0.0.1:{}", server.port());
     let refused = Store::redis(redlayer_core::Redis::connect(&url).await.unwrap());
     assert!(refused.purge_tag("products").await.is_err(), "DEL is refused to this user");
+    let index = server.cli(&["--scan", "--pattern", "*cachetag*"]).lines().next().expect("the tag index").to_owned();
+    let pttl: i64 = server.cli(&["PTTL", &index]).trim().parse().unwrap();
+    assert!(pttl > 0, "the index put back keeps an expiry: {pttl}");
     assert_eq!(cache.get::<i32>("product-1").await.unwrap(), Some(1), "nothing was deleted");
     assert_eq!(cache.invalidate_tag("products").await.unwrap(), 2, "the next purge finds both");
     assert_eq!(cache.get::<i32>("product-2").await.unwrap(), None);

@@ -69,7 +69,8 @@ async fn callers_waiting_for_one_key_share_a_value_too_large_to_store() {
             cache
                 .get_or_insert_with("big", Duration::from_secs(60), || async move {
                     fetches.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Long enough for every caller to queue behind this fetch.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     Ok::<_, std::io::Error>("x".repeat(200_000))
                 })
                 .await

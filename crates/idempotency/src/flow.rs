@@ -324,11 +324,13 @@ fn report_complete(result: &redlayer_core::Result<bool>) {
     }
 }
 
-/// The retries of [`settle`]: every 100 ms at first, then up to every 2 s,
-/// with the lease (and its renewal) held throughout.
+/// The retries of [`settle`]: every 100 ms at first, then up to every
+/// 500 ms, with the lease held (and renewed by its watchdog, which stops at
+/// `max_hold` after the claim, or when Redis is out of reach for the whole
+/// lease: a retry of the request may then run the handler again).
 async fn complete_later(config: Arc<Config>, id: String, guard: LockGuard, stored: StoredResponse) {
     const FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
-    const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+    const MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
     tracing::warn!(target: "redlayer", "idempotency: response not stored yet; retrying while the lease is held");
     let give_up = tokio::time::Instant::now() + config.max_hold;
     let mut delay = FIRST_DELAY;

@@ -23,7 +23,10 @@
 //!    otherwise the handler runs.
 //! 4. The response (status, headers but `Set-Cookie` and hop-by-hop ones,
 //!    body up to 1 MiB) is stored if its
-//!    fencing token still owns the record, then the lease is released. 5xx
+//!    fencing token still owns the record, then the lease is released. A
+//!    store that fails (Redis slow or restarting) is retried in the
+//!    background while the lease is kept, so a retry of the request meanwhile
+//!    gets 409, then the replay. 5xx
 //!    answers, refusals of the moment (408, 409, 425, 429), gRPC answers,
 //!    bodies over the limit, trailers and body errors are not stored: the
 //!    attempt is forgotten and a retry runs again.

@@ -41,7 +41,7 @@ fn app(locks: Locks, probe: Probe, wait: Retry, busy: StatusCode) -> Router {
         .with_state(probe)
         .layer(
             LockLayer::new(locks, HeaderKey::new(http::HeaderName::from_static("x-account")))
-                .ttl(Duration::from_millis(500))
+                .ttl(Duration::from_secs(2))
                 .wait(wait)
                 .busy_status(busy),
         )

@@ -21,8 +21,9 @@ pub(crate) struct Config {
 /// Applies [`KeyLock`]: requests with the same key run one at a time.
 ///
 /// Defaults: lock ttl 10 s renewed while the handler runs (at most 5
-/// minutes); wait at most 5 s, then `409 Conflict`; fail closed (`503`) when
-/// Redis stays unreachable for 1 s.
+/// minutes: a handler still running when its lock runs out is stopped and
+/// answered `503`); wait at most 5 s, then `409 Conflict`; fail closed
+/// (`503`) when Redis stays unreachable for 1 s.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct LockLayer<K> {
@@ -53,13 +54,18 @@ impl<K> LockLayer<K> {
         Arc::make_mut(&mut self.config)
     }
 
-    /// The lock's ttl (default 10 s): how long a crashed instance blocks the key.
+    /// The lock's ttl (default 10 s): how long a crashed instance blocks the
+    /// key. It is renewed every third of it, and a handler whose renewal is
+    /// late by two thirds of it (Redis out of reach, a stalled runtime) is
+    /// stopped with `503`: keep it to a second or more.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.config().ttl = ttl.max(Duration::from_millis(10));
         self
     }
 
-    /// The longest a handler keeps the lock renewed (default 5 minutes).
+    /// The longest a handler keeps the lock renewed (default 5 minutes): a
+    /// handler still running when the lock then runs out is stopped and
+    /// answered `503`.
     pub fn max_hold(mut self, max_hold: Duration) -> Self {
         self.config().max_hold = max_hold;
         self
