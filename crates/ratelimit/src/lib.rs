@@ -95,8 +95,11 @@
 //! | sliding window counter | `...:swc...` | hash `w`, `c` (current), `p` (previous) | end of the next window |
 //! | sliding window log | `...:swl...` | sorted set of request times (µs) | one period after the last write |
 //!
-//! The algorithm's state name is part of the key, so changing a policy's
-//! algorithm starts a fresh key instead of misreading another layout.
+//! The algorithm's state name and the quota (`{count}-{period µs}-{burst}`)
+//! are part of the key (`{quota}` above), so changing a policy's algorithm
+//! starts a fresh key instead of misreading another layout, and two limiters
+//! that give one policy name to different quotas count apart (sharing, the
+//! looser would pull the stricter's state back into its own range).
 //!
 //! All keys of one decision must live in one cluster slot, so they share one
 //! hash tag (`{tag}`), chosen per limiter, not per request (a counter must
@@ -104,10 +107,10 @@
 //!
 //! - when **every policy counts the same client** (no policy has its own
 //!   [`Policy::key`]; and always for [`RateLimiter::check`]), the tag is that
-//!   client: `{prefix}:rl:{client}:{policy}:{alg}`. Clients spread over the cluster.
+//!   client: `{prefix}:rl:{client}:{policy}:{alg}:{quota}`. Clients spread over the cluster.
 //! - when policies count **different clients** (per IP *and* per API key), the
 //!   tag is the limiter's [name](RateLimiterBuilder::name):
-//!   `{prefix}:rl:{name}:{policy}:{alg}:{client}`. Atomic and correct, but all of that
+//!   `{prefix}:rl:{name}:{policy}:{alg}:{quota}:{client}`. Atomic and correct, but all of that
 //!   limiter's keys live on one cluster node; give each such limiter its own
 //!   name, or split independent policies into separate layers (then each is
 //!   atomic on its own, not together).

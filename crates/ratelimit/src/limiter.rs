@@ -466,8 +466,7 @@ impl RateLimiterBuilder {
             .or_else(|| self.store.redis_handle().map(|r| r.timeout()))
             .unwrap_or(redlayer_core::DEFAULT_TIMEOUT);
         let keys = self.store.keys();
-        let suffixes: Vec<String> =
-            self.policies.iter().map(|p| format!("{}:{}", p.name, p.algorithm.state_name())).collect();
+        let suffixes: Vec<String> = self.policies.iter().map(Policy::state_suffix).collect();
         // The keys are `KeyBuilder::key_with` keys; their constant parts are rendered here once.
         let shared_head = format!("{}:rl:{{", keys.prefix());
         let shared_tails = suffixes.iter().map(|s| format!("}}:{s}")).collect();
@@ -509,7 +508,16 @@ mod tests {
         let keys = redlayer_core::KeyBuilder::default();
         let id = KeyPart::client("198.51.100.7");
         for i in 0..2 {
-            let suffix = format!("{}:{}", limiter.policies()[i].name, limiter.policies()[i].algorithm.state_name());
+            let policy = &limiter.policies()[i];
+            let spec = policy.spec();
+            let suffix = format!(
+                "{}:{}:{}-{}-{}",
+                policy.name,
+                policy.algorithm.state_name(),
+                spec.count,
+                spec.period_us,
+                spec.burst
+            );
             assert_eq!(limiter.shared_key(&id, i), keys.key_with("rl", &id, &suffix));
             let tagged = format!("{suffix}:{}", id.as_str());
             assert_eq!(limiter.tagged_key(&id, i), keys.key_with("rl", &KeyPart::fixed("api"), &tagged));

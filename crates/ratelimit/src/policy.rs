@@ -107,6 +107,19 @@ impl Policy {
         self.quota
     }
 
+    /// The end of this policy's state keys: its name, its algorithm's state
+    /// and its quota (count, period in µs, burst). Two limiters (or layers)
+    /// on one store that give one name to different quotas (`per-ip` at 5
+    /// per minute on a login route, at 50 per second elsewhere) then keep
+    /// apart states: sharing, each would pull the other's back into its own
+    /// range, and the strict one would let through what the loose one does.
+    /// The same name and quota share one state (and a changed quota starts
+    /// from empty).
+    pub(crate) fn state_suffix(&self) -> String {
+        let spec = self.spec();
+        format!("{}:{}:{}-{}-{}", self.name, self.algorithm.state_name(), spec.count, spec.period_us, spec.burst)
+    }
+
     pub(crate) fn spec(&self) -> crate::store::PolicySpec {
         crate::store::PolicySpec {
             algorithm: self.algorithm.code(),

@@ -288,6 +288,26 @@ async fn policies_with_different_keys(backend: Backend) {
     assert!(res.headers()["ratelimit-policy"].to_str().unwrap().contains(r#""per-key";q=4;w=3600"#));
 }
 
+/// Two limiters on one store give one policy name to different quotas (a
+/// strict one on a login route, a loose one elsewhere): they count apart.
+/// Sharing one state, the loose one's decisions pulled the strict one's back
+/// into its own range, and the strict limit let through what the loose does.
+async fn one_policy_name_with_two_quotas_counts_apart(backend: Backend) {
+    for algorithm in ALGORITHMS {
+        let strict = limiter(backend.store().await, vec![Policy::new("per-ip", algorithm, Quota::per_hour(5))]);
+        let loose = limiter(backend.store().await, vec![Policy::new("per-ip", algorithm, Quota::per_second(50))]);
+        let key = format!("shared-name-{}", algorithm.as_str());
+        for _ in 0..5 {
+            assert!(strict.try_check(&key, 1).await.unwrap().is_allowed());
+        }
+        assert!(loose.try_check(&key, 1).await.unwrap().is_allowed());
+        assert!(
+            !strict.try_check(&key, 1).await.unwrap().is_allowed(),
+            "{algorithm:?}: the strict limit let a 6th through"
+        );
+    }
+}
+
 macro_rules! suite {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -323,6 +343,10 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn policies_with_different_keys() {
                 super::policies_with_different_keys($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn one_policy_name_with_two_quotas_counts_apart() {
+                super::one_policy_name_with_two_quotas_counts_apart($backend).await
             }
         }
     };
