@@ -263,6 +263,9 @@ impl RateLimiter {
         } else {
             active.iter().map(|&i| inner.specs[i]).collect()
         };
+        // A denial's retry time counts from when the store ran the script,
+        // before its answer came back: the deny cache counts from the send.
+        let sent = inner.deny_cache.as_ref().filter(|_| cost == 1).map(|cache| cache.clock.now());
         let result = self.timed(inner.store.decide(&keys, &specs, cost)).await;
         let decision = match result {
             Ok((allowed, raw)) => {
@@ -273,10 +276,12 @@ impl RateLimiter {
                 if inner.fallback_used.load(Ordering::Relaxed) {
                     inner.fallback.forget(&keys);
                 }
-                if let (Some(cache), 1) = (&inner.deny_cache, cost) {
+                if let (Some(cache), Some(sent)) = (&inner.deny_cache, sent) {
+                    let answered_after = cache.clock.now().saturating_sub(sent);
                     for (key, outcome) in keys.iter().zip(&raw) {
-                        if !outcome.allowed && outcome.remaining == 0 && outcome.retry_us > 0 {
-                            cache.insert(key, Duration::from_micros(outcome.retry_us as u64));
+                        let left = Duration::from_micros(outcome.retry_us.max(0) as u64).saturating_sub(answered_after);
+                        if !outcome.allowed && outcome.remaining == 0 && !left.is_zero() {
+                            cache.insert(key, left);
                         }
                     }
                 }
