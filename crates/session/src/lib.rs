@@ -55,7 +55,8 @@
 //!   [`Session::sessions`] / [`Store::sessions_of`] list that user's sessions
 //!   (created, last seen), and [`Store::revoke`], [`Session::revoke_others`],
 //!   [`Session::log_out_everywhere`] end one, all but this one, or all. The
-//!   index holds session *keys* (hashes), not ids.
+//!   index holds session *keys* (hashes), not ids. A session another user
+//!   logs in on leaves the previous user's index.
 //! - **Transport**: a cookie (name `id`, `HttpOnly`, `Secure`,
 //!   `SameSite=Lax`, `Path=/`, browser-session; `__Host-` prefix, persistent
 //!   cookies and signing with a `cookie` crate [`Key`] as

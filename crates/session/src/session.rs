@@ -566,6 +566,10 @@ impl Session {
             let outcome = written?;
             match outcome {
                 WriteOutcome::Done { created_ms, id_age_ms, increments } => {
+                    // The session changed hands (another user logged in on
+                    // it): the previous user's index lets go of it, or that
+                    // user could list it and end it.
+                    let previous_user = newly_indexed.and(st.cache.as_ref().and_then(|c| c.user.clone()));
                     st.pending = Pending::default();
                     if timeouts.renew.is_some_and(|r| id_age_ms >= r.every_ms as i64) {
                         st.renew_due = true;
@@ -591,6 +595,11 @@ impl Session {
                         // Again with the stored creation time (and in case a
                         // prune dropped the early entry of a key not yet written).
                         self.reindex(user, &key, created_ms, timeouts.absolute_ms).await;
+                    }
+                    if let Some(previous) = previous_user
+                        && let Err(error) = self.store().index_remove(&previous, &key).await
+                    {
+                        tracing::warn!(target: "redlayer", layer = "session", %error, "session's previous user index not updated");
                     }
                     return Ok(increments);
                 }

@@ -74,13 +74,16 @@ pub(crate) fn read_id(transport: &Transport, headers: &HeaderMap) -> Option<Sess
                 false => k == config.name,
             };
             for value in headers.get_all(header::COOKIE) {
-                let Ok(value) = value.to_str() else { continue };
-                for pair in value.split(';') {
-                    let Some((k, v)) = pair.split_once('=') else { continue };
-                    let name = k.trim();
+                // Pair by pair on the bytes: another cookie's non-ASCII value
+                // (set by some other script of the site) must not hide ours.
+                for pair in value.as_bytes().split(|b| *b == b';') {
+                    let Some(eq) = pair.iter().position(|b| *b == b'=') else { continue };
+                    let Ok(name) = std::str::from_utf8(&pair[..eq]) else { continue };
+                    let name = name.trim();
                     if !is_ours(name) {
                         continue;
                     }
+                    let Ok(v) = std::str::from_utf8(&pair[eq + 1..]) else { continue };
                     let v = v.trim().trim_matches('"');
                     if v.len() > MAX_VALUE_LEN {
                         continue;
@@ -159,10 +162,11 @@ pub(crate) fn add_vary(transport: &Transport, headers: &mut HeaderMap) {
 
 /// Writes the id (or its removal) into a response.
 pub(crate) fn write_id(transport: &Transport, headers: &mut HeaderMap, action: &IdAction) {
-    if matches!(action, IdAction::Set(_)) {
+    {
         // A response that hands out a session id is a credential of one
         // client: no cache may store it, whatever the handler said (a shared
-        // cache serving it to the next visitor would share the session).
+        // cache serving it to the next visitor would share the session). One
+        // that removes it neither (served to others, it would log them out).
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.remove("cdn-cache-control");
         headers.remove("surrogate-control");
@@ -234,6 +238,26 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
         headers
+    }
+
+    #[test]
+    fn another_cookies_non_ascii_value_does_not_hide_the_id() {
+        let transport = cookie_transport(None);
+        let id = SessionId::generate().unwrap();
+        let mut headers = HeaderMap::new();
+        let line = format!("x=\u{e9}t\u{e9}; id={}", id.encode());
+        headers.insert(header::COOKIE, HeaderValue::from_bytes(line.as_bytes()).unwrap());
+        assert_eq!(read_id(&transport, &headers), Some(id));
+    }
+
+    #[test]
+    fn removing_the_id_is_not_cacheable_either() {
+        for transport in [cookie_transport(None), Transport::Header(HeaderName::from_static("x-session"))] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+            write_id(&transport, &mut headers, &IdAction::Remove);
+            assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+        }
     }
 
     #[test]

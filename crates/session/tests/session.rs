@@ -42,6 +42,7 @@ async fn suite(stores: Vec<Store>) {
             save_to_a_session_ended_mid_request_is_refused_and_reported(s).await;
             a_request_racing_a_login_does_not_erase_the_new_id(s).await;
             user_index_lists_and_revokes(s).await;
+            another_login_on_a_session_takes_it_out_of_the_previous_users_index(s).await;
             second_instance_sees_the_same_sessions(s).await;
             header_transport(s).await;
         }
@@ -249,6 +250,22 @@ async fn user_index_lists_and_revokes(s: &[Store]) {
         assert_eq!(client.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
     }
     assert!(s[0].sessions_of("carol").await.unwrap().is_empty());
+}
+
+/// A shared browser: Bob logs in on the session Alice used. Alice can no
+/// longer list it, revoke it, or end it with "log out everywhere".
+async fn another_login_on_a_session_takes_it_out_of_the_previous_users_index(s: &[Store]) {
+    let mut shared = client(&s[0]);
+    shared.login("alice-shared").await;
+    assert_eq!(s[0].sessions_of("alice-shared").await.unwrap().len(), 1);
+    shared.login("bob-shared").await;
+    assert_eq!(shared.call("GET", "/me").await.body, "bob-shared");
+    assert!(s[0].sessions_of("alice-shared").await.unwrap().is_empty(), "still listed under alice");
+    assert_eq!(s[0].sessions_of("bob-shared").await.unwrap().len(), 1);
+    let mut alice = client(&s[0]);
+    alice.login("alice-shared").await;
+    assert_eq!(alice.call("POST", "/logout-everywhere").await.status, StatusCode::OK);
+    assert_eq!(shared.call("GET", "/me").await.body, "bob-shared", "alice ended bob's session");
 }
 
 /// Two layers on one store with different absolute lifetimes: a login under
