@@ -384,6 +384,11 @@ impl Store {
         self.inner.keys.key("cache", &KeyPart::client(primary))
     }
 
+    /// Whether `key` is an entry hash's key (not a cache-aside value's).
+    fn is_entry_key(&self, key: &str) -> bool {
+        key.strip_prefix(self.inner.keys.prefix()).is_some_and(|rest| rest.starts_with(":cache:"))
+    }
+
     fn tag_key(&self, tag: &str) -> String {
         self.inner.keys.key("cachetag", &KeyPart::client(tag))
     }
@@ -659,6 +664,7 @@ impl Store {
                     let n: i64 = INVALIDATE
                         .key(key)
                         .arg(INVALIDATED_GENERATION_KEPT.as_millis() as u64)
+                        .arg(if self.is_entry_key(key) { "1" } else { "0" })
                         .invoke_async(&mut conn)
                         .await?;
                     Ok(n > 0)
@@ -822,9 +828,10 @@ impl Store {
         let counts: Vec<i64> = futures_util::stream::iter(keys.to_vec())
             .map(|key| {
                 let redis = redis.clone();
+                let entry = if self.is_entry_key(&key) { "1" } else { "0" };
                 async move {
                     let mut conn = redis.connection().await?;
-                    let n: i64 = INVALIDATE.key(&key).arg(kept).invoke_async(&mut conn).await?;
+                    let n: i64 = INVALIDATE.key(&key).arg(kept).arg(entry).invoke_async(&mut conn).await?;
                     Ok::<_, redlayer_core::Error>(n)
                 }
             })

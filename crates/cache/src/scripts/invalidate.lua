@@ -3,11 +3,12 @@
 -- that a fill that looked the key up before (on any instance) does not store
 -- the response it fetched, which may be older than the change. The hash is
 -- left holding only `gen`, for ARGV[1] ms (also when nothing was stored: a
--- fill may be on its way). A key that is not a hash (a cache-aside value
--- under a purged tag) is deleted.
--- KEYS[1] the entry hash. Returns 1 when something was stored there.
+-- fill may be on its way). Another key (a cache-aside value, also under a
+-- purged tag: ARGV[2] is not '1') is only deleted.
+-- KEYS[1] the entry hash; ARGV[2] '1' for an entry key.
+-- Returns 1 when something was stored there.
 local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'hash' and kind ~= 'none' then
+if ARGV[2] ~= '1' or (kind ~= 'hash' and kind ~= 'none') then
   return redis.call('DEL', KEYS[1])
 end
 local stored = redis.call('HEXISTS', KEYS[1], 'vary')
