@@ -321,8 +321,7 @@ impl ClientIp {
 
     /// Exactly `n` proxies you run stand in front of the app (the peer is the
     /// last of them): the client is the `n`-th address from the right of the
-    /// header. With fewer entries than that, the leftmost one is used only if
-    /// all came from proxies; otherwise the peer address is used.
+    /// header. With fewer entries than that, the peer address is used.
     pub fn trusted_hops(mut self, n: usize) -> Self {
         self.trust = if n == 0 { Trust::None } else { Trust::Hops(n) };
         self
@@ -479,7 +478,12 @@ fn parse_node(s: &str) -> Option<IpAddr> {
     if let Some(rest) = s.strip_prefix('[') {
         return rest.split(']').next()?.parse::<Ipv6Addr>().ok().map(|v6| canonical(IpAddr::V6(v6)));
     }
-    s.parse::<SocketAddr>().ok().map(|a| canonical(a.ip()))
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Some(canonical(addr.ip()));
+    }
+    // An IPv4 address with an obfuscated port (RFC 7239 6.3: `1.2.3.4:_abc`).
+    let (host, port) = s.split_once(':')?;
+    port.starts_with('_').then(|| host.parse::<std::net::Ipv4Addr>().ok()).flatten().map(|v4| canonical(IpAddr::V4(v4)))
 }
 
 impl Extract for ClientIp {
@@ -632,6 +636,21 @@ mod tests {
         let api = key(&Key::header("x-api-key"), &a).unwrap();
         assert!(!api.contains("secret"), "{api}");
         assert_eq!(key(&Key::header("x-api-key"), &b), None);
+    }
+
+    #[test]
+    fn forwarded_nodes_with_ports_obfuscated_or_not() {
+        let v4: IpAddr = "192.0.2.43".parse().unwrap();
+        for node in ["192.0.2.43", "192.0.2.43:80", "\"192.0.2.43:_abc\"", "192.0.2.43:_hidden"] {
+            assert_eq!(parse_node(node), Some(v4), "{node}");
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        for node in ["\"[2001:db8::1]:_x\"", "[2001:db8::1]:443", "2001:db8::1"] {
+            assert_eq!(parse_node(node), Some(v6), "{node}");
+        }
+        for node in ["unknown", "_hidden", "192.0.2.43:80:80", "192.0.2.43:x"] {
+            assert_eq!(parse_node(node), None, "{node}");
+        }
     }
 
     #[test]

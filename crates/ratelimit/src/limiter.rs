@@ -318,9 +318,14 @@ impl RateLimiter {
     }
 
     fn shadowed(&self, mut decision: Decision) -> Decision {
-        if self.inner.shadow && !decision.allowed && decision.degraded != Some(FailurePolicy::FailClosed) {
-            let denied: Vec<&str> = decision.policies.iter().filter(|p| !p.allowed).map(|p| &*p.name).collect();
-            tracing::info!(target: "redlayer", ?denied, "rate limit exceeded (shadow mode: allowed)");
+        if self.inner.shadow && !decision.allowed {
+            if decision.degraded == Some(FailurePolicy::FailClosed) {
+                // Already reported as degraded; shadow mode never blocks.
+                tracing::info!(target: "redlayer", "rate limit store unavailable (shadow mode: allowed)");
+            } else {
+                let denied: Vec<&str> = decision.policies.iter().filter(|p| !p.allowed).map(|p| &*p.name).collect();
+                tracing::info!(target: "redlayer", ?denied, "rate limit exceeded (shadow mode: allowed)");
+            }
             decision.allowed = true;
         }
         decision
@@ -451,7 +456,8 @@ impl RateLimiterBuilder {
         self
     }
 
-    /// Shadow mode: decide, report (headers, a `tracing` event) but never block.
+    /// Shadow mode: decide, report (headers, a `tracing` event) but never
+    /// block (not even a fail-closed decision while the store is down).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
         self

@@ -274,6 +274,20 @@ async fn shadow_mode_never_blocks() {
     }
 }
 
+/// Shadow mode does not block while the store is down either, even when the
+/// failure policy is to fail closed.
+#[tokio::test]
+async fn shadow_mode_does_not_fail_closed() {
+    let dead = Redis::builder().timeout(Duration::from_millis(100)).connect_lazy("redis://127.0.0.1:1/").unwrap();
+    let limiter = RateLimiter::builder(Store::redis(dead))
+        .policy(Policy::gcra("p", Quota::per_hour(1)))
+        .failure_policy(FailurePolicy::FailClosed)
+        .shadow(true)
+        .build();
+    let res = app(RateLimitLayer::new(limiter)).oneshot(request([1, 2, 3, 5])).await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
 /// Legacy headers, costs from the request, the no-key answers, scoping per route.
 #[tokio::test]
 async fn legacy_headers_costs_and_keys() {
