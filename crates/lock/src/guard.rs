@@ -47,8 +47,8 @@ struct Shared {
     ttl: Duration,
     acquired_at: Instant,
     /// Until when the lock is guaranteed: start of the last successful
-    /// acquire/extend call + ttl − drift.
-    valid_until: Mutex<Instant>,
+    /// acquire/extend call + ttl − drift; and that call's start.
+    valid_until: Mutex<(Instant, Instant)>,
     /// A [`State`]; it only moves away from `Held`, and `changed` tells the
     /// waiters (`lost()`, the watchdog). One atomic and one `Notify`: a guard
     /// nobody watches costs no more than that.
@@ -59,7 +59,7 @@ struct Shared {
 
 impl Shared {
     fn valid_until(&self) -> Instant {
-        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+        self.valid_until.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
     fn state(&self) -> State {
@@ -101,10 +101,13 @@ impl Shared {
         let started = Instant::now();
         let extended = self.locks.extend_raw(&self.key, &self.token, ttl).await?;
         if extended {
+            // The key's expiry is now + ttl, shorter or longer than before:
+            // the latest extension sets it (one that started earlier but
+            // finished later, e.g. the watchdog's, does not undo it).
             let until = started + ttl.saturating_sub(drift(ttl));
             let mut valid = self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
-            if until > *valid {
-                *valid = until;
+            if started >= valid.1 {
+                *valid = (until, started);
             }
         } else {
             self.mark_lost();
@@ -160,7 +163,7 @@ impl LockGuard {
                 fence,
                 ttl,
                 acquired_at: started,
-                valid_until: Mutex::new(started + ttl.saturating_sub(drift(ttl))),
+                valid_until: Mutex::new((started + ttl.saturating_sub(drift(ttl)), started)),
                 state: AtomicU8::new(State::Held as u8),
                 changed: Notify::new(),
                 watchdog: AtomicBool::new(false),
@@ -170,7 +173,7 @@ impl LockGuard {
     }
 
     pub(crate) fn set_valid_until(&self, until: Instant) {
-        *self.shared.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+        self.shared.valid_until.lock().unwrap_or_else(|p| p.into_inner()).0 = until;
     }
 
     /// The fencing token: strictly increasing per lock name (see the type's docs).

@@ -90,7 +90,9 @@ pub(crate) async fn acquire(
         let raised = at_fence >= quorum(nodes.len()) || raise_fence(nodes, fence_key, fence, ttl, retention_ms).await;
         let validity = ttl.checked_sub(started.elapsed() + drift(ttl)).filter(|v| !v.is_zero());
         if let (true, Some(validity)) = (raised, validity) {
-            return Ok(Ok((fence, started + validity)));
+            // Counted from now (the paper's validity: ttl − elapsed − drift
+            // after the attempt), which is `started` + ttl − drift.
+            return Ok(Ok((fence, Instant::now() + validity)));
         }
         if !raised {
             last_error = Some(Error::Unavailable("redlock: too few nodes took the fencing token".into()));

@@ -27,6 +27,7 @@ async fn suite(handles: Vec<Locks>) {
         hold_cap_ends_renewal_and_fires_lost(&handles),
         with_lock_runs_and_releases(&handles),
         endless_durations_mean_no_limit(&handles),
+        a_shorter_extension_shortens_the_validity(&handles),
     );
     hostile_names_are_fine(&handles).await;
     no_overlap_under_contention(&handles).await;
@@ -66,6 +67,21 @@ async fn fencing_tokens_strictly_increase(h: &[Locks]) {
     assert_eq!(g.fencing_token(), 0);
     assert!(h[0].try_acquire("fence", 5000 * MS).await.unwrap().is_none());
     g.release().await.unwrap();
+}
+
+/// `extend` sets the lock's time to live, shorter too: the guard's validity
+/// follows, so it does not claim a lock that has run out (and that another
+/// holder may have taken).
+async fn a_shorter_extension_shortens_the_validity(h: &[Locks]) {
+    let a = h[0].try_acquire("shortened", 5000 * MS).await.unwrap().unwrap();
+    assert!(a.extend(200 * MS).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(2), a.lost()).await.expect("lost() fires when the shorter ttl ends");
+    assert!(!a.is_held());
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while h[1].try_acquire("shortened", 5000 * MS).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the lock ran out with its shorter ttl");
+        tokio::time::sleep(10 * MS).await;
+    }
 }
 
 async fn stale_holder_cannot_release_or_extend(h: &[Locks]) {

@@ -112,8 +112,11 @@ where
                             )));
                         }
                         Err(AcquireError::TimedOut { last_error: Some(error), .. } | AcquireError::Store(error))
-                            if config.failure == FailurePolicy::FailOpen =>
+                            if config.failure == FailurePolicy::FailOpen && error.is_unavailable() =>
                         {
+                            // Only an unreachable store: another error (a
+                            // foreign value at the key, a script error) says
+                            // nothing about the key being free.
                             report_degraded("lock", FailurePolicy::FailOpen, &error);
                             None
                         }
