@@ -169,7 +169,12 @@ async fn claim<B: Body>(
 ) -> redlayer_core::Result<Result<LockGuard, Answer<B>>> {
     let store = &config.store;
     match store.locks.try_acquire(id, config.lease).await? {
-        Some(guard) => match store.begin(id, fp, guard.fencing_token(), config.retention).await? {
+        // The running record outlives the longest run (a shorter retention
+        // would let it expire under a running handler, and a retry run again).
+        Some(guard) => match store
+            .begin(id, fp, guard.fencing_token(), config.retention.max(config.max_hold.saturating_add(config.lease)))
+            .await?
+        {
             Begin::Run => {
                 // Renew the lease only while a handler actually runs.
                 guard.start_watchdog(config.max_hold);
@@ -188,12 +193,14 @@ async fn claim<B: Body>(
 
 /// Whether a response header is stored for replays: not the hop-by-hop ones,
 /// nor `Set-Cookie` (a replay goes to whoever presents the key, and a cookie
-/// is a credential of the first caller, often a session).
+/// is a credential of the first caller, often a session), nor `Date` (a
+/// replay is a response of its own time; the server adds a fresh one).
 fn storable_header(name: &header::HeaderName) -> bool {
     !matches!(
         name.as_str(),
         "set-cookie"
             | "set-cookie2"
+            | "date"
             | "connection"
             | "keep-alive"
             | "proxy-connection"
@@ -268,6 +275,15 @@ where
     Response::from_parts(parts, ResponseBody::inner(PassBody::resume(read, error, rest)))
 }
 
+/// Forgets the attempt of a request whose inner service failed (no response
+/// to store), in the background, and releases its lease.
+pub(crate) fn forget(claim: Claim) {
+    let Claim { config, id, guard } = claim;
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(settle(config, id, guard, None));
+    }
+}
+
 /// Whether an answer with this status may be replayed: not 5xx nor 1xx, and
 /// not the answers of a moment (408 timeout, 409 conflict, 425 too early,
 /// 429 rate limited: another layer or the handler refused *now*, the
@@ -332,7 +348,8 @@ async fn complete_later(config: Arc<Config>, id: String, guard: LockGuard, store
     const FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
     const MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
     tracing::warn!(target: "redlayer", "idempotency: response not stored yet; retrying while the lease is held");
-    let give_up = tokio::time::Instant::now() + config.max_hold;
+    // `max_hold` may be "no cap" (`Duration::MAX`): a day then.
+    let give_up = tokio::time::Instant::now() + config.max_hold.min(std::time::Duration::from_secs(86_400));
     let mut delay = FIRST_DELAY;
     let result = loop {
         tokio::time::sleep(delay).await;

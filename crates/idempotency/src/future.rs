@@ -83,7 +83,17 @@ where
                     }
                 },
                 StateProj::Call { future, claim } => {
-                    let response = ready!(future.poll(cx))?;
+                    let response = match ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(error) => {
+                            // As for a 5xx: the attempt is forgotten, so that a
+                            // retry runs (instead of 422 or 409 for the retention).
+                            if let Some(claim) = claim.take() {
+                                crate::flow::forget(claim);
+                            }
+                            return Poll::Ready(Err(error));
+                        }
+                    };
                     match claim.take() {
                         None => return Poll::Ready(Ok(response.map(|b| ResponseBody::inner(PassBody::new(b))))),
                         Some(claim) => this.state.set(State::Finish { finish: Box::pin(finish(claim, response)) }),

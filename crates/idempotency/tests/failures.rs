@@ -180,3 +180,40 @@ async fn a_response_that_could_not_be_stored_at_once_is_stored_later_and_replaye
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the retry was a replay");
 }
+
+/// An inner service that fails (no response at all, as a proxy's connection
+/// error): the attempt is forgotten, so a retry runs, also one with another
+/// body, instead of getting 422 for the retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inner_service_error_forgets_the_attempt() {
+    use tower::Layer as _;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = tower::service_fn(move |_: Request<Body>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match n {
+                0 => Err(std::io::Error::other("connection reset")),
+                _ => Ok(http::Response::builder().status(201).body(Body::from("paid")).unwrap()),
+            }
+        }
+    });
+    let service = IdempotencyLayer::memory().layer(service);
+    let request =
+        |body: &'static str| Request::post("/pay").header("idempotency-key", "\"failed-inner\"").body(Body::from(body));
+    assert!(service.clone().oneshot(request("{}").unwrap()).await.is_err());
+    // A corrected request under the same key (another body) runs: it is not
+    // refused with 422 for the retention.
+    let started = Instant::now();
+    loop {
+        let status = service.clone().oneshot(request(r#"{"fixed":1}"#).unwrap()).await.unwrap().status();
+        if status == StatusCode::CREATED {
+            break;
+        }
+        // Only while the attempt is being forgotten (in the background).
+        assert!(matches!(status, StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY), "{status}");
+        assert!(started.elapsed() < Duration::from_secs(2), "the failed attempt was never forgotten");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -40,12 +40,16 @@ async fn pay(State(c): State<Counters>, headers: HeaderMap, body: Bytes) -> (Sta
 }
 
 /// A handler that hands out a credential in a cookie.
-async fn login(State(c): State<Counters>) -> (StatusCode, [(http::HeaderName, String); 2], &'static str) {
+async fn login(State(c): State<Counters>) -> (StatusCode, [(http::HeaderName, String); 3], &'static str) {
     let n = c.runs.fetch_add(1, Ordering::SeqCst) + 1;
     let cookie = format!("token=secret-{n}; HttpOnly");
     (
         StatusCode::OK,
-        [(http::header::SET_COOKIE, cookie), (http::HeaderName::from_static("x-run"), n.to_string())],
+        [
+            (http::header::SET_COOKIE, cookie),
+            (http::HeaderName::from_static("x-run"), n.to_string()),
+            (http::header::DATE, "Mon, 01 Jan 2001 00:00:00 GMT".to_owned()),
+        ],
         "in",
     )
 }
@@ -286,6 +290,7 @@ async fn set_cookie_is_never_replayed(a: &Router, b: &Router, c: &Counters) {
         assert!(again.replayed());
         assert_eq!(again.headers["x-run"], first.headers["x-run"], "the other headers are replayed");
         assert!(again.headers.get("set-cookie").is_none(), "{:?}", again.headers.get("set-cookie"));
+        assert!(again.headers.get("date").is_none(), "a replay's Date is its own (the server's), not the first one's");
     }
     assert_eq!(c.runs.load(Ordering::SeqCst), before + 1);
 }
