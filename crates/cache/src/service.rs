@@ -374,7 +374,7 @@ impl Ctx {
                 let (request_time, since) = (now(), self.snapshot(Some(generation)));
                 let client = clone_parts(&parts);
                 let mut parts = parts;
-                let revalidating = matches && policy::has_validator(&entry.headers);
+                let mut revalidating = matches && policy::has_validator(&entry.headers);
                 if revalidating {
                     // The client's request as it came (every line of a
                     // repeated field, its own Cache-Control), with the
@@ -389,7 +389,20 @@ impl Ctx {
                         }
                     }
                 }
-                let res = inner.call(Request::from_parts(parts, body)).await?;
+                let mut res = inner.call(Request::from_parts(parts, body)).await?;
+                if revalidating
+                    && res.status() == StatusCode::NOT_MODIFIED
+                    && !policy::is_conditional(&client.headers)
+                    && res.headers().contains_key(header::ETAG)
+                    && !policy::selects_stored(res.headers(), &entry.headers)
+                {
+                    // A 304 naming a representation this cache does not hold
+                    // (another strong ETag) updates nothing (RFC 9111 4.3.4),
+                    // and the client asked for a whole response: ask again,
+                    // without validators.
+                    revalidating = false;
+                    res = inner.call(Request::from_parts(clone_parts(&client), ReqBody::default())).await?;
+                }
                 Ok(self.after_forward(
                     res,
                     entry,

@@ -1357,6 +1357,27 @@ async fn a_304_replaces_stored_cookies_and_the_revalidation_keeps_the_request(b:
     assert_eq!(cookies, ["a=new"], "and is stored");
 }
 
+/// RFC 9111 4.3.4: a 304 naming another strong ETag than the stored one
+/// validates nothing; the client, who sent no validators, gets a whole
+/// response fetched again, and it is stored.
+async fn a_304_for_another_representation_is_not_used(b: Backend) {
+    let origin = Origin::new(|parts, n| {
+        if parts.headers.contains_key("if-none-match") {
+            return resp(304, &[("cache-control", "max-age=60"), ("etag", "\"other\"")], "");
+        }
+        let etag = if n == 1 { "\"first\"" } else { "\"second\"" };
+        resp(200, &[("cache-control", "max-age=1"), ("etag", etag)], &format!("body {n}"))
+    });
+    let app = App::new(b.layer(), &origin);
+    assert_eq!(app.get("/etag").await.body, "body 1");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let answer = app.get("/etag").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "body 3", "the stored body was served for another representation's 304");
+    assert_eq!(origin.hits(), 3, "the conditional request, then the plain one");
+    assert!(app.get("/etag").await.is_hit());
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -1421,6 +1442,7 @@ suite!(
     hit_for_pass_expires_and_can_be_disabled,
     stale_use_and_storage_follow_the_response_as_sent,
     a_304_replaces_stored_cookies_and_the_revalidation_keeps_the_request,
+    a_304_for_another_representation_is_not_used,
 );
 
 /// An unsafe request dropped while its invalidation waits on a slow Redis

@@ -404,24 +404,34 @@ async fn a_tag_index_does_not_keep_expired_members() {
     assert_eq!(cache.get::<i32>("fresh").await.unwrap(), None);
 }
 
+/// Waits (bounded) until `origin` has seen `n` requests: a fill on its way.
+async fn until_hits(origin: &Origin, n: usize) {
+    let started = Instant::now();
+    while origin.hits() < n {
+        assert!(started.elapsed() < Duration::from_secs(5), "the fill never reached the origin");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A purge on one instance while another is filling the key: the fill,
 /// which that instance cannot see, fetched its response before the purge;
 /// the purge bumped the entry's generation, so the fill does not store it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_on_another_instance_does_not_store_over_a_purge() {
     let server = RedisServer::start();
-    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=600")], &format!("v{n}")))
-        .delay(Duration::from_millis(300));
+    let body = |_: &http::request::Parts, n: usize| resp(200, &[("cache-control", "max-age=600")], &format!("v{n}"));
+    let (slow, quick) = (Origin::new(body).delay(Duration::from_millis(500)), Origin::new(body));
     let a = CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap());
-    let app_a = App::new(a.clone(), &origin);
-    let app_b = App::new(CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap()), &origin);
+    let app_a = App::new(a.clone(), &quick);
+    let app_b = App::new(CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap()), &slow);
     let filling = tokio::spawn(async move { app_b.get("/x").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_hits(&slow, 1).await;
     assert!(!a.purge_uri("http://example.test/x").await.unwrap(), "nothing stored yet");
+    assert!(!filling.is_finished(), "the purge came while the fill was on its way");
     assert_eq!(filling.await.unwrap().body, "v1", "the fill answers its own client");
     let after = app_a.get("/x").await;
     assert!(!after.is_hit(), "the pre-purge response was stored after the purge: {}", after.cache_status());
-    assert_eq!(after.body, "v2");
+    assert_eq!(after.body, "v1", "from A's own origin");
     assert!(app_a.get("/x").await.is_hit(), "a fill that started after the purge is stored");
 }
 
@@ -430,36 +440,39 @@ async fn a_fill_on_another_instance_does_not_store_over_a_purge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fills_on_another_instance_do_not_store_over_invalidations_and_tag_purges() {
     let server = RedisServer::start();
-    let origin = Origin::new(|parts, n| match parts.method.as_str() {
+    let body = |parts: &http::request::Parts, n: usize| match parts.method.as_str() {
         "POST" => resp(200, &[], "changed"),
         _ => resp(200, &[("cache-control", "max-age=600"), ("cache-tag", "all")], &format!("v{n}")),
-    })
-    .delay(Duration::from_millis(300));
+    };
+    let (slow, quick) = (Origin::new(body).delay(Duration::from_millis(500)), Origin::new(body));
     let a = CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap());
-    let app_a = App::new(a.clone(), &origin);
-    let app_b = App::new(CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap()), &origin);
+    let app_a = App::new(a.clone(), &quick);
+    let app_b = App::new(CacheLayer::new(redlayer_core::Redis::connect(&server.url()).await.unwrap()), &slow);
 
     let filling = tokio::spawn({
         let app_b = app_b.clone();
         async move { app_b.get("/posted").await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_hits(&slow, 1).await;
     assert_eq!(app_a.send("POST", "/posted", &[]).await.body, "changed");
+    assert!(!filling.is_finished(), "the POST came while the fill was on its way");
     filling.await.unwrap();
-    assert!(!app_b.get("/posted").await.is_hit(), "stored over the POST's invalidation");
+    assert!(!app_a.get("/posted").await.is_hit(), "stored over the POST's invalidation");
 
-    // Stored and tagged once; then filled again (a request that skips the
-    // stored response) while the tag is purged.
-    app_b.get("/tagged").await;
-    assert!(app_b.get("/tagged").await.is_hit());
+    // Stored and tagged once (by A); then filled again by B (a request that
+    // skips the stored response) while the tag is purged.
+    app_a.get("/tagged").await;
+    assert!(app_a.get("/tagged").await.is_hit());
     let filling = tokio::spawn({
         let app_b = app_b.clone();
         async move { app_b.send("GET", "/tagged", &[("cache-control", "no-cache")]).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_hits(&slow, 2).await;
     assert!(a.purge_tag("all").await.unwrap() >= 1);
+    assert!(!filling.is_finished(), "the tag purge came while the fill was on its way");
     filling.await.unwrap();
-    assert!(!app_b.get("/tagged").await.is_hit(), "stored over the tag purge");
+    let after = app_a.get("/tagged").await;
+    assert!(!after.is_hit(), "stored over the tag purge: {}", after.cache_status());
 }
 
 /// An invalidation that failed (here: made while this instance backs off
