@@ -279,13 +279,18 @@ async fn shadow_mode_never_blocks() {
 #[tokio::test]
 async fn shadow_mode_does_not_fail_closed() {
     let dead = Redis::builder().timeout(Duration::from_millis(100)).connect_lazy("redis://127.0.0.1:1/").unwrap();
-    let limiter = RateLimiter::builder(Store::redis(dead))
-        .policy(Policy::gcra("p", Quota::per_hour(1)))
-        .failure_policy(FailurePolicy::FailClosed)
-        .shadow(true)
-        .build();
-    let res = app(RateLimitLayer::new(limiter)).oneshot(request([1, 2, 3, 5])).await.unwrap();
-    assert_eq!(res.status(), 200);
+    for (shadow, expected) in [(false, 503), (true, 200)] {
+        let limiter = RateLimiter::builder(Store::redis(dead.clone()))
+            .policy(Policy::gcra("p", Quota::per_hour(1)))
+            .failure_policy(FailurePolicy::FailClosed)
+            .shadow(shadow)
+            .build();
+        let decision = limiter.check("someone", 1).await;
+        assert_eq!(decision.is_allowed(), shadow, "shadow {shadow}");
+        assert_eq!(decision.degraded(), Some(FailurePolicy::FailClosed));
+        let res = app(RateLimitLayer::new(limiter)).oneshot(request([1, 2, 3, 5])).await.unwrap();
+        assert_eq!(res.status(), expected, "shadow {shadow}");
+    }
 }
 
 /// Legacy headers, costs from the request, the no-key answers, scoping per route.

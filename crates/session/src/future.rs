@@ -54,7 +54,21 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Inner { future } => {
-                    let response = ready!(future.poll(cx))?;
+                    let response = match ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(error) => {
+                            // No response to put a failed write or a new id
+                            // on: what the handler changed is not written.
+                            if this.session.as_ref().is_some_and(Session::needs_finish) {
+                                tracing::warn!(
+                                    target: "redlayer",
+                                    layer = "session",
+                                    "the inner service failed: this request's session changes were not saved"
+                                );
+                            }
+                            return Poll::Ready(Err(error));
+                        }
+                    };
                     match this.session.take() {
                         Some(session) if session.needs_finish() => {
                             let future: FinishFuture = Box::pin(async move { session.finish().await });
