@@ -393,11 +393,11 @@ async fn a_tag_index_does_not_keep_expired_members() {
     let server = RedisServer::start();
     let cache = redlayer_cache::CacheAside::new(Store::redis(one_connection(&server).await));
     for i in 0..50 {
-        cache.set_with_tags(&format!("busted-{i}"), &i, Duration::from_millis(200), &["site"]).await.unwrap();
+        cache.set_with_tags(&format!("busted-{i}"), &i, Duration::from_millis(1000), &["site"]).await.unwrap();
     }
     let index = server.cli(&["--scan", "--pattern", "*cachetag*"]).lines().next().expect("the tag index").to_owned();
     assert_eq!(server.cli(&["ZCARD", &index]).trim(), "50");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     cache.set_with_tags("fresh", &1, Duration::from_secs(60), &["site"]).await.unwrap();
     assert_eq!(server.cli(&["ZCARD", &index]).trim(), "1", "only the live entry is left");
     assert_eq!(cache.invalidate_tag("site").await.unwrap(), 1);

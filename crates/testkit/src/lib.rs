@@ -354,7 +354,32 @@ fn signal(pid: u32, sig: &str) -> std::io::Result<()> {
     if status.success() { Ok(()) } else { Err(std::io::Error::other(format!("kill -{sig} {pid} failed"))) }
 }
 
+/// A free loopback port for a server (and, for a cluster node, its bus at
+/// port + 10000). Taken below the kernel's range of ephemeral ports when it
+/// leaves room (10000 up to that range's start − 10000): an outgoing
+/// connection (a client, `redis-cli`, a cluster bus link) is never given a
+/// port a killed server is about to take again.
 fn free_port(cluster: bool) -> u16 {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let bindable = |port: u32| TcpListener::bind(("127.0.0.1", port as u16)).is_ok();
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    let (first, last) = (10_000u32, ephemeral_start.min(65_536).saturating_sub(10_001));
+    if last > first + 1_000 {
+        let span = last - first;
+        // Spread over the range: by process (test binaries run one after
+        // another) and by call (tests of one binary run side by side).
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let start = std::process::id().wrapping_mul(7_919).wrapping_add(call.wrapping_mul(97)) % span;
+        for i in 0..span {
+            let port = first + (start + i) % span;
+            if bindable(port) && (!cluster || bindable(port + 10_000)) {
+                return port as u16;
+            }
+        }
+    }
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let port = listener.local_addr().expect("local addr").port();
