@@ -246,7 +246,7 @@ async fn all_layers_work(app: &Router, limit: u64) -> Result<(), String> {
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
     let hit = send(app, request("GET", &path, &[], "")).await;
-    if !hit.header("cache-status").contains("hit") {
+    if !hit.header("cache-status").contains("; hit") {
         return Err(format!("cache hit: {}", hit.header("cache-status")));
     }
     Ok(())

@@ -46,13 +46,24 @@ async fn cacheable_session_page_varies_on_cookie(app: &Router) {
     assert_eq!(pa.status, StatusCode::OK);
     assert_eq!(pa.body, "visits=Some(1)");
     assert!(pa.header("vary").to_ascii_lowercase().contains("cookie"), "vary: {:?}", pa.header("vary"));
-    // the entry is written by a task spawned when the body ends: give it a moment
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The entry is written by a task spawned when the body ends: A asks
+    // again until its page comes from the cache (bounded).
+    let started = std::time::Instant::now();
+    loop {
+        let again = send(app, request("GET", "/profile", &[("cookie", &a)], "")).await;
+        assert_eq!(again.body, "visits=Some(1)");
+        if again.header("cache-status").contains("; hit") {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "A's page was never stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let pb = send(app, request("GET", "/profile", &[("cookie", &b)], "")).await;
-    println!("user B asked /profile and got {:?} (cache-status {:?})", pb.body, pb.header("cache-status"));
     assert_eq!(pb.body, "visits=Some(2)", "B must never get A's page from the shared cache");
+    assert!(!pb.header("cache-status").contains("; hit"), "{}", pb.header("cache-status"));
     let pa2 = send(app, request("GET", "/profile", &[("cookie", &a)], "")).await;
     assert_eq!(pa2.body, "visits=Some(1)");
+    assert!(pa2.header("cache-status").contains("; hit"), "{}", pa2.header("cache-status"));
     // no cookie at all: not A's or B's page either
     let anon = send(app, request("GET", "/profile", &[], "")).await;
     assert_eq!(anon.body, "visits=None");

@@ -39,7 +39,7 @@ async fn the_first_bytes_arrive_before_the_origin_finishes() {
     assert_eq!(rest, "second");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let hit = app.oneshot(req()).await.unwrap();
-    assert!(hit.headers()["cache-status"].to_str().unwrap().contains("hit"));
+    assert!(hit.headers()["cache-status"].to_str().unwrap().contains("; hit"));
     assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), "first second");
 }
 
@@ -68,7 +68,7 @@ async fn a_body_dropped_after_its_content_length_is_stored() {
     drop(body);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let hit = app.oneshot(req()).await.unwrap();
-    assert!(hit.headers()["cache-status"].to_str().unwrap().contains("hit"), "{:?}", hit.headers());
+    assert!(hit.headers()["cache-status"].to_str().unwrap().contains("; hit"), "{:?}", hit.headers());
     assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), "twelve bytes");
 }
 
@@ -110,7 +110,7 @@ async fn an_unsafe_request_drops_only_the_fills_of_the_uris_it_invalidates() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let again = app.clone().oneshot(req("GET", filled)).await.unwrap();
         let status = again.headers()["cache-status"].to_str().unwrap().to_owned();
-        assert_eq!(status.contains("hit"), kept, "GET {filled} after POST {posted} during its fill: {status}");
+        assert_eq!(status.contains("; hit"), kept, "GET {filled} after POST {posted} during its fill: {status}");
         if !kept {
             gate.notify_one();
         }

@@ -112,11 +112,13 @@ async fn suite(a: Locks, b: Locks) {
     assert_eq!(status, StatusCode::OK, "a request's key met another lock's name");
     other.release().await.unwrap();
 
-    // No key: passes through without a lock.
+    // No key: passes through without a lock (two such requests run together).
     let probe = Probe::default();
     let x = app(a, probe.clone(), long_wait, StatusCode::CONFLICT);
-    let res = x.oneshot(Request::post("/work").body(Body::empty()).unwrap()).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    let keyless = || Request::post("/work").header("x-ms", "300").body(Body::empty()).unwrap();
+    let (r1, r2) = tokio::join!(x.clone().oneshot(keyless()), x.oneshot(keyless()));
+    assert_eq!((r1.unwrap().status(), r2.unwrap().status()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(probe.overlaps.load(Ordering::SeqCst), 1, "keyless requests are not serialized");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
