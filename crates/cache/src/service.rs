@@ -373,6 +373,8 @@ impl Ctx {
                 let fwd = if policy.is_stale(at) { "stale" } else { "request" };
                 let (request_time, since) = (now(), self.snapshot(Some(generation)));
                 let client = clone_parts(&parts);
+                // Kept for a second request (see below).
+                let extensions = parts.extensions.clone();
                 let mut parts = parts;
                 let mut revalidating = matches && policy::has_validator(&entry.headers);
                 if revalidating {
@@ -401,7 +403,13 @@ impl Ctx {
                     // and the client asked for a whole response: ask again,
                     // without validators.
                     revalidating = false;
-                    res = inner.call(Request::from_parts(clone_parts(&client), ReqBody::default())).await?;
+                    let mut again = clone_parts(&client);
+                    again.extensions = extensions;
+                    for name in [header::CONTENT_LENGTH, header::TRANSFER_ENCODING] {
+                        again.headers.remove(name);
+                    }
+                    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+                    res = inner.call(Request::from_parts(again, ReqBody::default())).await?;
                 }
                 Ok(self.after_forward(
                     res,

@@ -172,7 +172,14 @@ async fn claim<B: Body>(
         // The running record outlives the longest run (a shorter retention
         // would let it expire under a running handler, and a retry run again).
         Some(guard) => match store
-            .begin(id, fp, guard.fencing_token(), config.retention.max(config.max_hold.saturating_add(config.lease)))
+            .begin(
+                id,
+                fp,
+                guard.fencing_token(),
+                config
+                    .retention
+                    .max(config.max_hold.min(std::time::Duration::from_secs(86_400)).saturating_add(config.lease)),
+            )
             .await?
         {
             Begin::Run => {
@@ -276,12 +283,10 @@ where
 }
 
 /// Forgets the attempt of a request whose inner service failed (no response
-/// to store), in the background, and releases its lease.
-pub(crate) fn forget(claim: Claim) {
+/// to store) and releases its lease, in a task a dropped caller does not stop.
+pub(crate) async fn forget(claim: Claim) {
     let Claim { config, id, guard } = claim;
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(settle(config, id, guard, None));
-    }
+    redlayer_core::run_detached(settle(config, id, guard, None)).await;
 }
 
 /// Whether an answer with this status may be replayed: not 5xx nor 1xx, and

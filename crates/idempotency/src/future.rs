@@ -40,6 +40,8 @@ pin_project_lite::pin_project! {
         Decide { decision: BoxFuture<'static, Decision<ReqBody, ResBody>>, service: Option<S> },
         Call { #[pin] future: S::Future, claim: Option<Claim> },
         Finish { finish: BoxFuture<'static, Answer<ResBody>> },
+        // The inner service failed: its attempt is forgotten before the error goes out.
+        Forget { forget: BoxFuture<'static, ()>, error: Option<S::Error> },
         Done { answer: Option<Answer<ResBody>> },
     }
 }
@@ -86,12 +88,17 @@ where
                     let response = match ready!(future.poll(cx)) {
                         Ok(response) => response,
                         Err(error) => {
-                            // As for a 5xx: the attempt is forgotten, so that a
-                            // retry runs (instead of 422 or 409 for the retention).
-                            if let Some(claim) = claim.take() {
-                                crate::flow::forget(claim);
+                            // As for a 5xx: the attempt is forgotten (before the
+                            // error is returned), so that a retry runs instead
+                            // of getting 422 or 409 for the retention.
+                            match claim.take() {
+                                Some(claim) => {
+                                    let forget = Box::pin(crate::flow::forget(claim));
+                                    this.state.set(State::Forget { forget, error: Some(error) });
+                                    continue;
+                                }
+                                None => return Poll::Ready(Err(error)),
                             }
-                            return Poll::Ready(Err(error));
                         }
                     };
                     match claim.take() {
@@ -100,6 +107,10 @@ where
                     }
                 }
                 StateProj::Finish { finish } => return finish.as_mut().poll(cx).map(Ok),
+                StateProj::Forget { forget, error } => {
+                    ready!(forget.as_mut().poll(cx));
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
+                }
                 StateProj::Done { answer } => return Poll::Ready(Ok(answer.take().expect("polled after completion"))),
             }
         }

@@ -21,14 +21,15 @@
 //!    retention, default 24 h) with the lease's fencing token: a completed
 //!    record is replayed; a record with another fingerprint answers 422;
 //!    otherwise the handler runs.
-//! 4. The response (status, headers but `Set-Cookie` and hop-by-hop ones,
+//! 4. The response (status, headers but `Set-Cookie`, `Date` and hop-by-hop ones,
 //!    body up to 1 MiB) is stored if its
 //!    fencing token still owns the record, then the lease is released. A
 //!    store that fails (Redis slow or restarting) is retried in the
 //!    background while the lease is kept, so a retry of the request meanwhile
 //!    gets 409, then the replay. 5xx
 //!    answers, refusals of the moment (408, 409, 425, 429), gRPC answers,
-//!    bodies over the limit, trailers and body errors are not stored: the
+//!    bodies over the limit, trailers, body errors and errors of the inner
+//!    service are not stored: the
 //!    attempt is forgotten and a retry runs again.
 //! 5. A request that finds the lease held by someone else gets the stored
 //!    answer if there is one by now, 422 if its fingerprint differs, else
@@ -48,7 +49,7 @@
 //! documents and the in-memory map.
 //!
 //! Keys: `{prefix}:idem:{{digest}}` (hash: `st`, `fp`, `fence`, `status`,
-//! `hdrs`, `body`; expires after the retention) and its lease
+//! `hdrs`, `body`; expires after the retention, and not before lease + `max_hold` while running) and its lease
 //! `{prefix}:lock:{{digest}}` (+ `:fence`), where `digest` is the URL-safe
 //! base64 SHA-256 of scope and key: neither reaches Redis in clear.
 //!

@@ -89,10 +89,11 @@ pub(crate) async fn acquire(
         let at_fence = granted.iter().filter(|f| **f == fence).count();
         let raised = at_fence >= quorum(nodes.len()) || raise_fence(nodes, fence_key, fence, ttl, retention_ms).await;
         let validity = ttl.checked_sub(started.elapsed() + drift(ttl)).filter(|v| !v.is_zero());
-        if let (true, Some(validity)) = (raised, validity) {
-            // Counted from now (the paper's validity: ttl − elapsed − drift
-            // after the attempt), which is `started` + ttl − drift.
-            return Ok(Ok((fence, Instant::now() + validity)));
+        if raised && validity.is_some() {
+            // The paper's validity (ttl − elapsed − drift) counted from the
+            // end of the attempt: `started` + ttl − drift (every node set the
+            // key at or after `started`).
+            return Ok(Ok((fence, started + ttl.saturating_sub(drift(ttl)))));
         }
         if !raised {
             last_error = Some(Error::Unavailable("redlock: too few nodes took the fencing token".into()));

@@ -85,7 +85,9 @@ impl<K> LockLayer<K> {
 
     /// When Redis is unreachable (for the wait's
     /// [`unavailable_wait`](Retry::unavailable_wait), 1 s by default):
-    /// `FailClosed` (default, 503) or `FailOpen` (run without the lock).
+    /// `FailClosed` (default, 503) or `FailOpen` (run without the lock). Any
+    /// other store error (a foreign value at the key, a script error) is
+    /// answered 503 whatever the policy.
     /// `LocalFallback` is treated as `FailClosed`.
     pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
         self.config().failure = policy;
