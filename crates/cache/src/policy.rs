@@ -347,20 +347,8 @@ pub(crate) fn response_view(status: StatusCode, headers: &HeaderMap) -> (StatusC
     let code = status.as_u16();
     let must_understand = has_directive(headers, "must-understand");
     if must_understand && UNDERSTOOD.contains(&code) && has_directive(headers, "no-store") {
-        let kept: Vec<String> = parse_cc(&view)
-            .into_iter()
-            .filter(|d| d.name != "no-store")
-            .map(|d| match d.value {
-                Some(v) => format!("{}={v}", d.name),
-                None => d.name,
-            })
-            .collect();
-        let view = view.to_mut();
-        view.remove(http::header::CACHE_CONTROL);
-        if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
-            view.insert(http::header::CACHE_CONTROL, v);
-        }
-        return (status, Cow::Owned(view.clone()));
+        drop_directive(&mut view, "no-store");
+        return (status, view);
     }
     let final_status = (200..600).contains(&code) && code != 206 && code != 304;
     let explicit = has_directive(headers, "max-age")
@@ -463,6 +451,26 @@ fn expires_applies(headers: &HeaderMap) -> bool {
     headers.contains_key(http::header::EXPIRES) && targeted_cc(headers).is_none()
 }
 
+/// `view` (already a [`policy_view`], so every value is a token) without the
+/// Cache-Control directive `name`.
+fn drop_directive(view: &mut Cow<'_, HeaderMap>, name: &str) {
+    let kept: Vec<String> = parse_cc(view)
+        .into_iter()
+        .filter(|d| d.name != name)
+        .map(|d| match d.value {
+            Some(v) => format!("{}={v}", d.name),
+            None => d.name,
+        })
+        .collect();
+    let view = view.to_mut();
+    view.remove(http::header::CACHE_CONTROL);
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+        && !kept.is_empty()
+    {
+        view.insert(http::header::CACHE_CONTROL, v);
+    }
+}
+
 pub(crate) fn has_directive(headers: &HeaderMap, name: &str) -> bool {
     directive(headers, name).is_some()
 }
@@ -546,21 +554,7 @@ pub(crate) fn request_view<'a>(parts: &'a Parts, entry: &Entry) -> Cow<'a, Heade
     // stale, whatever `max-stale` the request allows; the library only
     // knows must-revalidate.
     if has_directive(&view, "max-stale") && forbids_stale(&entry.headers) {
-        let kept: Vec<String> = parse_cc(&view)
-            .into_iter()
-            .filter(|d| d.name != "max-stale")
-            .map(|d| match d.value {
-                Some(v) => format!("{}={v}", d.name),
-                None => d.name,
-            })
-            .collect();
-        let view = view.to_mut();
-        view.remove(http::header::CACHE_CONTROL);
-        if let Ok(v) = HeaderValue::from_str(&kept.join(", "))
-            && !kept.is_empty()
-        {
-            view.insert(http::header::CACHE_CONTROL, v);
-        }
+        drop_directive(&mut view, "max-stale");
     }
     match crate::key::vary_spec(&entry.headers) {
         Some(spec) if !spec.is_empty() => {
