@@ -137,19 +137,13 @@ impl CacheAside {
     /// Stores `value` under `key` for `ttl`, tagged (see [`CacheAside::invalidate_tag`]).
     pub async fn set_with_tags<T: Serialize>(&self, key: &str, value: &T, ttl: Duration, tags: &[&str]) -> Result<()> {
         Self::check(key)?;
-        self.store_value(key, value, ttl, Duration::ZERO, tags).await
+        self.store_encoded(key, encode(value, ttl)?, ttl, tags).await
     }
 
-    async fn store_value<T: Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        ttl: Duration,
-        stale_for: Duration,
-        tags: &[&str],
-    ) -> Result<()> {
+    /// Stores an encoded value for `keep` (its freshness plus any stale window).
+    async fn store_encoded(&self, key: &str, raw: Bytes, keep: Duration, tags: &[&str]) -> Result<()> {
         let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
-        self.store.set_value(key, encode(value, ttl)?, ttl.saturating_add(stale_for), &tags).await
+        self.store.set_value(key, raw, keep, &tags).await
     }
 
     /// Deletes `key`; true when it was there. A fetch that this `CacheAside`
@@ -351,8 +345,7 @@ impl CacheAside {
                         if let Some(shared) = shared.as_mut() {
                             **shared = Some((raw.clone(), epoch));
                         }
-                        let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
-                        self.store.set_value(key, raw, ttl.saturating_add(stale_for), &tags).await
+                        self.store_encoded(key, raw, ttl.saturating_add(stale_for), tags).await
                     }
                     Err(e) => Err(e),
                 };
