@@ -124,7 +124,8 @@
 //!   On a cluster it tracks every master.
 //!
 //! `Cache-Status` values: `hit; ttl=N`, `hit; ttl=-N; detail=stale-while-revalidate`,
-//! `fwd=uri-miss; fwd-status=200; stored`, `fwd=uri-miss; collapsed`,
+//! `fwd=uri-miss; fwd-status=200; stored`, `fwd=vary-miss` (stored for the
+//! URI, not for this request's `Vary` field values), `fwd=uri-miss; collapsed`,
 //! `fwd=uri-miss; fwd-status=200; detail=hit-for-pass`,
 //! `fwd=stale; fwd-status=304`, `fwd=stale; fwd-status=503; detail=stale-if-error`,
 //! `fwd=method` (unsafe and uncacheable methods; `fwd=method; stored` for a

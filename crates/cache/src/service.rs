@@ -315,10 +315,11 @@ impl Ctx {
             return Ok(self.pass(res, CacheStatus::fwd("request").detail("no-store")));
         }
         drop(request_cc);
-        let (found, pass, generation) = match self.state.store.lookup(&key, &parts.headers).await {
+        let (found, pass, generation, fwd) = match self.state.store.lookup(&key, &parts.headers).await {
             Ok(looked) => {
                 let pass = looked.pass(self.config.hit_for_pass);
-                (looked.found.and_then(|f| Entry::decode(f.value)), pass, looked.generation)
+                let fwd = if looked.vary_miss { "vary-miss" } else { "uri-miss" };
+                (looked.found.and_then(|f| Entry::decode(f.value)), pass, looked.generation, fwd)
             }
             Err(e) => {
                 report_degraded("cache", FailurePolicy::FailOpen, &e);
@@ -334,7 +335,7 @@ impl Ctx {
             if only_if_cached {
                 return Ok(self.unforwarded_504("only-if-cached"));
             }
-            return self.miss(inner, parts, body, generation, key, pass).await;
+            return self.miss(inner, parts, body, generation, key, pass, fwd).await;
         };
         // The common fresh hit, from the stored freshness summary: the same
         // answer the policy gives, without rebuilding it.
@@ -915,6 +916,7 @@ impl Ctx {
         generation: u64,
         key: String,
         pass: bool,
+        fwd: &'static str,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -971,7 +973,7 @@ impl Ctx {
                                 if let Some(flight) = guards.flight.take() {
                                     flight.finish(Some(entry.clone()));
                                 }
-                                let mut status = CacheStatus::fwd("uri-miss");
+                                let mut status = CacheStatus::fwd(fwd);
                                 status.collapsed = true;
                                 status.ttl = Some(secs(policy.time_to_live(at)));
                                 return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
@@ -985,7 +987,7 @@ impl Ctx {
                             Ok(Waited::Entry(entry)) => {
                                 let at = now();
                                 if let Some(policy) = self.fresh_for(&entry, &parts, at) {
-                                    let mut status = CacheStatus::fwd("uri-miss");
+                                    let mut status = CacheStatus::fwd(fwd);
                                     status.collapsed = true;
                                     status.ttl = Some(secs(policy.time_to_live(at)));
                                     return Ok(self.serve(Arc::unwrap_or_clone(entry), policy.age(at), &parts, status));
@@ -1005,7 +1007,7 @@ impl Ctx {
         let (request_time, since) = (now(), self.snapshot(Some(generation)));
         let client = clone_parts(&parts);
         let res = inner.call(Request::from_parts(parts, body)).await?;
-        let mut status = CacheStatus::fwd("uri-miss");
+        let mut status = CacheStatus::fwd(fwd);
         status.detail = detail;
         Ok(self.fill(res, &client, client.method.clone(), &key, (request_time, since), guards, status))
     }

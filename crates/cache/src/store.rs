@@ -193,6 +193,9 @@ pub(crate) struct Lookup {
     /// where this process's own records of invalidations are enough): a
     /// response fetched after this lookup is stored only if it is unchanged.
     pub generation: u64,
+    /// Responses are stored for the URI, but none for this request's values
+    /// of the fields they vary on (`Cache-Status: fwd=vary-miss`).
+    pub vary_miss: bool,
 }
 
 impl Lookup {
@@ -457,8 +460,10 @@ impl Store {
                 let now_ms = clock.now().as_millis() as u64;
                 Ok(entries.get(key).map_or(Lookup { now_ms, ..Lookup::default() }, |h| {
                     let field = variant_id(&h.spec, req);
+                    let found = h.variants.get(&field).map(|v| Found { value: v.clone() });
                     Lookup {
-                        found: h.variants.get(&field).map(|v| Found { value: v.clone() }),
+                        vary_miss: found.is_none() && !h.spec.is_empty() && !h.variants.is_empty(),
+                        found,
                         pass_until_ms: (h.pass_until_ms > 0).then_some(h.pass_until_ms),
                         now_ms,
                         generation: 0,
@@ -486,6 +491,7 @@ impl Store {
                 pass_until_ms: hit.pass_until_ms,
                 now_ms: now_ms(),
                 generation: hit.generation,
+                vary_miss: false,
             });
         }
         let ticket = near.map(|near| near.ticket(key));
@@ -505,9 +511,11 @@ impl Store {
             pass_until_ms: pass.and_then(|p| p.trim().parse::<u64>().ok()),
             now_ms: now_ms(),
             generation: generation.and_then(|g| g.parse().ok()).unwrap_or(0),
+            vary_miss: false,
         };
         let Some(spec) = spec else { return Ok(looked) };
         if spec == guess {
+            looked.vary_miss = value.is_none() && !spec.is_empty();
             looked.found = value.map(|v| Found { value: Bytes::from(v) });
             if let (Some(near), Some(ticket), Some(found)) = (near, ticket, &looked.found) {
                 let hit = NearHit {
@@ -524,6 +532,7 @@ impl Store {
         self.remember(key, &spec);
         let field = variant_field(&spec, req);
         let value: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg(&field).query_async(&mut conn).await?;
+        looked.vary_miss = value.is_none() && !spec.is_empty();
         looked.found = value.map(|v| Found { value: Bytes::from(v) });
         Ok(looked)
     }

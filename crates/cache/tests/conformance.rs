@@ -107,7 +107,9 @@ async fn vary_keeps_variants_apart(b: Backend) {
         resp(200, &[("cache-control", "max-age=60"), ("vary", "Accept-Language")], &lang)
     });
     let app = App::new(b.layer(), &origin);
-    assert_eq!(app.send("GET", "/v", &[("accept-language", "en")]).await.body, "en");
+    let first = app.send("GET", "/v", &[("accept-language", "en")]).await;
+    assert_eq!(first.body, "en");
+    assert!(first.cache_status().contains("fwd=uri-miss"), "nothing stored for the URI: {}", first.cache_status());
     assert_eq!(app.send("GET", "/v", &[("accept-language", "fr")]).await.body, "fr");
     let en = app.send("GET", "/v", &[("accept-language", "en")]).await;
     assert_eq!(en.body, "en");
@@ -115,8 +117,12 @@ async fn vary_keeps_variants_apart(b: Backend) {
     let fr = app.send("GET", "/v", &[("accept-language", "fr")]).await;
     assert_eq!(fr.body, "fr");
     assert!(fr.is_hit());
+    // Stored for the URI, not for this value (RFC 9211 2.2).
+    let it = app.send("GET", "/v", &[("accept-language", "it")]).await;
+    assert_eq!(it.body, "it");
+    assert!(it.cache_status().contains("fwd=vary-miss"), "{}", it.cache_status());
     assert_eq!(app.get("/v").await.body, "none");
-    assert_eq!(origin.hits(), 3);
+    assert_eq!(origin.hits(), 4);
     // Selecting headers are normalized: whitespace, and several lines joined.
     app.send("GET", "/v", &[("accept-language", "de,fr")]).await;
     assert!(app.send("GET", "/v", &[("accept-language", " de, fr ")]).await.is_hit());

@@ -55,6 +55,11 @@ struct Shared {
     state: AtomicU8,
     changed: Notify,
     watchdog: AtomicBool,
+    /// Held while an extension is out: one at a time, so Redis applies them
+    /// in the order they started (on two connections, a later extension could
+    /// otherwise arrive first, and an earlier, shorter one then cut the
+    /// expiry that the later one set and the validity was computed from).
+    extending: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -94,10 +99,11 @@ impl Shared {
     }
 
     async fn extend(&self, ttl: Duration) -> Result<bool> {
+        let (ttl, _) = crate::locks::store_ttl(ttl)?;
+        let _one_at_a_time = self.extending.lock().await;
         if self.state() == State::Released {
             return Ok(false);
         }
-        let (ttl, _) = crate::locks::store_ttl(ttl)?;
         let started = Instant::now();
         let extended = self.locks.extend_raw(&self.key, &self.token, ttl).await?;
         if extended {
@@ -167,6 +173,7 @@ impl LockGuard {
                 state: AtomicU8::new(State::Held as u8),
                 changed: Notify::new(),
                 watchdog: AtomicBool::new(false),
+                extending: tokio::sync::Mutex::new(()),
             }),
             done: false,
         }
