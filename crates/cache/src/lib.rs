@@ -112,8 +112,8 @@
 //!   skips the store for 500 ms after a failure.
 //! - Optionally, [`Store::with_near_cache`] keeps hits in process memory as
 //!   well (a `NearCache` from redlayer-core): a hot page is then served
-//!   without a Redis round trip (in BENCHMARKS.md: about as fast as the
-//!   floor's one `INCR`, 0.78x the page served by its handler without the layer).
+//!   without a Redis round trip (in BENCHMARKS.md: faster than the floor's
+//!   one `INCR`, 0.92x the page served by its handler without the layer).
 //!   Copies stay coherent through Redis client tracking (RESP3 `CLIENT
 //!   TRACKING ... BCAST` on a connection of its own): any instance's store,
 //!   purge or invalidation makes Redis tell every instance, which drops its

@@ -124,6 +124,15 @@ impl SessionId {
     }
 }
 
+/// The family part of a session key (`{#sha256(family)}`): every id that
+/// [`SessionId::cycled`] made from one session shares it, so it names the
+/// session (one browser's) across renewals and logins.
+pub(crate) fn family_of(key: &str) -> Option<&str> {
+    let start = key.rfind(":{#")? + 1;
+    let len = key[start..].find('}')? + 1;
+    Some(&key[start..start + len])
+}
+
 /// The Redis key of a user's index.
 pub(crate) fn user_key(keys: &KeyBuilder, user: &str) -> String {
     keys.key(USER_KIND, &KeyPart::client(user))
@@ -167,6 +176,14 @@ mod tests {
         assert_eq!(id.store_key(&prefixed), expected);
         // The secret part is fresh: 256 new bits.
         assert_ne!(id.0[FAMILY_BYTES..], next.0[FAMILY_BYTES..]);
+        // One family across cycles, another for a new session.
+        for keys in [keys, prefixed] {
+            let key = id.store_key(&keys);
+            let family = family_of(&key).unwrap();
+            assert!(family.starts_with("{#") && family.ends_with('}'), "{family}");
+            assert_eq!(Some(family), family_of(&next.store_key(&keys)));
+            assert_ne!(Some(family), family_of(&SessionId::generate().unwrap().store_key(&keys)));
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ async fn suite(stores: Vec<Store>) {
             save_to_a_session_ended_mid_request_is_refused_and_reported(s).await;
             a_request_racing_a_login_does_not_erase_the_new_id(s).await;
             user_index_lists_and_revokes(s).await;
+            revoking_the_others_during_a_login_keeps_this_session(s).await;
             another_login_on_a_session_takes_it_out_of_the_previous_users_index(s).await;
             second_instance_sees_the_same_sessions(s).await;
             header_transport(s).await;
@@ -250,6 +251,27 @@ async fn user_index_lists_and_revokes(s: &[Store]) {
         assert_eq!(client.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
     }
     assert!(s[0].sessions_of("carol").await.unwrap().is_empty());
+}
+
+/// "Log out my other sessions" while this session's id is cycled (a login,
+/// or a renewal, on another instance): this session survives under its new
+/// id; the user's other session ends.
+async fn revoking_the_others_during_a_login_keeps_this_session(s: &[Store]) {
+    let probe = Probe::default();
+    let mut c = Client::new(app(layer(&s[0]), probe.clone()));
+    c.login("hugo").await;
+    let mut other = client(&s[s.len() - 1]);
+    other.login("hugo").await;
+    let mut slow = c.clone();
+    let racing = tokio::spawn(async move { slow.call("POST", "/slow-revoke-others").await });
+    probe.loaded.notified().await;
+    // This session's id is cycled while the revocation holds the old one.
+    assert_eq!(c.login("hugo").await.status, StatusCode::OK);
+    probe.go.notify_one();
+    let revoked = racing.await.unwrap();
+    assert_eq!((revoked.status, revoked.body.as_str()), (StatusCode::OK, "1"));
+    assert_eq!(c.call("GET", "/me").await.body, "hugo", "this session was revoked as another one");
+    assert_eq!(other.call("GET", "/me").await.status, StatusCode::UNAUTHORIZED);
 }
 
 /// A shared browser: Bob logs in on the session Alice used. Alice can no

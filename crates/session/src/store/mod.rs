@@ -422,6 +422,10 @@ impl Store {
     pub(crate) async fn revoke_all_except(&self, user: &str, keep: Option<&str>) -> Result<usize, SessionError> {
         let index = id::user_key(&self.inner.keys, user);
         let mut ended = 0;
+        // The session kept is kept under any of its ids: its id may have been
+        // cycled (a login or a renewal on another instance) since the caller
+        // read it, and the new id is then in the index under another key.
+        let keep = keep.and_then(id::family_of);
         // A session whose id is cycled meanwhile (a login on another
         // instance) is renamed under a key indexed before the rename: when a
         // listed session was not found, the index is read again for it.
@@ -432,7 +436,7 @@ impl Store {
             };
             let mut missed = false;
             for key in keys {
-                if Some(key.as_str()) == keep {
+                if keep.is_some() && id::family_of(&key) == keep {
                     continue;
                 }
                 if self.is_session_key(&key) {

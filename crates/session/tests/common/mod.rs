@@ -35,7 +35,7 @@ struct Login {
 }
 
 pub fn app(layer: SessionLayer, probe: Probe) -> Router {
-    let (p1, p2) = (probe.clone(), probe);
+    let (p1, p2, p3) = (probe.clone(), probe.clone(), probe);
     Router::new()
         .route("/untouched", get(|| async { "hello" }))
         .route(
@@ -139,6 +139,16 @@ pub fn app(layer: SessionLayer, probe: Probe) -> Router {
         .route(
             "/revoke-others",
             post(|s: Session| async move { Ok::<_, SessionError>(s.revoke_others().await?.to_string()) }),
+        )
+        .route(
+            // Loads, says so, waits for the test's go, then revokes the other sessions.
+            "/slow-revoke-others",
+            post(move |s: Session| async move {
+                let _ = s.user().await?;
+                p3.loaded.notify_one();
+                p3.go.notified().await;
+                Ok::<_, SessionError>(s.revoke_others().await?.to_string())
+            }),
         )
         .route(
             "/sessions",
