@@ -183,6 +183,44 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     crc
 }
 
+/// A URI path with the spellings one resource has made one: percent-escapes
+/// decoded (broken ones kept as they are), empty and `.` segments dropped,
+/// `..` applied, no trailing slash. `/accounts/42`, `/accounts/%34%32` and
+/// `//accounts/./42/` give `/accounts/42`. Used where a path scopes a key
+/// (the lock layer's `PathKey`, the rate limiter's `per_route` without a
+/// matched route), so that a client cannot get a new key by spelling a path
+/// differently.
+pub fn normalized_path(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            segment => segments.push(segment),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +263,20 @@ mod tests {
         for bad in ["", "a{b", "a*", "a b", &"p".repeat(65)] {
             assert!(KeyBuilder::new(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn spellings_of_one_path_are_one_key() {
+        for spelling in [
+            "/accounts/42/withdraw",
+            "/accounts/%34%32/withdraw",
+            "//accounts/./42/withdraw/",
+            "/x/../accounts/42/withdraw",
+        ] {
+            assert_eq!(super::normalized_path(spelling), "/accounts/42/withdraw", "{spelling}");
+        }
+        assert_eq!(super::normalized_path("/a/%zz/%4"), "/a/%zz/%4", "broken escapes stay as they are");
+        assert_eq!(super::normalized_path("/../.."), "/");
+        assert_ne!(super::normalized_path("/accounts/42"), super::normalized_path("/accounts/43"));
     }
 }

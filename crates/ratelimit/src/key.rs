@@ -100,7 +100,9 @@ impl Key {
 
     /// Scopes this key by method and route: each route gets its own counter.
     /// The route is axum's `MatchedPath` when present (feature `axum`, layer
-    /// applied with `route_layer`), else the URI path (bounded/hashed).
+    /// applied with `route_layer`), else the URI path, normalized so that
+    /// other spellings of it (`/login/`, `//login`, `/%6Cogin`) share its
+    /// counter (bounded/hashed).
     pub fn per_route(self) -> Self {
         Key(Arc::new(Scoped { inner: self, method: true, route: true }))
     }
@@ -174,7 +176,7 @@ impl Extract for Scoped {
         }
         if self.route {
             scope.push(':');
-            scope.push_str(route_of(parts));
+            scope.push_str(&route_of(parts));
         }
         let scope = KeyPart::client(scope);
         // The scope's length first: paths and keys may hold ':', and
@@ -189,12 +191,15 @@ impl Extract for Scoped {
     }
 }
 
-fn route_of(parts: &Parts) -> &str {
+/// The matched route, or the request's path made one per resource
+/// ([`normalized_path`](redlayer_core::keys::normalized_path)): `/login/`,
+/// `//login` and `/%6Cogin` count against `/login`'s quota.
+fn route_of(parts: &Parts) -> std::borrow::Cow<'_, str> {
     #[cfg(feature = "axum")]
     if let Some(path) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return path.as_str();
+        return std::borrow::Cow::Borrowed(path.as_str());
     }
-    parts.uri.path()
+    std::borrow::Cow::Owned(redlayer_core::keys::normalized_path(parts.uri.path()))
 }
 
 /// The peer address of a connection, as a request extension. Insert it when
@@ -548,6 +553,11 @@ mod tests {
         };
         assert_ne!(with("/a", "u:1"), with("/a:u", "1"));
         assert_eq!(with("/a", "u:1"), with("/a", "u:1"));
+        // Without a matched route, other spellings of a path share its counter.
+        for spelling in ["/login/", "//login", "/%6Cogin", "/x/../login"] {
+            assert_eq!(with(spelling, "u"), with("/login", "u"), "{spelling}");
+        }
+        assert_ne!(with("/logout", "u"), with("/login", "u"));
     }
 
     #[test]

@@ -31,39 +31,8 @@ pub struct PathKey;
 
 impl<B> ExtractKey<B> for PathKey {
     fn extract(&self, request: &Request<B>) -> Option<String> {
-        Some(normalized_path(request.uri().path()))
+        Some(redlayer_core::keys::normalized_path(request.uri().path()))
     }
-}
-
-fn normalized_path(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(high), Some(low)) => {
-                decoded.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                decoded.push(b);
-                i += 1;
-            }
-        }
-    }
-    let decoded = String::from_utf8_lossy(&decoded);
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            segment => segments.push(segment),
-        }
-    }
-    format!("/{}", segments.join("/"))
 }
 
 /// A header's value (requests without it pass through).
@@ -80,25 +49,5 @@ impl HeaderKey {
 impl<B> ExtractKey<B> for HeaderKey {
     fn extract(&self, request: &Request<B>) -> Option<String> {
         request.headers().get(&self.0).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::normalized_path;
-
-    #[test]
-    fn spellings_of_one_path_are_one_key() {
-        for spelling in [
-            "/accounts/42/withdraw",
-            "/accounts/%34%32/withdraw",
-            "//accounts/./42/withdraw/",
-            "/x/../accounts/42/withdraw",
-        ] {
-            assert_eq!(normalized_path(spelling), "/accounts/42/withdraw", "{spelling}");
-        }
-        assert_eq!(normalized_path("/a/%zz/%4"), "/a/%zz/%4", "broken escapes stay as they are");
-        assert_eq!(normalized_path("/../.."), "/");
-        assert_ne!(normalized_path("/accounts/42"), normalized_path("/accounts/43"));
     }
 }
