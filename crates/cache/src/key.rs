@@ -197,17 +197,33 @@ pub fn variant_id(spec: &str, headers: &HeaderMap) -> String {
     digest_b64(&raw)
 }
 
+/// Longest normalized value of a selecting header kept as it is; a longer
+/// one is kept as its digest (see [`normalize_selecting`]).
+pub const MAX_SELECTING_VALUE: usize = 256;
+
+/// Request fields that carry credentials: selected by `Vary`, they are kept
+/// as digests, never in clear.
+const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
 /// The request headers with each header named by the Vary `spec` replaced by
-/// its normalized value (what is stored, and what matching compares).
+/// its normalized value (what is stored, and what matching compares). A
+/// value longer than [`MAX_SELECTING_VALUE`], or of a field that carries
+/// credentials (`Cookie`, `Authorization`, `Proxy-Authorization`: a session
+/// id must not reach the store in clear), is replaced by its digest
+/// (`sha256:` and the SHA-256 in base64). The stored request and every request
+/// matched against it go through this function, so equal values still
+/// match, and what a client sends is stored in bounded size.
 pub fn normalize_selecting(spec: &str, headers: &mut HeaderMap) {
     if spec.is_empty() {
         return;
     }
     for name in spec.split(',') {
         let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else { continue };
-        if let Some(v) = normalized_value(headers, name)
-            && let Ok(v) = http::HeaderValue::from_bytes(&v)
-        {
+        let Some(mut v) = normalized_value(headers, name) else { continue };
+        if v.len() > MAX_SELECTING_VALUE || CREDENTIALS.contains(&name) {
+            v = format!("sha256:{}", digest_b64(&v)).into_bytes();
+        }
+        if let Ok(v) = http::HeaderValue::from_bytes(&v) {
             headers.insert(header, v);
         }
     }
@@ -251,5 +267,26 @@ mod tests {
         };
         assert_eq!(lang("en, de;q=0.5"), lang("DE; q=0.5,en"));
         assert_ne!(lang("en"), lang("de"));
+    }
+
+    /// What is stored of a selecting header is bounded, and credentials are
+    /// never kept in clear; equal values still compare equal.
+    #[test]
+    fn long_or_secret_selecting_values_are_kept_as_digests() {
+        let normalized = |name: &str, value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+            normalize_selecting(name, &mut h);
+            h[name].to_str().unwrap().to_owned()
+        };
+        assert_eq!(normalized("accept-encoding", "gzip,  br"), "gzip, br");
+        let long = format!("gzip, {}", "a".repeat(100_000));
+        let kept = normalized("accept-encoding", &long);
+        assert!(kept.starts_with("sha256:") && kept.len() < 64, "{kept}");
+        assert_eq!(kept, normalized("accept-encoding", &long));
+        assert_ne!(kept, normalized("accept-encoding", &format!("{long}b")));
+        let cookie = normalized("cookie", "id=s3cr3t-session-id");
+        assert!(cookie.starts_with("sha256:") && !cookie.contains("s3cr3t"), "{cookie}");
+        assert_ne!(cookie, normalized("cookie", "id=another-session-id"));
     }
 }

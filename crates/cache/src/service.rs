@@ -115,8 +115,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let ctx = Ctx { config: self.config.clone(), state: self.state.clone() };
         // gRPC calls (POSTs whose answers live in trailers) are not HTTP
-        // resources this cache stores or invalidates: straight through.
-        let grpc = redlayer_core::problem::is_grpc(req.headers());
+        // resources this cache stores or invalidates: straight through. Only
+        // POSTs: another method with a gRPC content type is no gRPC call, and
+        // a PUT or DELETE still invalidates.
+        let grpc = req.method() == Method::POST && redlayer_core::problem::is_grpc(req.headers());
         match *req.method() {
             _ if grpc => ResponseFuture::passthrough(inner.call(req), self.config.status_arc.clone()),
             Method::GET | Method::HEAD => ResponseFuture::flow(Box::pin(ctx.cacheable(inner, req))),
@@ -606,6 +608,10 @@ impl Ctx {
             return None;
         }
         let spec = vary_spec(&entry.headers)?;
+        let uri = normalized_uri(client);
+        if uri.len() > MAX_PRIMARY_KEY {
+            return None;
+        }
         let policy = entry.policy(self.config.opts);
         let ttl = self.keep_for(&policy, entry)?;
         let mut stored = Entry { body: Bytes::new(), ..entry.clone() };
@@ -613,7 +619,7 @@ impl Ctx {
         Some(Plan {
             entry: stored,
             key: key.to_owned(),
-            uri: normalized_uri(client),
+            uri,
             spec,
             ttl,
             tags: self.tags(&entry.headers),
@@ -677,7 +683,9 @@ impl Ctx {
         response_time: SystemTime,
         since: Snapshot,
     ) -> Option<Plan> {
-        if method != Method::GET {
+        // The URI is stored with the entry (purges by URI and prefix read it):
+        // a custom key may be short while the URI is not.
+        if method != Method::GET || uri.len() > MAX_PRIMARY_KEY {
             return None;
         }
         if res.headers.contains_key(header::SET_COOKIE)
@@ -831,6 +839,10 @@ impl Ctx {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (store, key, uri, ttl) =
             (self.state.store.clone(), key.to_owned(), normalized_uri(client), self.config.hit_for_pass);
+        if uri.len() > MAX_PRIMARY_KEY {
+            // Not kept in the store (see `plan`): no marker either.
+            return;
+        }
         rt.spawn(async move {
             if let Err(e) = store.mark_pass(&key, &uri, ttl).await {
                 tracing::debug!(target: "redlayer", %e, "cache: hit-for-pass marker not stored");

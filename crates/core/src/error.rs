@@ -58,6 +58,10 @@ impl From<redis::RedisError> for Error {
         if e.is_timeout() {
             // Our own timeout and redis-rs's response timeout look the same to callers.
             Error::Timeout(Duration::ZERO)
+        } else if e.kind() == redis::ErrorKind::Parse {
+            // A reply of another type than asked for (a key someone else
+            // wrote): the data's fault, not Redis being away.
+            Error::Decode(e.to_string())
         } else if is_connection_error(&e) || is_transient_server_error(&e) {
             Error::Unavailable(e.to_string())
         } else {
@@ -66,9 +70,15 @@ impl From<redis::RedisError> for Error {
     }
 }
 
-/// Errors after which a connection should not be used again.
+/// Errors after which a connection should not be used again. Not a refused
+/// password or a bad client configuration (redis-rs asks to reconnect for
+/// those too): that is a mistake to report, not Redis being away, and failure
+/// policies such as fail-open must not hide it. Nor a reply of an unexpected
+/// type (redis-rs's `Parse`, which the connection survives).
 pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
+    use redis::ErrorKind;
     !e.is_timeout()
+        && !matches!(e.kind(), ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig | ErrorKind::Parse)
         && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error())
 }
 

@@ -519,7 +519,7 @@ where
     M::Connection: Clone,
 {
     if pool.state().connections == 0 {
-        let conn = pool.dedicated_connection().await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        let conn = pool.dedicated_connection().await.map_err(connect_error)?;
         let _ = pool.add(conn.clone());
         Ok(conn)
     } else {
@@ -527,9 +527,20 @@ where
     }
 }
 
+/// A failed connection attempt: Redis unreachable (unavailable), or a refused
+/// password or ACL user, which is a configuration error and stays one.
+fn connect_error(e: redis::RedisError) -> Error {
+    match Error::from(e) {
+        Error::Redis(e) => Error::Redis(e),
+        Error::Decode(why) => Error::Unavailable(why),
+        Error::Timeout(_) => Error::Unavailable("connecting to Redis timed out".into()),
+        other => other,
+    }
+}
+
 fn pool_error(e: bb8::RunError<redis::RedisError>) -> Error {
     match e {
-        bb8::RunError::User(e) => Error::Unavailable(e.to_string()),
+        bb8::RunError::User(e) => connect_error(e),
         bb8::RunError::TimedOut => Error::Unavailable("timed out waiting for a pooled connection".into()),
     }
 }

@@ -185,3 +185,23 @@ async fn connect_or_lazy_starts_while_redis_is_down() {
     // A bad URL is not "unavailable": an error, not a lazy handle.
     assert!(builder.connect_or_lazy("not a url").await.is_err());
 }
+
+/// A refused password is a configuration error, not Redis being away (which
+/// failure policies such as fail-open would hide): `connect` reports it as
+/// such, and `connect_or_lazy` does not start on it. A reply of another type
+/// than asked for is a decoding error, and the connection stays in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_or_a_foreign_value_is_an_error_not_unavailable() {
+    let server = RedisServer::start();
+    server.cli(&["SET", "text", "not a number"]);
+    server.cli(&["CONFIG", "SET", "requirepass", "right"]);
+    let url = |password: &str| format!("redis://:{password}@127.0.0.1:{}/", server.port());
+    let refused = Redis::connect(&url("wrong")).await.expect_err("a wrong password");
+    assert!(!refused.is_unavailable(), "{refused}");
+    assert!(Redis::builder().connect_or_lazy(&url("wrong")).await.is_err(), "started lazily on a wrong password");
+    let redis = Redis::connect(&url("right")).await.unwrap();
+    let mut conn = redis.connection().await.unwrap();
+    let foreign = redis::cmd("GET").arg("text").query_async::<i64>(&mut conn).await.map_err(Error::from);
+    assert!(matches!(foreign, Err(Error::Decode(_))), "{foreign:?}");
+    assert_eq!(incr(&redis, "n").await.unwrap(), 1);
+}
