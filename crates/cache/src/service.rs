@@ -142,6 +142,9 @@ struct Plan {
     key: String,
     uri: String,
     spec: String,
+    /// The variant id of the request that fetched the entry
+    /// ([`variant_id`](crate::key::variant_id) of its headers as sent).
+    variant: String,
     ttl: Duration,
     tags: Vec<String>,
     /// The purge epoch, the invalidation number and the entry's generation
@@ -620,6 +623,7 @@ impl Ctx {
             entry: stored,
             key: key.to_owned(),
             uri,
+            variant: crate::key::variant_id(&spec, &client.headers),
             spec,
             ttl,
             tags: self.tags(&entry.headers),
@@ -762,6 +766,7 @@ impl Ctx {
             entry,
             key: key.to_owned(),
             uri,
+            variant: crate::key::variant_id(&spec, &client.headers),
             spec,
             ttl,
             epoch: since.epoch,
@@ -870,7 +875,6 @@ impl Ctx {
             return;
         };
         let store = self.state.store.clone();
-        let req_headers = entry.req_headers.clone();
         rt.spawn(async move {
             // Tags first, all at once (they pipeline on one connection): once
             // the entry can be found, a purge of any of its tags finds it too.
@@ -884,7 +888,7 @@ impl Ctx {
                 Some(e) => Err(e),
                 None => {
                     let value = entry.encode();
-                    store.put(&plan.key, &plan.uri, &plan.spec, &req_headers, value, plan.ttl, plan.generation).await
+                    store.put(&plan.key, &plan.uri, &plan.spec, &plan.variant, value, plan.ttl, plan.generation).await
                 }
             };
             if stored.as_ref().is_ok_and(|stored| !stored) {

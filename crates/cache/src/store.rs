@@ -591,13 +591,13 @@ impl Store {
         key: &str,
         uri: &str,
         spec: &str,
-        req: &HeaderMap,
+        variant: &str,
         value: Bytes,
         ttl: Duration,
         generation: Option<u64>,
     ) -> Result<bool> {
         let ttl = bound(ttl);
-        let field = variant_id(spec, req);
+        let field = variant.to_owned();
         match &self.inner.backend {
             Backend::Memory { entries, .. } => {
                 entries.update(key.to_owned(), |old, now| {
@@ -1059,7 +1059,7 @@ mod tests {
         let store = Store::memory_with_clock(Arc::new(clock.clone()));
         let Backend::Memory { entries, .. } = &store.inner.backend else { unreachable!() };
         let (en, de) = (HeaderMap::new(), HeaderMap::new());
-        store.put("k", "u", "", &en, Bytes::from_static(b"en"), 2 * S, None).await.unwrap();
+        store.put("k", "u", "", &variant_id("", &en), Bytes::from_static(b"en"), 2 * S, None).await.unwrap();
         store.mark_pass("k", "u", 30 * S).await.unwrap();
         clock.advance(10 * S);
         let looked = store.lookup("k", &de).await.unwrap();
@@ -1067,7 +1067,7 @@ mod tests {
         assert!(matches!(entries.ttl("k"), Ttl::ExpiresIn(left) if left == 20 * S));
 
         store.mark_pass("m", "u", 30 * S).await.unwrap();
-        store.put("m", "u", "accept-language", &en, Bytes::from_static(b"en"), 2 * S, None).await.unwrap();
+        store.put("m", "u", "accept-language", &variant_id("accept-language", &en), Bytes::from_static(b"en"), 2 * S, None).await.unwrap();
         assert!(matches!(entries.ttl("m"), Ttl::ExpiresIn(left) if left == 30 * S));
     }
 }

@@ -1278,6 +1278,56 @@ async fn grpc_calls_pass_straight_through(b: Backend) {
     assert_eq!((calls(&b, "del"), calls(&b, "evalsha")), (dels, scripts), "a gRPC call sent commands to Redis");
 }
 
+/// Only POSTs with a gRPC content type are gRPC calls: a PUT that carries one
+/// is an unsafe request like any other, and invalidates what it targets.
+async fn a_put_with_a_grpc_content_type_still_invalidates(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("{n}")));
+    let app = App::new(b.layer(), &origin);
+    app.get("/doc").await;
+    let mut stored = false;
+    for _ in 0..100 {
+        if app.get("/doc").await.is_hit() {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stored, "the page was never stored");
+    let put = app.send("PUT", "/doc", &[("content-type", "application/grpc")]).await;
+    assert_eq!(put.status, 200);
+    let after = app.get("/doc").await;
+    assert!(!after.is_hit(), "served the copy the PUT replaced: {}", after.cache_status());
+}
+
+/// A response that varies on `Cookie` is stored per cookie, and the cookie
+/// (a session id, often) never reaches the store in clear; the variant still
+/// answers the same cookie, and only it.
+async fn a_cookie_selected_variant_keeps_no_cookie_in_clear(b: Backend) {
+    // The body names the n-th origin call, not the cookie.
+    let origin =
+        Origin::new(|_, n| resp(200, &[("cache-control", "public, max-age=60"), ("vary", "Cookie")], &format!("{n}")));
+    let app = App::new(b.layer(), &origin);
+    let secret = "id=Zm9vYmFyLXNlc3Npb24taWQtdGhhdC1tdXN0LXN0YXktc2VjcmV0";
+    let first = app.send("GET", "/me", &[("cookie", secret)]).await.body;
+    let mut hit = None;
+    for _ in 0..100 {
+        let got = app.send("GET", "/me", &[("cookie", secret)]).await;
+        if got.is_hit() {
+            hit = Some(got);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let last = app.send("GET", "/me", &[("cookie", secret)]).await;
+    assert_eq!(hit.unwrap_or_else(|| panic!("the variant was never served: {}", last.cache_status())).body, first);
+    assert_ne!(app.send("GET", "/me", &[("cookie", "id=other")]).await.body, first, "another cookie got this variant");
+    if let Some(server) = &b.server {
+        let dump = server.cli(&["--no-raw", "EVAL", "local o = {} for _, k in ipairs(redis.call('KEYS', '*')) do if redis.call('TYPE', k).ok == 'hash' then for _, v in ipairs(redis.call('HGETALL', k)) do o[#o + 1] = v end end end return o", "0"]);
+        assert!(dump.contains("public, max-age=60"), "the entry is in Redis: {dump}");
+        assert!(!dump.contains("Zm9vYmFyLXNlc3Npb24taWQ"), "the cookie is stored in clear: {dump}");
+    }
+}
+
 /// Corner cases of RFC 9111 (and RFC 9213) where `http-cache-semantics`
 /// alone, or the view of the response the layer gives it, decides otherwise.
 async fn stale_use_and_storage_follow_the_response_as_sent(b: Backend) {
@@ -1405,6 +1455,8 @@ macro_rules! suite {
 suite!(
     fresh_responses_are_hits_with_age_and_cache_status,
     grpc_calls_pass_straight_through,
+    a_put_with_a_grpc_content_type_still_invalidates,
+    a_cookie_selected_variant_keeps_no_cookie_in_clear,
     host_spellings_share_entries_and_conflicting_ones_bypass,
     age_counts_upstream_age_and_expires_entries,
     a_list_valued_age_counts_its_first_member,
