@@ -1067,7 +1067,18 @@ mod tests {
         assert!(matches!(entries.ttl("k"), Ttl::ExpiresIn(left) if left == 20 * S));
 
         store.mark_pass("m", "u", 30 * S).await.unwrap();
-        store.put("m", "u", "accept-language", &variant_id("accept-language", &en), Bytes::from_static(b"en"), 2 * S, None).await.unwrap();
+        store
+            .put(
+                "m",
+                "u",
+                "accept-language",
+                &variant_id("accept-language", &en),
+                Bytes::from_static(b"en"),
+                2 * S,
+                None,
+            )
+            .await
+            .unwrap();
         assert!(matches!(entries.ttl("m"), Ttl::ExpiresIn(left) if left == 30 * S));
     }
 }
