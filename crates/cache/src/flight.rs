@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
@@ -22,7 +23,8 @@ pub(crate) enum FlightState {
 
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<String, watch::Receiver<FlightState>>>,
+    /// Each key's fill in progress, and when it started.
+    map: Mutex<HashMap<String, (watch::Receiver<FlightState>, Instant)>>,
 }
 
 pub(crate) enum Join {
@@ -31,15 +33,21 @@ pub(crate) enum Join {
 }
 
 impl Flights {
-    pub fn join(self: &Arc<Self>, key: &str) -> Join {
+    /// Waits for the fill of `key` in progress, or leads a new one. A fill
+    /// older than `max_wait` (the coalesce timeout) is joined no more: its
+    /// leader's client may be reading the body slowly or not at all (the
+    /// fill ends with the body), and its waiters are going to the origin
+    /// themselves by now; a new request leads a fill of its own.
+    pub fn join(self: &Arc<Self>, key: &str, max_wait: Duration) -> Join {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rx) = map.get(key)
+        if let Some((rx, started)) = map.get(key)
             && matches!(*rx.borrow(), FlightState::Pending)
+            && started.elapsed() < max_wait
         {
             return Join::Waiter(rx.clone());
         }
         let (tx, rx) = watch::channel(FlightState::Pending);
-        map.insert(key.to_owned(), rx);
+        map.insert(key.to_owned(), (rx, Instant::now()));
         Join::Leader(FlightGuard { flights: self.clone(), key: key.to_owned(), tx: Some(tx) })
     }
 }
@@ -64,7 +72,7 @@ impl FlightGuard {
         if let Some(tx) = self.tx.take() {
             {
                 let mut map = self.flights.map.lock().unwrap_or_else(|p| p.into_inner());
-                if map.get(&self.key).is_some_and(|rx| rx.same_channel(&tx.subscribe())) {
+                if map.get(&self.key).is_some_and(|(rx, _)| rx.same_channel(&tx.subscribe())) {
                     map.remove(&self.key);
                 }
             }

@@ -143,7 +143,9 @@
 //! # Coalescing
 //!
 //! Concurrent misses of one key in one process wait for the first request
-//! (single flight). Across instances (Redis backend) the first instance takes
+//! (single flight). A fill ends with its body, so one whose client reads
+//! slowly or not at all is joined only within the coalesce timeout: a later
+//! request leads a fill of its own. Across instances (Redis backend) the first instance takes
 //! a short fill lock (redlayer-lock, `cache-fill:<entry key>`, ttl = the
 //! coalesce timeout, default 5 s); the others poll the store (10 ms doubling
 //! to 100 ms) until the entry appears, and go to the origin themselves when

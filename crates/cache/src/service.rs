@@ -955,7 +955,7 @@ impl Ctx {
                 // unstorable does not rewrite it); a request with credentials
                 // says nothing about the response to others.
                 guards.mark_pass = !parts.headers.contains_key(header::AUTHORIZATION);
-                match self.state.flights.join(&key) {
+                match self.state.flights.join(&key, self.config.coalesce_timeout) {
                     Join::Leader(g) => {
                         guards.flight = Some(g);
                         let across = match &self.state.locks {

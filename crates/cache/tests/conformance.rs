@@ -1278,6 +1278,26 @@ async fn grpc_calls_pass_straight_through(b: Backend) {
     assert_eq!((calls(&b, "del"), calls(&b, "evalsha")), (dels, scripts), "a gRPC call sent commands to Redis");
 }
 
+/// A fill ends with its body, so a client that does not read it stalls the
+/// fill. Its waiters go to the origin after the coalesce timeout; a request
+/// that comes after that leads a fill of its own instead of joining the
+/// stalled one (and waiting the timeout again).
+async fn a_stalled_fill_is_not_joined_past_the_coalesce_timeout(b: Backend) {
+    let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("{n}")));
+    let app = App::new(b.layer().coalesce_timeout(Duration::from_millis(1500)), &origin);
+    let request = http::Request::get("/unread").header("host", "example.test").body(axum::body::Body::empty()).unwrap();
+    let held = tower::ServiceExt::oneshot(app.service(), request).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let later = app.send("GET", "/unread", &[]).await;
+    assert_eq!(later.body, "2");
+    assert!(
+        !later.cache_status().contains("coalesce-fallthrough"),
+        "joined the stalled fill: {}",
+        later.cache_status()
+    );
+    drop(held);
+}
+
 /// Only POSTs with a gRPC content type are gRPC calls: a PUT that carries one
 /// is an unsafe request like any other, and invalidates what it targets.
 async fn a_put_with_a_grpc_content_type_still_invalidates(b: Backend) {
@@ -1456,6 +1476,7 @@ suite!(
     fresh_responses_are_hits_with_age_and_cache_status,
     grpc_calls_pass_straight_through,
     a_put_with_a_grpc_content_type_still_invalidates,
+    a_stalled_fill_is_not_joined_past_the_coalesce_timeout,
     a_cookie_selected_variant_keeps_no_cookie_in_clear,
     host_spellings_share_entries_and_conflicting_ones_bypass,
     age_counts_upstream_age_and_expires_entries,
