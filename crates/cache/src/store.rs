@@ -597,7 +597,6 @@ impl Store {
         generation: Option<u64>,
     ) -> Result<bool> {
         let ttl = bound(ttl);
-        let field = variant.to_owned();
         match &self.inner.backend {
             Backend::Memory { entries, .. } => {
                 entries.update(key.to_owned(), |old, now| {
@@ -612,12 +611,12 @@ impl Store {
                     hash.spec = spec.to_owned();
                     hash.pass_until_ms = 0;
                     if hash.variants.len() >= MAX_VARIANTS
-                        && !hash.variants.contains_key(&field)
+                        && !hash.variants.contains_key(variant)
                         && let Some(other) = hash.variants.keys().next().cloned()
                     {
                         hash.variants.remove(&other);
                     }
-                    hash.variants.insert(field, value);
+                    hash.variants.insert(variant.to_owned(), value);
                     hash.expires_at = hash.expires_at.max(now + ttl);
                     let ttl = hash.expires_at - now;
                     (Update::Set(Arc::new(hash), Some(ttl)), ())
@@ -632,7 +631,7 @@ impl Store {
                         .key(key)
                         .arg(uri)
                         .arg(spec)
-                        .arg(format!("v:{field}"))
+                        .arg(format!("v:{variant}"))
                         .arg(value.as_ref())
                         .arg(ttl.as_millis() as u64)
                         .arg(MAX_VARIANTS)

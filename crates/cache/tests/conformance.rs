@@ -1304,15 +1304,7 @@ async fn a_put_with_a_grpc_content_type_still_invalidates(b: Backend) {
     let origin = Origin::new(|_, n| resp(200, &[("cache-control", "max-age=60")], &format!("{n}")));
     let app = App::new(b.layer(), &origin);
     app.get("/doc").await;
-    let mut stored = false;
-    for _ in 0..100 {
-        if app.get("/doc").await.is_hit() {
-            stored = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(stored, "the page was never stored");
+    assert!(eventually(Duration::from_secs(2), || async { app.get("/doc").await.is_hit() }).await, "never stored");
     let put = app.send("PUT", "/doc", &[("content-type", "application/grpc")]).await;
     assert_eq!(put.status, 200);
     let after = app.get("/doc").await;
@@ -1329,17 +1321,12 @@ async fn a_cookie_selected_variant_keeps_no_cookie_in_clear(b: Backend) {
     let app = App::new(b.layer(), &origin);
     let secret = "id=Zm9vYmFyLXNlc3Npb24taWQtdGhhdC1tdXN0LXN0YXktc2VjcmV0";
     let first = app.send("GET", "/me", &[("cookie", secret)]).await.body;
-    let mut hit = None;
-    for _ in 0..100 {
-        let got = app.send("GET", "/me", &[("cookie", secret)]).await;
-        if got.is_hit() {
-            hit = Some(got);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let last = app.send("GET", "/me", &[("cookie", secret)]).await;
-    assert_eq!(hit.unwrap_or_else(|| panic!("the variant was never served: {}", last.cache_status())).body, first);
+    let hit = || async { app.send("GET", "/me", &[("cookie", secret)]).await };
+    assert!(
+        eventually(Duration::from_secs(2), || async { hit().await.is_hit() }).await,
+        "the variant was never served"
+    );
+    assert_eq!(hit().await.body, first);
     assert_ne!(app.send("GET", "/me", &[("cookie", "id=other")]).await.body, first, "another cookie got this variant");
     if let Some(server) = &b.server {
         let dump = server.cli(&["--no-raw", "EVAL", "local o = {} for _, k in ipairs(redis.call('KEYS', '*')) do if redis.call('TYPE', k).ok == 'hash' then for _, v in ipairs(redis.call('HGETALL', k)) do o[#o + 1] = v end end end return o", "0"]);

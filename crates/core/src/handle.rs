@@ -527,12 +527,11 @@ where
     }
 }
 
-/// A failed connection attempt: Redis unreachable (unavailable), or a refused
-/// password or ACL user, which is a configuration error and stays one.
+/// A failed connection attempt, classified as any Redis error: unreachable
+/// is unavailable; a refused password or ACL user, or a server that does not
+/// speak Redis, is an error to report.
 fn connect_error(e: redis::RedisError) -> Error {
     match Error::from(e) {
-        Error::Redis(e) => Error::Redis(e),
-        Error::Decode(why) => Error::Unavailable(why),
         Error::Timeout(_) => Error::Unavailable("connecting to Redis timed out".into()),
         other => other,
     }
